@@ -1,0 +1,116 @@
+//! A small HTTP/1 client for the CLI: talks to the daemon over its unix socket (or TCP).
+
+use std::path::{Path, PathBuf};
+
+use bytes_body::Body;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+
+use crate::serve::Listen;
+
+mod bytes_body {
+    pub type Body = http_body_util::combinators::BoxBody<hyper::body::Bytes, std::io::Error>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to the daemon at {host}: {source} (is `inarray serve` running?)")]
+    Connect { host: String, source: std::io::Error },
+    #[error("request failed: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("{message}")]
+    Api { status: StatusCode, code: String, message: String },
+    #[error("cannot read {path}: {source}")]
+    File { path: PathBuf, source: std::io::Error },
+    #[error("unexpected reply: {0}")]
+    Reply(String),
+}
+
+pub struct Client {
+    host: Listen,
+}
+
+impl Client {
+    pub fn new(host: Listen) -> Self {
+        Self { host }
+    }
+
+    async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ClientError> {
+        let conn_err = |source| ClientError::Connect { host: self.host.to_string(), source };
+        macro_rules! go {
+            ($stream:expr) => {{
+                let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new($stream)).await?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                Ok(sender.send_request(req).await?)
+            }};
+        }
+        match &self.host {
+            Listen::Unix(p) => go!(tokio::net::UnixStream::connect(p).await.map_err(conn_err)?),
+            Listen::Tcp(a) => go!(tokio::net::TcpStream::connect(a).await.map_err(conn_err)?),
+        }
+    }
+
+    fn request(method: Method, path: &str, body: Body, content_type: &str) -> Request<Body> {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "inarray")
+            .header("content-type", content_type)
+            .body(body)
+            .expect("valid request")
+    }
+
+    /// Sends a request with an optional JSON body; returns the decoded JSON reply (Null for 204).
+    pub async fn json(&self, method: Method, path: &str, body: Option<&serde_json::Value>) -> Result<serde_json::Value, ClientError> {
+        let bytes = body.map(|b| serde_json::to_vec(b).expect("json")).unwrap_or_default();
+        let body = http_body_util::Full::new(hyper::body::Bytes::from(bytes)).map_err(|e| match e {}).boxed();
+        let resp = self.send(Self::request(method, path, body, "application/json")).await?;
+        decode(resp).await
+    }
+
+    /// Streams a file as the request body (image import).
+    pub async fn upload(&self, path: &str, file: &Path) -> Result<serde_json::Value, ClientError> {
+        let f = tokio::fs::File::open(file).await.map_err(|source| ClientError::File { path: file.to_owned(), source })?;
+        let stream = tokio_util::io::ReaderStream::new(f);
+        let body = http_body_util::StreamBody::new(futures_util::TryStreamExt::map_ok(stream, hyper::body::Frame::data)).boxed();
+        let resp = self.send(Self::request(Method::POST, path, body, "application/octet-stream")).await?;
+        decode(resp).await
+    }
+
+    /// GETs `path` and hands every chunk of the body to `sink` as it arrives (log following).
+    pub async fn stream(&self, path: &str, mut sink: impl FnMut(&[u8])) -> Result<(), ClientError> {
+        let body = http_body_util::Empty::new().map_err(|e| match e {}).boxed();
+        let resp = self.send(Self::request(Method::GET, path, body, "application/json")).await?;
+        if !resp.status().is_success() {
+            return decode(resp).await.map(|_| ());
+        }
+        let mut body = resp.into_body();
+        while let Some(frame) = body.frame().await {
+            if let Some(d) = frame?.data_ref() {
+                sink(d);
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn decode(resp: Response<Incoming>) -> Result<serde_json::Value, ClientError> {
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    if status.is_success() {
+        if bytes.is_empty() {
+            return Ok(serde_json::Value::Null);
+        }
+        return serde_json::from_slice(&bytes).map_err(|e| ClientError::Reply(e.to_string()));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    Err(ClientError::Api {
+        status,
+        code: v["error"]["code"].as_str().unwrap_or("unknown").to_owned(),
+        message: v["error"]["message"].as_str().map(String::from).unwrap_or_else(|| format!("{status}: {}", String::from_utf8_lossy(&bytes))),
+    })
+}

@@ -1,0 +1,58 @@
+//! The API's one error type: every failure becomes `{"error": {"code", "message"}}` with a status
+//! chosen here, in one place. Internal errors are logged in full and answered with a generic text.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use inarray_runtime::ManagerError;
+use serde_json::json;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %detail, "internal error");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the daemon's log")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<ManagerError> for ApiError {
+    fn from(e: ManagerError) -> Self {
+        use ManagerError as M;
+        match e {
+            M::NotFound { .. } => Self::not_found(e.to_string()),
+            M::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
+            M::Invalid(f) => Self::bad_request(f.to_string()),
+            M::Volume(v) if v.is_client_error() => Self::bad_request(v.to_string()),
+            M::Image(i) if i.is_invalid_input() => Self::new(StatusCode::BAD_REQUEST, "invalid_image", i.to_string()),
+            M::Start(m) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "start_failed", format!("cannot start the container: {m}")),
+            other => Self::internal(other),
+        }
+    }
+}
+
+impl From<inarray_store::StoreError> for ApiError {
+    fn from(e: inarray_store::StoreError) -> Self {
+        Self::internal(e)
+    }
+}

@@ -1,0 +1,10 @@
+//! The REST API (`/v1`, JSON, axum) and its client. The only crate that knows HTTP.
+
+pub mod client;
+pub mod error;
+pub mod extract;
+pub mod routes;
+pub mod serve;
+
+pub use error::ApiError;
+pub use routes::router;

@@ -1,0 +1,336 @@
+//! Routes under `/v1`: each handler turns a request into one typed manager action.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use futures_util::TryStreamExt;
+use inarray_runtime::{ContainerConfig, Manager};
+use inarray_store::{ContainerRow, ContainerState, ImageRow};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::io::AsyncReadExt;
+
+use crate::error::ApiError;
+use crate::extract::{Json, Path, Query};
+
+/// Bodies of JSON requests are small; image archives are streamed and bounded by the image store.
+pub const JSON_BODY_LIMIT: usize = 1024 * 1024;
+
+pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
+
+pub fn router(manager: Manager) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/images", get(list_images))
+        .route("/v1/images/import", post(import_image).layer(DefaultBodyLimit::disable()))
+        .route("/v1/images/{*reference}", get(inspect_image).delete(remove_image))
+        .route("/v1/containers", get(list_containers).post(create_container))
+        .route("/v1/containers/{id}", get(inspect_container).delete(delete_container))
+        .route("/v1/containers/{id}/start", post(start_container))
+        .route("/v1/containers/{id}/stop", post(stop_container))
+        .route("/v1/containers/{id}/restart", post(restart_container))
+        .route("/v1/containers/{id}/kill", post(kill_container))
+        .route("/v1/containers/{id}/wait", post(wait_container))
+        .route("/v1/containers/{id}/logs", get(container_logs))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        .with_state(manager)
+}
+
+async fn health() -> Json2 {
+    Json2(json!({"status": "ok"}))
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+/// A JSON response.
+pub struct Json2(pub Value);
+
+impl IntoResponse for Json2 {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+// ------------------------------------------------------------------ images
+
+#[derive(Serialize)]
+pub struct ImageView {
+    pub id: String,
+    pub names: Vec<String>,
+    pub manifest_digest: String,
+    pub size: i64,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub config: Value,
+    pub layers: Value,
+}
+
+impl From<ImageRow> for ImageView {
+    fn from(r: ImageRow) -> Self {
+        Self {
+            config: serde_json::from_str(&r.config).unwrap_or(Value::Null),
+            layers: serde_json::from_str(&r.layers).unwrap_or(Value::Null),
+            id: r.id,
+            names: r.names,
+            manifest_digest: r.manifest_digest,
+            size: r.size,
+            created_at: r.created_at,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportQuery {
+    name: Option<String>,
+}
+
+async fn import_image(State(m): State<Manager>, Query(q): Query<ImportQuery>, body: Body) -> Result<Response, ApiError> {
+    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
+    let images = m.import_image(reader, q.name).await?;
+    let views: Vec<ImageView> = images.into_iter().map(ImageView::from).collect();
+    let first = views.first().map(|v| json!({"id": v.id, "names": v.names})).unwrap_or(Value::Null);
+    let body = json!({"id": first["id"], "names": first["names"], "images": views});
+    Ok((StatusCode::CREATED, axum::Json(body)).into_response())
+}
+
+async fn list_images(State(m): State<Manager>) -> Result<axum::Json<Vec<ImageView>>, ApiError> {
+    Ok(axum::Json(m.store().list_images().await?.into_iter().map(ImageView::from).collect()))
+}
+
+async fn inspect_image(State(m): State<Manager>, Path(r): Path<String>) -> Result<axum::Json<ImageView>, ApiError> {
+    Ok(axum::Json(m.find_image(&r).await?.into()))
+}
+
+async fn remove_image(State(m): State<Manager>, Path(r): Path<String>) -> Result<axum::Json<Value>, ApiError> {
+    let img = m.remove_image(&r).await?;
+    Ok(axum::Json(json!({"deleted": img.id})))
+}
+
+// -------------------------------------------------------------- containers
+
+/// The container object of the API.
+#[derive(Serialize)]
+pub struct ContainerView {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub image_id: String,
+    pub state: ContainerState,
+    pub exit_code: Option<i64>,
+    pub error: Option<String>,
+    pub pid: Option<i64>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub restart_count: i64,
+    pub restart: String,
+    pub network: String,
+    pub volumes: Value,
+    pub command: Option<Vec<String>>,
+    pub env: Vec<String>,
+}
+
+impl TryFrom<ContainerRow> for ContainerView {
+    type Error = ApiError;
+    fn try_from(r: ContainerRow) -> Result<Self, ApiError> {
+        let cfg: ContainerConfig = serde_json::from_str(&r.spec).map_err(ApiError::internal)?;
+        Ok(Self {
+            id: r.id,
+            name: r.name,
+            image: r.image_ref,
+            image_id: r.image_id,
+            state: r.state,
+            exit_code: r.exit_code,
+            error: r.error,
+            pid: r.pid,
+            created_at: r.created_at,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            restart_count: r.restart_count,
+            restart: cfg.restart.to_string(),
+            network: serde_json::to_value(cfg.network).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+            volumes: serde_json::to_value(&cfg.volumes).unwrap_or(Value::Null),
+            command: cfg.command,
+            env: cfg.env,
+        })
+    }
+}
+
+fn view(r: ContainerRow) -> Result<axum::Json<ContainerView>, ApiError> {
+    Ok(axum::Json(r.try_into()?))
+}
+
+async fn create_container(State(m): State<Manager>, Json(cfg): Json<ContainerConfig>) -> Result<Response, ApiError> {
+    let row = m.create(cfg).await?;
+    Ok((StatusCode::CREATED, view(row)?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+async fn list_containers(State(m): State<Manager>, Query(q): Query<ListQuery>) -> Result<axum::Json<Vec<ContainerView>>, ApiError> {
+    let rows = m.list(q.all).await?;
+    Ok(axum::Json(rows.into_iter().map(ContainerView::try_from).collect::<Result<_, _>>()?))
+}
+
+async fn inspect_container(State(m): State<Manager>, Path(id): Path<String>) -> Result<axum::Json<ContainerView>, ApiError> {
+    view(m.get(&id).await?)
+}
+
+async fn start_container(State(m): State<Manager>, Path(id): Path<String>) -> Result<axum::Json<ContainerView>, ApiError> {
+    view(m.start(&id).await?)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StopQuery {
+    /// Seconds between SIGTERM and SIGKILL (default 10).
+    timeout: Option<u64>,
+}
+
+fn stop_timeout(q: &StopQuery) -> Result<Duration, ApiError> {
+    match q.timeout {
+        None => Ok(Duration::from_secs(10)),
+        Some(t) if t <= 3600 => Ok(Duration::from_secs(t)),
+        Some(t) => Err(ApiError::bad_request(format!("timeout: {t} is over the maximum of 3600 seconds"))),
+    }
+}
+
+async fn stop_container(State(m): State<Manager>, Path(id): Path<String>, Query(q): Query<StopQuery>) -> Result<axum::Json<ContainerView>, ApiError> {
+    view(m.stop(&id, stop_timeout(&q)?).await?)
+}
+
+async fn restart_container(State(m): State<Manager>, Path(id): Path<String>, Query(q): Query<StopQuery>) -> Result<axum::Json<ContainerView>, ApiError> {
+    view(m.restart(&id, stop_timeout(&q)?).await?)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KillQuery {
+    signal: Option<String>,
+}
+
+/// Parses "SIGTERM", "TERM", "term" or "15".
+pub fn parse_signal(s: &str) -> Result<nix::sys::signal::Signal, ApiError> {
+    use std::str::FromStr;
+    let bad = || ApiError::bad_request(format!("signal: {s:?} is not a signal name or number"));
+    if let Ok(n) = s.parse::<i32>() {
+        return nix::sys::signal::Signal::try_from(n).map_err(|_| bad());
+    }
+    let up = s.to_ascii_uppercase();
+    let name = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
+    nix::sys::signal::Signal::from_str(&name).map_err(|_| bad())
+}
+
+async fn kill_container(State(m): State<Manager>, Path(id): Path<String>, Query(q): Query<KillQuery>) -> Result<axum::Json<ContainerView>, ApiError> {
+    let sig = parse_signal(q.signal.as_deref().unwrap_or("SIGKILL"))?;
+    view(m.kill(&id, sig).await?)
+}
+
+async fn wait_container(State(m): State<Manager>, Path(id): Path<String>) -> Result<axum::Json<Value>, ApiError> {
+    let row = m.wait(&id).await?;
+    Ok(axum::Json(json!({"exit_code": row.exit_code, "state": row.state, "error": row.error})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn delete_container(State(m): State<Manager>, Path(id): Path<String>, Query(q): Query<DeleteQuery>) -> Result<StatusCode, ApiError> {
+    m.delete(&id, q.force).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogsQuery {
+    #[serde(default)]
+    follow: bool,
+}
+
+/// The container's output as text; with `follow`, streams until the container stops for good.
+async fn container_logs(State(m): State<Manager>, Path(id): Path<String>, Query(q): Query<LogsQuery>) -> Result<Response, ApiError> {
+    let row = m.get(&id).await?;
+    let path = m.paths(&row.id).log();
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(f) => Some(f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(ApiError::internal(format!("{}: {e}", path.display()))),
+    };
+    let text = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
+    if !q.follow {
+        let mut buf = Vec::new();
+        if let Some(mut f) = file {
+            f.read_to_end(&mut buf).await.map_err(ApiError::internal)?;
+        }
+        return Ok((text, buf).into_response());
+    }
+    let rx = m.subscribe();
+    let state = Follow { m, id: row.id, path, file, rx, done: false };
+    let stream = futures_util::stream::unfold(state, |mut s| async move {
+        let chunk = s.next_chunk().await?;
+        Some((Ok::<_, std::io::Error>(chunk), s))
+    });
+    Ok((text, Body::from_stream(stream)).into_response())
+}
+
+struct Follow {
+    m: Manager,
+    id: String,
+    path: std::path::PathBuf,
+    file: Option<tokio::fs::File>,
+    rx: tokio::sync::broadcast::Receiver<String>,
+    done: bool,
+}
+
+impl Follow {
+    /// The next piece of output; None once the container is gone or stopped and all is read.
+    async fn next_chunk(&mut self) -> Option<Vec<u8>> {
+        loop {
+            if self.file.is_none() {
+                self.file = tokio::fs::File::open(&self.path).await.ok();
+            }
+            if let Some(f) = self.file.as_mut() {
+                let mut buf = vec![0u8; 64 * 1024];
+                match f.read(&mut buf).await {
+                    Ok(n) if n > 0 => {
+                        buf.truncate(n);
+                        return Some(buf);
+                    }
+                    Ok(_) => {}
+                    Err(_) => return None,
+                }
+            }
+            if self.done {
+                return None;
+            }
+            let active = match self.m.get(&self.id).await {
+                Ok(r) => matches!(r.state, ContainerState::Running | ContainerState::Restarting),
+                Err(_) => false,
+            };
+            if !active {
+                // One more read after the exit was recorded picks up the last output.
+                self.done = true;
+                continue;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(250), self.rx.recv()).await;
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! Image archives in, a verified content-addressed store and unpacked layer directories out.
+//!
+//! ```text
+//! <root>/blobs/sha256/<hex>     every verified blob (manifests, configs, layer blobs)
+//! <root>/layers/sha256/<hex>    each layer unpacked once, named by its diff id: an overlayfs lower
+//! <root>/tmp/                   staging; emptied by ImageStore::open
+//! ```
+//!
+//! An import stages everything under `tmp/`, verifies every digest, size, media type and diff id,
+//! unpacks new layers into `tmp/` and only then renames blobs and layer directories into place:
+//! a failed import leaves `blobs/` and `layers/` as they were. The crate knows nothing about SQL
+//! or HTTP; the caller records the returned [`ImportedImage`]s and passes the digests it still
+//! needs to [`ImageStore::gc`]. Everything is synchronous (call it from `spawn_blocking`).
+//!
+//! **Invariant:** a directory under `layers/sha256/` only ever appears by rename of a fully
+//! unpacked, diff-id-verified tree, and nothing in a layer tar can create or change a file outside
+//! its own layer directory.
+
+mod error;
+mod fsutil;
+mod import;
+mod layer;
+mod reference;
+mod source;
+mod store;
+mod tarstream;
+mod unpack;
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod testutil;
+
+pub use error::ImageError;
+pub use reference::Reference;
+pub use store::{GcReport, ImageStore, Limits};
+
+use serde::{Deserialize, Serialize};
+
+/// What the runtime needs from an image config (`config` in the OCI image config).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeConfig {
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default)]
+    pub cmd: Option<Vec<String>>,
+    /// `KEY=value` strings, in image order.
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// One layer of an image, as imported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layer {
+    /// Digest of the (possibly compressed) layer blob, "sha256:<hex>".
+    pub digest: String,
+    /// Digest of the uncompressed tar stream, "sha256:<hex>"; names the unpacked directory.
+    pub diff_id: String,
+    pub media_type: String,
+    /// Size of the blob in bytes (compressed).
+    pub size: u64,
+}
+
+/// An image the store now holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportedImage {
+    /// "sha256:<hex>" of the config blob.
+    pub id: String,
+    /// "sha256:<hex>" of the manifest blob. For docker archives, which carry no manifest, this is
+    /// the OCI manifest the import wrote for the image (also stored as a blob).
+    pub manifest_digest: String,
+    /// Normalized references ("name:tag").
+    pub names: Vec<String>,
+    pub config: RuntimeConfig,
+    /// Bottom layer first.
+    pub layers: Vec<Layer>,
+    /// Bytes of regular-file content across all layers, unpacked.
+    pub size: u64,
+}
+
+impl ImportedImage {
+    /// The digests gc must keep for this image: manifest, config, layer blobs and diff ids.
+    pub fn referenced_digests(&self) -> impl Iterator<Item = &str> {
+        [self.manifest_digest.as_str(), self.id.as_str()]
+            .into_iter()
+            .chain(
+                self.layers
+                    .iter()
+                    .flat_map(|l| [l.digest.as_str(), l.diff_id.as_str()]),
+            )
+    }
+
+    /// The diff ids in stacking order (bottom first), as [`ImageStore::layer_dirs`] wants them.
+    pub fn diff_ids(&self) -> Vec<String> {
+        self.layers.iter().map(|l| l.diff_id.clone()).collect()
+    }
+}

@@ -1,0 +1,272 @@
+//! The typed container request: what a caller may ask for, validated before anything is created.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::volumes::{self, Volume};
+
+/// A request to create a container (the body of `POST /v1/containers`, and a job's `container`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub image: String,
+    /// Replaces the image's Cmd (the image's Entrypoint stays).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Replaces the image's Entrypoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    /// `KEY=VALUE` entries, added to (and overriding) the image's Env.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// `uid[:gid]` or a user name from the image's /etc/passwd; default: the image's User.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    #[serde(default)]
+    pub network: Network,
+    /// Start right away (default true).
+    #[serde(default = "yes")]
+    pub start: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+pub const MAX_ARGS: usize = 4096;
+pub const MAX_ENV: usize = 4096;
+pub const MAX_VOLUMES: usize = 256;
+const MAX_STRING: usize = 128 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct InvalidField {
+    pub field: String,
+    pub reason: String,
+}
+
+fn bad(field: impl Into<String>, reason: impl Into<String>) -> InvalidField {
+    InvalidField { field: field.into(), reason: reason.into() }
+}
+
+/// Container names: 1–128 of `[a-zA-Z0-9_.-]`, starting with an alphanumeric.
+pub fn validate_name(name: &str) -> Result<(), InvalidField> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(bad("name", format!("{name:?} is not a valid name: use 1-128 of [a-zA-Z0-9_.-], starting with a letter or digit")))
+    }
+}
+
+fn check_strings(field: &str, items: &[String], max: usize) -> Result<(), InvalidField> {
+    if items.len() > max {
+        return Err(bad(field, format!("has {} entries, at most {max} allowed", items.len())));
+    }
+    for (i, s) in items.iter().enumerate() {
+        if s.contains('\0') {
+            return Err(bad(format!("{field}[{i}]"), "contains a NUL byte"));
+        }
+        if s.len() > MAX_STRING {
+            return Err(bad(format!("{field}[{i}]"), format!("is longer than {MAX_STRING} bytes")));
+        }
+    }
+    Ok(())
+}
+
+impl ContainerConfig {
+    /// Checks everything that can be checked without the image or the array.
+    pub fn validate(&self) -> Result<(), InvalidField> {
+        if let Some(n) = &self.name {
+            validate_name(n)?;
+        }
+        if self.image.is_empty() || self.image.contains('\0') || self.image.len() > 512 {
+            return Err(bad("image", "must be a non-empty image reference"));
+        }
+        if let Some(c) = &self.command {
+            check_strings("command", c, MAX_ARGS)?;
+        }
+        if let Some(e) = &self.entrypoint {
+            check_strings("entrypoint", e, MAX_ARGS)?;
+        }
+        check_strings("env", &self.env, MAX_ENV)?;
+        for (i, e) in self.env.iter().enumerate() {
+            match e.split_once('=') {
+                Some((k, _)) if !k.is_empty() => {}
+                _ => return Err(bad(format!("env[{i}]"), format!("{e:?} is not KEY=VALUE"))),
+            }
+        }
+        if let Some(w) = &self.workdir {
+            if !w.starts_with('/') || w.contains('\0') || w.split('/').any(|c| c == "..") {
+                return Err(bad("workdir", format!("{w:?} must be an absolute path without \"..\"")));
+            }
+        }
+        if let Some(u) = &self.user {
+            if u.is_empty() || u.contains('\0') || u.len() > 256 {
+                return Err(bad("user", "must be uid[:gid] or a user name"));
+            }
+        }
+        if self.volumes.len() > MAX_VOLUMES {
+            return Err(bad("volumes", format!("at most {MAX_VOLUMES} volumes")));
+        }
+        volumes::validate_all(&self.volumes).map_err(|e| match e {
+            volumes::VolumeError::Invalid { field, reason } => InvalidField { field, reason },
+            other => bad("volumes", other.to_string()),
+        })
+    }
+}
+
+/// When the daemon starts a container again after it exits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RestartPolicy {
+    #[default]
+    No,
+    Always,
+    /// Restart on a non-zero exit, at most `max` times (unlimited when `None`).
+    OnFailure { max: Option<u32> },
+    UnlessStopped,
+}
+
+impl RestartPolicy {
+    /// Whether an exit with `exit_code` after `restarts` restarts calls for another start.
+    /// A stop an operator asked for never restarts.
+    pub fn should_restart(self, exit_code: i64, restarts: i64, stop_requested: bool) -> bool {
+        if stop_requested {
+            return false;
+        }
+        match self {
+            Self::No => false,
+            Self::Always | Self::UnlessStopped => true,
+            Self::OnFailure { max } => {
+                exit_code != 0 && max.is_none_or(|m| restarts < i64::from(m))
+            }
+        }
+    }
+}
+
+impl fmt::Display for RestartPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::No => f.write_str("no"),
+            Self::Always => f.write_str("always"),
+            Self::OnFailure { max: None } => f.write_str("on-failure"),
+            Self::OnFailure { max: Some(n) } => write!(f, "on-failure:{n}"),
+            Self::UnlessStopped => f.write_str("unless-stopped"),
+        }
+    }
+}
+
+impl std::str::FromStr for RestartPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "no" | "" => Self::No,
+            "always" => Self::Always,
+            "unless-stopped" => Self::UnlessStopped,
+            "on-failure" => Self::OnFailure { max: None },
+            other => match other.strip_prefix("on-failure:") {
+                Some(n) => Self::OnFailure {
+                    max: Some(n.parse().map_err(|_| format!("restart: bad retry count in {s:?}"))?),
+                },
+                None => {
+                    return Err(format!(
+                        "restart: {s:?} is not one of no, always, on-failure[:N], unless-stopped"
+                    ))
+                }
+            },
+        })
+    }
+}
+
+impl Serialize for RestartPolicy {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for RestartPolicy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// A private network namespace with only loopback.
+    #[default]
+    None,
+    /// The node's network namespace.
+    Host,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(json: &str) -> Result<ContainerConfig, String> {
+        let c: ContainerConfig = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        c.validate().map_err(|e| e.to_string())?;
+        Ok(c)
+    }
+
+    #[test]
+    fn parses_and_defaults() {
+        let c = cfg(r#"{"image":"busybox","command":["true"]}"#).unwrap();
+        assert!(c.start);
+        assert_eq!(c.restart, RestartPolicy::No);
+        assert_eq!(c.network, Network::None);
+        let c = cfg(r#"{"image":"b","restart":"on-failure:3","network":"host","start":false}"#).unwrap();
+        assert_eq!(c.restart, RestartPolicy::OnFailure { max: Some(3) });
+        assert!(!c.start);
+    }
+
+    #[test]
+    fn refuses_bad_input_naming_the_field() {
+        let cases = [
+            (r#"{"image":"b","bogus":1}"#, "unknown field"),
+            (r#"{"image":"b","restart":"sometimes"}"#, "restart"),
+            (r#"{"image":"b","env":["NOEQUALS"]}"#, "env[0]"),
+            (r#"{"image":"b","env":["=x"]}"#, "env[0]"),
+            (r#"{"image":"b","name":"../x"}"#, "name"),
+            (r#"{"image":"b","workdir":"rel"}"#, "workdir"),
+            (r#"{"image":"b","command":["a\u0000b"]}"#, "command[0]"),
+            (r#"{"image":"b","volumes":[{"source":"../../etc","target":"/x"}]}"#, "volumes[0].source"),
+            (r#"{"image":"b","volumes":[{"source":"/etc","target":"/x"}]}"#, "volumes[0].source"),
+            (r#"{"image":"b","volumes":[{"source":"a","target":"x"}]}"#, "volumes[0].target"),
+            (r#"{"image":"","command":[]}"#, "image"),
+            (r#"{"image":5}"#, "invalid type"),
+        ];
+        for (json, want) in cases {
+            let e = cfg(json).unwrap_err();
+            assert!(e.contains(want), "{json}: {e}");
+        }
+    }
+
+    #[test]
+    fn restart_policy_rules() {
+        use RestartPolicy::*;
+        assert!(!No.should_restart(1, 0, false));
+        assert!(Always.should_restart(0, 100, false));
+        assert!(!Always.should_restart(0, 0, true));
+        assert!(OnFailure { max: Some(2) }.should_restart(1, 1, false));
+        assert!(!OnFailure { max: Some(2) }.should_restart(1, 2, false));
+        assert!(!OnFailure { max: None }.should_restart(0, 0, false));
+        for p in ["no", "always", "on-failure", "on-failure:5", "unless-stopped"] {
+            assert_eq!(p.parse::<RestartPolicy>().unwrap().to_string(), p);
+        }
+    }
+}

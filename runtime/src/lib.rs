@@ -1,0 +1,20 @@
+//! Containers: typed requests, OCI specs with safe defaults, bind access beneath the array root,
+//! the per-container shim (the only caller of libcontainer), and the manager that ties them to the
+//! state database.
+
+pub mod cgroups;
+pub mod config;
+mod fsutil;
+pub mod manager;
+pub mod paths;
+pub mod sealed;
+pub mod shim;
+pub mod spec;
+pub mod supervisor;
+pub mod user;
+pub mod volumes;
+
+pub use config::{ContainerConfig, InvalidField, Network, RestartPolicy};
+pub use fsutil::write_atomic;
+pub use manager::{Manager, ManagerError, ManagerOptions, ReconcileReport};
+pub use volumes::{Volume, VolumeError};

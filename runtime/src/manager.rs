@@ -1,0 +1,626 @@
+//! The container manager: the daemon's typed actions on containers and images.
+//!
+//! Source of truth: the SQL row holds what the operator asked for (the spec, a stop request, the
+//! restart count); the shim's files (`shim-pid.json`, `exit.json`) hold what happened to the
+//! process. [`Manager::reconcile`] copies the latter into the former at start, and a monitor task
+//! per running container does so at every exit. Every action refreshes the row first.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use inarray_images::{ImageError, ImageStore, Reference};
+use inarray_store::{ContainerRow, ContainerState, ExitUpdate, ImageRow, NewContainer, NewImage, Store, StoreError};
+use nix::sys::signal::Signal;
+use tokio::sync::broadcast;
+
+use crate::config::{ContainerConfig, InvalidField};
+use crate::paths::ContainerPaths;
+use crate::shim::{ShimConfig, ShimRecord};
+use crate::spec::{self, ImageDefaults, SpecContext};
+use crate::supervisor;
+use crate::volumes::{ArrayRoot, VolumeError};
+
+/// Fixed settings of a manager.
+#[derive(Clone, Debug)]
+pub struct ManagerOptions {
+    pub state_dir: PathBuf,
+    pub array_dir: PathBuf,
+    /// Daemon paths no volume may expose (state dir, socket directories).
+    pub protected: Vec<PathBuf>,
+    /// The executable the shims run (the sealed copy of the daemon's binary).
+    pub shim_exe: PathBuf,
+    /// Parent cgroup of all containers, e.g. "inarray".
+    pub cgroup_parent: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error("no such {kind}: {key}")]
+    NotFound { kind: &'static str, key: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Invalid(#[from] InvalidField),
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("cannot start the container: {0}")]
+    Start(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = ManagerError> = std::result::Result<T, E>;
+
+fn internal(what: &str, e: impl std::fmt::Display) -> ManagerError {
+    ManagerError::Internal(format!("{what}: {e}"))
+}
+
+/// Cheap to clone; all clones share one state.
+#[derive(Clone)]
+pub struct Manager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    images: Arc<ImageStore>,
+    array: ArrayRoot,
+    opts: ManagerOptions,
+    containers_root: PathBuf,
+    runtime_root: PathBuf,
+    /// Ids of containers whose row changed (exits, starts): wakes `wait` and log followers.
+    changes: broadcast::Sender<String>,
+    /// One async lock per container: actions on one container are serialized.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Consecutive quick crashes per container (resets after a run of 10 s), for the backoff.
+    streaks: Mutex<HashMap<String, u32>>,
+}
+
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_CAP: Duration = Duration::from_secs(60);
+const STABLE_RUN: Duration = Duration::from_secs(10);
+
+/// Restart delay after `streak` consecutive quick exits: 100 ms doubling, capped at 1 min.
+pub fn backoff(streak: u32) -> Duration {
+    BACKOFF_START.saturating_mul(1u32.checked_shl(streak.min(20)).unwrap_or(u32::MAX)).min(BACKOFF_CAP)
+}
+
+impl Manager {
+    pub fn new(store: Store, images: Arc<ImageStore>, opts: ManagerOptions) -> Result<Self> {
+        let array = ArrayRoot::open(&opts.array_dir, &opts.protected)?;
+        let containers_root = opts.state_dir.join("containers");
+        let runtime_root = opts.state_dir.join("rt");
+        for d in [&containers_root, &runtime_root] {
+            std::fs::create_dir_all(d).map_err(|e| internal(&format!("cannot create {}", d.display()), e))?;
+        }
+        let (changes, _) = broadcast::channel(4096);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store,
+                images,
+                array,
+                opts,
+                containers_root,
+                runtime_root,
+                changes,
+                locks: Mutex::default(),
+                streaks: Mutex::default(),
+            }),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn paths(&self, id: &str) -> ContainerPaths {
+        ContainerPaths::new(&self.inner.containers_root, id)
+    }
+
+    /// Subscribe to "container <id> changed" notifications.
+    pub fn subscribe(&self) -> broadcast::Receiver<String> {
+        self.inner.changes.subscribe()
+    }
+
+    fn changed(&self, id: &str) {
+        let _ = self.inner.changes.send(id.to_owned());
+    }
+
+    fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.inner.locks.lock().expect("locks").entry(id.to_owned()).or_default().clone()
+    }
+
+    fn cgroup_path(&self, id: &str) -> String {
+        format!("/{}/{id}", self.inner.opts.cgroup_parent)
+    }
+
+    // ---------------------------------------------------------------- images
+
+    /// Imports an image archive read from `reader` (runs on a blocking thread).
+    pub async fn import_image<R: Read + Send + 'static>(&self, reader: R, name: Option<String>) -> Result<Vec<ImageRow>> {
+        let reference = name.as_deref().map(Reference::parse).transpose()?;
+        let images = self.inner.images.clone();
+        let imported = tokio::task::spawn_blocking(move || images.import_archive(reader, reference.as_ref()))
+            .await
+            .map_err(|e| internal("import task", e))??;
+        let mut out = Vec::new();
+        for img in imported {
+            self.inner
+                .store
+                .put_image(NewImage {
+                    id: &img.id,
+                    manifest_digest: &img.manifest_digest,
+                    names: &img.names,
+                    config: &img.config,
+                    layers: &img.layers,
+                    size: img.size,
+                })
+                .await?;
+            out.push(self.inner.store.image_by_id(&img.id).await?.ok_or_else(|| internal("image", "vanished"))?);
+        }
+        Ok(out)
+    }
+
+    /// Finds an image by reference ("busybox" means "busybox:latest") or id.
+    pub async fn find_image(&self, key: &str) -> Result<ImageRow> {
+        if let Some(img) = self.inner.store.find_image(key).await? {
+            return Ok(img);
+        }
+        if let Ok(r) = Reference::parse(key) {
+            if let Some(img) = self.inner.store.find_image(&r.to_string()).await? {
+                return Ok(img);
+            }
+        }
+        Err(ManagerError::NotFound { kind: "image", key: key.to_owned() })
+    }
+
+    /// Removes an image (409 while a container uses it) and frees blobs and layers nothing else uses.
+    pub async fn remove_image(&self, key: &str) -> Result<ImageRow> {
+        let img = self.find_image(key).await?;
+        let users = self.inner.store.image_users(&img.id).await?;
+        if !users.is_empty() {
+            return Err(ManagerError::Conflict(format!(
+                "image {key} is used by container(s) {}; remove them first",
+                users.join(", ")
+            )));
+        }
+        self.inner.store.delete_image(&img.id).await?;
+        self.gc_images().await?;
+        Ok(img)
+    }
+
+    async fn gc_images(&self) -> Result<()> {
+        let mut keep = HashSet::new();
+        for img in self.inner.store.list_images().await? {
+            keep.insert(img.id.clone());
+            keep.insert(img.manifest_digest.clone());
+            for l in img.layers_as::<Vec<inarray_images::Layer>>()? {
+                keep.insert(l.digest);
+                keep.insert(l.diff_id);
+            }
+        }
+        let images = self.inner.images.clone();
+        tokio::task::spawn_blocking(move || images.gc(&keep)).await.map_err(|e| internal("gc task", e))??;
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ containers
+
+    /// Validates and records a container, and starts it unless `start: false`.
+    pub async fn create(&self, cfg: ContainerConfig) -> Result<ContainerRow> {
+        cfg.validate()?;
+        let image = self.find_image(&cfg.image).await?;
+        for (i, v) in cfg.volumes.iter().enumerate() {
+            // Resolved here for a clear 400; resolved again (fd-based) by the shim at each start.
+            self.inner.array.resolve(&format!("volumes[{i}].source"), &v.source, v.create)?;
+        }
+        let defaults: ImageDefaults = image.config_as()?;
+        let layers: Vec<inarray_images::Layer> = image.layers_as()?;
+        let diff_ids: Vec<String> = layers.iter().map(|l| l.diff_id.clone()).collect();
+        let lowers = self.inner.images.layer_dirs(&diff_ids)?;
+        let user = cfg.user.clone().or_else(|| defaults.user.clone()).unwrap_or_default();
+        let identity = crate::user::resolve(&user, &lowers)
+            .map_err(|reason| InvalidField { field: "user".into(), reason })?;
+        let id = new_id()?;
+        let name = cfg.name.clone().unwrap_or_else(|| format!("c-{}", &id[..12]));
+        let spec = spec::build(&cfg, &defaults, &SpecContext {
+            hostname: &id[..12],
+            cgroups_path: &self.cgroup_path(&id),
+            identity,
+        })
+        .map_err(|e| match e {
+            spec::SpecError::NoCommand(reason) => ManagerError::Invalid(InvalidField { field: "command".into(), reason }),
+            e => internal("spec", e),
+        })?;
+        let cfg_json = serde_json::to_string(&cfg).map_err(|e| internal("spec json", e))?;
+        let row = self
+            .inner
+            .store
+            .insert_container(NewContainer { id: &id, name: &name, image_id: &image.id, image_ref: &cfg.image, spec: &cfg_json })
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict { .. } => ManagerError::Conflict(format!("a container named {name} already exists")),
+                e => e.into(),
+            })?;
+        let paths = self.paths(&id);
+        let shim = ShimConfig {
+            id: id.clone(),
+            array_root: self.inner.opts.array_dir.clone(),
+            protected: self.inner.opts.protected.clone(),
+            volumes: cfg.volumes.clone(),
+            lowers,
+            runtime_root: self.inner.runtime_root.clone(),
+        };
+        let prepared = (|| -> std::io::Result<()> {
+            std::fs::create_dir_all(paths.bundle())?;
+            let spec_json = serde_json::to_vec_pretty(&spec).map_err(std::io::Error::other)?;
+            crate::fsutil::write_atomic(&paths.bundle().join("config.json"), &spec_json)?;
+            let shim_json = serde_json::to_vec_pretty(&shim).map_err(std::io::Error::other)?;
+            crate::fsutil::write_atomic(&paths.shim_config(), &shim_json)
+        })();
+        if let Err(e) = prepared {
+            let _ = std::fs::remove_dir_all(&paths.dir);
+            let _ = self.inner.store.delete_container(&id).await;
+            return Err(internal(&format!("cannot prepare {}", paths.dir.display()), e));
+        }
+        if cfg.start {
+            return self.start(&id).await;
+        }
+        Ok(row)
+    }
+
+    /// Finds a container by id, name or unique id prefix.
+    pub async fn get(&self, key: &str) -> Result<ContainerRow> {
+        self.inner
+            .store
+            .find_container(key)
+            .await?
+            .ok_or_else(|| ManagerError::NotFound { kind: "container", key: key.to_owned() })
+    }
+
+    pub async fn list(&self, all: bool) -> Result<Vec<ContainerRow>> {
+        Ok(self.inner.store.list_containers(all).await?)
+    }
+
+    /// Starts a created or exited container. Allowed in: created, exited, dead.
+    pub async fn start(&self, key: &str) -> Result<ContainerRow> {
+        let row = self.get(key).await?;
+        let lock = self.lock_for(&row.id);
+        let _g = lock.lock().await;
+        let row = self.get(&row.id).await?;
+        match row.state {
+            ContainerState::Running | ContainerState::Restarting => {
+                return Err(ManagerError::Conflict(format!("container {} is already {}", row.name, row.state)))
+            }
+            _ => {}
+        }
+        self.inner.store.set_stop_requested(&row.id, false).await?;
+        self.spawn(&row.id).await
+    }
+
+    /// Spawns a shim for `id` and records the outcome. The caller holds the container's lock.
+    async fn spawn(&self, id: &str) -> Result<ContainerRow> {
+        let paths = self.paths(id);
+        match supervisor::spawn_shim(&self.inner.opts.shim_exe, &paths).await {
+            Ok(rec) => {
+                self.inner.store.mark_running(id, rec.pid.into(), rec.shim_pid.into(), rec.shim_start as i64).await?;
+                self.changed(id);
+                self.monitor(id.to_owned(), rec, Instant::now());
+                self.get(id).await
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                let _ = crate::cgroups::cleanup(&self.cgroup_path(id));
+                self.inner
+                    .store
+                    .mark_exited(id, &ExitUpdate { state: ContainerState::Dead, exit_code: None, error: Some(msg.clone()), finished_at: Utc::now() })
+                    .await?;
+                self.changed(id);
+                Err(ManagerError::Start(msg))
+            }
+        }
+    }
+
+    /// Watches the shim of a running container; records its exit and applies the restart policy.
+    fn monitor(&self, id: String, rec: ShimRecord, started: Instant) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            supervisor::wait_shim_gone(rec).await;
+            if let Err(e) = this.on_exit(&id, started.elapsed()).await {
+                tracing::error!(container = %id, error = %e, "recording an exit failed");
+            }
+        });
+    }
+
+    /// Records how a container ended (from its exit record), then restarts it if its policy says so.
+    async fn on_exit(&self, id: &str, ran_for: Duration) -> Result<()> {
+        let lock = self.lock_for(id);
+        let g = lock.lock().await;
+        let Some(row) = self.inner.store.container(id).await? else { return Ok(()) };
+        let paths = self.paths(id);
+        let update = match supervisor::read_exit_record(&paths) {
+            Some(x) => ExitUpdate { state: ContainerState::Exited, exit_code: Some(x.exit_code.into()), error: None, finished_at: x.finished_at },
+            None => ExitUpdate {
+                state: ContainerState::Dead,
+                exit_code: None,
+                error: Some("the container's supervisor ended without recording an exit".into()),
+                finished_at: Utc::now(),
+            },
+        };
+        // Whatever the shim left behind (it was killed, say) goes now.
+        let _ = crate::cgroups::cleanup(&self.cgroup_path(id));
+        let cfg: ContainerConfig = serde_json::from_str(&row.spec).map_err(|e| internal("stored spec", e))?;
+        let restart = update.state == ContainerState::Exited
+            && cfg.restart.should_restart(update.exit_code.unwrap_or(-1), row.restart_count, row.stop_requested);
+        if !restart {
+            self.inner.store.mark_exited(id, &update).await?;
+            self.inner.streaks.lock().expect("streaks").remove(id);
+            self.changed(id);
+            return Ok(());
+        }
+        let streak = {
+            let mut s = self.inner.streaks.lock().expect("streaks");
+            let e = s.entry(id.to_owned()).or_default();
+            if ran_for >= STABLE_RUN {
+                *e = 0;
+            }
+            let cur = *e;
+            *e = e.saturating_add(1);
+            cur
+        };
+        let delay = backoff(streak);
+        self.inner.store.mark_exited(id, &ExitUpdate { state: ContainerState::Restarting, ..update }).await?;
+        self.changed(id);
+        drop(g);
+        tracing::info!(container = %id, delay_ms = delay.as_millis() as u64, "restarting per policy");
+        tokio::time::sleep(delay).await;
+        let _g = lock.lock().await;
+        match self.inner.store.container(id).await? {
+            // Still waiting to restart (not stopped, removed or started by hand meanwhile).
+            Some(r) if r.state == ContainerState::Restarting && !r.stop_requested => {
+                self.inner.store.bump_restart_count(id).await?;
+                if let Err(e) = self.spawn(id).await {
+                    tracing::warn!(container = %id, error = %e, "restart failed");
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Sends SIGTERM, then SIGKILL after `timeout`; no restart policy applies afterwards.
+    /// Allowed in any state: stopping a stopped container is a no-op.
+    pub async fn stop(&self, key: &str, timeout: Duration) -> Result<ContainerRow> {
+        let row = self.get(key).await?;
+        self.inner.store.set_stop_requested(&row.id, true).await?;
+        if row.state == ContainerState::Restarting {
+            let lock = self.lock_for(&row.id);
+            let _g = lock.lock().await;
+            self.inner.store.set_state(&row.id, ContainerState::Exited).await?;
+            self.changed(&row.id);
+        }
+        if row.state != ContainerState::Running {
+            return self.get(&row.id).await;
+        }
+        let mut rx = self.subscribe();
+        let rec = shim_record(&row);
+        if let Some(rec) = rec {
+            let _ = supervisor::signal(rec, Signal::SIGTERM);
+        }
+        if !self.wait_until_not_running(&row.id, &mut rx, timeout).await? {
+            if let Some(rec) = rec {
+                let _ = supervisor::signal(rec, Signal::SIGKILL);
+            }
+            self.wait_until_not_running(&row.id, &mut rx, Duration::from_secs(30)).await?;
+        }
+        self.get(&row.id).await
+    }
+
+    /// Sends a signal to the container's init. Allowed in: running.
+    pub async fn kill(&self, key: &str, sig: Signal) -> Result<ContainerRow> {
+        let row = self.get(key).await?;
+        let rec = match (row.state, shim_record(&row)) {
+            (ContainerState::Running, Some(rec)) => rec,
+            _ => return Err(ManagerError::Conflict(format!("container {} is not running", row.name))),
+        };
+        supervisor::signal(rec, sig).map_err(|e| ManagerError::Conflict(format!("cannot signal container {}: {e}", row.name)))?;
+        self.get(&row.id).await
+    }
+
+    /// Stops (if running) and starts again.
+    pub async fn restart(&self, key: &str, timeout: Duration) -> Result<ContainerRow> {
+        let row = self.stop(key, timeout).await?;
+        self.start(&row.id).await
+    }
+
+    /// Blocks until the container is exited or dead (not restarting); returns the row.
+    pub async fn wait(&self, key: &str) -> Result<ContainerRow> {
+        let mut rx = self.subscribe();
+        let id = self.get(key).await?.id;
+        loop {
+            let row = self.get(&id).await?;
+            if matches!(row.state, ContainerState::Exited | ContainerState::Dead) {
+                return Ok(row);
+            }
+            if row.state == ContainerState::Created {
+                return Err(ManagerError::Conflict(format!("container {} has not been started", row.name)));
+            }
+            recv_for(&mut rx, &id, Duration::from_secs(5)).await;
+        }
+    }
+
+    /// Returns true once not running (exited, dead or restarting), false on timeout.
+    async fn wait_until_not_running(&self, id: &str, rx: &mut broadcast::Receiver<String>, timeout: Duration) -> Result<bool> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let row = self.get(id).await?;
+            if row.state != ContainerState::Running {
+                return Ok(true);
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            recv_for(rx, id, left.min(Duration::from_millis(500))).await;
+        }
+    }
+
+    /// Removes a container: its row, private upper layer, logs and runtime leftovers.
+    /// Allowed in: created, exited, dead; running/restarting only with `force` (killed first).
+    pub async fn delete(&self, key: &str, force: bool) -> Result<()> {
+        let row = self.get(key).await?;
+        if matches!(row.state, ContainerState::Running | ContainerState::Restarting) {
+            if !force {
+                return Err(ManagerError::Conflict(format!(
+                    "container {} is {}; stop it first or delete with force=true",
+                    row.name, row.state
+                )));
+            }
+            self.stop(&row.id, Duration::ZERO).await?;
+        }
+        let lock = self.lock_for(&row.id);
+        let _g = lock.lock().await;
+        self.remove_files(&row.id)?;
+        self.inner.store.delete_container(&row.id).await?;
+        self.inner.locks.lock().expect("locks").remove(&row.id);
+        self.changed(&row.id);
+        Ok(())
+    }
+
+    fn remove_files(&self, id: &str) -> Result<()> {
+        crate::cgroups::cleanup(&self.cgroup_path(id)).map_err(|e| internal("cgroup cleanup", e))?;
+        let rt = self.inner.runtime_root.join(id);
+        if rt.exists() {
+            std::fs::remove_dir_all(&rt).map_err(|e| internal(&format!("cannot remove {}", rt.display()), e))?;
+        }
+        let dir = self.paths(id).dir;
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(internal(&format!("cannot remove {}", dir.display()), e)),
+        }
+    }
+
+    /// Brings SQL in line with reality after a (re)start of the daemon: re-adopts containers whose
+    /// shims live, records exits that happened meanwhile (and applies restart policies), removes
+    /// directories and cgroups that belong to no container.
+    pub async fn reconcile(&self) -> Result<ReconcileReport> {
+        let mut report = ReconcileReport::default();
+        let rows = self.inner.store.list_containers(true).await?;
+        let known: HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        for row in &rows {
+            match row.state {
+                ContainerState::Running => {
+                    let paths = self.paths(&row.id);
+                    let rec = shim_record(row).or_else(|| supervisor::read_shim_record(&paths));
+                    match rec {
+                        Some(rec) if supervisor::is_same_process(rec.shim_pid, rec.shim_start) => {
+                            self.monitor(row.id.clone(), rec, Instant::now());
+                            report.adopted += 1;
+                        }
+                        _ => {
+                            self.on_exit_detached(&row.id);
+                            report.exited += 1;
+                        }
+                    }
+                }
+                ContainerState::Restarting => {
+                    self.on_exit_detached(&row.id);
+                    report.restarted += 1;
+                }
+                _ => {}
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(&self.inner.containers_root) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !known.contains(name.as_str()) {
+                    let _ = self.remove_files(&name);
+                    report.removed_orphans += 1;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    fn on_exit_detached(&self, id: &str) {
+        let this = self.clone();
+        let id = id.to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = this.on_exit(&id, Duration::ZERO).await {
+                tracing::error!(container = %id, error = %e, "reconciling an exit failed");
+            }
+        });
+    }
+}
+
+/// What [`Manager::reconcile`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    pub adopted: usize,
+    pub exited: usize,
+    pub restarted: usize,
+    pub removed_orphans: usize,
+}
+
+fn shim_record(row: &ContainerRow) -> Option<ShimRecord> {
+    Some(ShimRecord {
+        pid: row.pid? as i32,
+        shim_pid: row.shim_pid? as i32,
+        shim_start: row.shim_start? as u64,
+    })
+}
+
+/// Waits for a change notification about `id`, at most `max`.
+async fn recv_for(rx: &mut broadcast::Receiver<String>, id: &str, max: Duration) {
+    let _ = tokio::time::timeout(max, async {
+        loop {
+            match rx.recv().await {
+                Ok(changed) if changed == id => return,
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => return,
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    })
+    .await;
+}
+
+/// A new container id: 24 hex digits (96 random bits).
+fn new_id() -> Result<String> {
+    let mut b = [0u8; 12];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(|e| internal("random id", e))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff(0), Duration::from_millis(100));
+        assert_eq!(backoff(1), Duration::from_millis(200));
+        assert_eq!(backoff(5), Duration::from_millis(3200));
+        assert_eq!(backoff(10), Duration::from_secs(60));
+        assert_eq!(backoff(u32::MAX), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn ids_are_unique_hex() {
+        let a = new_id().unwrap();
+        assert_eq!(a.len(), 24);
+        assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(a, new_id().unwrap());
+    }
+}

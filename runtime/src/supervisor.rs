@@ -1,0 +1,150 @@
+//! The daemon's side of the shim protocol: spawn a shim, read its report, learn when it is gone.
+//!
+//! The daemon never parents containers. It spawns `inarray shim DIR` (from the sealed copy of its
+//! own binary), reads one JSON line from the shim's stdout, and from then on watches the shim with
+//! a pidfd. The shim's `exit.json` is the durable record of how the container ended, so an exit is
+//! never lost, whether the daemon was watching at that moment or not.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::unix::AsyncFd;
+
+use crate::paths::ContainerPaths;
+use crate::shim::{ExitRecord, ShimRecord, ShimReport};
+
+/// How long a shim may take to report that its container runs.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("cannot spawn the shim {exe}: {source}")]
+    Spawn { exe: String, source: io::Error },
+    #[error("the shim did not report within {0:?}")]
+    Timeout(Duration),
+    #[error("the shim exited without a report (see {0})")]
+    NoReport(String),
+    #[error("{0}")]
+    StartFailed(String),
+}
+
+/// Spawns a shim for the container in `paths` and waits for its report.
+pub async fn spawn_shim(exe: &Path, paths: &ContainerPaths) -> Result<ShimRecord, SupervisorError> {
+    let diag = std::fs::OpenOptions::new().create(true).append(true).open(paths.shim_log());
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.arg("shim")
+        .arg(&paths.dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(diag.map(Stdio::from).unwrap_or_else(|_| Stdio::null()))
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .kill_on_drop(false);
+    let mut child = cmd
+        .spawn()
+        .map_err(|source| SupervisorError::Spawn { exe: exe.display().to_string(), source })?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    let read = tokio::time::timeout(START_TIMEOUT, BufReader::new(stdout).read_line(&mut line)).await;
+    // The first process exits right after forking the supervisor: reap it.
+    let _ = child.wait().await;
+    match read {
+        Err(_) => Err(SupervisorError::Timeout(START_TIMEOUT)),
+        Ok(Err(_)) | Ok(Ok(0)) => Err(SupervisorError::NoReport(paths.shim_log().display().to_string())),
+        Ok(Ok(_)) => match serde_json::from_str::<ShimReport>(line.trim()) {
+            Ok(ShimReport::Started(rec)) => Ok(rec),
+            Ok(ShimReport::Failed { error }) => Err(SupervisorError::StartFailed(error)),
+            Err(_) => Err(SupervisorError::NoReport(paths.shim_log().display().to_string())),
+        },
+    }
+}
+
+/// Field 22 of /proc/PID/stat: the process's start time in clock ticks since boot.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the process `pid` is alive and is the one that started at `start`.
+pub fn is_same_process(pid: i32, start: u64) -> bool {
+    process_start_time(pid) == Some(start)
+}
+
+fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory is passed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(crate::fsutil::owned(fd as i32))
+}
+
+/// Resolves once the shim `rec` describes has exited (at once if it is already gone).
+pub async fn wait_shim_gone(rec: ShimRecord) {
+    let Ok(fd) = pidfd_open(rec.shim_pid) else { return };
+    // Checked after opening the pidfd: if the pid had been reused, the start time differs.
+    if !is_same_process(rec.shim_pid, rec.shim_start) {
+        return;
+    }
+    // SAFETY: `fd` is an OwnedFd moved into the AsyncFd: it stays open and refers to the same
+    // pidfd for the AsyncFd's whole lifetime, and OwnedFd::as_raw_fd always returns that fd.
+    match unsafe { AsyncFd::register(fd) } {
+        Ok(afd) => {
+            let _ = afd.readable().await;
+        }
+        Err(_) => {
+            // No reactor support for this fd: poll instead.
+            while is_same_process(rec.shim_pid, rec.shim_start) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+pub fn read_exit_record(paths: &ContainerPaths) -> Option<ExitRecord> {
+    serde_json::from_slice(&std::fs::read(paths.exit_record()).ok()?).ok()
+}
+
+pub fn read_shim_record(paths: &ContainerPaths) -> Option<ShimRecord> {
+    serde_json::from_slice(&std::fs::read(paths.shim_record()).ok()?).ok()
+}
+
+/// Sends `sig` to the container's init, if the shim that supervises it is still alive (a dead shim
+/// means the pid may already belong to someone else).
+pub fn signal(rec: ShimRecord, sig: nix::sys::signal::Signal) -> nix::Result<()> {
+    if !is_same_process(rec.shim_pid, rec.shim_start) {
+        return Err(nix::errno::Errno::ESRCH);
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(rec.pid), sig)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_of_self() {
+        let me = std::process::id() as i32;
+        let t = process_start_time(me).unwrap();
+        assert!(is_same_process(me, t));
+        assert!(!is_same_process(me, t + 1));
+        assert_eq!(process_start_time(-5), None);
+    }
+
+    #[tokio::test]
+    async fn pidfd_wait_sees_exit() {
+        let mut child = std::process::Command::new("sleep").arg("0.2").spawn().unwrap();
+        let pid = child.id() as i32;
+        let rec = ShimRecord { pid, shim_pid: pid, shim_start: process_start_time(pid).unwrap() };
+        let waiter = tokio::spawn(wait_shim_gone(rec));
+        // The child is ours: reap it so the pidfd reports the exit.
+        tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
+    }
+}

@@ -1,0 +1,161 @@
+//! `inarray serve`: configuration, start-up checks, and wiring of the crates.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use inarray_api::serve::{bind, serve, Listen};
+use serde::Deserialize;
+
+/// The config file (TOML); every key can also be given as a flag, and flags win.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub array: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub listen: Option<Vec<String>>,
+    /// Mode of the API's unix sockets, octal string (default "0660").
+    pub socket_mode: Option<String>,
+    /// Tracing filter, e.g. "info" or "inarray=debug".
+    pub log: Option<String>,
+}
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/inarray";
+pub const DEFAULT_SOCKET: &str = "/run/inarray/inarray.sock";
+
+#[derive(Debug, clap::Args)]
+pub struct ServeOpts {
+    /// The array: the directory all volume sources are relative to.
+    #[arg(long)]
+    pub array: Option<PathBuf>,
+    /// Where the daemon keeps its database, images and container state.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// unix:/PATH or tcp:HOST:PORT (repeatable). Default: unix:/run/inarray/inarray.sock.
+    #[arg(long)]
+    pub listen: Vec<String>,
+    /// A TOML file with the same keys (array, state_dir, listen, socket_mode, log).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+struct Settings {
+    array: PathBuf,
+    state_dir: PathBuf,
+    listen: Vec<Listen>,
+    socket_mode: u32,
+    log: String,
+}
+
+fn settings(opts: ServeOpts) -> Result<Settings> {
+    let file: FileConfig = match &opts.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("config file {}", p.display()))?;
+            toml::from_str(&text).with_context(|| format!("config file {}", p.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let Some(array) = opts.array.or(file.array) else {
+        bail!("no array directory: pass --array DIR or set `array` in the config file");
+    };
+    let state_dir = opts.state_dir.or(file.state_dir).unwrap_or_else(|| DEFAULT_STATE_DIR.into());
+    let listen_raw = if !opts.listen.is_empty() {
+        opts.listen
+    } else {
+        file.listen.unwrap_or_else(|| vec![format!("unix:{DEFAULT_SOCKET}")])
+    };
+    let listen = listen_raw.iter().map(|l| l.parse::<Listen>().map_err(anyhow::Error::msg)).collect::<Result<_>>()?;
+    let mode = file.socket_mode.as_deref().unwrap_or("0660");
+    let socket_mode = u32::from_str_radix(mode.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .with_context(|| format!("socket_mode {mode:?} is not an octal mode like \"0660\""))?;
+    Ok(Settings { array, state_dir, listen, socket_mode, log: file.log.unwrap_or_else(|| "info".into()) })
+}
+
+fn check_dirs(s: &Settings) -> Result<(PathBuf, PathBuf)> {
+    let array = s.array.canonicalize().with_context(|| format!("array directory {}", s.array.display()))?;
+    if !array.is_dir() {
+        bail!("array directory {}: not a directory", array.display());
+    }
+    std::fs::create_dir_all(&s.state_dir).with_context(|| format!("state directory {}", s.state_dir.display()))?;
+    let state = s.state_dir.canonicalize().with_context(|| format!("state directory {}", s.state_dir.display()))?;
+    let probe = state.join(".write-probe");
+    std::fs::write(&probe, b"").with_context(|| format!("state directory {}: not writable", state.display()))?;
+    let _ = std::fs::remove_file(probe);
+    if state.starts_with(&array) {
+        bail!(
+            "state directory {} is inside the array {}: containers could reach it; put it elsewhere",
+            state.display(),
+            array.display()
+        );
+    }
+    for l in &s.listen {
+        if let Listen::Unix(p) = l {
+            if let Some(dir) = p.parent() {
+                if dir.canonicalize().map(|d| d.starts_with(&array)).unwrap_or(false) {
+                    bail!("socket {} is inside the array: containers could reach it", p.display());
+                }
+            }
+        }
+    }
+    Ok((array, state))
+}
+
+pub async fn run(opts: ServeOpts) -> Result<()> {
+    let s = settings(opts)?;
+    let filter = std::env::var("INARRAY_LOG").unwrap_or_else(|_| s.log.clone());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).with_context(|| format!("log filter {filter:?}"))?)
+        .with_writer(std::io::stderr)
+        .init();
+    let (array, state) = check_dirs(&s)?;
+    let sealed = inarray_runtime::sealed::SealedExe::new().context("cannot make a sealed copy of the binary")?;
+    let store = inarray_store::Store::open(&state.join("state.db")).await.context("state database")?;
+    let images = inarray_images::ImageStore::open(&state.join("images"), inarray_images::Limits::default())
+        .context("image store")?;
+    let mut protected = vec![state.clone()];
+    protected.extend(s.listen.iter().filter_map(|l| match l {
+        Listen::Unix(p) => p.parent().map(Path::to_path_buf),
+        Listen::Tcp(_) => None,
+    }));
+    let manager = inarray_runtime::Manager::new(
+        store.clone(),
+        Arc::new(images),
+        inarray_runtime::ManagerOptions {
+            state_dir: state.clone(),
+            array_dir: array.clone(),
+            protected,
+            shim_exe: sealed.path(),
+            cgroup_parent: "inarray".into(),
+        },
+    )
+    .context("container manager")?;
+    let bound = bind(&s.listen, s.socket_mode).await.map_err(anyhow::Error::msg)?;
+    let report = manager.reconcile().await.context("reconcile")?;
+    tracing::info!(
+        array = %array.display(),
+        state = %state.display(),
+        listen = ?s.listen.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        adopted = report.adopted,
+        exited_meanwhile = report.exited,
+        orphans_removed = report.removed_orphans,
+        "inarray serving"
+    );
+    serve(inarray_api::router(manager), bound, shutdown_signal()).await.context("serving the API")?;
+    store.close().await;
+    tracing::info!("stopped; containers keep running under their shims");
+    drop(sealed);
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,42 @@
+//! `inarray`: the daemon (`serve`), the per-container shim (`shim`, internal) and the client
+//! commands. This file only wires configuration, tracing and the crates together.
+
+mod cli;
+mod daemon;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Args::parse();
+    match args.command {
+        // The shim must stay single-threaded (libcontainer forks): no async runtime here.
+        cli::Command::Shim { dir } => inarray_runtime::shim::main(&dir),
+        cli::Command::Serve(opts) => {
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => return fatal(&format!("cannot start the async runtime: {e}")),
+            };
+            match rt.block_on(daemon::run(opts)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fatal(&format!("{e:#}")),
+            }
+        }
+        command => {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => return fatal(&format!("cannot start the async runtime: {e}")),
+            };
+            match rt.block_on(cli::run(args.host, args.json, command)) {
+                Ok(code) => code,
+                Err(e) => fatal(&format!("{e:#}")),
+            }
+        }
+    }
+}
+
+fn fatal(msg: &str) -> ExitCode {
+    eprintln!("inarray: {msg}");
+    ExitCode::from(125)
+}

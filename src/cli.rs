@@ -12,7 +12,11 @@ use serde_json::{json, Value};
 use crate::daemon::{ServeOpts, DEFAULT_SOCKET};
 
 #[derive(Debug, Parser)]
-#[command(name = "inarray", version, about = "Containers inside the storage array")]
+#[command(
+    name = "inarray",
+    version,
+    about = "Containers inside the storage array"
+)]
 pub struct Args {
     /// The daemon to talk to: unix:/PATH or tcp:HOST:PORT.
     #[arg(long, global = true, env = "INARRAY_HOST", default_value_t = format!("unix:{DEFAULT_SOCKET}"))]
@@ -134,7 +138,9 @@ pub fn parse_volume(s: &str) -> Result<Value> {
 fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -168,21 +174,33 @@ pub async fn run(host: String, as_json: bool, command: Command) -> Result<ExitCo
                 println!("{:<20} {:<40} {:>12}", "ID", "NAMES", "SIZE");
                 for i in v.as_array().into_iter().flatten() {
                     let id = i["id"].as_str().unwrap_or("").trim_start_matches("sha256:");
-                    println!("{:<20} {:<40} {:>12}", &id[..id.len().min(12)], names(&i["names"]), i["size"]);
+                    println!(
+                        "{:<20} {:<40} {:>12}",
+                        &id[..id.len().min(12)],
+                        names(&i["names"]),
+                        i["size"]
+                    );
                 }
             }
         }
         Command::Image(ImageCmd::Rm { reference }) => {
-            let v = c.json(Method::DELETE, &format!("/v1/images/{reference}"), None).await?;
+            let v = c
+                .json(Method::DELETE, &format!("/v1/images/{reference}"), None)
+                .await?;
             println!("{}", v["deleted"].as_str().unwrap_or(""));
         }
         Command::Run(o) => return run_container(&c, o).await,
         Command::Ps { all } => {
-            let v = c.json(Method::GET, &format!("/v1/containers?all={all}"), None).await?;
+            let v = c
+                .json(Method::GET, &format!("/v1/containers?all={all}"), None)
+                .await?;
             if as_json {
                 print(&v);
             } else {
-                println!("{:<14} {:<20} {:<20} {:<11} {:>5}", "ID", "NAME", "IMAGE", "STATE", "EXIT");
+                println!(
+                    "{:<14} {:<20} {:<20} {:<11} {:>5}",
+                    "ID", "NAME", "IMAGE", "STATE", "EXIT"
+                );
                 for x in v.as_array().into_iter().flatten() {
                     let id = x["id"].as_str().unwrap_or("");
                     println!(
@@ -191,7 +209,10 @@ pub async fn run(host: String, as_json: bool, command: Command) -> Result<ExitCo
                         x["name"].as_str().unwrap_or(""),
                         x["image"].as_str().unwrap_or(""),
                         x["state"].as_str().unwrap_or(""),
-                        x["exit_code"].as_i64().map(|c| c.to_string()).unwrap_or_default()
+                        x["exit_code"]
+                            .as_i64()
+                            .map(|c| c.to_string())
+                            .unwrap_or_default()
                     );
                 }
             }
@@ -206,35 +227,82 @@ pub async fn run(host: String, as_json: bool, command: Command) -> Result<ExitCo
             .await?;
         }
         Command::Start { container } => {
-            let v = c.json(Method::POST, &format!("/v1/containers/{}/start", enc(&container)), None).await?;
+            let v = c
+                .json(
+                    Method::POST,
+                    &format!("/v1/containers/{}/start", enc(&container)),
+                    None,
+                )
+                .await?;
             println!("{}", v["id"].as_str().unwrap_or(""));
         }
         Command::Stop { time, container } => {
-            let v = c.json(Method::POST, &format!("/v1/containers/{}/stop?timeout={time}", enc(&container)), None).await?;
+            let v = c
+                .json(
+                    Method::POST,
+                    &format!("/v1/containers/{}/stop?timeout={time}", enc(&container)),
+                    None,
+                )
+                .await?;
             println!("{}", v["id"].as_str().unwrap_or(""));
         }
         Command::Kill { signal, container } => {
-            let v = c.json(Method::POST, &format!("/v1/containers/{}/kill?signal={}", enc(&container), enc(&signal)), None).await?;
+            let v = c
+                .json(
+                    Method::POST,
+                    &format!(
+                        "/v1/containers/{}/kill?signal={}",
+                        enc(&container),
+                        enc(&signal)
+                    ),
+                    None,
+                )
+                .await?;
             println!("{}", v["id"].as_str().unwrap_or(""));
         }
         Command::Wait { container } => {
-            let v = c.json(Method::POST, &format!("/v1/containers/{}/wait", enc(&container)), None).await?;
+            let v = c
+                .json(
+                    Method::POST,
+                    &format!("/v1/containers/{}/wait", enc(&container)),
+                    None,
+                )
+                .await?;
             println!("{}", v["exit_code"]);
             return Ok(exit_code(&v));
         }
         Command::Rm { force, container } => {
-            c.json(Method::DELETE, &format!("/v1/containers/{}?force={force}", enc(&container)), None).await?;
+            c.json(
+                Method::DELETE,
+                &format!("/v1/containers/{}?force={force}", enc(&container)),
+                None,
+            )
+            .await?;
             println!("{container}");
         }
         Command::Inspect { container } => {
-            print(&c.json(Method::GET, &format!("/v1/containers/{}", enc(&container)), None).await?);
+            print(
+                &c.json(
+                    Method::GET,
+                    &format!("/v1/containers/{}", enc(&container)),
+                    None,
+                )
+                .await?,
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn names(v: &Value) -> String {
-    v.as_array().map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(",")).unwrap_or_default()
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
 }
 
 fn exit_code(v: &Value) -> ExitCode {
@@ -246,7 +314,11 @@ fn exit_code(v: &Value) -> ExitCode {
 
 async fn run_container(c: &Client, o: RunOpts) -> Result<ExitCode> {
     use hyper::Method;
-    let volumes: Vec<Value> = o.volumes.iter().map(|v| parse_volume(v)).collect::<Result<_>>()?;
+    let volumes: Vec<Value> = o
+        .volumes
+        .iter()
+        .map(|v| parse_volume(v))
+        .collect::<Result<_>>()?;
     let mut body = json!({
         "image": o.image, "volumes": volumes, "env": o.env, "restart": o.restart, "network": o.network,
     });
@@ -263,7 +335,10 @@ async fn run_container(c: &Client, o: RunOpts) -> Result<ExitCode> {
         body["user"] = json!(u);
     }
     let created = c.json(Method::POST, "/v1/containers", Some(&body)).await?;
-    let id = created["id"].as_str().context("the daemon returned no id")?.to_owned();
+    let id = created["id"]
+        .as_str()
+        .context("the daemon returned no id")?
+        .to_owned();
     if o.detach {
         println!("{id}");
         return Ok(ExitCode::SUCCESS);
@@ -276,9 +351,16 @@ async fn run_container(c: &Client, o: RunOpts) -> Result<ExitCode> {
         })
         .await?;
     }
-    let v = c.json(Method::POST, &format!("/v1/containers/{id}/wait"), None).await?;
+    let v = c
+        .json(Method::POST, &format!("/v1/containers/{id}/wait"), None)
+        .await?;
     if o.rm {
-        c.json(Method::DELETE, &format!("/v1/containers/{id}?force=true"), None).await?;
+        c.json(
+            Method::DELETE,
+            &format!("/v1/containers/{id}?force=true"),
+            None,
+        )
+        .await?;
     }
     if let Some(e) = v["error"].as_str() {
         eprintln!("inarray: {e}");
@@ -307,7 +389,10 @@ mod tests {
 
     #[test]
     fn volume_flags() {
-        assert_eq!(parse_volume("data:/d").unwrap(), json!({"source": "data", "target": "/d", "read_only": false}));
+        assert_eq!(
+            parse_volume("data:/d").unwrap(),
+            json!({"source": "data", "target": "/d", "read_only": false})
+        );
         assert_eq!(parse_volume("a/b:/x:ro").unwrap()["read_only"], true);
         assert!(parse_volume("a").is_err());
         assert!(parse_volume("a:/b:rx").is_err());

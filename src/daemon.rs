@@ -50,7 +50,8 @@ struct Settings {
 fn settings(opts: ServeOpts) -> Result<Settings> {
     let file: FileConfig = match &opts.config {
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("config file {}", p.display()))?;
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("config file {}", p.display()))?;
             toml::from_str(&text).with_context(|| format!("config file {}", p.display()))?
         }
         None => FileConfig::default(),
@@ -58,30 +59,51 @@ fn settings(opts: ServeOpts) -> Result<Settings> {
     let Some(array) = opts.array.or(file.array) else {
         bail!("no array directory: pass --array DIR or set `array` in the config file");
     };
-    let state_dir = opts.state_dir.or(file.state_dir).unwrap_or_else(|| DEFAULT_STATE_DIR.into());
+    let state_dir = opts
+        .state_dir
+        .or(file.state_dir)
+        .unwrap_or_else(|| DEFAULT_STATE_DIR.into());
     let listen_raw = if !opts.listen.is_empty() {
         opts.listen
     } else {
-        file.listen.unwrap_or_else(|| vec![format!("unix:{DEFAULT_SOCKET}")])
+        file.listen
+            .unwrap_or_else(|| vec![format!("unix:{DEFAULT_SOCKET}")])
     };
-    let listen = listen_raw.iter().map(|l| l.parse::<Listen>().map_err(anyhow::Error::msg)).collect::<Result<_>>()?;
+    let listen = listen_raw
+        .iter()
+        .map(|l| l.parse::<Listen>().map_err(anyhow::Error::msg))
+        .collect::<Result<_>>()?;
     let mode = file.socket_mode.as_deref().unwrap_or("0660");
     let socket_mode = u32::from_str_radix(mode.trim_start_matches("0o"), 8)
         .ok()
         .filter(|m| *m <= 0o777)
         .with_context(|| format!("socket_mode {mode:?} is not an octal mode like \"0660\""))?;
-    Ok(Settings { array, state_dir, listen, socket_mode, log: file.log.unwrap_or_else(|| "info".into()) })
+    Ok(Settings {
+        array,
+        state_dir,
+        listen,
+        socket_mode,
+        log: file.log.unwrap_or_else(|| "info".into()),
+    })
 }
 
 fn check_dirs(s: &Settings) -> Result<(PathBuf, PathBuf)> {
-    let array = s.array.canonicalize().with_context(|| format!("array directory {}", s.array.display()))?;
+    let array = s
+        .array
+        .canonicalize()
+        .with_context(|| format!("array directory {}", s.array.display()))?;
     if !array.is_dir() {
         bail!("array directory {}: not a directory", array.display());
     }
-    std::fs::create_dir_all(&s.state_dir).with_context(|| format!("state directory {}", s.state_dir.display()))?;
-    let state = s.state_dir.canonicalize().with_context(|| format!("state directory {}", s.state_dir.display()))?;
+    std::fs::create_dir_all(&s.state_dir)
+        .with_context(|| format!("state directory {}", s.state_dir.display()))?;
+    let state = s
+        .state_dir
+        .canonicalize()
+        .with_context(|| format!("state directory {}", s.state_dir.display()))?;
     let probe = state.join(".write-probe");
-    std::fs::write(&probe, b"").with_context(|| format!("state directory {}: not writable", state.display()))?;
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("state directory {}: not writable", state.display()))?;
     let _ = std::fs::remove_file(probe);
     if state.starts_with(&array) {
         bail!(
@@ -93,8 +115,15 @@ fn check_dirs(s: &Settings) -> Result<(PathBuf, PathBuf)> {
     for l in &s.listen {
         if let Listen::Unix(p) = l {
             if let Some(dir) = p.parent() {
-                if dir.canonicalize().map(|d| d.starts_with(&array)).unwrap_or(false) {
-                    bail!("socket {} is inside the array: containers could reach it", p.display());
+                if dir
+                    .canonicalize()
+                    .map(|d| d.starts_with(&array))
+                    .unwrap_or(false)
+                {
+                    bail!(
+                        "socket {} is inside the array: containers could reach it",
+                        p.display()
+                    );
                 }
             }
         }
@@ -106,14 +135,21 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
     let s = settings(opts)?;
     let filter = std::env::var("INARRAY_LOG").unwrap_or_else(|_| s.log.clone());
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).with_context(|| format!("log filter {filter:?}"))?)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&filter)
+                .with_context(|| format!("log filter {filter:?}"))?,
+        )
         .with_writer(std::io::stderr)
         .init();
     let (array, state) = check_dirs(&s)?;
-    let sealed = inarray_runtime::sealed::SealedExe::new().context("cannot make a sealed copy of the binary")?;
-    let store = inarray_store::Store::open(&state.join("state.db")).await.context("state database")?;
-    let images = inarray_images::ImageStore::open(&state.join("images"), inarray_images::Limits::default())
-        .context("image store")?;
+    let sealed = inarray_runtime::sealed::SealedExe::new()
+        .context("cannot make a sealed copy of the binary")?;
+    let store = inarray_store::Store::open(&state.join("state.db"))
+        .await
+        .context("state database")?;
+    let images =
+        inarray_images::ImageStore::open(&state.join("images"), inarray_images::Limits::default())
+            .context("image store")?;
     let mut protected = vec![state.clone()];
     protected.extend(s.listen.iter().filter_map(|l| match l {
         Listen::Unix(p) => p.parent().map(Path::to_path_buf),
@@ -131,7 +167,9 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
         },
     )
     .context("container manager")?;
-    let bound = bind(&s.listen, s.socket_mode).await.map_err(anyhow::Error::msg)?;
+    let bound = bind(&s.listen, s.socket_mode)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let report = manager.reconcile().await.context("reconcile")?;
     tracing::info!(
         array = %array.display(),
@@ -142,7 +180,9 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
         orphans_removed = report.removed_orphans,
         "inarray serving"
     );
-    serve(inarray_api::router(manager), bound, shutdown_signal()).await.context("serving the API")?;
+    serve(inarray_api::router(manager), bound, shutdown_signal())
+        .await
+        .context("serving the API")?;
     store.close().await;
     tracing::info!("stopped; containers keep running under their shims");
     drop(sealed);

@@ -14,7 +14,10 @@ fn main() -> ExitCode {
         // The shim must stay single-threaded (libcontainer forks): no async runtime here.
         cli::Command::Shim { dir } => inarray_runtime::shim::main(&dir),
         cli::Command::Serve(opts) => {
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => return fatal(&format!("cannot start the async runtime: {e}")),
             };
@@ -24,7 +27,10 @@ fn main() -> ExitCode {
             }
         }
         command => {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => return fatal(&format!("cannot start the async runtime: {e}")),
             };

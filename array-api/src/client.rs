@@ -17,13 +17,23 @@ mod bytes_body {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot connect to the daemon at {host}: {source} (is `inarray serve` running?)")]
-    Connect { host: String, source: std::io::Error },
+    Connect {
+        host: String,
+        source: std::io::Error,
+    },
     #[error("request failed: {0}")]
     Http(#[from] hyper::Error),
     #[error("{message}")]
-    Api { status: StatusCode, code: String, message: String },
+    Api {
+        status: StatusCode,
+        code: String,
+        message: String,
+    },
     #[error("cannot read {path}: {source}")]
-    File { path: PathBuf, source: std::io::Error },
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("unexpected reply: {0}")]
     Reply(String),
 }
@@ -38,10 +48,14 @@ impl Client {
     }
 
     async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ClientError> {
-        let conn_err = |source| ClientError::Connect { host: self.host.to_string(), source };
+        let conn_err = |source| ClientError::Connect {
+            host: self.host.to_string(),
+            source,
+        };
         macro_rules! go {
             ($stream:expr) => {{
-                let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new($stream)).await?;
+                let (mut sender, conn) =
+                    hyper::client::conn::http1::handshake(TokioIo::new($stream)).await?;
                 tokio::spawn(async move {
                     let _ = conn.await;
                 });
@@ -65,26 +79,55 @@ impl Client {
     }
 
     /// Sends a request with an optional JSON body; returns the decoded JSON reply (Null for 204).
-    pub async fn json(&self, method: Method, path: &str, body: Option<&serde_json::Value>) -> Result<serde_json::Value, ClientError> {
-        let bytes = body.map(|b| serde_json::to_vec(b).expect("json")).unwrap_or_default();
-        let body = http_body_util::Full::new(hyper::body::Bytes::from(bytes)).map_err(|e| match e {}).boxed();
-        let resp = self.send(Self::request(method, path, body, "application/json")).await?;
+    pub async fn json(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let bytes = body
+            .map(|b| serde_json::to_vec(b).expect("json"))
+            .unwrap_or_default();
+        let body = http_body_util::Full::new(hyper::body::Bytes::from(bytes))
+            .map_err(|e| match e {})
+            .boxed();
+        let resp = self
+            .send(Self::request(method, path, body, "application/json"))
+            .await?;
         decode(resp).await
     }
 
     /// Streams a file as the request body (image import).
     pub async fn upload(&self, path: &str, file: &Path) -> Result<serde_json::Value, ClientError> {
-        let f = tokio::fs::File::open(file).await.map_err(|source| ClientError::File { path: file.to_owned(), source })?;
+        let f = tokio::fs::File::open(file)
+            .await
+            .map_err(|source| ClientError::File {
+                path: file.to_owned(),
+                source,
+            })?;
         let stream = tokio_util::io::ReaderStream::new(f);
-        let body = http_body_util::StreamBody::new(futures_util::TryStreamExt::map_ok(stream, hyper::body::Frame::data)).boxed();
-        let resp = self.send(Self::request(Method::POST, path, body, "application/octet-stream")).await?;
+        let body = http_body_util::StreamBody::new(futures_util::TryStreamExt::map_ok(
+            stream,
+            hyper::body::Frame::data,
+        ))
+        .boxed();
+        let resp = self
+            .send(Self::request(
+                Method::POST,
+                path,
+                body,
+                "application/octet-stream",
+            ))
+            .await?;
         decode(resp).await
     }
 
     /// GETs `path` and hands every chunk of the body to `sink` as it arrives (log following).
     pub async fn stream(&self, path: &str, mut sink: impl FnMut(&[u8])) -> Result<(), ClientError> {
         let body = http_body_util::Empty::new().map_err(|e| match e {}).boxed();
-        let resp = self.send(Self::request(Method::GET, path, body, "application/json")).await?;
+        let resp = self
+            .send(Self::request(Method::GET, path, body, "application/json"))
+            .await?;
         if !resp.status().is_success() {
             return decode(resp).await.map(|_| ());
         }
@@ -111,6 +154,9 @@ async fn decode(resp: Response<Incoming>) -> Result<serde_json::Value, ClientErr
     Err(ClientError::Api {
         status,
         code: v["error"]["code"].as_str().unwrap_or("unknown").to_owned(),
-        message: v["error"]["message"].as_str().map(String::from).unwrap_or_else(|| format!("{status}: {}", String::from_utf8_lossy(&bytes))),
+        message: v["error"]["message"]
+            .as_str()
+            .map(String::from)
+            .unwrap_or_else(|| format!("{status}: {}", String::from_utf8_lossy(&bytes))),
     })
 }

@@ -15,7 +15,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
@@ -25,7 +29,11 @@ impl ApiError {
     }
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         tracing::error!(error = %detail, "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the daemon's log")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; see the daemon's log",
+        )
     }
 }
 
@@ -44,8 +52,14 @@ impl From<ManagerError> for ApiError {
             M::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
             M::Invalid(f) => Self::bad_request(f.to_string()),
             M::Volume(v) if v.is_client_error() => Self::bad_request(v.to_string()),
-            M::Image(i) if i.is_invalid_input() => Self::new(StatusCode::BAD_REQUEST, "invalid_image", i.to_string()),
-            M::Start(m) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "start_failed", format!("cannot start the container: {m}")),
+            M::Image(i) if i.is_invalid_input() => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_image", i.to_string())
+            }
+            M::Start(m) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "start_failed",
+                format!("cannot start the container: {m}"),
+            ),
             other => Self::internal(other),
         }
     }

@@ -28,10 +28,22 @@ pub fn router(manager: Manager) -> Router {
         .route("/v1/health", get(health))
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/images", get(list_images))
-        .route("/v1/images/import", post(import_image).layer(DefaultBodyLimit::disable()))
-        .route("/v1/images/{*reference}", get(inspect_image).delete(remove_image))
-        .route("/v1/containers", get(list_containers).post(create_container))
-        .route("/v1/containers/{id}", get(inspect_container).delete(delete_container))
+        .route(
+            "/v1/images/import",
+            post(import_image).layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/v1/images/{*reference}",
+            get(inspect_image).delete(remove_image),
+        )
+        .route(
+            "/v1/containers",
+            get(list_containers).post(create_container),
+        )
+        .route(
+            "/v1/containers/{id}",
+            get(inspect_container).delete(delete_container),
+        )
         .route("/v1/containers/{id}/start", post(start_container))
         .route("/v1/containers/{id}/stop", post(stop_container))
         .route("/v1/containers/{id}/restart", post(restart_container))
@@ -93,25 +105,45 @@ struct ImportQuery {
     name: Option<String>,
 }
 
-async fn import_image(State(m): State<Manager>, Query(q): Query<ImportQuery>, body: Body) -> Result<Response, ApiError> {
+async fn import_image(
+    State(m): State<Manager>,
+    Query(q): Query<ImportQuery>,
+    body: Body,
+) -> Result<Response, ApiError> {
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
     let images = m.import_image(reader, q.name).await?;
     let views: Vec<ImageView> = images.into_iter().map(ImageView::from).collect();
-    let first = views.first().map(|v| json!({"id": v.id, "names": v.names})).unwrap_or(Value::Null);
+    let first = views
+        .first()
+        .map(|v| json!({"id": v.id, "names": v.names}))
+        .unwrap_or(Value::Null);
     let body = json!({"id": first["id"], "names": first["names"], "images": views});
     Ok((StatusCode::CREATED, axum::Json(body)).into_response())
 }
 
 async fn list_images(State(m): State<Manager>) -> Result<axum::Json<Vec<ImageView>>, ApiError> {
-    Ok(axum::Json(m.store().list_images().await?.into_iter().map(ImageView::from).collect()))
+    Ok(axum::Json(
+        m.store()
+            .list_images()
+            .await?
+            .into_iter()
+            .map(ImageView::from)
+            .collect(),
+    ))
 }
 
-async fn inspect_image(State(m): State<Manager>, Path(r): Path<String>) -> Result<axum::Json<ImageView>, ApiError> {
+async fn inspect_image(
+    State(m): State<Manager>,
+    Path(r): Path<String>,
+) -> Result<axum::Json<ImageView>, ApiError> {
     Ok(axum::Json(m.find_image(&r).await?.into()))
 }
 
-async fn remove_image(State(m): State<Manager>, Path(r): Path<String>) -> Result<axum::Json<Value>, ApiError> {
+async fn remove_image(
+    State(m): State<Manager>,
+    Path(r): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
     let img = m.remove_image(&r).await?;
     Ok(axum::Json(json!({"deleted": img.id})))
 }
@@ -158,7 +190,10 @@ impl TryFrom<ContainerRow> for ContainerView {
             finished_at: r.finished_at,
             restart_count: r.restart_count,
             restart: cfg.restart.to_string(),
-            network: serde_json::to_value(cfg.network).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+            network: serde_json::to_value(cfg.network)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
             volumes: serde_json::to_value(&cfg.volumes).unwrap_or(Value::Null),
             command: cfg.command,
             env: cfg.env,
@@ -170,7 +205,10 @@ fn view(r: ContainerRow) -> Result<axum::Json<ContainerView>, ApiError> {
     Ok(axum::Json(r.try_into()?))
 }
 
-async fn create_container(State(m): State<Manager>, Json(cfg): Json<ContainerConfig>) -> Result<Response, ApiError> {
+async fn create_container(
+    State(m): State<Manager>,
+    Json(cfg): Json<ContainerConfig>,
+) -> Result<Response, ApiError> {
     let row = m.create(cfg).await?;
     Ok((StatusCode::CREATED, view(row)?).into_response())
 }
@@ -182,16 +220,29 @@ struct ListQuery {
     all: bool,
 }
 
-async fn list_containers(State(m): State<Manager>, Query(q): Query<ListQuery>) -> Result<axum::Json<Vec<ContainerView>>, ApiError> {
+async fn list_containers(
+    State(m): State<Manager>,
+    Query(q): Query<ListQuery>,
+) -> Result<axum::Json<Vec<ContainerView>>, ApiError> {
     let rows = m.list(q.all).await?;
-    Ok(axum::Json(rows.into_iter().map(ContainerView::try_from).collect::<Result<_, _>>()?))
+    Ok(axum::Json(
+        rows.into_iter()
+            .map(ContainerView::try_from)
+            .collect::<Result<_, _>>()?,
+    ))
 }
 
-async fn inspect_container(State(m): State<Manager>, Path(id): Path<String>) -> Result<axum::Json<ContainerView>, ApiError> {
+async fn inspect_container(
+    State(m): State<Manager>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<ContainerView>, ApiError> {
     view(m.get(&id).await?)
 }
 
-async fn start_container(State(m): State<Manager>, Path(id): Path<String>) -> Result<axum::Json<ContainerView>, ApiError> {
+async fn start_container(
+    State(m): State<Manager>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<ContainerView>, ApiError> {
     view(m.start(&id).await?)
 }
 
@@ -206,15 +257,25 @@ fn stop_timeout(q: &StopQuery) -> Result<Duration, ApiError> {
     match q.timeout {
         None => Ok(Duration::from_secs(10)),
         Some(t) if t <= 3600 => Ok(Duration::from_secs(t)),
-        Some(t) => Err(ApiError::bad_request(format!("timeout: {t} is over the maximum of 3600 seconds"))),
+        Some(t) => Err(ApiError::bad_request(format!(
+            "timeout: {t} is over the maximum of 3600 seconds"
+        ))),
     }
 }
 
-async fn stop_container(State(m): State<Manager>, Path(id): Path<String>, Query(q): Query<StopQuery>) -> Result<axum::Json<ContainerView>, ApiError> {
+async fn stop_container(
+    State(m): State<Manager>,
+    Path(id): Path<String>,
+    Query(q): Query<StopQuery>,
+) -> Result<axum::Json<ContainerView>, ApiError> {
     view(m.stop(&id, stop_timeout(&q)?).await?)
 }
 
-async fn restart_container(State(m): State<Manager>, Path(id): Path<String>, Query(q): Query<StopQuery>) -> Result<axum::Json<ContainerView>, ApiError> {
+async fn restart_container(
+    State(m): State<Manager>,
+    Path(id): Path<String>,
+    Query(q): Query<StopQuery>,
+) -> Result<axum::Json<ContainerView>, ApiError> {
     view(m.restart(&id, stop_timeout(&q)?).await?)
 }
 
@@ -232,18 +293,31 @@ pub fn parse_signal(s: &str) -> Result<nix::sys::signal::Signal, ApiError> {
         return nix::sys::signal::Signal::try_from(n).map_err(|_| bad());
     }
     let up = s.to_ascii_uppercase();
-    let name = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
+    let name = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
     nix::sys::signal::Signal::from_str(&name).map_err(|_| bad())
 }
 
-async fn kill_container(State(m): State<Manager>, Path(id): Path<String>, Query(q): Query<KillQuery>) -> Result<axum::Json<ContainerView>, ApiError> {
+async fn kill_container(
+    State(m): State<Manager>,
+    Path(id): Path<String>,
+    Query(q): Query<KillQuery>,
+) -> Result<axum::Json<ContainerView>, ApiError> {
     let sig = parse_signal(q.signal.as_deref().unwrap_or("SIGKILL"))?;
     view(m.kill(&id, sig).await?)
 }
 
-async fn wait_container(State(m): State<Manager>, Path(id): Path<String>) -> Result<axum::Json<Value>, ApiError> {
+async fn wait_container(
+    State(m): State<Manager>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
     let row = m.wait(&id).await?;
-    Ok(axum::Json(json!({"exit_code": row.exit_code, "state": row.state, "error": row.error})))
+    Ok(axum::Json(
+        json!({"exit_code": row.exit_code, "state": row.state, "error": row.error}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -253,7 +327,11 @@ struct DeleteQuery {
     force: bool,
 }
 
-async fn delete_container(State(m): State<Manager>, Path(id): Path<String>, Query(q): Query<DeleteQuery>) -> Result<StatusCode, ApiError> {
+async fn delete_container(
+    State(m): State<Manager>,
+    Path(id): Path<String>,
+    Query(q): Query<DeleteQuery>,
+) -> Result<StatusCode, ApiError> {
     m.delete(&id, q.force).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -266,7 +344,11 @@ struct LogsQuery {
 }
 
 /// The container's output as text; with `follow`, streams until the container stops for good.
-async fn container_logs(State(m): State<Manager>, Path(id): Path<String>, Query(q): Query<LogsQuery>) -> Result<Response, ApiError> {
+async fn container_logs(
+    State(m): State<Manager>,
+    Path(id): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
     let row = m.get(&id).await?;
     let path = m.paths(&row.id).log();
     let file = match tokio::fs::File::open(&path).await {
@@ -283,7 +365,14 @@ async fn container_logs(State(m): State<Manager>, Path(id): Path<String>, Query(
         return Ok((text, buf).into_response());
     }
     let rx = m.subscribe();
-    let state = Follow { m, id: row.id, path, file, rx, done: false };
+    let state = Follow {
+        m,
+        id: row.id,
+        path,
+        file,
+        rx,
+        done: false,
+    };
     let stream = futures_util::stream::unfold(state, |mut s| async move {
         let chunk = s.next_chunk().await?;
         Some((Ok::<_, std::io::Error>(chunk), s))
@@ -322,7 +411,10 @@ impl Follow {
                 return None;
             }
             let active = match self.m.get(&self.id).await {
-                Ok(r) => matches!(r.state, ContainerState::Running | ContainerState::Restarting),
+                Ok(r) => matches!(
+                    r.state,
+                    ContainerState::Running | ContainerState::Restarting
+                ),
                 Err(_) => false,
             };
             if !active {

@@ -25,9 +25,14 @@ impl FromStr for Listen {
             return Ok(Self::Unix(p.into()));
         }
         if let Some(a) = s.strip_prefix("tcp:") {
-            return a.parse().map(Self::Tcp).map_err(|e| format!("listen {s:?}: {e}"));
+            return a
+                .parse()
+                .map(Self::Tcp)
+                .map_err(|e| format!("listen {s:?}: {e}"));
         }
-        Err(format!("listen {s:?}: expected unix:/PATH or tcp:HOST:PORT"))
+        Err(format!(
+            "listen {s:?}: expected unix:/PATH or tcp:HOST:PORT"
+        ))
     }
 }
 
@@ -54,15 +59,25 @@ pub async fn bind(listens: &[Listen], mode: u32) -> Result<Vec<Bound>, String> {
         match l {
             Listen::Unix(path) => {
                 if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir).map_err(|e| format!("socket directory {}: {e}", dir.display()))?;
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| format!("socket directory {}: {e}", dir.display()))?;
                 }
                 if path.exists() {
                     if tokio::net::UnixStream::connect(path).await.is_ok() {
-                        return Err(format!("socket {}: another daemon is listening on it", path.display()));
+                        return Err(format!(
+                            "socket {}: another daemon is listening on it",
+                            path.display()
+                        ));
                     }
-                    std::fs::remove_file(path).map_err(|e| format!("socket {}: cannot remove the stale file: {e}", path.display()))?;
+                    std::fs::remove_file(path).map_err(|e| {
+                        format!(
+                            "socket {}: cannot remove the stale file: {e}",
+                            path.display()
+                        )
+                    })?;
                 }
-                let ul = tokio::net::UnixListener::bind(path).map_err(|e| format!("socket {}: {e}", path.display()))?;
+                let ul = tokio::net::UnixListener::bind(path)
+                    .map_err(|e| format!("socket {}: {e}", path.display()))?;
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
                     .map_err(|e| format!("socket {}: cannot set its mode: {e}", path.display()))?;
                 out.push(Bound::Unix(ul, path.clone()));
@@ -73,7 +88,9 @@ pub async fn bind(listens: &[Listen], mode: u32) -> Result<Vec<Bound>, String> {
                         "listen tcp:{addr}: only loopback addresses are allowed until token authentication is configured"
                     ));
                 }
-                let tl = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("listen tcp:{addr}: {e}"))?;
+                let tl = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| format!("listen tcp:{addr}: {e}"))?;
                 out.push(Bound::Tcp(tl));
             }
         }
@@ -100,7 +117,9 @@ where
                 let _ = std::fs::remove_file(&path);
                 res
             }),
-            Bound::Tcp(l) => tokio::spawn(async move { axum::serve(l, r).with_graceful_shutdown(stop).await }),
+            Bound::Tcp(l) => {
+                tokio::spawn(async move { axum::serve(l, r).with_graceful_shutdown(stop).await })
+            }
         });
     }
     shutdown.await;

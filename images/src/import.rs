@@ -178,6 +178,9 @@ pub(crate) fn import(
     }
     let sizes = verify_layers(store, staging, &plans)?;
     commit(store, staging, &plans, &sizes)?;
+    for plan in &plans {
+        tracing::info!(id = %plan.config.digest, names = ?plan.names, "imported image");
+    }
     Ok(plans
         .into_iter()
         .map(|plan| ImportedImage {

@@ -15,6 +15,28 @@
 //! **Invariant:** a directory under `layers/sha256/` only ever appears by rename of a fully
 //! unpacked, diff-id-verified tree, and nothing in a layer tar can create or change a file outside
 //! its own layer directory.
+//!
+//! # Limitations an operator should know
+//! - Needs Linux 5.6+ (`openat2`) and root (whiteout devices, `trusted.overlay.*`, chown).
+//! - Each layer is unpacked on its own, not onto the layers below it. A tar that writes through a
+//!   symlinked directory of a *lower* layer (lower has `lib -> usr/lib`, upper has `lib/x.so`)
+//!   gets a real `lib/` directory that hides the lower symlink in the overlay; a layer that omits
+//!   parent directory entries gets implicit 0755 root directories that override the lower
+//!   layers' owner and mode in the merged view. Layers written by docker, buildah or buildkit
+//!   list real paths and their parents, so this only bites hand-made tars.
+//! - overlayfs: `lowerdir=` wants the top layer first (the reverse of
+//!   [`ImageStore::layer_dirs`]), and legacy `mount(2)` options fit in one page, so at ~100 bytes a
+//!   path only ~40 layers fit; use relative names from a `chdir` or the new mount API's
+//!   `lowerdir+` (Linux 6.8+) for deeper images. The kernel caps lowers at 500.
+//! - Layer compression is taken from the magic bytes (gzip, zstd including skippable and
+//!   multiple frames, or none), whatever the media type says; bzip2/xz layers are refused.
+//! - GNU sparse files, device nodes and extended attributes other than `security.capability` and
+//!   `user.*` are refused or dropped.
+//! - A streamed archive is staged whole (every regular file, each up to `max_blob_bytes`, at most
+//!   100 000 entries) before it is parsed, since `index.json` may come last: the store's file
+//!   system needs room for the archive plus the unpacked layers.
+//! - Commit flushes the store's file system once with `syncfs`.
+//! - [`ImageStore::gc`] must not run while an import is in flight.
 
 mod error;
 mod fsutil;
@@ -56,9 +78,9 @@ pub struct RuntimeConfig {
 /// One layer of an image, as imported.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Layer {
-    /// Digest of the (possibly compressed) layer blob, "sha256:<hex>".
+    /// Digest of the (possibly compressed) layer blob, `"sha256:<hex>"`.
     pub digest: String,
-    /// Digest of the uncompressed tar stream, "sha256:<hex>"; names the unpacked directory.
+    /// Digest of the uncompressed tar stream, `"sha256:<hex>"`; names the unpacked directory.
     pub diff_id: String,
     pub media_type: String,
     /// Size of the blob in bytes (compressed).
@@ -68,9 +90,9 @@ pub struct Layer {
 /// An image the store now holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImportedImage {
-    /// "sha256:<hex>" of the config blob.
+    /// `"sha256:<hex>"` of the config blob.
     pub id: String,
-    /// "sha256:<hex>" of the manifest blob. For docker archives, which carry no manifest, this is
+    /// `"sha256:<hex>"` of the manifest blob. For docker archives, which carry no manifest, this is
     /// the OCI manifest the import wrote for the image (also stored as a blob).
     pub manifest_digest: String,
     /// Normalized references ("name:tag").

@@ -6,14 +6,18 @@ use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+
 use crate::reference::is_sha256_hex;
 use crate::source::{ArchiveSource, DirSource, Staging};
 use crate::{import, ImageError, ImportedImage, Reference};
 
 const GIB: u64 = 1024 * 1024 * 1024;
 
-/// Size limits applied while importing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Size limits applied while importing. Deserializable (missing fields take the defaults) so a
+/// daemon config file can carry it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Largest blob (or archive entry) accepted.
     pub max_blob_bytes: u64,
@@ -34,7 +38,7 @@ impl Default for Limits {
 }
 
 /// What [`ImageStore::gc`] removed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GcReport {
     pub blobs_removed: u64,
     pub layers_removed: u64,
@@ -126,7 +130,7 @@ impl ImageStore {
             .collect()
     }
 
-    /// Removes every blob and unpacked layer whose digest ("sha256:<hex>") is not in `keep`.
+    /// Removes every blob and unpacked layer whose digest (`"sha256:<hex>"`) is not in `keep`.
     /// Must not run concurrently with an import (the caller serializes them).
     pub fn gc(&self, keep: &HashSet<String>) -> Result<GcReport, ImageError> {
         let mut report = GcReport::default();
@@ -156,6 +160,12 @@ impl ImageStore {
             report.layers_removed += 1;
             report.bytes_freed += bytes;
         }
+        tracing::info!(
+            blobs = report.blobs_removed,
+            layers = report.layers_removed,
+            bytes = report.bytes_freed,
+            "image store garbage collected"
+        );
         Ok(report)
     }
 

@@ -55,7 +55,10 @@ pub struct InvalidField {
 }
 
 fn bad(field: impl Into<String>, reason: impl Into<String>) -> InvalidField {
-    InvalidField { field: field.into(), reason: reason.into() }
+    InvalidField {
+        field: field.into(),
+        reason: reason.into(),
+    }
 }
 
 /// Container names: 1–128 of `[a-zA-Z0-9_.-]`, starting with an alphanumeric.
@@ -63,7 +66,9 @@ pub fn validate_name(name: &str) -> Result<(), InvalidField> {
     let ok = !name.is_empty()
         && name.len() <= 128
         && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
     if ok {
         Ok(())
     } else {
@@ -73,14 +78,20 @@ pub fn validate_name(name: &str) -> Result<(), InvalidField> {
 
 fn check_strings(field: &str, items: &[String], max: usize) -> Result<(), InvalidField> {
     if items.len() > max {
-        return Err(bad(field, format!("has {} entries, at most {max} allowed", items.len())));
+        return Err(bad(
+            field,
+            format!("has {} entries, at most {max} allowed", items.len()),
+        ));
     }
     for (i, s) in items.iter().enumerate() {
         if s.contains('\0') {
             return Err(bad(format!("{field}[{i}]"), "contains a NUL byte"));
         }
         if s.len() > MAX_STRING {
-            return Err(bad(format!("{field}[{i}]"), format!("is longer than {MAX_STRING} bytes")));
+            return Err(bad(
+                format!("{field}[{i}]"),
+                format!("is longer than {MAX_STRING} bytes"),
+            ));
         }
     }
     Ok(())
@@ -110,7 +121,20 @@ impl ContainerConfig {
         }
         if let Some(w) = &self.workdir {
             if !w.starts_with('/') || w.contains('\0') || w.split('/').any(|c| c == "..") {
-                return Err(bad("workdir", format!("{w:?} must be an absolute path without \"..\"")));
+                return Err(bad(
+                    "workdir",
+                    format!("{w:?} must be an absolute path without \"..\""),
+                ));
+            }
+            // cwd=/proc/self/fd/N is how CVE-2024-21626 reached host files through a leaked fd.
+            if ["/proc", "/sys", "/dev"]
+                .iter()
+                .any(|k| w == k || w.starts_with(&format!("{k}/")))
+            {
+                return Err(bad(
+                    "workdir",
+                    format!("{w:?} is inside /proc, /sys or /dev"),
+                ));
             }
         }
         if let Some(u) = &self.user {
@@ -135,7 +159,9 @@ pub enum RestartPolicy {
     No,
     Always,
     /// Restart on a non-zero exit, at most `max` times (unlimited when `None`).
-    OnFailure { max: Option<u32> },
+    OnFailure {
+        max: Option<u32>,
+    },
     UnlessStopped,
 }
 
@@ -178,7 +204,10 @@ impl std::str::FromStr for RestartPolicy {
             "on-failure" => Self::OnFailure { max: None },
             other => match other.strip_prefix("on-failure:") {
                 Some(n) => Self::OnFailure {
-                    max: Some(n.parse().map_err(|_| format!("restart: bad retry count in {s:?}"))?),
+                    max: Some(
+                        n.parse()
+                            .map_err(|_| format!("restart: bad retry count in {s:?}"))?,
+                    ),
                 },
                 None => {
                     return Err(format!(
@@ -229,7 +258,8 @@ mod tests {
         assert!(c.start);
         assert_eq!(c.restart, RestartPolicy::No);
         assert_eq!(c.network, Network::None);
-        let c = cfg(r#"{"image":"b","restart":"on-failure:3","network":"host","start":false}"#).unwrap();
+        let c = cfg(r#"{"image":"b","restart":"on-failure:3","network":"host","start":false}"#)
+            .unwrap();
         assert_eq!(c.restart, RestartPolicy::OnFailure { max: Some(3) });
         assert!(!c.start);
     }
@@ -243,10 +273,20 @@ mod tests {
             (r#"{"image":"b","env":["=x"]}"#, "env[0]"),
             (r#"{"image":"b","name":"../x"}"#, "name"),
             (r#"{"image":"b","workdir":"rel"}"#, "workdir"),
+            (r#"{"image":"b","workdir":"/proc/self/fd/7"}"#, "workdir"),
             (r#"{"image":"b","command":["a\u0000b"]}"#, "command[0]"),
-            (r#"{"image":"b","volumes":[{"source":"../../etc","target":"/x"}]}"#, "volumes[0].source"),
-            (r#"{"image":"b","volumes":[{"source":"/etc","target":"/x"}]}"#, "volumes[0].source"),
-            (r#"{"image":"b","volumes":[{"source":"a","target":"x"}]}"#, "volumes[0].target"),
+            (
+                r#"{"image":"b","volumes":[{"source":"../../etc","target":"/x"}]}"#,
+                "volumes[0].source",
+            ),
+            (
+                r#"{"image":"b","volumes":[{"source":"/etc","target":"/x"}]}"#,
+                "volumes[0].source",
+            ),
+            (
+                r#"{"image":"b","volumes":[{"source":"a","target":"x"}]}"#,
+                "volumes[0].target",
+            ),
             (r#"{"image":"","command":[]}"#, "image"),
             (r#"{"image":5}"#, "invalid type"),
         ];
@@ -265,7 +305,13 @@ mod tests {
         assert!(OnFailure { max: Some(2) }.should_restart(1, 1, false));
         assert!(!OnFailure { max: Some(2) }.should_restart(1, 2, false));
         assert!(!OnFailure { max: None }.should_restart(0, 0, false));
-        for p in ["no", "always", "on-failure", "on-failure:5", "unless-stopped"] {
+        for p in [
+            "no",
+            "always",
+            "on-failure",
+            "on-failure:5",
+            "unless-stopped",
+        ] {
             assert_eq!(p.parse::<RestartPolicy>().unwrap().to_string(), p);
         }
     }

@@ -20,9 +20,17 @@ pub(crate) fn open_beneath(
     flags: OFlag,
     resolve: ResolveFlag,
 ) -> nix::Result<OwnedFd> {
-    let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
+    let rel = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
     // openat2 refuses O_PATH combined with anything but O_CLOEXEC, O_DIRECTORY and O_NOFOLLOW.
-    let extra = if flags.contains(OFlag::O_PATH) { OFlag::O_CLOEXEC } else { OFlag::O_CLOEXEC | OFlag::O_NOCTTY };
+    let extra = if flags.contains(OFlag::O_PATH) {
+        OFlag::O_CLOEXEC
+    } else {
+        OFlag::O_CLOEXEC | OFlag::O_NOCTTY
+    };
     let how = OpenHow::new()
         .flags(flags | extra)
         .resolve(resolve | ResolveFlag::RESOLVE_NO_MAGICLINKS);
@@ -41,14 +49,26 @@ pub(crate) fn open_or_create_dirs(
         Err(Errno::ENOENT) if create => {}
         other => return other,
     }
-    let mut dir = open_beneath(root, Path::new("."), OFlag::O_PATH | OFlag::O_DIRECTORY, resolve)?;
+    let mut dir = open_beneath(
+        root,
+        Path::new("."),
+        OFlag::O_PATH | OFlag::O_DIRECTORY,
+        resolve,
+    )?;
     for comp in rel.components() {
-        let Component::Normal(name) = comp else { continue };
+        let Component::Normal(name) = comp else {
+            continue;
+        };
         match mkdirat(Some(dir.as_raw_fd()), name, Mode::from_bits_truncate(0o755)) {
             Ok(()) | Err(Errno::EEXIST) => {}
             Err(e) => return Err(e),
         }
-        dir = open_beneath(&dir, Path::new(name), OFlag::O_PATH | OFlag::O_DIRECTORY, resolve)?;
+        dir = open_beneath(
+            &dir,
+            Path::new(name),
+            OFlag::O_PATH | OFlag::O_DIRECTORY,
+            resolve,
+        )?;
     }
     Ok(dir)
 }
@@ -75,7 +95,9 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp",
-        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
     ));
     {
         let mut f = std::fs::File::create(&tmp)?;

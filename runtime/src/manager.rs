@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use inarray_images::{ImageError, ImageStore, Reference};
-use inarray_store::{ContainerRow, ContainerState, ExitUpdate, ImageRow, NewContainer, NewImage, Store, StoreError};
+use inarray_store::{
+    ContainerRow, ContainerState, ExitUpdate, ImageRow, NewContainer, NewImage, Store, StoreError,
+};
 use nix::sys::signal::Signal;
 use tokio::sync::broadcast;
 
@@ -90,7 +92,9 @@ const STABLE_RUN: Duration = Duration::from_secs(10);
 
 /// Restart delay after `streak` consecutive quick exits: 100 ms doubling, capped at 1 min.
 pub fn backoff(streak: u32) -> Duration {
-    BACKOFF_START.saturating_mul(1u32.checked_shl(streak.min(20)).unwrap_or(u32::MAX)).min(BACKOFF_CAP)
+    BACKOFF_START
+        .saturating_mul(1u32.checked_shl(streak.min(20)).unwrap_or(u32::MAX))
+        .min(BACKOFF_CAP)
 }
 
 impl Manager {
@@ -99,7 +103,8 @@ impl Manager {
         let containers_root = opts.state_dir.join("containers");
         let runtime_root = opts.state_dir.join("rt");
         for d in [&containers_root, &runtime_root] {
-            std::fs::create_dir_all(d).map_err(|e| internal(&format!("cannot create {}", d.display()), e))?;
+            std::fs::create_dir_all(d)
+                .map_err(|e| internal(&format!("cannot create {}", d.display()), e))?;
         }
         let (changes, _) = broadcast::channel(4096);
         Ok(Self {
@@ -135,7 +140,13 @@ impl Manager {
     }
 
     fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.inner.locks.lock().expect("locks").entry(id.to_owned()).or_default().clone()
+        self.inner
+            .locks
+            .lock()
+            .expect("locks")
+            .entry(id.to_owned())
+            .or_default()
+            .clone()
     }
 
     fn cgroup_path(&self, id: &str) -> String {
@@ -145,12 +156,17 @@ impl Manager {
     // ---------------------------------------------------------------- images
 
     /// Imports an image archive read from `reader` (runs on a blocking thread).
-    pub async fn import_image<R: Read + Send + 'static>(&self, reader: R, name: Option<String>) -> Result<Vec<ImageRow>> {
+    pub async fn import_image<R: Read + Send + 'static>(
+        &self,
+        reader: R,
+        name: Option<String>,
+    ) -> Result<Vec<ImageRow>> {
         let reference = name.as_deref().map(Reference::parse).transpose()?;
         let images = self.inner.images.clone();
-        let imported = tokio::task::spawn_blocking(move || images.import_archive(reader, reference.as_ref()))
-            .await
-            .map_err(|e| internal("import task", e))??;
+        let imported =
+            tokio::task::spawn_blocking(move || images.import_archive(reader, reference.as_ref()))
+                .await
+                .map_err(|e| internal("import task", e))??;
         let mut out = Vec::new();
         for img in imported {
             self.inner
@@ -164,7 +180,13 @@ impl Manager {
                     size: img.size,
                 })
                 .await?;
-            out.push(self.inner.store.image_by_id(&img.id).await?.ok_or_else(|| internal("image", "vanished"))?);
+            out.push(
+                self.inner
+                    .store
+                    .image_by_id(&img.id)
+                    .await?
+                    .ok_or_else(|| internal("image", "vanished"))?,
+            );
         }
         Ok(out)
     }
@@ -179,7 +201,10 @@ impl Manager {
                 return Ok(img);
             }
         }
-        Err(ManagerError::NotFound { kind: "image", key: key.to_owned() })
+        Err(ManagerError::NotFound {
+            kind: "image",
+            key: key.to_owned(),
+        })
     }
 
     /// Removes an image (409 while a container uses it) and frees blobs and layers nothing else uses.
@@ -208,7 +233,9 @@ impl Manager {
             }
         }
         let images = self.inner.images.clone();
-        tokio::task::spawn_blocking(move || images.gc(&keep)).await.map_err(|e| internal("gc task", e))??;
+        tokio::task::spawn_blocking(move || images.gc(&keep))
+            .await
+            .map_err(|e| internal("gc task", e))??;
         Ok(())
     }
 
@@ -220,34 +247,60 @@ impl Manager {
         let image = self.find_image(&cfg.image).await?;
         for (i, v) in cfg.volumes.iter().enumerate() {
             // Resolved here for a clear 400; resolved again (fd-based) by the shim at each start.
-            self.inner.array.resolve(&format!("volumes[{i}].source"), &v.source, v.create)?;
+            self.inner
+                .array
+                .resolve(&format!("volumes[{i}].source"), &v.source, v.create)?;
         }
         let defaults: ImageDefaults = image.config_as()?;
         let layers: Vec<inarray_images::Layer> = image.layers_as()?;
         let diff_ids: Vec<String> = layers.iter().map(|l| l.diff_id.clone()).collect();
         let lowers = self.inner.images.layer_dirs(&diff_ids)?;
-        let user = cfg.user.clone().or_else(|| defaults.user.clone()).unwrap_or_default();
-        let identity = crate::user::resolve(&user, &lowers)
-            .map_err(|reason| InvalidField { field: "user".into(), reason })?;
+        let user = cfg
+            .user
+            .clone()
+            .or_else(|| defaults.user.clone())
+            .unwrap_or_default();
+        let identity = crate::user::resolve(&user, &lowers).map_err(|reason| InvalidField {
+            field: "user".into(),
+            reason,
+        })?;
         let id = new_id()?;
-        let name = cfg.name.clone().unwrap_or_else(|| format!("c-{}", &id[..12]));
-        let spec = spec::build(&cfg, &defaults, &SpecContext {
-            hostname: &id[..12],
-            cgroups_path: &self.cgroup_path(&id),
-            identity,
-        })
+        let name = cfg
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("c-{}", &id[..12]));
+        let spec = spec::build(
+            &cfg,
+            &defaults,
+            &SpecContext {
+                hostname: &id[..12],
+                cgroups_path: &self.cgroup_path(&id),
+                identity,
+            },
+        )
         .map_err(|e| match e {
-            spec::SpecError::NoCommand(reason) => ManagerError::Invalid(InvalidField { field: "command".into(), reason }),
+            spec::SpecError::NoCommand(reason) => ManagerError::Invalid(InvalidField {
+                field: "command".into(),
+                reason,
+            }),
             e => internal("spec", e),
         })?;
         let cfg_json = serde_json::to_string(&cfg).map_err(|e| internal("spec json", e))?;
         let row = self
             .inner
             .store
-            .insert_container(NewContainer { id: &id, name: &name, image_id: &image.id, image_ref: &cfg.image, spec: &cfg_json })
+            .insert_container(NewContainer {
+                id: &id,
+                name: &name,
+                image_id: &image.id,
+                image_ref: &cfg.image,
+                spec: &cfg_json,
+            })
             .await
             .map_err(|e| match e {
-                StoreError::Conflict { .. } => ManagerError::Conflict(format!("a container named {name} already exists")),
+                StoreError::Conflict { .. } => {
+                    ManagerError::Conflict(format!("a container named {name} already exists"))
+                }
                 e => e.into(),
             })?;
         let paths = self.paths(&id);
@@ -269,7 +322,10 @@ impl Manager {
         if let Err(e) = prepared {
             let _ = std::fs::remove_dir_all(&paths.dir);
             let _ = self.inner.store.delete_container(&id).await;
-            return Err(internal(&format!("cannot prepare {}", paths.dir.display()), e));
+            return Err(internal(
+                &format!("cannot prepare {}", paths.dir.display()),
+                e,
+            ));
         }
         if cfg.start {
             return self.start(&id).await;
@@ -283,7 +339,10 @@ impl Manager {
             .store
             .find_container(key)
             .await?
-            .ok_or_else(|| ManagerError::NotFound { kind: "container", key: key.to_owned() })
+            .ok_or_else(|| ManagerError::NotFound {
+                kind: "container",
+                key: key.to_owned(),
+            })
     }
 
     pub async fn list(&self, all: bool) -> Result<Vec<ContainerRow>> {
@@ -298,7 +357,10 @@ impl Manager {
         let row = self.get(&row.id).await?;
         match row.state {
             ContainerState::Running | ContainerState::Restarting => {
-                return Err(ManagerError::Conflict(format!("container {} is already {}", row.name, row.state)))
+                return Err(ManagerError::Conflict(format!(
+                    "container {} is already {}",
+                    row.name, row.state
+                )))
             }
             _ => {}
         }
@@ -311,7 +373,15 @@ impl Manager {
         let paths = self.paths(id);
         match supervisor::spawn_shim(&self.inner.opts.shim_exe, &paths).await {
             Ok(rec) => {
-                self.inner.store.mark_running(id, rec.pid.into(), rec.shim_pid.into(), rec.shim_start as i64).await?;
+                self.inner
+                    .store
+                    .mark_running(
+                        id,
+                        rec.pid.into(),
+                        rec.shim_pid.into(),
+                        rec.shim_start as i64,
+                    )
+                    .await?;
                 self.changed(id);
                 self.monitor(id.to_owned(), rec, Instant::now());
                 self.get(id).await
@@ -321,7 +391,15 @@ impl Manager {
                 let _ = crate::cgroups::cleanup(&self.cgroup_path(id));
                 self.inner
                     .store
-                    .mark_exited(id, &ExitUpdate { state: ContainerState::Dead, exit_code: None, error: Some(msg.clone()), finished_at: Utc::now() })
+                    .mark_exited(
+                        id,
+                        &ExitUpdate {
+                            state: ContainerState::Dead,
+                            exit_code: None,
+                            error: Some(msg.clone()),
+                            finished_at: Utc::now(),
+                        },
+                    )
                     .await?;
                 self.changed(id);
                 Err(ManagerError::Start(msg))
@@ -344,10 +422,17 @@ impl Manager {
     async fn on_exit(&self, id: &str, ran_for: Duration) -> Result<()> {
         let lock = self.lock_for(id);
         let g = lock.lock().await;
-        let Some(row) = self.inner.store.container(id).await? else { return Ok(()) };
+        let Some(row) = self.inner.store.container(id).await? else {
+            return Ok(());
+        };
         let paths = self.paths(id);
         let update = match supervisor::read_exit_record(&paths) {
-            Some(x) => ExitUpdate { state: ContainerState::Exited, exit_code: Some(x.exit_code.into()), error: None, finished_at: x.finished_at },
+            Some(x) => ExitUpdate {
+                state: ContainerState::Exited,
+                exit_code: Some(x.exit_code.into()),
+                error: None,
+                finished_at: x.finished_at,
+            },
             None => ExitUpdate {
                 state: ContainerState::Dead,
                 exit_code: None,
@@ -357,9 +442,14 @@ impl Manager {
         };
         // Whatever the shim left behind (it was killed, say) goes now.
         let _ = crate::cgroups::cleanup(&self.cgroup_path(id));
-        let cfg: ContainerConfig = serde_json::from_str(&row.spec).map_err(|e| internal("stored spec", e))?;
+        let cfg: ContainerConfig =
+            serde_json::from_str(&row.spec).map_err(|e| internal("stored spec", e))?;
         let restart = update.state == ContainerState::Exited
-            && cfg.restart.should_restart(update.exit_code.unwrap_or(-1), row.restart_count, row.stop_requested);
+            && cfg.restart.should_restart(
+                update.exit_code.unwrap_or(-1),
+                row.restart_count,
+                row.stop_requested,
+            );
         if !restart {
             self.inner.store.mark_exited(id, &update).await?;
             self.inner.streaks.lock().expect("streaks").remove(id);
@@ -377,7 +467,16 @@ impl Manager {
             cur
         };
         let delay = backoff(streak);
-        self.inner.store.mark_exited(id, &ExitUpdate { state: ContainerState::Restarting, ..update }).await?;
+        self.inner
+            .store
+            .mark_exited(
+                id,
+                &ExitUpdate {
+                    state: ContainerState::Restarting,
+                    ..update
+                },
+            )
+            .await?;
         self.changed(id);
         drop(g);
         tracing::info!(container = %id, delay_ms = delay.as_millis() as u64, "restarting per policy");
@@ -404,7 +503,10 @@ impl Manager {
         if row.state == ContainerState::Restarting {
             let lock = self.lock_for(&row.id);
             let _g = lock.lock().await;
-            self.inner.store.set_state(&row.id, ContainerState::Exited).await?;
+            self.inner
+                .store
+                .set_state(&row.id, ContainerState::Exited)
+                .await?;
             self.changed(&row.id);
         }
         if row.state != ContainerState::Running {
@@ -415,11 +517,15 @@ impl Manager {
         if let Some(rec) = rec {
             let _ = supervisor::signal(rec, Signal::SIGTERM);
         }
-        if !self.wait_until_not_running(&row.id, &mut rx, timeout).await? {
+        if !self
+            .wait_until_not_running(&row.id, &mut rx, timeout)
+            .await?
+        {
             if let Some(rec) = rec {
                 let _ = supervisor::signal(rec, Signal::SIGKILL);
             }
-            self.wait_until_not_running(&row.id, &mut rx, Duration::from_secs(30)).await?;
+            self.wait_until_not_running(&row.id, &mut rx, Duration::from_secs(30))
+                .await?;
         }
         self.get(&row.id).await
     }
@@ -429,9 +535,16 @@ impl Manager {
         let row = self.get(key).await?;
         let rec = match (row.state, shim_record(&row)) {
             (ContainerState::Running, Some(rec)) => rec,
-            _ => return Err(ManagerError::Conflict(format!("container {} is not running", row.name))),
+            _ => {
+                return Err(ManagerError::Conflict(format!(
+                    "container {} is not running",
+                    row.name
+                )))
+            }
         };
-        supervisor::signal(rec, sig).map_err(|e| ManagerError::Conflict(format!("cannot signal container {}: {e}", row.name)))?;
+        supervisor::signal(rec, sig).map_err(|e| {
+            ManagerError::Conflict(format!("cannot signal container {}: {e}", row.name))
+        })?;
         self.get(&row.id).await
     }
 
@@ -451,14 +564,22 @@ impl Manager {
                 return Ok(row);
             }
             if row.state == ContainerState::Created {
-                return Err(ManagerError::Conflict(format!("container {} has not been started", row.name)));
+                return Err(ManagerError::Conflict(format!(
+                    "container {} has not been started",
+                    row.name
+                )));
             }
             recv_for(&mut rx, &id, Duration::from_secs(5)).await;
         }
     }
 
     /// Returns true once not running (exited, dead or restarting), false on timeout.
-    async fn wait_until_not_running(&self, id: &str, rx: &mut broadcast::Receiver<String>, timeout: Duration) -> Result<bool> {
+    async fn wait_until_not_running(
+        &self,
+        id: &str,
+        rx: &mut broadcast::Receiver<String>,
+        timeout: Duration,
+    ) -> Result<bool> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let row = self.get(id).await?;
@@ -477,7 +598,10 @@ impl Manager {
     /// Allowed in: created, exited, dead; running/restarting only with `force` (killed first).
     pub async fn delete(&self, key: &str, force: bool) -> Result<()> {
         let row = self.get(key).await?;
-        if matches!(row.state, ContainerState::Running | ContainerState::Restarting) {
+        if matches!(
+            row.state,
+            ContainerState::Running | ContainerState::Restarting
+        ) {
             if !force {
                 return Err(ManagerError::Conflict(format!(
                     "container {} is {}; stop it first or delete with force=true",
@@ -496,10 +620,12 @@ impl Manager {
     }
 
     fn remove_files(&self, id: &str) -> Result<()> {
-        crate::cgroups::cleanup(&self.cgroup_path(id)).map_err(|e| internal("cgroup cleanup", e))?;
+        crate::cgroups::cleanup(&self.cgroup_path(id))
+            .map_err(|e| internal("cgroup cleanup", e))?;
         let rt = self.inner.runtime_root.join(id);
         if rt.exists() {
-            std::fs::remove_dir_all(&rt).map_err(|e| internal(&format!("cannot remove {}", rt.display()), e))?;
+            std::fs::remove_dir_all(&rt)
+                .map_err(|e| internal(&format!("cannot remove {}", rt.display()), e))?;
         }
         let dir = self.paths(id).dir;
         match std::fs::remove_dir_all(&dir) {

@@ -10,7 +10,9 @@ pub struct ContainerPaths {
 
 impl ContainerPaths {
     pub fn new(containers_root: &Path, id: &str) -> Self {
-        Self { dir: containers_root.join(id) }
+        Self {
+            dir: containers_root.join(id),
+        }
     }
     /// The shim's instructions, written by the daemon.
     pub fn shim_config(&self) -> PathBuf {

@@ -21,12 +21,18 @@ impl SealedExe {
     /// Copies `/proc/self/exe` into a memfd and seals it against any change.
     pub fn new() -> io::Result<Self> {
         let name = CString::new("inarray-sealed").expect("no NUL");
-        let fd = memfd_create(&name, MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING)?;
+        let fd = memfd_create(
+            &name,
+            MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING,
+        )?;
         let mut src = File::open("/proc/self/exe")?;
         let mut dst = File::from(fd);
         io::copy(&mut src, &mut dst)?;
         let fd = OwnedFd::from(dst);
-        let seals = SealFlag::F_SEAL_SEAL | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_WRITE;
+        let seals = SealFlag::F_SEAL_SEAL
+            | SealFlag::F_SEAL_SHRINK
+            | SealFlag::F_SEAL_GROW
+            | SealFlag::F_SEAL_WRITE;
         fcntl(fd.as_raw_fd(), FcntlArg::F_ADD_SEALS(seals))?;
         Ok(Self { fd })
     }
@@ -39,7 +45,9 @@ impl SealedExe {
 
 /// Whether the running executable is a sealed memfd (the shim checks this).
 pub fn running_sealed() -> bool {
-    let Ok(f) = File::open("/proc/self/exe") else { return false };
+    let Ok(f) = File::open("/proc/self/exe") else {
+        return false;
+    };
     match fcntl(f.as_raw_fd(), FcntlArg::F_GET_SEALS) {
         Ok(bits) => SealFlag::from_bits_truncate(bits).contains(SealFlag::F_SEAL_WRITE),
         Err(_) => false,

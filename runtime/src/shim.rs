@@ -91,8 +91,14 @@ pub fn main(dir: &Path) -> ! {
         }
     }
     let _ = setsid();
-    let paths = ContainerPaths { dir: dir.to_owned() };
-    let mut diag = OpenOptions::new().create(true).append(true).open(paths.shim_log()).ok();
+    let paths = ContainerPaths {
+        dir: dir.to_owned(),
+    };
+    let mut diag = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(paths.shim_log())
+        .ok();
     let mut log = |msg: &str| {
         if let Some(f) = diag.as_mut() {
             let _ = writeln!(f, "{} {msg}", chrono::Utc::now().to_rfc3339());
@@ -118,17 +124,31 @@ pub fn main(dir: &Path) -> ! {
             std::process::exit(1);
         }
     };
-    if let Err(e) = write_atomic(&paths.shim_record(), serde_json::to_string(&rec).unwrap_or_default().as_bytes()) {
+    if let Err(e) = write_atomic(
+        &paths.shim_record(),
+        serde_json::to_string(&rec).unwrap_or_default().as_bytes(),
+    ) {
         log(&format!("cannot write shim record: {e}"));
     }
     send(&ShimReport::Started(rec));
     log(&format!("container started, pid {}", rec.pid));
     let (exit_code, signal) = reap(Pid::from_raw(rec.pid));
-    let record = ExitRecord { exit_code, signal, finished_at: chrono::Utc::now() };
-    if let Err(e) = write_atomic(&paths.exit_record(), serde_json::to_string(&record).unwrap_or_default().as_bytes()) {
+    let record = ExitRecord {
+        exit_code,
+        signal,
+        finished_at: chrono::Utc::now(),
+    };
+    if let Err(e) = write_atomic(
+        &paths.exit_record(),
+        serde_json::to_string(&record)
+            .unwrap_or_default()
+            .as_bytes(),
+    ) {
         log(&format!("cannot write exit record: {e}"));
     }
-    log(&format!("container exited: code {exit_code}, signal {signal:?}"));
+    log(&format!(
+        "container exited: code {exit_code}, signal {signal:?}"
+    ));
     if let Err(e) = container.delete(true) {
         log(&format!("runtime delete failed: {e}"));
     }
@@ -138,14 +158,22 @@ pub fn main(dir: &Path) -> ! {
 /// Re-executes this program from a sealed in-memory copy (for shims started by hand).
 fn reexec_sealed() -> ! {
     let fail = |e: String| -> ! {
-        let _ = writeln!(std::io::stdout(), "{}", failed(format!("shim: cannot re-exec from a sealed copy: {e}")));
+        let _ = writeln!(
+            std::io::stdout(),
+            "{}",
+            failed(format!("shim: cannot re-exec from a sealed copy: {e}"))
+        );
         std::process::exit(1)
     };
     let sealed = crate::sealed::SealedExe::new().unwrap_or_else(|e| fail(e.to_string()));
     let args: Vec<std::ffi::CString> = std::env::args_os()
-        .map(|a| std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(a.as_os_str())).unwrap_or_default())
+        .map(|a| {
+            std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(a.as_os_str()))
+                .unwrap_or_default()
+        })
         .collect();
-    let path = std::ffi::CString::new(sealed.path().into_os_string().into_encoded_bytes()).unwrap_or_default();
+    let path = std::ffi::CString::new(sealed.path().into_os_string().into_encoded_bytes())
+        .unwrap_or_default();
     let e = nix::unistd::execv(&path, &args).unwrap_err();
     fail(e.to_string())
 }
@@ -159,7 +187,9 @@ fn reap(init: Pid) -> (i32, Option<i32>) {
     loop {
         match waitpid(None, None) {
             Ok(WaitStatus::Exited(pid, code)) if pid == init => return (code, None),
-            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == init => return (128 + sig as i32, Some(sig as i32)),
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == init => {
+                return (128 + sig as i32, Some(sig as i32))
+            }
             Ok(_) | Err(Errno::EINTR) => continue,
             // No children left: the init was reaped elsewhere (should not happen).
             Err(_) => return (255, None),
@@ -168,19 +198,32 @@ fn reap(init: Pid) -> (i32, Option<i32>) {
 }
 
 /// Everything up to a running container; errors are reported to the daemon verbatim.
-fn start(paths: &ContainerPaths) -> Result<(libcontainer::container::Container, ShimRecord), String> {
+fn start(
+    paths: &ContainerPaths,
+) -> Result<(libcontainer::container::Container, ShimRecord), String> {
     let cfg: ShimConfig = std::fs::read(paths.shim_config())
         .map_err(|e| format!("cannot read {}: {e}", paths.shim_config().display()))
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| format!("bad shim config: {e}")))?;
     let _ = std::fs::remove_file(paths.exit_record());
     let _ = std::fs::remove_file(paths.shim_record());
-    unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("cannot create a mount namespace: {e}"))?;
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
-        .map_err(|e| format!("cannot make / a slave mount: {e}"))?;
+    unshare(CloneFlags::CLONE_NEWNS)
+        .map_err(|e| format!("cannot create a mount namespace: {e}"))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .map_err(|e| format!("cannot make / a slave mount: {e}"))?;
     mount_overlay(paths, &cfg)?;
-    let rootfs = nix::fcntl::open(&paths.rootfs(), OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-        .map(crate::fsutil::owned)
-        .map_err(|e| format!("cannot open the rootfs: {e}"))?;
+    let rootfs = nix::fcntl::open(
+        &paths.rootfs(),
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map(crate::fsutil::owned)
+    .map_err(|e| format!("cannot open the rootfs: {e}"))?;
     check_rootfs(&rootfs)?;
     mount_volumes(&cfg, &rootfs)?;
     drop(rootfs);
@@ -212,25 +255,43 @@ fn start(paths: &ContainerPaths) -> Result<(libcontainer::container::Container, 
         let _ = container.delete(true);
         return Err(format!("cannot start the container: {e}"));
     }
-    let pid = container.pid().ok_or("the runtime reported no pid")?.as_raw();
+    let pid = container
+        .pid()
+        .ok_or("the runtime reported no pid")?
+        .as_raw();
     let shim_pid = std::process::id() as i32;
     let shim_start = crate::supervisor::process_start_time(shim_pid)
         .ok_or("cannot read the shim's own start time")?;
-    Ok((container, ShimRecord { pid, shim_pid, shim_start }))
+    Ok((
+        container,
+        ShimRecord {
+            pid,
+            shim_pid,
+            shim_start,
+        },
+    ))
 }
 
 fn mount_overlay(paths: &ContainerPaths, cfg: &ShimConfig) -> Result<(), String> {
     for d in [paths.rootfs(), paths.upper(), paths.work()] {
         std::fs::create_dir_all(&d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
     }
-    let mut lowers: Vec<String> = cfg.lowers.iter().rev().map(|p| p.display().to_string()).collect();
+    let mut lowers: Vec<String> = cfg
+        .lowers
+        .iter()
+        .rev()
+        .map(|p| p.display().to_string())
+        .collect();
     if lowers.is_empty() {
         let empty = paths.dir.join("empty");
-        std::fs::create_dir_all(&empty).map_err(|e| format!("cannot create {}: {e}", empty.display()))?;
+        std::fs::create_dir_all(&empty)
+            .map_err(|e| format!("cannot create {}: {e}", empty.display()))?;
         lowers.push(empty.display().to_string());
     }
     if let Some(bad) = lowers.iter().find(|l| l.contains([',', ':'])) {
-        return Err(format!("layer path {bad} contains ',' or ':' and cannot be an overlay lower"));
+        return Err(format!(
+            "layer path {bad} contains ',' or ':' and cannot be an overlay lower"
+        ));
     }
     let opts = format!(
         "lowerdir={},upperdir={},workdir={}",
@@ -238,8 +299,19 @@ fn mount_overlay(paths: &ContainerPaths, cfg: &ShimConfig) -> Result<(), String>
         paths.upper().display(),
         paths.work().display()
     );
-    mount(Some("overlay"), &paths.rootfs(), Some("overlay"), MsFlags::empty(), Some(opts.as_str()))
-        .map_err(|e| format!("cannot mount the overlay root ({} layers): {e}", lowers.len()))
+    mount(
+        Some("overlay"),
+        &paths.rootfs(),
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(opts.as_str()),
+    )
+    .map_err(|e| {
+        format!(
+            "cannot mount the overlay root ({} layers): {e}",
+            lowers.len()
+        )
+    })
 }
 
 /// The runtime mounts kernel filesystems at these paths: an image that makes any of them a
@@ -248,9 +320,18 @@ const RUNTIME_MOUNT_POINTS: &[&str] = &["proc", "dev", "sys", "dev/pts", "dev/sh
 
 fn check_rootfs(rootfs: &OwnedFd) -> Result<(), String> {
     for p in RUNTIME_MOUNT_POINTS {
-        match open_beneath(rootfs, Path::new(p), OFlag::O_PATH, ResolveFlag::RESOLVE_NO_SYMLINKS) {
+        match open_beneath(
+            rootfs,
+            Path::new(p),
+            OFlag::O_PATH,
+            ResolveFlag::RESOLVE_NO_SYMLINKS,
+        ) {
             Ok(_) | Err(Errno::ENOENT) => {}
-            Err(Errno::ELOOP) => return Err(format!("image rootfs: /{p} is a symlink; refusing to run it")),
+            Err(Errno::ELOOP) => {
+                return Err(format!(
+                    "image rootfs: /{p} is a symlink; refusing to run it"
+                ))
+            }
             Err(e) => return Err(format!("image rootfs: cannot check /{p}: {e}")),
         }
     }
@@ -262,15 +343,20 @@ fn mount_volumes(cfg: &ShimConfig, rootfs: &OwnedFd) -> Result<(), String> {
     let no_links = ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_SYMLINKS;
     for (i, v) in cfg.volumes.iter().enumerate() {
         let field = format!("volumes[{i}]");
-        let src = array.resolve(&format!("{field}.source"), &v.source, v.create).map_err(|e| e.to_string())?;
-        let target = validate_target(&format!("{field}.target"), &v.target).map_err(|e| e.to_string())?;
+        let src = array
+            .resolve(&format!("{field}.source"), &v.source, v.create)
+            .map_err(|e| e.to_string())?;
+        let target =
+            validate_target(&format!("{field}.target"), &v.target).map_err(|e| e.to_string())?;
         let rel = target.strip_prefix("/").unwrap_or(&target).to_owned();
         let src_dir = is_dir(&src).map_err(|e| format!("{field}.source: {e}"))?;
         let tgt = if src_dir {
             open_or_create_dirs(rootfs, &rel, no_links, true)
         } else {
             let parent = rel.parent().unwrap_or(Path::new(""));
-            let name = rel.file_name().ok_or_else(|| format!("{field}.target: no file name"))?;
+            let name = rel
+                .file_name()
+                .ok_or_else(|| format!("{field}.target: no file name"))?;
             open_or_create_dirs(rootfs, parent, no_links, true).and_then(|p| {
                 nix::fcntl::openat(
                     Some(p.as_raw_fd()),
@@ -282,23 +368,42 @@ fn mount_volumes(cfg: &ShimConfig, rootfs: &OwnedFd) -> Result<(), String> {
             })
         }
         .map_err(|e| match e {
-            Errno::ELOOP => format!("{field}.target: {} is a symlink in the image; refusing to mount over it", v.target),
+            Errno::ELOOP => format!(
+                "{field}.target: {} is a symlink in the image; refusing to mount over it",
+                v.target
+            ),
             e => format!("{field}.target: cannot prepare {}: {e}", v.target),
         })?;
         if is_dir(&tgt).map_err(|e| format!("{field}.target: {e}"))? != src_dir {
-            return Err(format!("{field}: source and target {} are not both directories or both files", v.target));
+            return Err(format!(
+                "{field}: source and target {} are not both directories or both files",
+                v.target
+            ));
         }
-        mount(Some(proc_fd_path(&src).as_str()), proc_fd_path(&tgt).as_str(), None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-            .map_err(|e| format!("{field}: cannot bind-mount {}: {e}", v.source))?;
+        mount(
+            Some(proc_fd_path(&src).as_str()),
+            proc_fd_path(&tgt).as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(|e| format!("{field}: cannot bind-mount {}: {e}", v.source))?;
         // Re-open the target: now the root of the new mount; remount it nosuid,nodev (and ro).
         let mounted = open_beneath(rootfs, &rel, OFlag::O_PATH, no_links)
             .map_err(|e| format!("{field}.target: cannot reopen {}: {e}", v.target))?;
-        let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        let mut flags =
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
         if v.read_only {
             flags |= MsFlags::MS_RDONLY;
         }
-        mount(None::<&str>, proc_fd_path(&mounted).as_str(), None::<&str>, flags, None::<&str>)
-            .map_err(|e| format!("{field}: cannot remount {} with its options: {e}", v.target))?;
+        mount(
+            None::<&str>,
+            proc_fd_path(&mounted).as_str(),
+            None::<&str>,
+            flags,
+            None::<&str>,
+        )
+        .map_err(|e| format!("{field}: cannot remount {} with its options: {e}", v.target))?;
     }
     Ok(())
 }
@@ -311,7 +416,11 @@ fn redirect_stdio(paths: &ContainerPaths) -> Result<(), String> {
         .append(true)
         .open(paths.log())
         .map_err(|e| format!("cannot open {}: {e}", paths.log().display()))?;
-    for (fd, to) in [(null.as_raw_fd(), 0), (log.as_raw_fd(), 1), (log.as_raw_fd(), 2)] {
+    for (fd, to) in [
+        (null.as_raw_fd(), 0),
+        (log.as_raw_fd(), 1),
+        (log.as_raw_fd(), 2),
+    ] {
         dup2(fd, to).map_err(|e| format!("cannot set up stdio: {e}"))?;
     }
     Ok(())

@@ -47,14 +47,58 @@ pub const DEFAULT_CAPS: &[&str] = &[
 /// extra capabilities (kernel modules, mounts and namespaces, keyrings, tracing, clocks, reboot,
 /// handles by inode, BPF, perf).
 pub const DENIED_SYSCALLS: &[&str] = &[
-    "acct", "add_key", "bpf", "clock_adjtime", "clock_settime", "create_module", "delete_module",
-    "finit_module", "get_kernel_syms", "get_mempolicy", "init_module", "ioperm", "iopl", "kcmp",
-    "kexec_file_load", "kexec_load", "keyctl", "lookup_dcookie", "mbind", "mount", "move_pages",
-    "name_to_handle_at", "nfsservctl", "open_by_handle_at", "perf_event_open", "pivot_root",
-    "process_vm_readv", "process_vm_writev", "ptrace", "query_module", "quotactl", "reboot",
-    "request_key", "set_mempolicy", "setns", "settimeofday", "swapon", "swapoff", "sysfs", "_sysctl",
-    "umount2", "unshare", "uselib", "userfaultfd", "ustat", "open_tree", "move_mount", "fsopen",
-    "fsconfig", "fsmount", "fspick", "mount_setattr",
+    "acct",
+    "add_key",
+    "bpf",
+    "clock_adjtime",
+    "clock_settime",
+    "create_module",
+    "delete_module",
+    "finit_module",
+    "get_kernel_syms",
+    "get_mempolicy",
+    "init_module",
+    "ioperm",
+    "iopl",
+    "kcmp",
+    "kexec_file_load",
+    "kexec_load",
+    "keyctl",
+    "lookup_dcookie",
+    "mbind",
+    "mount",
+    "move_pages",
+    "name_to_handle_at",
+    "nfsservctl",
+    "open_by_handle_at",
+    "perf_event_open",
+    "pivot_root",
+    "process_vm_readv",
+    "process_vm_writev",
+    "ptrace",
+    "query_module",
+    "quotactl",
+    "reboot",
+    "request_key",
+    "set_mempolicy",
+    "setns",
+    "settimeofday",
+    "swapon",
+    "swapoff",
+    "sysfs",
+    "_sysctl",
+    "umount2",
+    "unshare",
+    "uselib",
+    "userfaultfd",
+    "ustat",
+    "open_tree",
+    "move_mount",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "mount_setattr",
 ];
 
 /// Resolved identity of the container's process.
@@ -82,7 +126,11 @@ pub struct SpecContext<'a> {
 
 /// The process's argv: Entrypoint + Cmd, with the request's overrides.
 pub fn argv(cfg: &ContainerConfig, image: &ImageDefaults) -> Result<Vec<String>, SpecError> {
-    let entry = cfg.entrypoint.clone().or_else(|| image.entrypoint.clone()).unwrap_or_default();
+    let entry = cfg
+        .entrypoint
+        .clone()
+        .or_else(|| image.entrypoint.clone())
+        .unwrap_or_default();
     let cmd = match (&cfg.command, &cfg.entrypoint) {
         (Some(c), _) => c.clone(),
         // Docker: setting the entrypoint resets the image's Cmd.
@@ -108,14 +156,21 @@ pub fn environment(cfg: &ContainerConfig, image: &ImageDefaults) -> Vec<String> 
         out.push(kv.clone());
     }
     if !out.iter().any(|e| e.starts_with("PATH=")) {
-        out.insert(0, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+        out.insert(
+            0,
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        );
     }
     out
 }
 
 /// Builds the runtime spec. Volumes are not in it: the shim bind-mounts them through fds before
 /// the runtime takes over (see `shim`).
-pub fn build(cfg: &ContainerConfig, image: &ImageDefaults, ctx: &SpecContext<'_>) -> Result<Spec, SpecError> {
+pub fn build(
+    cfg: &ContainerConfig,
+    image: &ImageDefaults,
+    ctx: &SpecContext<'_>,
+) -> Result<Spec, SpecError> {
     let args = argv(cfg, image)?;
     let env = environment(cfg, image);
     let cwd = cfg
@@ -124,7 +179,8 @@ pub fn build(cfg: &ContainerConfig, image: &ImageDefaults, ctx: &SpecContext<'_>
         .or_else(|| image.working_dir.clone().filter(|w| w.starts_with('/')))
         .unwrap_or_else(|| "/".into());
     let caps: Vec<&str> = DEFAULT_CAPS.to_vec();
-    let mut spec = serde_json::to_value(Spec::default()).map_err(|e| SpecError::Build(e.to_string()))?;
+    let mut spec =
+        serde_json::to_value(Spec::default()).map_err(|e| SpecError::Build(e.to_string()))?;
     spec["hostname"] = json!(ctx.hostname);
     spec["root"] = json!({"path": "rootfs", "readonly": false});
     spec["process"] = json!({
@@ -143,7 +199,12 @@ pub fn build(cfg: &ContainerConfig, image: &ImageDefaults, ctx: &SpecContext<'_>
     linux["cgroupsPath"] = json!(ctx.cgroups_path);
     // The cgroup namespace is left out: cgroup v1 hosts (this project's test machines) do not
     // support it well, and no cgroupfs is mounted in the container either way.
-    let mut namespaces = vec![json!({"type": "pid"}), json!({"type": "ipc"}), json!({"type": "uts"}), json!({"type": "mount"})];
+    let mut namespaces = vec![
+        json!({"type": "pid"}),
+        json!({"type": "ipc"}),
+        json!({"type": "uts"}),
+        json!({"type": "mount"}),
+    ];
     if cfg.network == Network::None {
         namespaces.push(json!({"type": "network"}));
     }
@@ -171,37 +232,77 @@ mod tests {
             cmd: Some(vec!["--help".into()]),
             ..Default::default()
         };
-        assert_eq!(argv(&cfg(r#"{"image":"x"}"#), &img).unwrap(), ["/bin/tool", "--help"]);
-        assert_eq!(argv(&cfg(r#"{"image":"x","command":["run"]}"#), &img).unwrap(), ["/bin/tool", "run"]);
-        assert_eq!(argv(&cfg(r#"{"image":"x","entrypoint":["sh"]}"#), &img).unwrap(), ["sh"]);
+        assert_eq!(
+            argv(&cfg(r#"{"image":"x"}"#), &img).unwrap(),
+            ["/bin/tool", "--help"]
+        );
+        assert_eq!(
+            argv(&cfg(r#"{"image":"x","command":["run"]}"#), &img).unwrap(),
+            ["/bin/tool", "run"]
+        );
+        assert_eq!(
+            argv(&cfg(r#"{"image":"x","entrypoint":["sh"]}"#), &img).unwrap(),
+            ["sh"]
+        );
         let e = argv(&cfg(r#"{"image":"x"}"#), &ImageDefaults::default()).unwrap_err();
         assert!(e.to_string().starts_with("command:"));
     }
 
     #[test]
     fn env_overrides_by_key() {
-        let img = ImageDefaults { env: Some(vec!["PATH=/bin".into(), "A=1".into()]), ..Default::default() };
+        let img = ImageDefaults {
+            env: Some(vec!["PATH=/bin".into(), "A=1".into()]),
+            ..Default::default()
+        };
         let env = environment(&cfg(r#"{"image":"x","env":["A=2","B=x=y"]}"#), &img);
         assert_eq!(env, ["PATH=/bin", "A=2", "B=x=y"]);
-        assert!(environment(&cfg(r#"{"image":"x"}"#), &ImageDefaults::default())[0].starts_with("PATH="));
+        assert!(
+            environment(&cfg(r#"{"image":"x"}"#), &ImageDefaults::default())[0]
+                .starts_with("PATH=")
+        );
     }
 
     #[test]
     fn safe_defaults() {
-        let ctx = SpecContext { hostname: "abc", cgroups_path: "/inarray/abc", identity: Identity { uid: 1000, gid: 100 } };
-        let spec = build(&cfg(r#"{"image":"x","command":["true"]}"#), &ImageDefaults::default(), &ctx).unwrap();
+        let ctx = SpecContext {
+            hostname: "abc",
+            cgroups_path: "/inarray/abc",
+            identity: Identity {
+                uid: 1000,
+                gid: 100,
+            },
+        };
+        let spec = build(
+            &cfg(r#"{"image":"x","command":["true"]}"#),
+            &ImageDefaults::default(),
+            &ctx,
+        )
+        .unwrap();
         let v = serde_json::to_value(&spec).unwrap();
         assert_eq!(v["process"]["noNewPrivileges"], true);
         assert_eq!(v["process"]["user"]["uid"], 1000);
         let bounding = v["process"]["capabilities"]["bounding"].as_array().unwrap();
         assert_eq!(bounding.len(), DEFAULT_CAPS.len());
         assert!(!bounding.iter().any(|c| c == "CAP_SYS_ADMIN"));
-        assert!(v["linux"]["namespaces"].as_array().unwrap().iter().any(|n| n["type"] == "network"));
+        assert!(v["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["type"] == "network"));
         assert!(!v["linux"]["maskedPaths"].as_array().unwrap().is_empty());
         assert!(!v["linux"]["readonlyPaths"].as_array().unwrap().is_empty());
         assert_eq!(v["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ALLOW");
-        let host = build(&cfg(r#"{"image":"x","command":["true"],"network":"host"}"#), &ImageDefaults::default(), &ctx).unwrap();
+        let host = build(
+            &cfg(r#"{"image":"x","command":["true"],"network":"host"}"#),
+            &ImageDefaults::default(),
+            &ctx,
+        )
+        .unwrap();
         let v = serde_json::to_value(&host).unwrap();
-        assert!(!v["linux"]["namespaces"].as_array().unwrap().iter().any(|n| n["type"] == "network"));
+        assert!(!v["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["type"] == "network"));
     }
 }

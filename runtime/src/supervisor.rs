@@ -11,8 +11,8 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::paths::ContainerPaths;
 use crate::shim::{ExitRecord, ShimRecord, ShimReport};
@@ -34,7 +34,10 @@ pub enum SupervisorError {
 
 /// Spawns a shim for the container in `paths` and waits for its report.
 pub async fn spawn_shim(exe: &Path, paths: &ContainerPaths) -> Result<ShimRecord, SupervisorError> {
-    let diag = std::fs::OpenOptions::new().create(true).append(true).open(paths.shim_log());
+    let diag = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(paths.shim_log());
     let mut cmd = tokio::process::Command::new(exe);
     cmd.arg("shim")
         .arg(&paths.dir)
@@ -44,21 +47,27 @@ pub async fn spawn_shim(exe: &Path, paths: &ContainerPaths) -> Result<ShimRecord
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .kill_on_drop(false);
-    let mut child = cmd
-        .spawn()
-        .map_err(|source| SupervisorError::Spawn { exe: exe.display().to_string(), source })?;
+    let mut child = cmd.spawn().map_err(|source| SupervisorError::Spawn {
+        exe: exe.display().to_string(),
+        source,
+    })?;
     let stdout = child.stdout.take().expect("piped stdout");
     let mut line = String::new();
-    let read = tokio::time::timeout(START_TIMEOUT, BufReader::new(stdout).read_line(&mut line)).await;
+    let read =
+        tokio::time::timeout(START_TIMEOUT, BufReader::new(stdout).read_line(&mut line)).await;
     // The first process exits right after forking the supervisor: reap it.
     let _ = child.wait().await;
     match read {
         Err(_) => Err(SupervisorError::Timeout(START_TIMEOUT)),
-        Ok(Err(_)) | Ok(Ok(0)) => Err(SupervisorError::NoReport(paths.shim_log().display().to_string())),
+        Ok(Err(_)) | Ok(Ok(0)) => Err(SupervisorError::NoReport(
+            paths.shim_log().display().to_string(),
+        )),
         Ok(Ok(_)) => match serde_json::from_str::<ShimReport>(line.trim()) {
             Ok(ShimReport::Started(rec)) => Ok(rec),
             Ok(ShimReport::Failed { error }) => Err(SupervisorError::StartFailed(error)),
-            Err(_) => Err(SupervisorError::NoReport(paths.shim_log().display().to_string())),
+            Err(_) => Err(SupervisorError::NoReport(
+                paths.shim_log().display().to_string(),
+            )),
         },
     }
 }
@@ -87,7 +96,9 @@ fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
 
 /// Resolves once the shim `rec` describes has exited (at once if it is already gone).
 pub async fn wait_shim_gone(rec: ShimRecord) {
-    let Ok(fd) = pidfd_open(rec.shim_pid) else { return };
+    let Ok(fd) = pidfd_open(rec.shim_pid) else {
+        return;
+    };
     // Checked after opening the pidfd: if the pid had been reused, the start time differs.
     if !is_same_process(rec.shim_pid, rec.shim_start) {
         return;
@@ -139,12 +150,25 @@ mod tests {
 
     #[tokio::test]
     async fn pidfd_wait_sees_exit() {
-        let mut child = std::process::Command::new("sleep").arg("0.2").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.2")
+            .spawn()
+            .unwrap();
         let pid = child.id() as i32;
-        let rec = ShimRecord { pid, shim_pid: pid, shim_start: process_start_time(pid).unwrap() };
+        let rec = ShimRecord {
+            pid,
+            shim_pid: pid,
+            shim_start: process_start_time(pid).unwrap(),
+        };
         let waiter = tokio::spawn(wait_shim_gone(rec));
         // The child is ours: reap it so the pidfd reports the exit.
-        tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
-        tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
+        tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
     }
 }

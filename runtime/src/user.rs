@@ -12,13 +12,17 @@ fn read_layered(layers: &[PathBuf], rel: &str) -> Option<String> {
     use std::os::unix::fs::FileTypeExt;
     for l in layers.iter().rev() {
         let p = l.join(rel);
-        let Ok(md) = std::fs::symlink_metadata(&p) else { continue };
+        let Ok(md) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
         if md.file_type().is_char_device() || !md.is_file() || md.len() > MAX_DB {
             return None;
         }
         // No component above it may be a symlink either (they are layer-relative).
         if Path::new(rel).ancestors().skip(1).any(|a| {
-            std::fs::symlink_metadata(l.join(a)).map(|m| m.file_type().is_symlink()).unwrap_or(false)
+            std::fs::symlink_metadata(l.join(a))
+                .map(|m| m.file_type().is_symlink())
+                .unwrap_or(false)
         }) {
             return None;
         }
@@ -55,7 +59,9 @@ pub fn resolve(user: &str, layers: &[PathBuf]) -> Result<Identity, String> {
             let gid = passwd.as_deref().and_then(|db| {
                 db.lines().find_map(|l| {
                     let f: Vec<&str> = l.split(':').collect();
-                    (f.get(2) == Some(&u)).then(|| f.get(3).and_then(|g| g.parse().ok())).flatten()
+                    (f.get(2) == Some(&u))
+                        .then(|| f.get(3).and_then(|g| g.parse().ok()))
+                        .flatten()
                 })
             });
             (uid, gid)
@@ -85,17 +91,48 @@ mod tests {
         let (l1, l2) = (t.path().join("l1"), t.path().join("l2"));
         std::fs::create_dir_all(l1.join("etc")).unwrap();
         std::fs::create_dir_all(l2.join("etc")).unwrap();
-        std::fs::write(l1.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\nold:x:5:5::/:/bin/sh\n").unwrap();
-        std::fs::write(l2.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\napp:x:1000:100::/:/bin/sh\n").unwrap();
+        std::fs::write(
+            l1.join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\nold:x:5:5::/:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(
+            l2.join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\napp:x:1000:100::/:/bin/sh\n",
+        )
+        .unwrap();
         std::fs::write(l1.join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
         let layers = vec![l1, l2];
         assert_eq!(resolve("", &layers).unwrap(), Identity { uid: 0, gid: 0 });
-        assert_eq!(resolve("app", &layers).unwrap(), Identity { uid: 1000, gid: 100 });
-        assert_eq!(resolve("1000", &layers).unwrap(), Identity { uid: 1000, gid: 100 });
-        assert_eq!(resolve("7:8", &layers).unwrap(), Identity { uid: 7, gid: 8 });
-        assert_eq!(resolve("app:staff", &layers).unwrap(), Identity { uid: 1000, gid: 50 });
-        assert!(resolve("old", &layers).is_err(), "the top layer's passwd wins");
-        assert!(resolve("app:nogroup", &layers).unwrap_err().contains("group"));
+        assert_eq!(
+            resolve("app", &layers).unwrap(),
+            Identity {
+                uid: 1000,
+                gid: 100
+            }
+        );
+        assert_eq!(
+            resolve("1000", &layers).unwrap(),
+            Identity {
+                uid: 1000,
+                gid: 100
+            }
+        );
+        assert_eq!(
+            resolve("7:8", &layers).unwrap(),
+            Identity { uid: 7, gid: 8 }
+        );
+        assert_eq!(
+            resolve("app:staff", &layers).unwrap(),
+            Identity { uid: 1000, gid: 50 }
+        );
+        assert!(
+            resolve("old", &layers).is_err(),
+            "the top layer's passwd wins"
+        );
+        assert!(resolve("app:nogroup", &layers)
+            .unwrap_err()
+            .contains("group"));
     }
 
     #[test]

@@ -40,7 +40,11 @@ pub enum VolumeError {
     #[error("{field}: source {source_path:?} is a protected daemon path")]
     Protected { field: String, source_path: String },
     #[error("{field}: cannot open source {source_path:?}: {errno}")]
-    Open { field: String, source_path: String, errno: Errno },
+    Open {
+        field: String,
+        source_path: String,
+        errno: Errno,
+    },
     #[error("cannot open the array root {path}: {errno}")]
     Root { path: PathBuf, errno: Errno },
 }
@@ -53,13 +57,19 @@ impl VolumeError {
 }
 
 fn invalid(field: &str, reason: impl Into<String>) -> VolumeError {
-    VolumeError::Invalid { field: field.to_owned(), reason: reason.into() }
+    VolumeError::Invalid {
+        field: field.to_owned(),
+        reason: reason.into(),
+    }
 }
 
 /// Checks the shape of a source path: relative to the array, no `..`, no NUL.
 pub fn validate_source(field: &str, source: &str) -> Result<PathBuf, VolumeError> {
     if source.is_empty() {
-        return Err(invalid(field, "source is empty (use \".\" for the array root)"));
+        return Err(invalid(
+            field,
+            "source is empty (use \".\" for the array root)",
+        ));
     }
     if source.contains('\0') {
         return Err(invalid(field, "source contains a NUL byte"));
@@ -100,7 +110,10 @@ pub fn validate_target(field: &str, target: &str) -> Result<PathBuf, VolumeError
     }
     let p = Path::new(target);
     if !p.is_absolute() {
-        return Err(invalid(field, format!("target {target:?} must be an absolute path")));
+        return Err(invalid(
+            field,
+            format!("target {target:?} must be an absolute path"),
+        ));
     }
     let mut out = PathBuf::from("/");
     for c in p.components() {
@@ -117,7 +130,10 @@ pub fn validate_target(field: &str, target: &str) -> Result<PathBuf, VolumeError
     }
     for reserved in ["/proc", "/sys", "/dev"] {
         if out.starts_with(reserved) {
-            return Err(invalid(field, format!("target {target:?} is under {reserved}")));
+            return Err(invalid(
+                field,
+                format!("target {target:?} is under {reserved}"),
+            ));
         }
     }
     Ok(out)
@@ -158,8 +174,14 @@ impl ArrayRoot {
             nix::sys::stat::Mode::empty(),
         )
         .map(crate::fsutil::owned)
-        .map_err(|errno| VolumeError::Root { path: path.to_owned(), errno })?;
-        let root_id = identity(&fd).map_err(|errno| VolumeError::Root { path: path.to_owned(), errno })?;
+        .map_err(|errno| VolumeError::Root {
+            path: path.to_owned(),
+            errno,
+        })?;
+        let root_id = identity(&fd).map_err(|errno| VolumeError::Root {
+            path: path.to_owned(),
+            errno,
+        })?;
         let mut ids = Vec::new();
         for p in protected {
             // The protected path itself and each of its ancestors: mounting an ancestor exposes it.
@@ -170,7 +192,12 @@ impl ArrayRoot {
                 }
             }
         }
-        Ok(Self { fd, path: path.to_owned(), root_id, protected: ids })
+        Ok(Self {
+            fd,
+            path: path.to_owned(),
+            root_id,
+            protected: ids,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -181,25 +208,30 @@ impl ArrayRoot {
     /// when `create`). `field` names the request field in errors.
     pub fn resolve(&self, field: &str, source: &str, create: bool) -> Result<OwnedFd, VolumeError> {
         let rel = validate_source(field, source)?;
-        let fd = open_or_create_dirs(&self.fd, &rel, ResolveFlag::RESOLVE_IN_ROOT, create).map_err(
-            |errno| match errno {
-                Errno::ENOENT => {
-                    VolumeError::Missing { field: field.to_owned(), source_path: source.to_owned() }
-                }
+        let fd = open_or_create_dirs(&self.fd, &rel, ResolveFlag::RESOLVE_IN_ROOT, create)
+            .map_err(|errno| match errno {
+                Errno::ENOENT => VolumeError::Missing {
+                    field: field.to_owned(),
+                    source_path: source.to_owned(),
+                },
                 errno => VolumeError::Open {
                     field: field.to_owned(),
                     source_path: source.to_owned(),
                     errno,
                 },
-            },
-        )?;
+            })?;
         self.check_not_protected(field, source, &fd)?;
         Ok(fd)
     }
 
     /// Refuses a source that is, contains, or lies inside a protected path. Walks up from the opened
     /// fd with `..` (the kernel's view, not a path string) until the array root.
-    fn check_not_protected(&self, field: &str, source: &str, fd: &OwnedFd) -> Result<(), VolumeError> {
+    fn check_not_protected(
+        &self,
+        field: &str,
+        source: &str,
+        fd: &OwnedFd,
+    ) -> Result<(), VolumeError> {
         let protected = || VolumeError::Protected {
             field: field.to_owned(),
             source_path: source.to_owned(),
@@ -216,8 +248,13 @@ impl ArrayRoot {
         if !is_dir(fd).map_err(io)? {
             return Ok(());
         }
-        let mut cur = open_beneath(fd, Path::new("."), OFlag::O_PATH | OFlag::O_DIRECTORY, ResolveFlag::empty())
-            .map_err(io)?;
+        let mut cur = open_beneath(
+            fd,
+            Path::new("."),
+            OFlag::O_PATH | OFlag::O_DIRECTORY,
+            ResolveFlag::empty(),
+        )
+        .map_err(io)?;
         for _ in 0..4096 {
             let cid = identity(&cur).map_err(io)?;
             if cid == self.root_id {
@@ -239,7 +276,10 @@ impl ArrayRoot {
             }
             cur = parent;
         }
-        Err(invalid(field, format!("source {source:?} does not resolve beneath the array root")))
+        Err(invalid(
+            field,
+            format!("source {source:?} does not resolve beneath the array root"),
+        ))
     }
 }
 
@@ -256,9 +296,15 @@ mod tests {
     fn source_shapes() {
         for bad in ["", "/etc", "../../etc", "a/../../..", "a/..", "x\0y", "/"] {
             let e = validate_source("volumes[0].source", bad).unwrap_err();
-            assert!(e.to_string().starts_with("volumes[0].source: "), "{bad:?}: {e}");
+            assert!(
+                e.to_string().starts_with("volumes[0].source: "),
+                "{bad:?}: {e}"
+            );
         }
-        assert_eq!(validate_source("f", "./a//b/").unwrap(), PathBuf::from("a/b"));
+        assert_eq!(
+            validate_source("f", "./a//b/").unwrap(),
+            PathBuf::from("a/b")
+        );
         assert_eq!(validate_source("f", ".").unwrap(), PathBuf::new());
     }
 
@@ -267,12 +313,28 @@ mod tests {
         for bad in ["rel", "/", "/proc/x", "/sys", "/dev/shm", "/a/../b", "/x\0"] {
             assert!(validate_target("t", bad).is_err(), "{bad:?}");
         }
-        assert_eq!(validate_target("t", "/data//in/").unwrap(), PathBuf::from("/data/in"));
+        assert_eq!(
+            validate_target("t", "/data//in/").unwrap(),
+            PathBuf::from("/data/in")
+        );
         let dup = vec![
-            Volume { source: "a".into(), target: "/d".into(), read_only: false, create: false },
-            Volume { source: "b".into(), target: "/d/".into(), read_only: true, create: false },
+            Volume {
+                source: "a".into(),
+                target: "/d".into(),
+                read_only: false,
+                create: false,
+            },
+            Volume {
+                source: "b".into(),
+                target: "/d/".into(),
+                read_only: true,
+                create: false,
+            },
         ];
-        assert!(validate_all(&dup).unwrap_err().to_string().contains("used twice"));
+        assert!(validate_all(&dup)
+            .unwrap_err()
+            .to_string()
+            .contains("used twice"));
     }
 
     #[test]
@@ -286,10 +348,22 @@ mod tests {
         symlink("sub", array.join("data/rel")).unwrap();
         let root = ArrayRoot::open(&array, &[]).unwrap();
         let canon = array.canonicalize().unwrap();
-        assert_eq!(fd_path(&root.resolve("s", "data/abs", false).unwrap()), canon.join("etc"));
-        assert_eq!(fd_path(&root.resolve("s", "data/up", false).unwrap()), canon);
-        assert_eq!(fd_path(&root.resolve("s", "data/rel", false).unwrap()), canon.join("data/sub"));
-        assert!(matches!(root.resolve("s", "nope", false), Err(VolumeError::Missing { .. })));
+        assert_eq!(
+            fd_path(&root.resolve("s", "data/abs", false).unwrap()),
+            canon.join("etc")
+        );
+        assert_eq!(
+            fd_path(&root.resolve("s", "data/up", false).unwrap()),
+            canon
+        );
+        assert_eq!(
+            fd_path(&root.resolve("s", "data/rel", false).unwrap()),
+            canon.join("data/sub")
+        );
+        assert!(matches!(
+            root.resolve("s", "nope", false),
+            Err(VolumeError::Missing { .. })
+        ));
         // create: makes the directories, inside the array even through a link.
         let made = root.resolve("s", "data/abs/new/deeper", true).unwrap();
         assert_eq!(fd_path(&made), canon.join("etc/new/deeper"));
@@ -305,7 +379,13 @@ mod tests {
         std::fs::create_dir_all(array.join("ok")).unwrap();
         symlink("/admin/state", array.join("ok/sneaky")).unwrap();
         let root = ArrayRoot::open(&array, std::slice::from_ref(&state)).unwrap();
-        for src in ["admin/state", "admin", ".", "admin/state/inner", "ok/sneaky"] {
+        for src in [
+            "admin/state",
+            "admin",
+            ".",
+            "admin/state/inner",
+            "ok/sneaky",
+        ] {
             let e = root.resolve("v", src, false).unwrap_err();
             assert!(matches!(e, VolumeError::Protected { .. }), "{src}: {e}");
         }

@@ -54,7 +54,10 @@ impl FromStr for ContainerState {
             "exited" => Self::Exited,
             "dead" => Self::Dead,
             other => {
-                return Err(StoreError::Corrupt { what: "container state", detail: other.to_owned() })
+                return Err(StoreError::Corrupt {
+                    what: "container state",
+                    detail: other.to_owned(),
+                })
             }
         })
     }
@@ -98,7 +101,8 @@ pub struct ExitUpdate {
     pub finished_at: DateTime<Utc>,
 }
 
-const COLUMNS: &str = "id, name, image_id, image_ref, spec, state, exit_code, error, pid, shim_pid, \
+const COLUMNS: &str =
+    "id, name, image_id, image_ref, spec, state, exit_code, error, pid, shim_pid, \
      shim_start, stop_requested, restart_count, created_at, started_at, finished_at";
 
 fn row_from(r: &sqlx::sqlite::SqliteRow) -> Result<ContainerRow> {
@@ -139,10 +143,12 @@ impl Store {
         .execute(&self.pool)
         .await
         .map_err(|e| unique_conflict(e, "container", c.name))?;
-        self.container(c.id).await?.ok_or_else(|| StoreError::Corrupt {
-            what: "container",
-            detail: format!("{} vanished after insert", c.id),
-        })
+        self.container(c.id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt {
+                what: "container",
+                detail: format!("{} vanished after insert", c.id),
+            })
     }
 
     pub async fn container(&self, id: &str) -> Result<Option<ContainerRow>> {
@@ -167,20 +173,35 @@ impl Store {
         if let Some(exact) = rows.iter().find(|r| r.id == key || r.name == key) {
             return Ok(Some(exact.clone()));
         }
-        Ok(if rows.len() == 1 { rows.into_iter().next() } else { None })
+        Ok(if rows.len() == 1 {
+            rows.into_iter().next()
+        } else {
+            None
+        })
     }
 
     pub async fn list_containers(&self, all: bool) -> Result<Vec<ContainerRow>> {
-        let filter = if all { "" } else { "WHERE state IN ('running', 'restarting')" };
-        let rows =
-            sqlx::query(&format!("SELECT {COLUMNS} FROM containers {filter} ORDER BY created_at"))
-                .fetch_all(&self.pool)
-                .await?;
+        let filter = if all {
+            ""
+        } else {
+            "WHERE state IN ('running', 'restarting')"
+        };
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM containers {filter} ORDER BY created_at"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(row_from).collect()
     }
 
     /// A shim reported a started container.
-    pub async fn mark_running(&self, id: &str, pid: i64, shim_pid: i64, shim_start: i64) -> Result<()> {
+    pub async fn mark_running(
+        &self,
+        id: &str,
+        pid: i64,
+        shim_pid: i64,
+        shim_start: i64,
+    ) -> Result<()> {
         sqlx::query(
             "UPDATE containers SET state = 'running', pid = ?, shim_pid = ?, shim_start = ?,
                started_at = ?, finished_at = NULL, exit_code = NULL, error = NULL WHERE id = ?",
@@ -241,8 +262,10 @@ impl Store {
     }
 
     pub async fn delete_container(&self, id: &str) -> Result<bool> {
-        let done =
-            sqlx::query("DELETE FROM containers WHERE id = ?").bind(id).execute(&self.pool).await?;
+        let done = sqlx::query("DELETE FROM containers WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() > 0)
     }
 }
@@ -292,13 +315,34 @@ mod tests {
                 spec: "{}",
             })
             .await;
-        assert!(matches!(dup, Err(StoreError::Conflict { kind: "container", .. })), "{dup:?}");
+        assert!(
+            matches!(
+                dup,
+                Err(StoreError::Conflict {
+                    kind: "container",
+                    ..
+                })
+            ),
+            "{dup:?}"
+        );
         assert!(store.list_containers(false).await.unwrap().is_empty());
-        store.mark_running("0123456789abcdef", 42, 41, 1000).await.unwrap();
+        store
+            .mark_running("0123456789abcdef", 42, 41, 1000)
+            .await
+            .unwrap();
         let c = store.find_container("web").await.unwrap().unwrap();
-        assert_eq!((c.state, c.pid, c.shim_pid), (ContainerState::Running, Some(42), Some(41)));
-        assert!(store.find_container("0123").await.unwrap().is_some(), "id prefix");
-        assert!(store.find_container("012").await.unwrap().is_none(), "too short a prefix");
+        assert_eq!(
+            (c.state, c.pid, c.shim_pid),
+            (ContainerState::Running, Some(42), Some(41))
+        );
+        assert!(
+            store.find_container("0123").await.unwrap().is_some(),
+            "id prefix"
+        );
+        assert!(
+            store.find_container("012").await.unwrap().is_none(),
+            "too short a prefix"
+        );
         assert_eq!(store.list_containers(false).await.unwrap().len(), 1);
         let upd = ExitUpdate {
             state: ContainerState::Exited,
@@ -308,7 +352,10 @@ mod tests {
         };
         store.mark_exited("0123456789abcdef", &upd).await.unwrap();
         let c = store.container("0123456789abcdef").await.unwrap().unwrap();
-        assert_eq!((c.state, c.exit_code, c.pid), (ContainerState::Exited, Some(3), None));
+        assert_eq!(
+            (c.state, c.exit_code, c.pid),
+            (ContainerState::Exited, Some(3), None)
+        );
         assert_eq!(store.bump_restart_count(&c.id).await.unwrap(), 1);
         assert_eq!(store.image_users(&image).await.unwrap(), vec!["web"]);
         assert!(store.delete_container(&c.id).await.unwrap());

@@ -41,7 +41,10 @@ type ImageTuple = (String, String, String, String, i64, DateTime<Utc>);
 impl Store {
     /// Records an image (idempotent on its id) and points `names` at it, moving a name that pointed
     /// at another image (as `docker tag` does).
-    pub async fn put_image<C: Serialize, L: Serialize>(&self, img: NewImage<'_, C, L>) -> Result<()> {
+    pub async fn put_image<C: Serialize, L: Serialize>(
+        &self,
+        img: NewImage<'_, C, L>,
+    ) -> Result<()> {
         let config = serde_json::to_string(img.config).expect("serializable config");
         let layers = serde_json::to_string(img.layers).expect("serializable layers");
         let mut tx = self.pool.begin().await?;
@@ -85,8 +88,11 @@ impl Store {
             .into_iter()
             .map(|r| {
                 let mut row = image_from_tuple(r);
-                row.names =
-                    names.iter().filter(|(_, id)| *id == row.id).map(|(n, _)| n.clone()).collect();
+                row.names = names
+                    .iter()
+                    .filter(|(_, id)| *id == row.id)
+                    .map(|(n, _)| n.clone())
+                    .collect();
                 row
             })
             .collect())
@@ -149,14 +155,19 @@ impl Store {
 
     /// Removes an image and its names. Returns false when it was not there.
     pub async fn delete_image(&self, id: &str) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM images WHERE id = ?").bind(id).execute(&self.pool).await?;
+        let done = sqlx::query("DELETE FROM images WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() > 0)
     }
 
     /// Removes one name; the image stays.
     pub async fn untag_image(&self, name: &str) -> Result<bool> {
-        let done =
-            sqlx::query("DELETE FROM image_names WHERE name = ?").bind(name).execute(&self.pool).await?;
+        let done = sqlx::query("DELETE FROM image_names WHERE name = ?")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() > 0)
     }
 }
@@ -164,7 +175,15 @@ impl Store {
 fn image_from_tuple(
     (id, manifest_digest, config, layers, size, created_at): ImageTuple,
 ) -> ImageRow {
-    ImageRow { id, manifest_digest, names: Vec::new(), config, layers, size, created_at }
+    ImageRow {
+        id,
+        manifest_digest,
+        names: Vec::new(),
+        config,
+        layers,
+        size,
+        created_at,
+    }
 }
 
 #[cfg(test)]
@@ -193,12 +212,21 @@ mod tests {
         assert_eq!(found.size, 42);
         assert!(store.find_image(&id).await.unwrap().is_some());
         assert!(store.find_image("abababababab").await.unwrap().is_some());
-        assert!(store.find_image("abab").await.unwrap().is_none(), "short prefixes are not ids");
+        assert!(
+            store.find_image("abab").await.unwrap().is_none(),
+            "short prefixes are not ids"
+        );
         assert!(store.find_image("nope:latest").await.unwrap().is_none());
         assert_eq!(store.list_images().await.unwrap().len(), 1);
         assert!(store.untag_image("tools:1").await.unwrap());
-        assert_eq!(store.find_image(&id).await.unwrap().unwrap().names, vec!["busybox:latest"]);
+        assert_eq!(
+            store.find_image(&id).await.unwrap().unwrap().names,
+            vec!["busybox:latest"]
+        );
         assert!(store.delete_image(&id).await.unwrap());
-        assert!(store.find_image("busybox:latest").await.unwrap().is_none(), "names cascade");
+        assert!(
+            store.find_image("busybox:latest").await.unwrap().is_none(),
+            "names cascade"
+        );
     }
 }

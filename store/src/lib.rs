@@ -42,7 +42,10 @@ impl Store {
     /// Opens (creating if needed) the SQLite database at `path` and applies pending migrations.
     pub async fn open(path: &Path) -> Result<Self> {
         let opts = SqliteConnectOptions::from_str("sqlite://")
-            .map_err(|source| StoreError::Open { path: path.to_owned(), source })?
+            .map_err(|source| StoreError::Open {
+                path: path.to_owned(),
+                source,
+            })?
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -53,14 +56,19 @@ impl Store {
             .max_connections(4)
             .connect_with(opts)
             .await
-            .map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
+            .map_err(|source| StoreError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Self { pool })
     }
 
     /// `PRAGMA integrity_check`: "ok" when the database is sound.
     pub async fn integrity_check(&self) -> Result<String> {
-        let (s,): (String,) = sqlx::query_as("PRAGMA integrity_check").fetch_one(&self.pool).await?;
+        let (s,): (String,) = sqlx::query_as("PRAGMA integrity_check")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(s)
     }
 
@@ -72,15 +80,19 @@ impl Store {
 /// Maps a UNIQUE violation to [`StoreError::Conflict`].
 fn unique_conflict(err: sqlx::Error, kind: &'static str, key: &str) -> StoreError {
     match &err {
-        sqlx::Error::Database(db) if db.is_unique_violation() => {
-            StoreError::Conflict { kind, key: key.to_owned() }
-        }
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict {
+            kind,
+            key: key.to_owned(),
+        },
         _ => StoreError::Sql(err),
     }
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(what: &'static str, s: &str) -> Result<T> {
-    serde_json::from_str(s).map_err(|e| StoreError::Corrupt { what, detail: e.to_string() })
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt {
+        what,
+        detail: e.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -102,8 +114,10 @@ mod tests {
         // Reopening applies no migration twice.
         let again = Store::open(&dir.path().join("state.db")).await.unwrap();
         assert_eq!(again.integrity_check().await.unwrap(), "ok");
-        let (mode,): (String,) =
-            sqlx::query_as("PRAGMA journal_mode").fetch_one(&again.pool).await.unwrap();
+        let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode")
+            .fetch_one(&again.pool)
+            .await
+            .unwrap();
         assert_eq!(mode, "wal");
     }
 }

@@ -144,8 +144,10 @@ async fn remove_image(
     State(m): State<Manager>,
     Path(r): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let img = m.remove_image(&r).await?;
-    Ok(axum::Json(json!({"deleted": img.id})))
+    Ok(axum::Json(match m.remove_image(&r).await? {
+        inarray_runtime::ImageRemoval::Untagged(name) => json!({"untagged": name}),
+        inarray_runtime::ImageRemoval::Deleted(id) => json!({"deleted": id}),
+    }))
 }
 
 // -------------------------------------------------------------- containers

@@ -16,5 +16,5 @@ pub mod volumes;
 
 pub use config::{ContainerConfig, InvalidField, Network, RestartPolicy};
 pub use fsutil::write_atomic;
-pub use manager::{Manager, ManagerError, ManagerOptions, ReconcileReport};
+pub use manager::{ImageRemoval, Manager, ManagerError, ManagerOptions, ReconcileReport};
 pub use volumes::{Volume, VolumeError};

@@ -207,9 +207,23 @@ impl Manager {
         })
     }
 
-    /// Removes an image (409 while a container uses it) and frees blobs and layers nothing else uses.
-    pub async fn remove_image(&self, key: &str) -> Result<ImageRow> {
+    /// Removes an image name, as `docker rmi` does: a name shared with other names is only
+    /// untagged; the last name (or the image id) removes the image — 409 while a container uses
+    /// it — and frees the blobs and layers nothing else uses.
+    pub async fn remove_image(&self, key: &str) -> Result<ImageRemoval> {
         let img = self.find_image(key).await?;
+        let name = if img.names.iter().any(|n| n == key) {
+            Some(key.to_owned())
+        } else {
+            Reference::parse(key)
+                .ok()
+                .map(|r| r.to_string())
+                .filter(|n| img.names.contains(n))
+        };
+        if let Some(name) = name.filter(|_| img.names.len() > 1) {
+            self.inner.store.untag_image(&name).await?;
+            return Ok(ImageRemoval::Untagged(name));
+        }
         let users = self.inner.store.image_users(&img.id).await?;
         if !users.is_empty() {
             return Err(ManagerError::Conflict(format!(
@@ -219,7 +233,7 @@ impl Manager {
         }
         self.inner.store.delete_image(&img.id).await?;
         self.gc_images().await?;
-        Ok(img)
+        Ok(ImageRemoval::Deleted(img.id))
     }
 
     async fn gc_images(&self) -> Result<()> {
@@ -686,6 +700,15 @@ impl Manager {
             }
         });
     }
+}
+
+/// What [`Manager::remove_image`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ImageRemoval {
+    /// Only this name went; the image keeps its other names.
+    Untagged(String),
+    /// The image (this id) and everything only it used went.
+    Deleted(String),
 }
 
 /// What [`Manager::reconcile`] did.

@@ -52,7 +52,17 @@ pub fn write_oci_layout(dir: &Path, ref_name: &str) -> Digests {
 
 /// Writes an OCI archive (a tar of the layout, like `skopeo copy … oci-archive:PATH:REF`).
 pub fn write_oci_archive(path: &Path, ref_name: &str) -> Digests {
-    let image = BusyboxImage::build();
+    write_oci_archive_with(path, ref_name, &|_| {})
+}
+
+/// Like [`write_oci_archive`], with `extra` appending entries to the layer after the standard
+/// ones (later entries replace earlier ones, as in any tar): for images with hostile contents.
+pub fn write_oci_archive_with(
+    path: &Path,
+    ref_name: &str,
+    extra: &dyn Fn(&mut tar::Builder<Vec<u8>>),
+) -> Digests {
+    let image = BusyboxImage::build_with(extra);
     let files = image.oci_files(ref_name);
     let mut tar = tar::Builder::new(Vec::new());
     for dir in ["blobs/", "blobs/sha256/"] {
@@ -133,6 +143,10 @@ struct BusyboxImage {
 
 impl BusyboxImage {
     fn build() -> Self {
+        Self::build_with(&|_| {})
+    }
+
+    fn build_with(extra: &dyn Fn(&mut tar::Builder<Vec<u8>>)) -> Self {
         let busybox = read_busybox();
         let applets = applets();
 
@@ -177,6 +191,7 @@ impl BusyboxImage {
             0o644,
             group.as_bytes(),
         );
+        extra(&mut tar);
         let layer_tar = tar.into_inner().expect("finish layer");
 
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
@@ -253,6 +268,13 @@ impl BusyboxImage {
             manifest: self.manifest_digest.clone(),
         }
     }
+}
+
+/// Appends a symlink entry `name` → `target` to a layer under construction.
+pub fn add_symlink(tar: &mut tar::Builder<Vec<u8>>, name: &str, target: &str) {
+    let mut h = header(tar::EntryType::Symlink, 0o777, 0);
+    tar.append_link(&mut h, name, target)
+        .unwrap_or_else(|e| panic!("cannot add symlink {name}: {e}"));
 }
 
 /// An OCI manifest with one layer, in a fixed byte layout.

@@ -199,3 +199,56 @@ async fn shutdown_signal() {
     }
     tracing::info!("shutting down");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(config: Option<PathBuf>, array: Option<&str>, listen: &[&str]) -> ServeOpts {
+        ServeOpts {
+            array: array.map(PathBuf::from),
+            state_dir: None,
+            listen: listen.iter().map(|s| s.to_string()).collect(),
+            config,
+        }
+    }
+
+    #[test]
+    fn flags_override_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("inarray.toml");
+        std::fs::write(
+            &cfg,
+            "array = \"/srv/array\"\nstate_dir = \"/srv/state\"\nlisten = [\"unix:/run/x.sock\", \"tcp:127.0.0.1:7070\"]\nsocket_mode = \"0600\"\n",
+        )
+        .unwrap();
+        let s = settings(opts(Some(cfg.clone()), None, &[])).unwrap();
+        assert_eq!(s.array, PathBuf::from("/srv/array"));
+        assert_eq!(s.state_dir, PathBuf::from("/srv/state"));
+        assert_eq!(s.listen.len(), 2);
+        assert_eq!(s.socket_mode, 0o600);
+        let s = settings(opts(Some(cfg), Some("/other"), &["unix:/run/y.sock"])).unwrap();
+        assert_eq!(s.array, PathBuf::from("/other"));
+        assert_eq!(s.listen, vec![Listen::Unix("/run/y.sock".into())]);
+    }
+
+    #[test]
+    fn defaults_and_errors() {
+        let s = settings(opts(None, Some("/a"), &[])).unwrap();
+        assert_eq!(s.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(s.listen, vec![Listen::Unix(DEFAULT_SOCKET.into())]);
+        assert_eq!(s.socket_mode, 0o660);
+        let e = settings(opts(None, None, &[])).err().unwrap().to_string();
+        assert!(e.contains("--array"), "{e}");
+        let e = settings(opts(None, Some("/a"), &["udp:1.2.3.4:5"])).err().unwrap().to_string();
+        assert!(e.contains("unix:/PATH or tcp:HOST:PORT"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("bad.toml");
+        std::fs::write(&cfg, "array = \"/a\"\nbogus = 1\n").unwrap();
+        let e = format!("{:#}", settings(opts(Some(cfg.clone()), None, &[])).err().unwrap());
+        assert!(e.contains("bad.toml") && e.contains("bogus"), "{e}");
+        std::fs::write(&cfg, "array = \"/a\"\nsocket_mode = \"rw\"\n").unwrap();
+        let e = settings(opts(Some(cfg), None, &[])).err().unwrap().to_string();
+        assert!(e.contains("socket_mode"), "{e}");
+    }
+}

@@ -49,12 +49,11 @@ pub(crate) fn open_or_create_dirs(
         Err(Errno::ENOENT) if create => {}
         other => return other,
     }
-    let mut dir = open_beneath(
-        root,
-        Path::new("."),
-        OFlag::O_PATH | OFlag::O_DIRECTORY,
-        resolve,
-    )?;
+    // Each step is resolved from `root` again (not from the previous directory), so a symlink
+    // met on the way is resolved with `root` as its root, exactly as a single lookup would.
+    let dir_flags = OFlag::O_PATH | OFlag::O_DIRECTORY;
+    let mut prefix = std::path::PathBuf::new();
+    let mut dir = open_beneath(root, Path::new("."), dir_flags, resolve)?;
     for comp in rel.components() {
         let Component::Normal(name) = comp else {
             continue;
@@ -63,12 +62,8 @@ pub(crate) fn open_or_create_dirs(
             Ok(()) | Err(Errno::EEXIST) => {}
             Err(e) => return Err(e),
         }
-        dir = open_beneath(
-            &dir,
-            Path::new(name),
-            OFlag::O_PATH | OFlag::O_DIRECTORY,
-            resolve,
-        )?;
+        prefix.push(name);
+        dir = open_beneath(root, &prefix, dir_flags, resolve)?;
     }
     Ok(dir)
 }

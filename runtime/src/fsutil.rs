@@ -84,6 +84,14 @@ pub(crate) fn proc_fd_path(fd: &impl AsRawFd) -> String {
     format!("/proc/self/fd/{}", fd.as_raw_fd())
 }
 
+/// Replaces `path` with `data` atomically (temp file, rename), without forcing it to disk: for
+/// derived files that are regenerated when lost.
+pub(crate) fn write_replace(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, path)
+}
+
 /// Writes `data` to `path` atomically and durably: temp file, fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;

@@ -265,40 +265,13 @@ impl Manager {
                 .array
                 .resolve(&format!("volumes[{i}].source"), &v.source, v.create)?;
         }
-        let defaults: ImageDefaults = image.config_as()?;
-        let layers: Vec<inarray_images::Layer> = image.layers_as()?;
-        let diff_ids: Vec<String> = layers.iter().map(|l| l.diff_id.clone()).collect();
-        let lowers = self.inner.images.layer_dirs(&diff_ids)?;
-        let user = cfg
-            .user
-            .clone()
-            .or_else(|| defaults.user.clone())
-            .unwrap_or_default();
-        let identity = crate::user::resolve(&user, &lowers).map_err(|reason| InvalidField {
-            field: "user".into(),
-            reason,
-        })?;
         let id = new_id()?;
         let name = cfg
             .name
             .clone()
             .unwrap_or_else(|| format!("c-{}", &id[..12]));
-        let spec = spec::build(
-            &cfg,
-            &defaults,
-            &SpecContext {
-                hostname: &id[..12],
-                cgroups_path: &self.cgroup_path(&id),
-                identity,
-            },
-        )
-        .map_err(|e| match e {
-            spec::SpecError::NoCommand(reason) => ManagerError::Invalid(InvalidField {
-                field: "command".into(),
-                reason,
-            }),
-            e => internal("spec", e),
-        })?;
+        // Built now only to refuse what cannot run (user, command); rebuilt at every start.
+        self.plan(&id, &cfg, &image)?;
         let cfg_json = serde_json::to_string(&cfg).map_err(|e| internal("spec json", e))?;
         let row = self
             .inner
@@ -317,34 +290,85 @@ impl Manager {
                 }
                 e => e.into(),
             })?;
-        let paths = self.paths(&id);
+        if cfg.start {
+            return self.start(&id).await;
+        }
+        Ok(row)
+    }
+
+    /// The runtime spec and the shim's instructions for a container, derived from its request and
+    /// its image. Never stored as a source of truth: every start derives them again from SQL.
+    fn plan(
+        &self,
+        id: &str,
+        cfg: &ContainerConfig,
+        image: &ImageRow,
+    ) -> Result<(oci_spec::runtime::Spec, ShimConfig)> {
+        let defaults: ImageDefaults = image.config_as()?;
+        let layers: Vec<inarray_images::Layer> = image.layers_as()?;
+        let diff_ids: Vec<String> = layers.iter().map(|l| l.diff_id.clone()).collect();
+        let lowers = self.inner.images.layer_dirs(&diff_ids)?;
+        let user = cfg
+            .user
+            .clone()
+            .or_else(|| defaults.user.clone())
+            .unwrap_or_default();
+        let identity = crate::user::resolve(&user, &lowers).map_err(|reason| InvalidField {
+            field: "user".into(),
+            reason,
+        })?;
+        let spec = spec::build(
+            cfg,
+            &defaults,
+            &SpecContext {
+                hostname: &id[..12],
+                cgroups_path: &self.cgroup_path(id),
+                identity,
+            },
+        )
+        .map_err(|e| match e {
+            spec::SpecError::NoCommand(reason) => ManagerError::Invalid(InvalidField {
+                field: "command".into(),
+                reason,
+            }),
+            e => internal("spec", e),
+        })?;
         let shim = ShimConfig {
-            id: id.clone(),
+            id: id.to_owned(),
             array_root: self.inner.opts.array_dir.clone(),
             protected: self.inner.opts.protected.clone(),
             volumes: cfg.volumes.clone(),
             lowers,
             runtime_root: self.inner.runtime_root.clone(),
         };
-        let prepared = (|| -> std::io::Result<()> {
+        Ok((spec, shim))
+    }
+
+    /// Writes the bundle and the shim's instructions for a start. Not fsynced: they are derived
+    /// state, written again at every start, and read by a shim started right after.
+    async fn prepare(&self, row: &ContainerRow) -> Result<ContainerPaths> {
+        let cfg: ContainerConfig =
+            serde_json::from_str(&row.spec).map_err(|e| internal("stored spec", e))?;
+        let image = self
+            .inner
+            .store
+            .image_by_id(&row.image_id)
+            .await?
+            .ok_or_else(|| ManagerError::NotFound {
+                kind: "image",
+                key: row.image_id.clone(),
+            })?;
+        let (spec, shim) = self.plan(&row.id, &cfg, &image)?;
+        let paths = self.paths(&row.id);
+        let write = || -> std::io::Result<()> {
             std::fs::create_dir_all(paths.bundle())?;
             let spec_json = serde_json::to_vec_pretty(&spec).map_err(std::io::Error::other)?;
-            crate::fsutil::write_atomic(&paths.bundle().join("config.json"), &spec_json)?;
+            crate::fsutil::write_replace(&paths.bundle().join("config.json"), &spec_json)?;
             let shim_json = serde_json::to_vec_pretty(&shim).map_err(std::io::Error::other)?;
-            crate::fsutil::write_atomic(&paths.shim_config(), &shim_json)
-        })();
-        if let Err(e) = prepared {
-            let _ = std::fs::remove_dir_all(&paths.dir);
-            let _ = self.inner.store.delete_container(&id).await;
-            return Err(internal(
-                &format!("cannot prepare {}", paths.dir.display()),
-                e,
-            ));
-        }
-        if cfg.start {
-            return self.start(&id).await;
-        }
-        Ok(row)
+            crate::fsutil::write_replace(&paths.shim_config(), &shim_json)
+        };
+        write().map_err(|e| internal(&format!("cannot prepare {}", paths.dir.display()), e))?;
+        Ok(paths)
     }
 
     /// Finds a container by id, name or unique id prefix.
@@ -384,8 +408,15 @@ impl Manager {
 
     /// Spawns a shim for `id` and records the outcome. The caller holds the container's lock.
     async fn spawn(&self, id: &str) -> Result<ContainerRow> {
-        let paths = self.paths(id);
-        match supervisor::spawn_shim(&self.inner.opts.shim_exe, &paths).await {
+        let row = self.get(id).await?;
+        let prepared = self.prepare(&row).await;
+        let spawned = match prepared {
+            Ok(paths) => supervisor::spawn_shim(&self.inner.opts.shim_exe, &paths)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match spawned {
             Ok(rec) => {
                 self.inner
                     .store
@@ -400,8 +431,7 @@ impl Manager {
                 self.monitor(id.to_owned(), rec, Instant::now());
                 self.get(id).await
             }
-            Err(e) => {
-                let msg = e.to_string();
+            Err(msg) => {
                 let _ = crate::cgroups::cleanup(&self.cgroup_path(id));
                 self.inner
                     .store

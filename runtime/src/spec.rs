@@ -5,25 +5,12 @@
 //! privileged, a private network namespace with loopback only (or the host's when asked).
 
 use oci_spec::runtime::Spec;
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::config::{ContainerConfig, Network};
 
-/// What the image says about how to run it (a copy of the fields of the OCI image config we honour).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImageDefaults {
-    #[serde(default)]
-    pub entrypoint: Option<Vec<String>>,
-    #[serde(default)]
-    pub cmd: Option<Vec<String>>,
-    #[serde(default)]
-    pub env: Option<Vec<String>>,
-    #[serde(default)]
-    pub working_dir: Option<String>,
-    #[serde(default)]
-    pub user: Option<String>,
-}
+/// What the image says about how to run it: the fields of the OCI image config we honour.
+pub use inarray_images::RuntimeConfig as ImageDefaults;
 
 /// Docker's default capability set.
 pub const DEFAULT_CAPS: &[&str] = &[
@@ -149,7 +136,7 @@ pub fn argv(cfg: &ContainerConfig, image: &ImageDefaults) -> Result<Vec<String>,
 /// Image Env overlaid with the request's env (same key → the request wins), PATH defaulted.
 pub fn environment(cfg: &ContainerConfig, image: &ImageDefaults) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
-    let all = image.env.iter().flatten().chain(cfg.env.iter());
+    let all = image.env.iter().chain(cfg.env.iter());
     for kv in all {
         let key = kv.split_once('=').map_or(kv.as_str(), |(k, _)| k);
         out.retain(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) != key);
@@ -251,7 +238,7 @@ mod tests {
     #[test]
     fn env_overrides_by_key() {
         let img = ImageDefaults {
-            env: Some(vec!["PATH=/bin".into(), "A=1".into()]),
+            env: vec!["PATH=/bin".into(), "A=1".into()],
             ..Default::default()
         };
         let env = environment(&cfg(r#"{"image":"x","env":["A=2","B=x=y"]}"#), &img);

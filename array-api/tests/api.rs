@@ -1,141 +1,1732 @@
+//! API tier (STYLE.md items 9 and 11): the real router over a real SQLite store, a real image store
+//! and an array directory, all in a temp dir, driven with `tower::ServiceExt::oneshot`.
+//!
+//! No root is needed and no container ever runs: the manager's shim executable is a path that does
+//! not exist, so every start fails cleanly (422 `start_failed`, state `dead`).
+//!
+//! Every reply goes through [`Env::call`], which checks it against `docs/openapi.json`: the
+//! operation must be documented, the status must be one the operation lists, and a JSON body must
+//! validate against the documented schema (undocumented properties included). Request bodies and
+//! query parameters the server accepted must fit the spec too.
+
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::http::Request;
+use axum::http::{Request, StatusCode};
+use axum::Router;
 use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tempfile::TempDir;
 use tower::ServiceExt;
 
-async fn go(app: &axum::Router, m: &str, uri: &str, ct: Option<&str>, body: Vec<u8>) {
-    let mut b = Request::builder().method(m).uri(uri);
-    if let Some(ct) = ct {
-        b = b.header("content-type", ct);
-    }
-    let resp = app
-        .clone()
-        .oneshot(b.body(Body::from(body)).unwrap())
-        .await
+/// Every route `array-api/src/routes.rs` registers, with its methods. When a route is added there,
+/// add it here and to docs/openapi.json; the tests below check the three agree.
+const ROUTES: &[(&str, &[&str])] = &[
+    ("/v1/health", &["get"]),
+    ("/v1/openapi.json", &["get"]),
+    ("/v1/images", &["get"]),
+    ("/v1/images/import", &["post"]),
+    ("/v1/images/{reference}", &["get", "delete"]),
+    ("/v1/containers", &["get", "post"]),
+    ("/v1/containers/{id}", &["get", "delete"]),
+    ("/v1/containers/{id}/start", &["post"]),
+    ("/v1/containers/{id}/stop", &["post"]),
+    ("/v1/containers/{id}/restart", &["post"]),
+    ("/v1/containers/{id}/kill", &["post"]),
+    ("/v1/containers/{id}/wait", &["post"]),
+    ("/v1/containers/{id}/logs", &["get"]),
+];
+
+const SPEC_FILE: &str = include_str!("../../docs/openapi.json");
+const ROUTES_RS: &str = include_str!("../src/routes.rs");
+const JSON: Option<&str> = Some("application/json");
+
+// ---------------------------------------------------------------------------------- harness
+
+struct Env {
+    tmp: TempDir,
+    app: Router,
+    spec: Value,
+}
+
+impl Env {
+    /// A router over fresh state. `array/admin` is a protected daemon path, as a socket directory
+    /// inside the array would be.
+    async fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = tmp.path().join("state");
+        let array = tmp.path().join("array");
+        for d in [&state, &array.join("data"), &array.join("admin")] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::os::unix::fs::symlink("/etc", array.join("data/escape")).unwrap();
+        let store = inarray_store::Store::open(&state.join("state.db"))
+            .await
+            .unwrap();
+        let images = inarray_images::ImageStore::open(
+            &state.join("images"),
+            inarray_images::Limits::default(),
+        )
         .unwrap();
-    let st = resp.status();
-    let h = resp.headers().clone();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    println!(
-        "{m} {uri} -> {st} {:?} {}",
-        h.get("content-type"),
-        String::from_utf8_lossy(&bytes[..bytes.len().min(300)])
+        let manager = inarray_runtime::Manager::new(
+            store,
+            Arc::new(images),
+            inarray_runtime::ManagerOptions {
+                state_dir: state.clone(),
+                array_dir: array.clone(),
+                protected: vec![state, array.join("admin")],
+                shim_exe: tmp.path().join("no-such-shim"),
+                cgroup_parent: "inarray-api-test".into(),
+            },
+        )
+        .unwrap();
+        Self {
+            app: inarray_api::router(manager),
+            spec: serde_json::from_str(SPEC_FILE).expect("docs/openapi.json is JSON"),
+            tmp,
+        }
+    }
+
+    fn array(&self) -> PathBuf {
+        self.tmp.path().join("array")
+    }
+
+    fn image_store(&self) -> PathBuf {
+        self.tmp.path().join("state/images")
+    }
+
+    /// Sends a request and checks the reply against the spec.
+    async fn call(&self, method: &str, uri: &str, ct: Option<&str>, body: Vec<u8>) -> Reply {
+        let reply = self.send(method, uri, ct, body.clone()).await;
+        check_reply(&self.spec, method, uri, ct, &body, &reply);
+        reply
+    }
+
+    /// Sends a request without checking it against the spec (for FIXME cases only).
+    async fn send(&self, method: &str, uri: &str, ct: Option<&str>, body: Vec<u8>) -> Reply {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(ct) = ct {
+            req = req.header("content-type", ct);
+        }
+        let resp = self
+            .app
+            .clone()
+            .oneshot(req.body(Body::from(body)).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec();
+        Reply {
+            what: format!("{method} {}", shorten(uri)),
+            status,
+            content_type,
+            body: bytes,
+        }
+    }
+
+    async fn get(&self, uri: &str) -> Reply {
+        self.call("GET", uri, None, Vec::new()).await
+    }
+
+    async fn post(&self, uri: &str) -> Reply {
+        self.call("POST", uri, None, Vec::new()).await
+    }
+
+    async fn delete(&self, uri: &str) -> Reply {
+        self.call("DELETE", uri, None, Vec::new()).await
+    }
+
+    async fn post_json(&self, uri: &str, v: &Value) -> Reply {
+        self.call("POST", uri, JSON, serde_json::to_vec(v).unwrap())
+            .await
+    }
+
+    /// Imports the test image as `test/tiny:1` and returns its id.
+    async fn import_tiny(&self) -> String {
+        let r = self
+            .call(
+                "POST",
+                "/v1/images/import?name=test/tiny:1",
+                Some("application/octet-stream"),
+                oci_archive(),
+            )
+            .await;
+        r.expect(StatusCode::CREATED);
+        let v = r.json();
+        assert_eq!(v["names"], json!(["test/tiny:1"]), "{v}");
+        v["id"].as_str().unwrap().to_owned()
+    }
+}
+
+struct Reply {
+    what: String,
+    status: StatusCode,
+    content_type: Option<String>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{}: reply is not JSON ({e}): {}", self.what, self.text()))
+    }
+
+    fn expect(&self, status: StatusCode) -> &Self {
+        assert_eq!(self.status, status, "{}: {}", self.what, self.text());
+        self
+    }
+
+    /// Asserts an error reply: status, code, and a message containing `needle`.
+    fn expect_error(&self, status: StatusCode, code: &str, needle: &str) -> String {
+        self.expect(status);
+        let v = self.json();
+        let msg = v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert_eq!(v["error"]["code"], code, "{}: {v}", self.what);
+        assert!(
+            msg.contains(needle),
+            "{}: {msg:?} lacks {needle:?}",
+            self.what
+        );
+        msg
+    }
+}
+
+fn shorten(s: &str) -> String {
+    if s.len() > 120 {
+        format!("{}…", &s[..120])
+    } else {
+        s.to_owned()
+    }
+}
+
+/// Whether a message starts the way STYLE.md item 4 wants: not with a capital letter.
+fn starts_lowercase(msg: &str) -> bool {
+    !msg.starts_with(|c: char| c.is_uppercase())
+}
+
+// ------------------------------------------------------------------- checks against the spec
+
+/// Finds the spec's path template for a request path: concrete paths first, then templates. A
+/// trailing `{reference}` takes the rest of the path, slashes included, as the router's
+/// `{*reference}` does.
+fn spec_path<'a>(spec: &'a Value, path: &str) -> Option<&'a str> {
+    let paths = spec["paths"].as_object().unwrap();
+    if paths.contains_key(path) {
+        return Some(paths.get_key_value(path).unwrap().0);
+    }
+    let segs: Vec<&str> = path.split('/').collect();
+    paths.keys().map(String::as_str).find(|t| {
+        let tsegs: Vec<&str> = t.split('/').collect();
+        if !t.contains('{') || segs.len() < tsegs.len() {
+            return false;
+        }
+        if segs.len() > tsegs.len() && *tsegs.last().unwrap() != "{reference}" {
+            return false;
+        }
+        tsegs.iter().enumerate().all(|(i, ts)| {
+            let s = segs[i];
+            if ts.starts_with('{') {
+                !s.is_empty()
+            } else {
+                *ts == s
+            }
+        })
+    })
+}
+
+fn deref<'a>(spec: &'a Value, v: &'a Value) -> &'a Value {
+    match v.get("$ref").and_then(Value::as_str) {
+        Some(r) => {
+            let ptr = r.strip_prefix('#').expect("only local $refs");
+            deref(
+                spec,
+                spec.pointer(ptr)
+                    .unwrap_or_else(|| panic!("dangling $ref {r}")),
+            )
+        }
+        None => v,
+    }
+}
+
+/// The parameters of an operation (path-level and its own), resolved.
+fn parameters<'a>(spec: &'a Value, template: &str, method: &str) -> Vec<&'a Value> {
+    let item = &spec["paths"][template];
+    let mut out = Vec::new();
+    for list in [&item["parameters"], &item[method]["parameters"]] {
+        for p in list.as_array().into_iter().flatten() {
+            out.push(deref(spec, p));
+        }
+    }
+    out
+}
+
+fn check_reply(spec: &Value, method: &str, uri: &str, ct: Option<&str>, req: &[u8], r: &Reply) {
+    let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
+    let m = method.to_ascii_lowercase();
+    let op = spec_path(spec, path)
+        .map(|t| (t, &spec["paths"][t][m.as_str()]))
+        .filter(|(_, op)| op.is_object());
+    let Some((template, op)) = op else {
+        // Not in the spec: only the router's own refusals may answer.
+        match r.status {
+            StatusCode::NOT_FOUND => {
+                validate(
+                    spec,
+                    &json!({"$ref": "#/components/schemas/Error"}),
+                    &r.json(),
+                )
+                .unwrap_or_else(|e| panic!("{}: {e}", r.what));
+                assert_eq!(r.json()["error"]["message"], "no such route", "{}", r.what);
+            }
+            // FIXME: a 405 has an empty body, not the Error shape (see method_not_allowed).
+            StatusCode::METHOD_NOT_ALLOWED => assert!(r.body.is_empty(), "{}", r.what),
+            s => panic!("{}: undocumented operation answered {s}", r.what),
+        }
+        return;
+    };
+    let status = r.status.as_str();
+    let doc = op["responses"].get(status).unwrap_or_else(|| {
+        panic!(
+            "{}: status {status} is not documented: {}",
+            r.what,
+            r.text()
+        )
+    });
+    let doc = deref(spec, doc);
+    match doc.get("content").and_then(Value::as_object) {
+        None => assert!(r.body.is_empty(), "{}: {status} has a body", r.what),
+        Some(content) => {
+            let ct_full = r.content_type.as_deref().unwrap_or_default();
+            let ct_base = ct_full.split(';').next().unwrap().trim();
+            let media = content
+                .get(ct_base)
+                .unwrap_or_else(|| panic!("{}: content type {ct_full:?} not documented", r.what));
+            if ct_base == "application/json" {
+                validate(spec, &media["schema"], &r.json()).unwrap_or_else(|e| {
+                    panic!(
+                        "{}: {status} does not fit the spec: {e}\n{}",
+                        r.what,
+                        r.text()
+                    )
+                });
+            }
+        }
+    }
+    if r.status.is_client_error() || r.status.is_server_error() {
+        let v = r.json();
+        validate(spec, &json!({"$ref": "#/components/schemas/Error"}), &v)
+            .unwrap_or_else(|e| panic!("{}: {e}", r.what));
+    }
+    if r.status.is_success() {
+        // What the server accepted, the spec must describe.
+        let params = parameters(spec, template, &m);
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let p = params
+                .iter()
+                .find(|p| p["in"] == "query" && p["name"] == k)
+                .unwrap_or_else(|| panic!("{}: query parameter {k} is not documented", r.what));
+            let value = match p["schema"]["type"].as_str() {
+                Some("boolean") => json!(v.parse::<bool>().expect("bool")),
+                Some("integer") => json!(v.parse::<i64>().expect("integer")),
+                _ => json!(v),
+            };
+            validate(spec, &p["schema"], &value)
+                .unwrap_or_else(|e| panic!("{}: query {k}: {e}", r.what));
+        }
+        if ct == JSON && !req.is_empty() {
+            let body: Value = serde_json::from_slice(req).unwrap();
+            let schema = &op["requestBody"]["content"]["application/json"]["schema"];
+            validate(spec, schema, &body)
+                .unwrap_or_else(|e| panic!("{}: accepted body does not fit the spec: {e}", r.what));
+        }
+    }
+}
+
+/// The JSON-schema keywords this validator implements (or, for the last four, knows to be
+/// annotations). The spec may use no others: a keyword silently ignored would be a check not made.
+const KEYWORDS: &[&str] = &[
+    "$ref",
+    "type",
+    "nullable",
+    "enum",
+    "properties",
+    "required",
+    "additionalProperties",
+    "items",
+    "minItems",
+    "maxItems",
+    "minProperties",
+    "maxProperties",
+    "minLength",
+    "maxLength",
+    "minimum",
+    "maximum",
+    "format",
+    "pattern",
+    "description",
+    "example",
+    "default",
+    "title",
+];
+
+/// The spec's `pattern`s, implemented without a regex engine. A new pattern needs a line here.
+fn pattern_matches(pattern: &str, s: &str) -> bool {
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    match pattern {
+        "^(no|always|unless-stopped|on-failure(:[0-9]+)?)?$" => {
+            matches!(s, "" | "no" | "always" | "unless-stopped" | "on-failure")
+                || s.strip_prefix("on-failure:")
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        }
+        "^[a-zA-Z0-9][a-zA-Z0-9_.-]*$" => {
+            s.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        }
+        "^[^=]+=" => s.find('=').is_some_and(|i| i > 0),
+        "^/" => s.starts_with('/'),
+        "^[0-9a-f]{24}$" => hex(s, 24) && s == s.to_ascii_lowercase(),
+        "^sha256:[0-9a-f]{64}$" => s
+            .strip_prefix("sha256:")
+            .is_some_and(|h| hex(h, 64) && h == h.to_ascii_lowercase()),
+        other => panic!("the test's validator has no matcher for pattern {other:?}"),
+    }
+}
+
+fn validate(spec: &Value, schema: &Value, v: &Value) -> Result<(), String> {
+    check_value(spec, schema, v, "$")
+}
+
+/// A JSON-schema check for the subset of OpenAPI 3.0 the spec uses. Stricter than the standard in
+/// one way: an object schema with `properties` but no `additionalProperties` still refuses
+/// undeclared properties, so a field added to a reply must be added to the spec.
+fn check_value(spec: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), String> {
+    let s = deref(spec, schema);
+    let obj = s.as_object().expect("a schema is an object");
+    if let Some(k) = obj.keys().find(|k| !KEYWORDS.contains(&k.as_str())) {
+        panic!("{at}: the test's validator does not implement the keyword {k:?}");
+    }
+    if v.is_null() {
+        return if s["nullable"] == true || obj.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{at}: null is not allowed"))
+        };
+    }
+    if let Some(t) = s["type"].as_str() {
+        let ok = match t {
+            "object" => v.is_object(),
+            "array" => v.is_array(),
+            "string" => v.is_string(),
+            "integer" => v.is_i64() || v.is_u64(),
+            "number" => v.is_number(),
+            "boolean" => v.is_boolean(),
+            other => panic!("{at}: unknown type {other}"),
+        };
+        if !ok {
+            return Err(format!("{at}: {v} is not of type {t}"));
+        }
+    }
+    if let Some(e) = s["enum"].as_array() {
+        if !e.contains(v) {
+            return Err(format!("{at}: {v} is not one of {}", s["enum"]));
+        }
+    }
+    if let Some(st) = v.as_str() {
+        let n = st.chars().count() as u64;
+        if s["minLength"].as_u64().is_some_and(|m| n < m) {
+            return Err(format!("{at}: {v} is shorter than {}", s["minLength"]));
+        }
+        if s["maxLength"].as_u64().is_some_and(|m| n > m) {
+            return Err(format!("{at}: longer than {}", s["maxLength"]));
+        }
+        if let Some(p) = s["pattern"].as_str() {
+            if !pattern_matches(p, st) {
+                return Err(format!("{at}: {v} does not match {p}"));
+            }
+        }
+        if s["format"] == "date-time" && chrono::DateTime::parse_from_rfc3339(st).is_err() {
+            return Err(format!("{at}: {v} is not a date-time"));
+        }
+    }
+    if let Some(n) = v.as_f64() {
+        if s["minimum"].as_f64().is_some_and(|m| n < m) {
+            return Err(format!("{at}: {v} is under {}", s["minimum"]));
+        }
+        if s["maximum"].as_f64().is_some_and(|m| n > m) {
+            return Err(format!("{at}: {v} is over {}", s["maximum"]));
+        }
+    }
+    if let Some(items) = v.as_array() {
+        let n = items.len() as u64;
+        if s["minItems"].as_u64().is_some_and(|m| n < m) {
+            return Err(format!("{at}: fewer than {} items", s["minItems"]));
+        }
+        if s["maxItems"].as_u64().is_some_and(|m| n > m) {
+            return Err(format!("{at}: more than {} items", s["maxItems"]));
+        }
+        if let Some(item_schema) = s.get("items") {
+            for (i, item) in items.iter().enumerate() {
+                check_value(spec, item_schema, item, &format!("{at}[{i}]"))?;
+            }
+        }
+    }
+    if let Some(o) = v.as_object() {
+        let n = o.len() as u64;
+        if s["minProperties"].as_u64().is_some_and(|m| n < m) {
+            return Err(format!(
+                "{at}: fewer than {} properties",
+                s["minProperties"]
+            ));
+        }
+        if s["maxProperties"].as_u64().is_some_and(|m| n > m) {
+            return Err(format!("{at}: more than {} properties", s["maxProperties"]));
+        }
+        for r in s["required"].as_array().into_iter().flatten() {
+            let r = r.as_str().unwrap();
+            if !o.contains_key(r) {
+                return Err(format!("{at}: required property {r} is missing"));
+            }
+        }
+        let props = s["properties"].as_object();
+        for (k, pv) in o {
+            match props.and_then(|p| p.get(k)) {
+                Some(ps) => check_value(spec, ps, pv, &format!("{at}.{k}"))?,
+                None => {
+                    let open = match s.get("additionalProperties") {
+                        Some(Value::Bool(b)) => *b,
+                        Some(other) => panic!("{at}: additionalProperties {other} unsupported"),
+                        None => props.is_none(),
+                    };
+                    if !open {
+                        return Err(format!("{at}: property {k} is not in the spec"));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Walks the whole document and checks every `schema`, and every schema nested in one, for
+/// keywords the validator does not know.
+fn known_keywords(v: &Value, at: &str) {
+    fn schema(s: &Value, at: &str) {
+        let o = s
+            .as_object()
+            .unwrap_or_else(|| panic!("{at}: a schema is an object"));
+        for (k, x) in o {
+            assert!(
+                KEYWORDS.contains(&k.as_str()),
+                "{at}: keyword {k:?} is not validated"
+            );
+            match k.as_str() {
+                "properties" => x
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .for_each(|(p, ps)| schema(ps, &format!("{at}.{p}"))),
+                "items" => schema(x, &format!("{at}[]")),
+                "additionalProperties" if x.is_object() => schema(x, &format!("{at}{{}}")),
+                _ => {}
+            }
+        }
+    }
+    match v {
+        Value::Object(o) => {
+            for (k, x) in o {
+                let here = format!("{at}/{k}");
+                if k == "schema" || at == "$/components/schemas" {
+                    schema(x, &here);
+                } else {
+                    known_keywords(x, &here);
+                }
+            }
+        }
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .for_each(|(i, x)| known_keywords(x, &format!("{at}/{i}"))),
+        _ => {}
+    }
+}
+
+/// Every `$ref` in the document, recursively.
+fn refs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(o) => {
+            for (k, x) in o {
+                match (k.as_str(), x) {
+                    ("$ref", Value::String(r)) => out.push(r.clone()),
+                    _ => refs(x, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+        _ => {}
+    }
+}
+
+// --------------------------------------------------------------------------- test images
+
+fn sha(d: &[u8]) -> String {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(d);
+    let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+type Files = Vec<(String, Vec<u8>)>;
+
+/// A tar of regular files; names are written raw, so hostile ones can be expressed.
+fn tar_of(files: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data) in files {
+        let mut h = tar::Header::new_gnu();
+        assert!(path.len() <= 100, "test paths fit the header");
+        h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_mtime(1_600_000_000);
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        b.append(&h, data.as_slice()).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn file(path: &str, data: &[u8]) -> (String, Vec<u8>) {
+    (path.to_owned(), data.to_vec())
+}
+
+/// One image with one empty layer (unpacking it needs no root): layer tar and config.
+fn tiny_image() -> (Vec<u8>, Vec<u8>) {
+    let layer = tar_of(&[]);
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let config = serde_json::to_vec(&json!({
+        "architecture": arch,
+        "os": "linux",
+        "config": {"Cmd": ["/bin/app"], "Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": [sha(&layer)]},
+    }))
+    .unwrap();
+    (layer, config)
+}
+
+fn blob_path(digest: &str) -> String {
+    format!("blobs/sha256/{}", &digest["sha256:".len()..])
+}
+
+/// The files of an OCI image layout holding the tiny image; index.json last.
+fn oci_files() -> Files {
+    let (layer, config) = tiny_image();
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": sha(&config),
+            "size": config.len(),
+        },
+        "layers": [{
+            "mediaType": "application/vnd.oci.image.layer.v1.tar",
+            "digest": sha(&layer),
+            "size": layer.len(),
+        }],
+    }))
+    .unwrap();
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": sha(&manifest),
+            "size": manifest.len(),
+        }],
+    }))
+    .unwrap();
+    vec![
+        file("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#),
+        (blob_path(&sha(&layer)), layer),
+        (blob_path(&sha(&config)), config),
+        (blob_path(&sha(&manifest)), manifest),
+        file("index.json", &index),
+    ]
+}
+
+/// An OCI image-layout archive of the tiny image.
+fn oci_archive() -> Vec<u8> {
+    tar_of(&oci_files())
+}
+
+/// A `docker save` archive of the tiny image, tagged `tag`.
+fn docker_archive(tag: &str) -> Vec<u8> {
+    let (layer, config) = tiny_image();
+    let config_name = format!("{}.json", &sha(&config)["sha256:".len()..]);
+    let manifest = json!([{"Config": config_name, "RepoTags": [tag], "Layers": ["l0/layer.tar"]}]);
+    tar_of(&[
+        file("manifest.json", &serde_json::to_vec(&manifest).unwrap()),
+        (config_name, config),
+        ("l0/layer.tar".into(), layer),
+    ])
+}
+
+/// Every path under `dir`, relative.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            out.push(p.strip_prefix(dir).unwrap().display().to_string());
+            if p.is_dir() && !p.is_symlink() {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+// ------------------------------------------------------------------------------ the spec
+
+#[tokio::test]
+async fn spec_is_served_and_well_formed() {
+    let env = Env::new().await;
+    let r = env.get("/v1/openapi.json").await;
+    r.expect(StatusCode::OK);
+    assert_eq!(r.content_type.as_deref(), Some("application/json"));
+    assert_eq!(r.body, SPEC_FILE.as_bytes(), "served verbatim");
+    let spec = r.json();
+    assert_eq!(spec["openapi"], "3.0.3");
+    assert!(spec["info"]["title"].is_string() && spec["info"]["version"].is_string());
+    let mut all = Vec::new();
+    refs(&spec, &mut all);
+    assert!(!all.is_empty());
+    for r in &all {
+        let ptr = r.strip_prefix('#').expect("local $ref");
+        assert!(spec.pointer(ptr).is_some(), "dangling $ref {r}");
+    }
+    for name in ["Error", "Container", "ContainerCreate", "Volume", "Image"] {
+        assert!(spec["components"]["schemas"][name].is_object(), "{name}");
+    }
+    // Every schema, wherever it sits, uses only keywords the validator knows.
+    known_keywords(&spec, "$");
+    // Every operation: an id, a summary, path parameters declared, 500 and errors in Error shape.
+    let mut ids = std::collections::HashSet::new();
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (m, op) in item.as_object().unwrap() {
+            if m == "parameters" {
+                continue;
+            }
+            let what = format!("{m} {path}");
+            assert!(ids.insert(op["operationId"].as_str().unwrap()), "{what}");
+            assert!(op["summary"].is_string(), "{what}: summary");
+            let params = parameters(&spec, path, m);
+            for seg in path.split('/').filter(|s| s.starts_with('{')) {
+                let name = seg.trim_matches(|c| c == '{' || c == '}');
+                assert!(
+                    params
+                        .iter()
+                        .any(|p| p["in"] == "path" && p["name"] == name && p["required"] == true),
+                    "{what}: path parameter {name} undeclared"
+                );
+            }
+            for (status, resp) in op["responses"].as_object().unwrap() {
+                let resp = deref(&spec, resp);
+                assert!(resp["description"].is_string(), "{what} {status}");
+                if status.starts_with('4') || status.starts_with('5') {
+                    assert_eq!(
+                        resp["content"]["application/json"]["schema"]["$ref"],
+                        "#/components/schemas/Error",
+                        "{what} {status}"
+                    );
+                }
+            }
+            if path != "/v1/health" && path != "/v1/openapi.json" {
+                assert!(op["responses"]["500"].is_object(), "{what}: 500");
+            }
+        }
+    }
+}
+
+/// The `.route("path", get(..).post(..))` calls of routes.rs, read from its source (a plain scan:
+/// if routes.rs stops registering routes that way, adapt this and keep ROUTES honest).
+fn routes_in_source() -> Vec<String> {
+    const METHODS: [&str; 7] = ["get", "post", "put", "patch", "delete", "head", "options"];
+    let mut out = Vec::new();
+    for chunk in ROUTES_RS.split(".route(").skip(1) {
+        let mut depth = 1;
+        let end = chunk
+            .char_indices()
+            .find(|&(_, c)| {
+                depth += match c {
+                    '(' => 1,
+                    ')' => -1,
+                    _ => 0,
+                };
+                depth == 0
+            })
+            .expect("balanced .route(…)")
+            .0;
+        let args = &chunk[..end];
+        let path = args.split('"').nth(1).expect("a path literal");
+        let path = path.replace("{*", "{");
+        let handlers = &args[args.find(',').expect("a method router")..];
+        for m in METHODS {
+            let called = handlers
+                .match_indices(&format!("{m}("))
+                .any(|(i, _)| !handlers[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_'));
+            if called {
+                out.push(format!("{m} {path}"));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn spec_and_router_agree() {
+    let env = Env::new().await;
+    let mut routed: Vec<String> = ROUTES
+        .iter()
+        .flat_map(|(p, ms)| ms.iter().map(move |m| format!("{m} {p}")))
+        .collect();
+    let mut documented: Vec<String> = env.spec["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(p, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .filter(|m| *m != "parameters")
+                .map(move |m| format!("{m} {p}"))
+        })
+        .collect();
+    routed.sort();
+    documented.sort();
+    assert_eq!(
+        routed,
+        routes_in_source(),
+        "ROUTES vs array-api/src/routes.rs"
+    );
+    assert_eq!(routed, documented, "ROUTES vs docs/openapi.json");
+
+    // Probe every documented operation: it must reach a handler, never the fallback or a 405.
+    // Templated paths get a nonexistent object, and must say which one is missing.
+    for op in &documented {
+        let (m, path) = op.split_once(' ').unwrap();
+        let method = m.to_ascii_uppercase();
+        let uri = path
+            .replace("{id}", "no-such-container")
+            .replace("{reference}", "no-such-image:1");
+        let r = match (method.as_str(), path) {
+            ("POST", "/v1/containers") => env.post_json(&uri, &json!({})).await,
+            _ => env.call(&method, &uri, None, Vec::new()).await,
+        };
+        assert_ne!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{op}");
+        if r.status == StatusCode::NOT_FOUND {
+            let msg = r.json()["error"]["message"].as_str().unwrap().to_owned();
+            assert_ne!(msg, "no such route", "{op} is not routed");
+        }
+        if path.contains("{id}") {
+            r.expect_error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such container: no-such-container",
+            );
+        } else if path.contains("{reference}") {
+            r.expect_error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such image: no-such-image:1",
+            );
+        } else {
+            assert_ne!(r.status, StatusCode::NOT_FOUND, "{op}: {}", r.text());
+        }
+    }
+    // And what is not documented is not routed.
+    env.get("/v1/nope")
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "not_found", "no such route");
+    env.get("/v1/containers/").await.expect_error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route",
+    );
+    env.get("/v2/containers").await.expect_error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route",
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn probe() {
-    let tmp = tempfile::tempdir().unwrap();
-    let state = tmp.path().join("state");
-    let array = tmp.path().join("array");
-    std::fs::create_dir_all(&state).unwrap();
-    std::fs::create_dir_all(array.join("data")).unwrap();
-    let store = inarray_store::Store::open(&state.join("state.db"))
+/// FIXME: a known path with a method it does not have answers 405 with an empty body, not the
+/// Error shape: routes.rs sets `fallback` but not `method_not_allowed_fallback`.
+#[tokio::test]
+async fn method_not_allowed() {
+    let env = Env::new().await;
+    for (m, uri) in [
+        ("PUT", "/v1/containers"),
+        ("GET", "/v1/containers/x/start"),
+        ("DELETE", "/v1/images"),
+        // `import` is a route of its own: an image is never addressed by the bare name "import"
+        // (use "import:latest" or its id).
+        ("GET", "/v1/images/import"),
+        ("DELETE", "/v1/images/import"),
+    ] {
+        let r = env.call(m, uri, None, Vec::new()).await;
+        r.expect(StatusCode::METHOD_NOT_ALLOWED);
+        assert!(r.body.is_empty(), "{m} {uri}: FIXME expected empty body");
+    }
+}
+
+// ------------------------------------------------------------------------ hostile input
+
+struct Case {
+    what: &'static str,
+    method: &'static str,
+    uri: String,
+    content_type: Option<&'static str>,
+    body: Vec<u8>,
+    status: StatusCode,
+    code: &'static str,
+    needle: &'static str,
+    /// False where the message is axum's rejection text, which starts with a capital letter.
+    /// FIXME: extract.rs passes `body_text()` through; STYLE.md item 4 wants lowercase messages.
+    lowercase: bool,
+}
+
+fn create(what: &'static str, body: Value, status: StatusCode, code: &'static str) -> Case {
+    Case {
+        what,
+        method: "POST",
+        uri: "/v1/containers".into(),
+        content_type: JSON,
+        body: serde_json::to_vec(&body).unwrap(),
+        status,
+        code,
+        needle: "",
+        lowercase: true,
+    }
+}
+
+impl Case {
+    fn needle(mut self, n: &'static str) -> Self {
+        self.needle = n;
+        self
+    }
+    fn capitalized(mut self) -> Self {
+        self.lowercase = false;
+        self
+    }
+    fn raw(mut self, ct: Option<&'static str>, body: Vec<u8>) -> Self {
+        self.content_type = ct;
+        self.body = body;
+        self
+    }
+}
+
+fn query(what: &'static str, method: &'static str, uri: &str, needle: &'static str) -> Case {
+    Case {
+        what,
+        method,
+        uri: uri.into(),
+        content_type: None,
+        body: Vec::new(),
+        status: StatusCode::BAD_REQUEST,
+        code: "invalid_request",
+        needle,
+        lowercase: true,
+    }
+}
+
+async fn run_cases(env: &Env, cases: Vec<Case>) {
+    for c in cases {
+        let r = env
+            .call(c.method, &c.uri, c.content_type, c.body.clone())
+            .await;
+        assert_eq!(r.status, c.status, "{}: {}", c.what, r.text());
+        let msg = r.expect_error(c.status, c.code, c.needle);
+        assert_eq!(starts_lowercase(&msg), c.lowercase, "{}: {msg:?}", c.what);
+        if c.code == "invalid_field" {
+            // What the server refuses as not fitting the schema, the spec's schema refuses too.
+            // Bodies nested beyond serde_json's recursion limit, or with a key twice, are beyond
+            // what a schema can say.
+            let Ok(body) = serde_json::from_slice::<Value>(&c.body) else {
+                continue;
+            };
+            if serde_json::to_vec(&body).unwrap() != c.body {
+                continue;
+            }
+            let schema = json!({"$ref": "#/components/schemas/ContainerCreate"});
+            assert!(
+                validate(&env.spec, &schema, &body).is_err(),
+                "{}: the spec's ContainerCreate accepts what the server refuses",
+                c.what
+            );
+        }
+    }
+}
+
+fn many(n: usize, f: impl Fn(usize) -> Value) -> Value {
+    Value::Array((0..n).map(f).collect())
+}
+
+#[tokio::test]
+async fn malformed_bodies_are_refused_in_the_error_shape() {
+    use StatusCode as S;
+    let env = Env::new().await;
+    let img = json!("test/tiny:1");
+    let big = "A=".to_owned() + &"x".repeat(2 << 20);
+    let deep = format!(r#"{{"image":"x","command":{}"#, "[".repeat(100_000));
+    run_cases(
+        &env,
+        vec![
+            create("malformed json", json!(null), S::BAD_REQUEST, "malformed_json")
+                .raw(JSON, br#"{"image":"#.to_vec())
+                .needle("EOF")
+                .capitalized(),
+            create("empty body", json!(null), S::BAD_REQUEST, "malformed_json")
+                .raw(JSON, Vec::new())
+                .capitalized(),
+            create("not utf-8", json!(null), S::BAD_REQUEST, "malformed_json")
+                .raw(JSON, b"{\"image\":\"\xff\"}".to_vec())
+                .capitalized(),
+            create("100k nested arrays", json!(null), S::UNPROCESSABLE_ENTITY, "invalid_field")
+                .raw(JSON, deep.into_bytes())
+                .needle("invalid type")
+                .capitalized(),
+            create("no content type", json!(null), S::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+                .raw(None, br#"{"image":"x"}"#.to_vec())
+                .needle("Content-Type: application/json")
+                .capitalized(),
+            create("text/plain", json!(null), S::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+                .raw(Some("text/plain"), br#"{"image":"x"}"#.to_vec())
+                .capitalized(),
+            create("2 MiB body", json!({"image": "x", "env": [big]}), S::PAYLOAD_TOO_LARGE, "invalid_body")
+                .needle("length limit")
+                .capitalized(),
+            create("an empty array", json!([]), S::UNPROCESSABLE_ENTITY, "invalid_field")
+                .needle("expected struct ContainerConfig")
+                .capitalized(),
+            create("image is a number", json!({"image": 5}), S::UNPROCESSABLE_ENTITY, "invalid_field")
+                .needle("image: invalid type")
+                .capitalized(),
+            create("env is a string", json!({"image": "x", "env": "A=B"}), S::UNPROCESSABLE_ENTITY, "invalid_field")
+                .needle("env: invalid type")
+                .capitalized(),
+            create("env is null", json!({"image": "x", "env": null}), S::UNPROCESSABLE_ENTITY, "invalid_field")
+                .needle("env")
+                .capitalized(),
+            create("start is a string", json!({"image": "x", "start": "yes"}), S::UNPROCESSABLE_ENTITY, "invalid_field")
+                .needle("start")
+                .capitalized(),
+            create("command of numbers", json!({"image": "x", "command": [1]}), S::UNPROCESSABLE_ENTITY, "invalid_field")
+                .needle("command")
+                .capitalized(),
+            create("volume source a number", json!({"image": "x", "volumes": [{"source": 1, "target": "/x"}]}), S::UNPROCESSABLE_ENTITY, "invalid_field")
+                .needle("source")
+                .capitalized(),
+            create("no image", json!({"command": ["true"]}), S::UNPROCESSABLE_ENTITY, "invalid_field")
+                .needle("missing field `image`")
+                .capitalized(),
+            create("privileged", json!({"image": "x", "privileged": true}), S::UNPROCESSABLE_ENTITY, "invalid_field")
+                .needle("unknown field `privileged`")
+                .capitalized(),
+            create("capabilities", json!({"image": "x", "cap_add": ["SYS_ADMIN"]}), S::UNPROCESSABLE_ENTITY, "invalid_field")
+                .needle("unknown field `cap_add`")
+                .capitalized(),
+            create("seccomp", json!({"image": "x", "seccomp": "unconfined"}), S::UNPROCESSABLE_ENTITY, "invalid_field")
+                .needle("unknown field `seccomp`")
+                .capitalized(),
+            create("volume propagation", json!({"image": "x", "volumes": [{"source": "data", "target": "/x", "propagation": "shared"}]}), S::UNPROCESSABLE_ENTITY, "invalid_field")
+                .needle("unknown field `propagation`")
+                .capitalized(),
+            create("duplicate field", json!(null), S::UNPROCESSABLE_ENTITY, "invalid_field")
+                .raw(JSON, br#"{"image":"x","image":"y"}"#.to_vec())
+                .needle("duplicate field `image`")
+                .capitalized(),
+            create("restart sometimes", json!({"image": "x", "restart": "sometimes"}), S::UNPROCESSABLE_ENTITY, "invalid_field")
+                .needle("restart")
+                .capitalized(),
+            create("restart bad count", json!({"image": "x", "restart": "on-failure:x"}), S::UNPROCESSABLE_ENTITY, "invalid_field")
+                .needle("restart")
+                .capitalized(),
+            create("restart null", json!({"image": "x", "restart": null}), S::UNPROCESSABLE_ENTITY, "invalid_field")
+                .needle("restart")
+                .capitalized(),
+            create("network bridge", json!({"image": "x", "network": "bridge"}), S::UNPROCESSABLE_ENTITY, "invalid_field")
+                .needle("network")
+                .capitalized(),
+            // Field checks (400) come before the image is looked up: "x" need not exist.
+            create("10k env", json!({"image": "x", "env": many(10_000, |i| json!(format!("K{i}=v")))}), S::BAD_REQUEST, "invalid_request")
+                .needle("env: has 10000 entries"),
+            create("10k command", json!({"image": "x", "command": many(10_000, |_| json!("a"))}), S::BAD_REQUEST, "invalid_request")
+                .needle("command: has 10000 entries"),
+            create("10k entrypoint", json!({"image": "x", "entrypoint": many(10_000, |_| json!("a"))}), S::BAD_REQUEST, "invalid_request")
+                .needle("entrypoint: has 10000 entries"),
+            create("10k volumes", json!({"image": "x", "volumes": many(10_000, |i| json!({"source": "data", "target": format!("/v{i}")}))}), S::BAD_REQUEST, "invalid_request")
+                .needle("volumes: at most 256"),
+            create("NUL in command", json!({"image": "x", "command": ["a\u{0}b"]}), S::BAD_REQUEST, "invalid_request")
+                .needle("command[0]"),
+            create("NUL in second argument", json!({"image": "x", "command": ["sh", "-c\u{0}"]}), S::BAD_REQUEST, "invalid_request")
+                .needle("command[1]"),
+            create("NUL in entrypoint", json!({"image": "x", "entrypoint": ["\u{0}"]}), S::BAD_REQUEST, "invalid_request")
+                .needle("entrypoint[0]"),
+            create("NUL in env", json!({"image": "x", "env": ["A=\u{0}"]}), S::BAD_REQUEST, "invalid_request")
+                .needle("env[0]"),
+            create("NUL in image", json!({"image": "x\u{0}"}), S::BAD_REQUEST, "invalid_request")
+                .needle("image"),
+            create("empty image", json!({"image": ""}), S::BAD_REQUEST, "invalid_request")
+                .needle("image"),
+            create("128 KiB argument", json!({"image": "x", "command": ["x".repeat(200 * 1024)]}), S::BAD_REQUEST, "invalid_request")
+                .needle("command[0]"),
+            create("env without =", json!({"image": "x", "env": ["A=1", "NOEQUALS"]}), S::BAD_REQUEST, "invalid_request")
+                .needle("env[1]"),
+            create("env with empty key", json!({"image": "x", "env": ["=x"]}), S::BAD_REQUEST, "invalid_request")
+                .needle("env[0]"),
+            create("name with ..", json!({"image": "x", "name": "../x"}), S::BAD_REQUEST, "invalid_request")
+                .needle("name"),
+            create("name too long", json!({"image": "x", "name": "n".repeat(129)}), S::BAD_REQUEST, "invalid_request")
+                .needle("name"),
+            create("workdir relative", json!({"image": "x", "workdir": "rel"}), S::BAD_REQUEST, "invalid_request")
+                .needle("workdir"),
+            create("workdir in /proc (CVE-2024-21626)", json!({"image": "x", "workdir": "/proc/self/fd/7"}), S::BAD_REQUEST, "invalid_request")
+                .needle("workdir"),
+            create("source ../../etc", json!({"image": "x", "volumes": [{"source": "../../etc", "target": "/x"}]}), S::BAD_REQUEST, "invalid_request")
+                .needle("volumes[0].source"),
+            create("source /etc", json!({"image": "x", "volumes": [{"source": "/etc", "target": "/x"}]}), S::BAD_REQUEST, "invalid_request")
+                .needle("volumes[0].source"),
+            create("source a/../../..", json!({"image": "x", "volumes": [{"source": "a/../../..", "target": "/x"}]}), S::BAD_REQUEST, "invalid_request")
+                .needle("volumes[0].source"),
+            create("source with NUL", json!({"image": "x", "volumes": [{"source": "data\u{0}", "target": "/x"}]}), S::BAD_REQUEST, "invalid_request")
+                .needle("volumes[0].source"),
+            create("empty source", json!({"image": "x", "volumes": [{"source": "", "target": "/x"}]}), S::BAD_REQUEST, "invalid_request")
+                .needle("volumes[0].source"),
+            create("second source bad", json!({"image": "x", "volumes": [{"source": "data", "target": "/a"}, {"source": "/", "target": "/b"}]}), S::BAD_REQUEST, "invalid_request")
+                .needle("volumes[1].source"),
+            create("relative target", json!({"image": "x", "volumes": [{"source": "data", "target": "x"}]}), S::BAD_REQUEST, "invalid_request")
+                .needle("volumes[0].target"),
+            create("target /proc", json!({"image": "x", "volumes": [{"source": "data", "target": "/proc/sys"}]}), S::BAD_REQUEST, "invalid_request")
+                .needle("volumes[0].target"),
+            create("target /", json!({"image": "x", "volumes": [{"source": "data", "target": "/"}]}), S::BAD_REQUEST, "invalid_request")
+                .needle("volumes[0].target"),
+            create("target twice", json!({"image": "x", "volumes": [{"source": "data", "target": "/d"}, {"source": "data", "target": "/d/"}]}), S::BAD_REQUEST, "invalid_request")
+                .needle("volumes[1].target"),
+            create("unknown image", json!({"image": "nope:1"}), S::NOT_FOUND, "not_found")
+                .needle("no such image: nope:1"),
+        ],
+    )
+    .await;
+    // Image-dependent checks: the volume source must exist beneath the array, outside daemon paths.
+    env.import_tiny().await;
+    let vol = |src: &str| json!({"image": img, "start": false, "volumes": [{"source": src, "target": "/d"}]});
+    run_cases(
+        &env,
+        vec![
+            create(
+                "missing source",
+                vol("nope"),
+                S::BAD_REQUEST,
+                "invalid_request",
+            )
+            .needle("volumes[0].source: source \"nope\" does not exist"),
+            create(
+                "symlink to /etc",
+                vol("data/escape"),
+                S::BAD_REQUEST,
+                "invalid_request",
+            )
+            .needle("volumes[0].source"),
+            create(
+                "protected path",
+                vol("admin"),
+                S::BAD_REQUEST,
+                "invalid_request",
+            )
+            .needle("protected"),
+            create(
+                "array root holds a protected path",
+                vol("."),
+                S::BAD_REQUEST,
+                "invalid_request",
+            )
+            .needle("protected"),
+            create(
+                "unknown user",
+                json!({"image": img, "user": "nobody"}),
+                S::BAD_REQUEST,
+                "invalid_request",
+            )
+            .needle("user"),
+        ],
+    )
+    .await;
+    // Nothing was created by any of it.
+    let all = env.get("/v1/containers?all=true").await;
+    assert_eq!(all.expect(S::OK).json(), json!([]));
+    assert_eq!(listing(&env.array()), ["admin", "data", "data/escape"]);
+    assert!(listing(&env.tmp.path().join("state/containers")).is_empty());
+    env.get("/v1/health").await.expect(S::OK);
+}
+
+#[tokio::test]
+async fn bad_paths_and_queries_are_refused() {
+    let env = Env::new().await;
+    let id = "no-such-container";
+    run_cases(
+        &env,
+        vec![
+            query("all=maybe", "GET", "/v1/containers?all=maybe", "all").capitalized(),
+            query("all=1", "GET", "/v1/containers?all=1", "all").capitalized(),
+            query(
+                "unknown parameter",
+                "GET",
+                "/v1/containers?bogus=1",
+                "bogus",
+            )
+            .capitalized(),
+            query("twice", "GET", "/v1/containers?all=true&all=false", "all").capitalized(),
+            query(
+                "timeout=99999",
+                "POST",
+                &format!("/v1/containers/{id}/stop?timeout=99999"),
+                "timeout: 99999 is over the maximum",
+            ),
+            query(
+                "restart timeout",
+                "POST",
+                &format!("/v1/containers/{id}/restart?timeout=3601"),
+                "timeout",
+            ),
+            query(
+                "negative timeout",
+                "POST",
+                &format!("/v1/containers/{id}/stop?timeout=-1"),
+                "timeout",
+            )
+            .capitalized(),
+            query(
+                "timeout overflow",
+                "POST",
+                &format!("/v1/containers/{id}/stop?timeout=99999999999999999999999"),
+                "timeout",
+            )
+            .capitalized(),
+            query(
+                "bad signal",
+                "POST",
+                &format!("/v1/containers/{id}/kill?signal=SIGFOO"),
+                "signal",
+            ),
+            query(
+                "signal 0",
+                "POST",
+                &format!("/v1/containers/{id}/kill?signal=0"),
+                "signal",
+            ),
+            query(
+                "signal 99",
+                "POST",
+                &format!("/v1/containers/{id}/kill?signal=99"),
+                "signal",
+            ),
+            query(
+                "force=yes",
+                "DELETE",
+                &format!("/v1/containers/{id}?force=yes"),
+                "force",
+            )
+            .capitalized(),
+            query(
+                "follow=2",
+                "GET",
+                &format!("/v1/containers/{id}/logs?follow=2"),
+                "follow",
+            )
+            .capitalized(),
+            query(
+                "logs unknown parameter",
+                "GET",
+                &format!("/v1/containers/{id}/logs?tail=10"),
+                "tail",
+            )
+            .capitalized(),
+            query("invalid UTF-8 in the path", "GET", "/v1/containers/%ff", "").capitalized(),
+            Case {
+                code: "invalid_image",
+                content_type: Some("application/octet-stream"),
+                body: oci_archive(),
+                ..query(
+                    "bad image name",
+                    "POST",
+                    "/v1/images/import?name=UPPER!",
+                    "lowercase",
+                )
+            },
+            Case {
+                status: StatusCode::NOT_FOUND,
+                code: "not_found",
+                ..query(
+                    "unknown container",
+                    "GET",
+                    "/v1/containers/nope",
+                    "no such container: nope",
+                )
+            },
+            Case {
+                status: StatusCode::NOT_FOUND,
+                code: "not_found",
+                ..query(
+                    "NUL in the id",
+                    "DELETE",
+                    "/v1/containers/%00",
+                    "no such container",
+                )
+            },
+            Case {
+                status: StatusCode::NOT_FOUND,
+                code: "not_found",
+                ..query(
+                    "dot-dot id",
+                    "POST",
+                    "/v1/containers/%2e%2e/start",
+                    "no such container: ..",
+                )
+            },
+            Case {
+                status: StatusCode::NOT_FOUND,
+                code: "not_found",
+                ..query(
+                    "unknown image",
+                    "GET",
+                    "/v1/images/nope:1",
+                    "no such image: nope:1",
+                )
+            },
+            Case {
+                status: StatusCode::NOT_FOUND,
+                code: "not_found",
+                ..query(
+                    "unknown image by id",
+                    "DELETE",
+                    &format!("/v1/images/sha256:{}", "0".repeat(64)),
+                    "no such image",
+                )
+            },
+        ],
+    )
+    .await;
+    // Accepted forms, for contrast (404 because the container does not exist, not 400).
+    for uri in [
+        format!("/v1/containers/{id}/stop?timeout=3600"),
+        format!("/v1/containers/{id}/stop?timeout=0"),
+        format!("/v1/containers/{id}/kill?signal=term"),
+        format!("/v1/containers/{id}/kill?signal=SIGHUP"),
+        format!("/v1/containers/{id}/kill?signal=15"),
+    ] {
+        env.post(&uri)
+            .await
+            .expect_error(StatusCode::NOT_FOUND, "not_found", id);
+    }
+    env.get("/v1/containers?all=false")
         .await
-        .unwrap();
-    let images =
-        inarray_images::ImageStore::open(&state.join("images"), inarray_images::Limits::default())
-            .unwrap();
-    let m = inarray_runtime::Manager::new(
-        store,
-        Arc::new(images),
-        inarray_runtime::ManagerOptions {
-            state_dir: state.clone(),
-            array_dir: array.clone(),
-            protected: vec![state.clone()],
-            shim_exe: tmp.path().join("no-shim"),
-            cgroup_parent: "inarray-api-test".into(),
-        },
-    )
-    .unwrap();
-    let app = inarray_api::router(m);
-    let j = Some("application/json");
-    go(&app, "PUT", "/v1/containers", j, vec![]).await;
-    go(&app, "GET", "/v1/images/import", j, vec![]).await;
-    go(&app, "DELETE", "/v1/images/import", j, vec![]).await;
-    go(&app, "GET", "/v1/images/", j, vec![]).await;
-    go(
-        &app,
-        "GET",
-        "/v1/images/docker.io%2Flibrary%2Fx:1",
-        j,
-        vec![],
-    )
-    .await;
-    go(&app, "GET", "/v1/images/docker.io/library/x:1", j, vec![]).await;
-    go(&app, "GET", "/v1/nope", j, vec![]).await;
-    go(&app, "GET", "/v1/containers/", j, vec![]).await;
-    go(&app, "GET", "/v1/containers?all=maybe", j, vec![]).await;
-    go(&app, "GET", "/v1/containers?bogus=1", j, vec![]).await;
-    go(
-        &app,
-        "POST",
-        "/v1/containers/x/stop?timeout=99999",
-        j,
-        vec![],
-    )
-    .await;
-    go(&app, "POST", "/v1/containers/x/stop?timeout=-1", j, vec![]).await;
-    go(&app, "POST", "/v1/containers/x/kill?signal=FOO", j, vec![]).await;
-    go(&app, "POST", "/v1/containers/x/start?foo=1", j, vec![]).await;
-    go(&app, "POST", "/v1/containers", j, b"{".to_vec()).await;
-    go(&app, "POST", "/v1/containers", j, vec![]).await;
-    go(&app, "POST", "/v1/containers", None, b"{}".to_vec()).await;
-    go(
-        &app,
-        "POST",
+        .expect(StatusCode::OK);
+}
+
+#[tokio::test]
+async fn image_import_refuses_what_is_not_an_image() {
+    let env = Env::new().await;
+    let good = oci_archive();
+    let truncated = good[..good.len() / 2].to_vec();
+    let (layer, _) = tiny_image();
+    let layer_blob = blob_path(&sha(&layer));
+    let mut altered = oci_files();
+    let slot = altered.iter_mut().find(|(p, _)| *p == layer_blob).unwrap();
+    slot.1 = vec![1; layer.len()]; // same size, other content
+    let altered = tar_of(&altered);
+    let mut missing = oci_files();
+    missing.retain(|(p, _)| *p != layer_blob);
+    let missing = tar_of(&missing);
+    let escape = tar_of(&[file("../escape", b"x"), file("index.json", b"{}")]);
+    let mut absolute = vec![file("/tmp/inarray-api-test-abs", b"x")];
+    absolute.extend(oci_files());
+    let absolute = tar_of(&absolute);
+    let before = listing(&env.image_store());
+    for (what, body, needle) in [
+        (
+            "not an archive",
+            b"hello, this is not a tar".to_vec(),
+            "archive",
+        ),
+        ("empty body", Vec::new(), "archive"),
+        (
+            "a tar without an image",
+            tar_of(&[file("hello.txt", b"hi")]),
+            "archive",
+        ),
+        ("truncated", truncated, "archive"),
+        (
+            "a blob that is not its digest",
+            altered,
+            "does not match its digest",
+        ),
+        ("a missing blob", missing, "missing"),
+        ("entry with ..", escape, "'..'"),
+        (
+            "json, not an archive",
+            br#"{"image":"x"}"#.to_vec(),
+            "archive",
+        ),
+    ] {
+        let r = env
+            .call(
+                "POST",
+                "/v1/images/import",
+                Some("application/octet-stream"),
+                body,
+            )
+            .await;
+        let msg = r.expect_error(StatusCode::BAD_REQUEST, "invalid_image", needle);
+        assert!(starts_lowercase(&msg), "{what}: {msg}");
+        assert_eq!(
+            env.get("/v1/images").await.json(),
+            json!([]),
+            "{what}: nothing recorded"
+        );
+        assert_eq!(
+            listing(&env.image_store()),
+            before,
+            "{what}: store unchanged"
+        );
+    }
+    assert!(!env.tmp.path().join("state/escape").exists());
+    assert!(!env.tmp.path().join("escape").exists());
+    // An absolute name in the archive is only a key: staged in the store's tmp/, never written to.
+    let r = env
+        .call(
+            "POST",
+            "/v1/images/import",
+            Some("application/octet-stream"),
+            absolute,
+        )
+        .await;
+    r.expect(StatusCode::CREATED);
+    assert!(!Path::new("/tmp/inarray-api-test-abs").exists());
+    assert!(listing(&env.image_store().join("tmp")).is_empty());
+    env.get("/v1/health").await.expect(StatusCode::OK);
+}
+
+// ------------------------------------------------------------------- lifecycle and states
+
+#[tokio::test]
+async fn images_import_list_inspect_remove() {
+    let env = Env::new().await;
+    env.get("/v1/health").await.expect(StatusCode::OK);
+    assert_eq!(env.get("/v1/images").await.json(), json!([]));
+    let id = env.import_tiny().await;
+    // Idempotent: a second import of the same archive records nothing new.
+    let again = env
+        .call(
+            "POST",
+            "/v1/images/import",
+            Some("application/octet-stream"),
+            oci_archive(),
+        )
+        .await;
+    again.expect(StatusCode::CREATED);
+    assert_eq!(again.json()["id"], id.as_str());
+    // A docker archive of the same image adds its RepoTags as another name of it.
+    let docker = env
+        .call(
+            "POST",
+            "/v1/images/import",
+            Some("application/octet-stream"),
+            docker_archive("test/docker:2"),
+        )
+        .await;
+    docker.expect(StatusCode::CREATED);
+    assert_eq!(docker.json()["id"], id.as_str());
+    assert_eq!(
+        docker.json()["names"],
+        json!(["test/docker:2", "test/tiny:1"])
+    );
+    let list = env.get("/v1/images").await.json();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["id"], id.as_str());
+    assert_eq!(list[0]["names"], json!(["test/docker:2", "test/tiny:1"]));
+    assert_eq!(list[0]["config"]["cmd"], json!(["/bin/app"]));
+    // By name (slashes as-is or encoded), full id, and id prefix.
+    let hex = &id["sha256:".len()..];
+    for key in [
+        "test/tiny:1".to_owned(),
+        "test%2Ftiny:1".to_owned(),
+        id.clone(),
+        hex[..12].to_owned(),
+    ] {
+        let r = env.get(&format!("/v1/images/{key}")).await;
+        assert_eq!(r.expect(StatusCode::OK).json()["id"], id.as_str(), "{key}");
+    }
+    // Too short a prefix is not a key.
+    env.get(&format!("/v1/images/{}", &hex[..8]))
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "not_found", "no such image");
+    // One of two names: only the name goes.
+    let r = env.delete("/v1/images/test/tiny:1").await;
+    assert_eq!(
+        r.expect(StatusCode::OK).json(),
+        json!({"untagged": "test/tiny:1"})
+    );
+    env.get("/v1/images/test/tiny:1").await.expect_error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such image: test/tiny:1",
+    );
+    assert_eq!(
+        env.get("/v1/images").await.json()[0]["names"],
+        json!(["test/docker:2"])
+    );
+    // The last name: the image goes, and its blobs with it.
+    let r = env.delete("/v1/images/test%2Fdocker:2").await;
+    assert_eq!(r.expect(StatusCode::OK).json(), json!({"deleted": id}));
+    assert_eq!(env.get("/v1/images").await.json(), json!([]));
+    assert!(
+        listing(&env.image_store().join("blobs/sha256")).is_empty(),
+        "blobs freed"
+    );
+    env.delete("/v1/images/test/docker:2").await.expect_error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such image: test/docker:2",
+    );
+}
+
+#[tokio::test]
+async fn container_states_and_conflicts() {
+    use StatusCode as S;
+    let env = Env::new().await;
+    let image_id = env.import_tiny().await;
+    let req = json!({
+        "name": "c1",
+        "image": "test/tiny:1",
+        "command": ["/bin/app", "--flag"],
+        "env": ["A=1"],
+        "volumes": [{"source": "data", "target": "/data", "read_only": true}],
+        "restart": "on-failure:3",
+        "network": "host",
+        "start": false,
+    });
+    let c = env.post_json("/v1/containers", &req).await;
+    let c = c.expect(S::CREATED).json();
+    let id = c["id"].as_str().unwrap().to_owned();
+    assert_eq!(c["state"], "created");
+    assert_eq!(c["name"], "c1");
+    assert_eq!(c["image"], "test/tiny:1");
+    assert_eq!(c["image_id"], image_id.as_str());
+    assert_eq!(c["restart"], "on-failure:3");
+    assert_eq!(c["network"], "host");
+    assert_eq!(c["command"], req["command"]);
+    assert_eq!(c["env"], req["env"]);
+    assert_eq!(
+        c["volumes"],
+        json!([{"source": "data", "target": "/data", "read_only": true, "create": false}])
+    );
+    assert_eq!(
+        (c["pid"].clone(), c["exit_code"].clone()),
+        (json!(null), json!(null))
+    );
+
+    // The name is taken.
+    env.post_json(
         "/v1/containers",
-        j,
-        br#"{"image":5}"#.to_vec(),
+        &json!({"image": "test/tiny:1", "name": "c1", "start": false}),
     )
-    .await;
-    go(&app, "POST", "/v1/containers", j, br#"{}"#.to_vec()).await;
-    go(
-        &app,
-        "POST",
+    .await
+    .expect_error(S::CONFLICT, "conflict", "c1");
+    // Reachable by id, name and id prefix.
+    for key in [id.as_str(), "c1", &id[..6]] {
+        let r = env.get(&format!("/v1/containers/{key}")).await;
+        assert_eq!(r.expect(S::OK).json()["id"], id.as_str(), "{key}");
+    }
+    // Too short a prefix is not a key.
+    env.get(&format!("/v1/containers/{}", &id[..3]))
+        .await
+        .expect_error(S::NOT_FOUND, "not_found", "no such container");
+
+    // created: wait and kill are conflicts; stop is a no-op; logs are empty.
+    env.post("/v1/containers/c1/wait").await.expect_error(
+        S::CONFLICT,
+        "conflict",
+        "has not been started",
+    );
+    env.post("/v1/containers/c1/kill")
+        .await
+        .expect_error(S::CONFLICT, "conflict", "not running");
+    let r = env.post("/v1/containers/c1/stop?timeout=0").await;
+    assert_eq!(r.expect(S::OK).json()["state"], "created");
+    for uri in [
+        "/v1/containers/c1/logs",
+        "/v1/containers/c1/logs?follow=true",
+    ] {
+        let r = env.get(uri).await;
+        r.expect(S::OK);
+        assert_eq!(r.content_type.as_deref(), Some("text/plain; charset=utf-8"));
+        assert!(r.body.is_empty(), "{uri}");
+    }
+    // Only running and restarting containers are listed by default.
+    assert_eq!(env.get("/v1/containers").await.json(), json!([]));
+    let all = env.get("/v1/containers?all=true").await.json();
+    assert_eq!(all.as_array().unwrap().len(), 1);
+    assert_eq!(all[0]["id"], id.as_str());
+
+    // The image is in use.
+    env.delete("/v1/images/test/tiny:1")
+        .await
+        .expect_error(S::CONFLICT, "conflict", "c1");
+
+    // A start that fails (no shim here): 422, and the container is dead with the reason.
+    env.post("/v1/containers/c1/start").await.expect_error(
+        S::UNPROCESSABLE_ENTITY,
+        "start_failed",
+        "cannot start the container",
+    );
+    let c = env.get("/v1/containers/c1").await.json();
+    assert_eq!(c["state"], "dead");
+    assert!(c["error"].as_str().is_some_and(|e| !e.is_empty()), "{c}");
+    assert!(c["finished_at"].is_string(), "{c}");
+    let w = env.post("/v1/containers/c1/wait").await;
+    let w = w.expect(S::OK).json();
+    assert_eq!(
+        (w["state"].clone(), w["exit_code"].clone()),
+        (json!("dead"), json!(null))
+    );
+    assert_eq!(w["error"], c["error"]);
+    // dead: start and restart are allowed (and fail the same way); kill is not.
+    env.post("/v1/containers/c1/start").await.expect_error(
+        S::UNPROCESSABLE_ENTITY,
+        "start_failed",
+        "",
+    );
+    env.post("/v1/containers/c1/restart?timeout=1")
+        .await
+        .expect_error(S::UNPROCESSABLE_ENTITY, "start_failed", "");
+    env.post("/v1/containers/c1/kill?signal=TERM")
+        .await
+        .expect_error(S::CONFLICT, "conflict", "not running");
+
+    // FIXME: a create whose start fails answers 422 without the new container's id, yet leaves the
+    // container recorded (dead). The caller can only find it by name or by listing.
+    env.post_json(
         "/v1/containers",
-        j,
-        br#"{"image":"x","privileged":true}"#.to_vec(),
+        &json!({"image": "test/tiny:1", "name": "c2"}),
     )
-    .await;
-    go(
-        &app,
-        "POST",
-        "/v1/containers",
-        j,
-        br#"{"image":"x","restart":"sometimes"}"#.to_vec(),
-    )
-    .await;
-    go(
-        &app,
-        "POST",
-        "/v1/containers",
-        j,
-        br#"{"image":"x"}"#.to_vec(),
-    )
-    .await;
-    go(&app, "POST", "/v1/containers", j, vec![b' '; 2 << 20]).await;
-    go(
-        &app,
-        "POST",
-        "/v1/images/import",
-        None,
-        b"not an archive".to_vec(),
-    )
-    .await;
-    go(
-        &app,
-        "POST",
-        "/v1/images/import?name=UPPER!",
-        None,
-        b"not an archive".to_vec(),
-    )
-    .await;
-    go(&app, "POST", "/v1/images/import", None, vec![]).await;
-    go(&app, "GET", "/v1/images", None, vec![]).await;
-    go(&app, "GET", "/v1/containers/x/logs", None, vec![]).await;
-    go(&app, "POST", "/v1/containers/x/wait", None, vec![]).await;
-    go(&app, "HEAD", "/v1/health", None, vec![]).await;
+    .await
+    .expect_error(
+        S::UNPROCESSABLE_ENTITY,
+        "start_failed",
+        "cannot start the container",
+    );
+    let c2 = env.get("/v1/containers/c2").await;
+    assert_eq!(c2.expect(S::OK).json()["state"], "dead");
+
+    // Delete: allowed in created/exited/dead.
+    env.delete("/v1/containers/c1").await.expect(S::NO_CONTENT);
+    env.delete(&format!("/v1/containers/{id}"))
+        .await
+        .expect_error(S::NOT_FOUND, "not_found", &id);
+    env.delete("/v1/containers/c2?force=true")
+        .await
+        .expect(S::NO_CONTENT);
+    for uri in ["/v1/containers/c1", "/v1/containers/c1/logs"] {
+        env.get(uri)
+            .await
+            .expect_error(S::NOT_FOUND, "not_found", "no such container: c1");
+    }
+    assert!(listing(&env.tmp.path().join("state/containers")).is_empty());
+    // Now the image can go.
+    env.delete("/v1/images/test/tiny:1").await.expect(S::OK);
+}
+
+/// FIXME: container lookup by id prefix uses SQL `LIKE` without escaping, so `_` and `%` in the key
+/// are wildcards: with a single container, `____` and `%%%%` both resolve to it (and DELETE would
+/// delete it). Keys should only match ids by a literal prefix.
+#[tokio::test]
+async fn id_prefix_wildcards() {
+    let env = Env::new().await;
+    env.import_tiny().await;
+    let c = env
+        .post_json(
+            "/v1/containers",
+            &json!({"image": "test/tiny:1", "name": "solo", "start": false}),
+        )
+        .await;
+    let id = c.expect(StatusCode::CREATED).json()["id"].clone();
+    for key in ["____", "%25%25%25%25", "__%25%25"] {
+        let r = env.get(&format!("/v1/containers/{key}")).await;
+        assert_eq!(
+            r.expect(StatusCode::OK).json()["id"],
+            id,
+            "FIXME: {key} matched"
+        );
+    }
+}
+
+/// FIXME: serde's derived `Deserialize` also takes a struct as a JSON array of its fields in
+/// declaration order, so an 11-element array is a valid create request. The spec (and every
+/// client) says the body is an object; the server should refuse anything else with 422.
+#[tokio::test]
+async fn create_accepts_a_positional_array() {
+    let env = Env::new().await;
+    env.import_tiny().await;
+    let body = json!([
+        "positional",
+        "test/tiny:1",
+        null,
+        null,
+        [],
+        null,
+        null,
+        [],
+        "no",
+        "none",
+        false
+    ]);
+    let r = env
+        .send(
+            "POST",
+            "/v1/containers",
+            JSON,
+            serde_json::to_vec(&body).unwrap(),
+        )
+        .await;
+    let c = r.expect(StatusCode::CREATED).json();
+    assert_eq!(
+        (c["name"].clone(), c["state"].clone()),
+        (json!("positional"), json!("created"))
+    );
 }

@@ -16,6 +16,8 @@ pub struct FileConfig {
     pub listen: Option<Vec<String>>,
     /// Mode of the API's unix sockets, octal string (default "0660").
     pub socket_mode: Option<String>,
+    /// Group of the API's unix sockets (default "inarray" when that group exists, else root's).
+    pub socket_group: Option<String>,
     /// Tracing filter, e.g. "info" or "inarray=debug".
     pub log: Option<String>,
 }
@@ -44,6 +46,7 @@ struct Settings {
     state_dir: PathBuf,
     listen: Vec<Listen>,
     socket_mode: u32,
+    socket_group: Option<u32>,
     log: String,
 }
 
@@ -78,11 +81,26 @@ fn settings(opts: ServeOpts) -> Result<Settings> {
         .ok()
         .filter(|m| *m <= 0o777)
         .with_context(|| format!("socket_mode {mode:?} is not an octal mode like \"0660\""))?;
+    let socket_group = match file.socket_group.as_deref() {
+        Some(name) => Some(
+            nix::unistd::Group::from_name(name)
+                .ok()
+                .flatten()
+                .with_context(|| format!("socket_group {name:?}: no such group"))?
+                .gid
+                .as_raw(),
+        ),
+        None => nix::unistd::Group::from_name("inarray")
+            .ok()
+            .flatten()
+            .map(|g| g.gid.as_raw()),
+    };
     Ok(Settings {
         array,
         state_dir,
         listen,
         socket_mode,
+        socket_group,
         log: file.log.unwrap_or_else(|| "info".into()),
     })
 }
@@ -167,7 +185,7 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
         },
     )
     .context("container manager")?;
-    let bound = bind(&s.listen, s.socket_mode)
+    let bound = bind(&s.listen, s.socket_mode, s.socket_group)
         .await
         .map_err(anyhow::Error::msg)?;
     let report = manager.reconcile().await.context("reconcile")?;
@@ -240,15 +258,30 @@ mod tests {
         assert_eq!(s.socket_mode, 0o660);
         let e = settings(opts(None, None, &[])).err().unwrap().to_string();
         assert!(e.contains("--array"), "{e}");
-        let e = settings(opts(None, Some("/a"), &["udp:1.2.3.4:5"])).err().unwrap().to_string();
+        let e = settings(opts(None, Some("/a"), &["udp:1.2.3.4:5"]))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("unix:/PATH or tcp:HOST:PORT"), "{e}");
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("bad.toml");
         std::fs::write(&cfg, "array = \"/a\"\nbogus = 1\n").unwrap();
-        let e = format!("{:#}", settings(opts(Some(cfg.clone()), None, &[])).err().unwrap());
+        let e = format!(
+            "{:#}",
+            settings(opts(Some(cfg.clone()), None, &[])).err().unwrap()
+        );
         assert!(e.contains("bad.toml") && e.contains("bogus"), "{e}");
+        std::fs::write(&cfg, "array = \"/a\"\nsocket_group = \"no-such-group-x\"\n").unwrap();
+        let e = settings(opts(Some(cfg.clone()), None, &[]))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("no such group"), "{e}");
         std::fs::write(&cfg, "array = \"/a\"\nsocket_mode = \"rw\"\n").unwrap();
-        let e = settings(opts(Some(cfg), None, &[])).err().unwrap().to_string();
+        let e = settings(opts(Some(cfg), None, &[]))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("socket_mode"), "{e}");
     }
 }

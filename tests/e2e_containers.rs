@@ -431,12 +431,21 @@ async fn cli_run_attached_streams_output_and_exits_with_the_code() {
 async fn a_killed_shim_marks_the_container_dead_and_cleans_up() {
     let d = TestDaemon::start().await;
     d.with_busybox().await;
-    let c = d.run(json!({"image": "busybox", "command": ["sleep", "1000"]})).await;
+    let c = d
+        .run(json!({"image": "busybox", "command": ["sleep", "1000"]}))
+        .await;
     let id = c["id"].as_str().unwrap().to_owned();
     let pid = c["pid"].as_i64().unwrap();
-    let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(d.state.join("containers").join(&id).join("shim-pid.json")).unwrap()).unwrap();
+    let rec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(d.state.join("containers").join(&id).join("shim-pid.json")).unwrap(),
+    )
+    .unwrap();
     let shim = rec["shim_pid"].as_i64().unwrap() as i32;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(shim), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     let c = d.wait_for(&id, 20, |c| c["state"] == "dead").await;
     assert!(c["error"].as_str().unwrap().contains("supervisor"), "{c}");
     // The orphaned container was killed through its cgroup, and the cgroup removed.
@@ -447,23 +456,42 @@ async fn a_killed_shim_marks_the_container_dead_and_cleans_up() {
     }
     assert!(!inarray_runtime::cgroups::exists(&format!("/inarray/{id}")));
     // It can be started again, and deleted.
-    let c = d.ok(Method::POST, &format!("/v1/containers/{id}/start"), None).await;
+    let c = d
+        .ok(Method::POST, &format!("/v1/containers/{id}/start"), None)
+        .await;
     assert_eq!(c["state"], "running");
-    d.ok(Method::DELETE, &format!("/v1/containers/{id}?force=true"), None).await;
+    d.ok(
+        Method::DELETE,
+        &format!("/v1/containers/{id}?force=true"),
+        None,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_daemon_but_not_the_containers() {
     let mut d = TestDaemon::start().await;
     d.with_busybox().await;
-    let c = d.run(json!({"image": "busybox", "command": ["sleep", "1000"]})).await;
+    let c = d
+        .run(json!({"image": "busybox", "command": ["sleep", "1000"]}))
+        .await;
     let pid = c["pid"].as_i64().unwrap();
     let mut child = d.child.take().unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "clean exit on SIGTERM: {status}");
     assert!(!d.socket.exists(), "socket removed");
-    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists(), "container still running");
+    assert!(
+        std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "container still running"
+    );
     d.launch().await;
-    assert_eq!(d.container(c["id"].as_str().unwrap()).await["state"], "running");
+    assert_eq!(
+        d.container(c["id"].as_str().unwrap()).await["state"],
+        "running"
+    );
 }

@@ -51,6 +51,13 @@ pub fn router(manager: Manager) -> Router {
         .route("/v1/containers/{id}/wait", post(wait_container))
         .route("/v1/containers/{id}/logs", get(container_logs))
         .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
+        })
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .with_state(manager)
 }
@@ -360,11 +367,12 @@ async fn container_logs(
     };
     let text = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
     if !q.follow {
-        let mut buf = Vec::new();
-        if let Some(mut f) = file {
-            f.read_to_end(&mut buf).await.map_err(ApiError::internal)?;
-        }
-        return Ok((text, buf).into_response());
+        // Streamed: memory stays bounded whatever the log's size.
+        let body = match file {
+            Some(f) => Body::from_stream(tokio_util::io::ReaderStream::new(f)),
+            None => Body::empty(),
+        };
+        return Ok((text, body).into_response());
     }
     let rx = m.subscribe();
     let state = Follow {

@@ -51,9 +51,9 @@ pub enum Bound {
 }
 
 /// Binds every listener up front so that a bad address fails start-up with a one-line error.
-/// Unix sockets get mode `mode` (0660 by default); a stale socket file nobody answers on is
+/// Unix sockets get mode `mode` (0660 by default) and group `group`; a stale socket file nobody answers on is
 /// replaced, a live one is an error (another daemon).
-pub async fn bind(listens: &[Listen], mode: u32) -> Result<Vec<Bound>, String> {
+pub async fn bind(listens: &[Listen], mode: u32, group: Option<u32>) -> Result<Vec<Bound>, String> {
     let mut out = Vec::new();
     for l in listens {
         match l {
@@ -80,6 +80,11 @@ pub async fn bind(listens: &[Listen], mode: u32) -> Result<Vec<Bound>, String> {
                     .map_err(|e| format!("socket {}: {e}", path.display()))?;
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
                     .map_err(|e| format!("socket {}: cannot set its mode: {e}", path.display()))?;
+                if let Some(gid) = group {
+                    std::os::unix::fs::chown(path, None, Some(gid)).map_err(|e| {
+                        format!("socket {}: cannot set its group: {e}", path.display())
+                    })?;
+                }
                 out.push(Bound::Unix(ul, path.clone()));
             }
             Listen::Tcp(addr) => {

@@ -103,8 +103,11 @@ impl ContainerConfig {
         if let Some(n) = &self.name {
             validate_name(n)?;
         }
-        if self.image.is_empty() || self.image.contains('\0') || self.image.len() > 512 {
-            return Err(bad("image", "must be a non-empty image reference"));
+        if self.image.is_empty() || self.image.len() > 512 {
+            return Err(bad("image", "must be an image reference of 1 to 512 bytes"));
+        }
+        if self.image.contains('\0') {
+            return Err(bad("image", "contains a NUL byte"));
         }
         if let Some(c) = &self.command {
             check_strings("command", c, MAX_ARGS)?;
@@ -204,14 +207,11 @@ impl std::str::FromStr for RestartPolicy {
             "on-failure" => Self::OnFailure { max: None },
             other => match other.strip_prefix("on-failure:") {
                 Some(n) => Self::OnFailure {
-                    max: Some(
-                        n.parse()
-                            .map_err(|_| format!("restart: bad retry count in {s:?}"))?,
-                    ),
+                    max: Some(n.parse().map_err(|_| format!("bad retry count in {s:?}"))?),
                 },
                 None => {
                     return Err(format!(
-                        "restart: {s:?} is not one of no, always, on-failure[:N], unless-stopped"
+                        "{s:?} is not one of no, always, on-failure[:N], unless-stopped"
                     ))
                 }
             },
@@ -268,7 +268,7 @@ mod tests {
     fn refuses_bad_input_naming_the_field() {
         let cases = [
             (r#"{"image":"b","bogus":1}"#, "unknown field"),
-            (r#"{"image":"b","restart":"sometimes"}"#, "restart"),
+            (r#"{"image":"b","restart":"sometimes"}"#, "is not one of"),
             (r#"{"image":"b","env":["NOEQUALS"]}"#, "env[0]"),
             (r#"{"image":"b","env":["=x"]}"#, "env[0]"),
             (r#"{"image":"b","name":"../x"}"#, "name"),

@@ -291,7 +291,12 @@ impl Manager {
                 e => e.into(),
             })?;
         if cfg.start {
-            return self.start(&id).await;
+            return self.start(&id).await.map_err(|e| match e {
+                ManagerError::Start(m) => ManagerError::Start(format!(
+                    "{m} (the container {name}, id {id}, is kept in state dead: inspect or delete it)"
+                )),
+                e => e,
+            });
         }
         Ok(row)
     }

@@ -22,11 +22,11 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
-    #[error("cannot spawn the shim {exe}: {source}")]
+    #[error("cannot spawn the shim: {source}")]
     Spawn { exe: String, source: io::Error },
     #[error("the shim did not report within {0:?}")]
     Timeout(Duration),
-    #[error("the shim exited without a report (see {0})")]
+    #[error("the shim exited without a report (see shim.log in the container's state directory)")]
     NoReport(String),
     #[error("{0}")]
     StartFailed(String),

@@ -67,7 +67,7 @@ pub fn resolve(user: &str, layers: &[PathBuf]) -> Result<Identity, String> {
             (uid, gid)
         }
         Err(_) => lookup(passwd.as_deref(), u, 2)
-            .ok_or_else(|| format!("user: {u:?} is not in the image's /etc/passwd"))?,
+            .ok_or_else(|| format!("{u:?} is not in the image's /etc/passwd"))?,
     };
     let gid = match g {
         None => primary_gid.unwrap_or(0),
@@ -75,7 +75,7 @@ pub fn resolve(user: &str, layers: &[PathBuf]) -> Result<Identity, String> {
             Ok(gid) => gid,
             Err(_) => lookup(read_layered(layers, "etc/group").as_deref(), g, 2)
                 .map(|(gid, _)| gid)
-                .ok_or_else(|| format!("user: group {g:?} is not in the image's /etc/group"))?,
+                .ok_or_else(|| format!("group {g:?} is not in the image's /etc/group"))?,
         },
     };
     Ok(Identity { uid, gid })

@@ -163,7 +163,7 @@ impl Store {
     pub async fn find_container(&self, key: &str) -> Result<Option<ContainerRow>> {
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM containers WHERE id = ?1 OR name = ?1
-             UNION ALL SELECT {COLUMNS} FROM containers WHERE length(?1) >= 4 AND id LIKE ?1 || '%'
+             UNION ALL SELECT {COLUMNS} FROM containers WHERE length(?1) >= 4 AND substr(id, 1, length(?1)) = ?1
                AND id <> ?1 AND name <> ?1"
         ))
         .bind(key)

@@ -39,7 +39,7 @@ pub enum Command {
     #[command(subcommand)]
     Image(ImageCmd),
     /// Create and start a container; attached by default (streams its output, exits with its code).
-    Run(RunOpts),
+    Run(Box<RunOpts>),
     /// List containers.
     Ps {
         /// Also stopped ones.
@@ -76,6 +76,17 @@ pub enum Command {
     },
     /// Show a container as JSON.
     Inspect { container: String },
+    /// Manage IO engines.
+    #[command(subcommand)]
+    Engine(crate::cli_engines::EngineCmd),
+    /// Change a container's limits live.
+    Update {
+        #[command(flatten)]
+        limits: crate::cli_engines::LimitFlags,
+        container: String,
+    },
+    /// What a running container uses.
+    Stats { container: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -108,6 +119,11 @@ pub struct RunOpts {
     /// none | host
     #[arg(long, default_value = "none")]
     network: String,
+    /// The engine to run in (default: default).
+    #[arg(long)]
+    engine: Option<String>,
+    #[command(flatten)]
+    limits: crate::cli_engines::LimitFlags,
     #[arg(short = 'w', long)]
     workdir: Option<String>,
     #[arg(short = 'u', long)]
@@ -135,7 +151,7 @@ pub fn parse_volume(s: &str) -> Result<Value> {
     Ok(json!({"source": src, "target": dst, "read_only": ro}))
 }
 
-fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
@@ -189,7 +205,7 @@ pub async fn run(host: String, as_json: bool, command: Command) -> Result<ExitCo
                 .await?;
             println!("{}", v["deleted"].as_str().unwrap_or(""));
         }
-        Command::Run(o) => return run_container(&c, o).await,
+        Command::Run(o) => return run_container(&c, *o).await,
         Command::Ps { all } => {
             let v = c
                 .json(Method::GET, &format!("/v1/containers?all={all}"), None)
@@ -280,6 +296,11 @@ pub async fn run(host: String, as_json: bool, command: Command) -> Result<ExitCo
             .await?;
             println!("{container}");
         }
+        Command::Engine(cmd) => return crate::cli_engines::engine(&c, as_json, cmd).await,
+        Command::Update { limits, container } => {
+            return crate::cli_engines::update(&c, &container, &limits).await
+        }
+        Command::Stats { container } => return crate::cli_engines::stats(&c, &container).await,
         Command::Inspect { container } => {
             print(
                 &c.json(
@@ -324,6 +345,13 @@ async fn run_container(c: &Client, o: RunOpts) -> Result<ExitCode> {
     });
     if let Some(n) = &o.name {
         body["name"] = json!(n);
+    }
+    if let Some(e) = &o.engine {
+        body["engine"] = json!(e);
+    }
+    let limits = o.limits.to_json();
+    if limits.as_object().is_some_and(|m| !m.is_empty()) {
+        body["resources"] = limits;
     }
     if !o.command.is_empty() {
         body["command"] = json!(o.command);

@@ -20,6 +20,11 @@ pub struct FileConfig {
     pub socket_group: Option<String>,
     /// Tracing filter, e.g. "info" or "inarray=debug".
     pub log: Option<String>,
+    /// Memory the node allots to containers ("20g"); engines' memory limits must fit in it.
+    /// Default: 90 % of the node's memory.
+    pub container_memory: Option<String>,
+    /// Engines besides the built-in `storage` and `default` (or new limits for those).
+    pub engines: Option<Vec<inarray_runtime::engines::EngineDef>>,
 }
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/inarray";
@@ -48,6 +53,8 @@ struct Settings {
     socket_mode: u32,
     socket_group: Option<u32>,
     log: String,
+    container_memory: u64,
+    engines: Vec<inarray_runtime::engines::EngineDef>,
 }
 
 fn settings(opts: ServeOpts) -> Result<Settings> {
@@ -101,7 +108,14 @@ fn settings(opts: ServeOpts) -> Result<Settings> {
         listen,
         socket_mode,
         socket_group,
-        log: file.log.unwrap_or_else(|| "info".into()),
+        // libcgroups warns about every controller a hierarchy lacks, at every use: quiet it.
+        log: file.log.unwrap_or_else(|| "info,libcgroups=error".into()),
+        container_memory: match file.container_memory.as_deref() {
+            Some(m) => inarray_runtime::resources::parse_bytes(m)
+                .map_err(|e| anyhow::anyhow!("container_memory: {e}"))?,
+            None => inarray_runtime::engines::default_container_memory(),
+        },
+        engines: file.engines.unwrap_or_default(),
     })
 }
 
@@ -173,21 +187,26 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
         Listen::Unix(p) => p.parent().map(Path::to_path_buf),
         Listen::Tcp(_) => None,
     }));
+    let cgroups =
+        inarray_runtime::engines::LibcgroupsDriver::new(Path::new("/sys/fs/cgroup"), &array)
+            .map_err(anyhow::Error::msg)?;
     let manager = inarray_runtime::Manager::new(
         store.clone(),
         Arc::new(images),
+        Arc::new(cgroups),
         inarray_runtime::ManagerOptions {
             state_dir: state.clone(),
             array_dir: array.clone(),
             protected,
             shim_exe: sealed.path(),
-            cgroup_parent: "inarray".into(),
+            container_memory: s.container_memory,
         },
     )
     .context("container manager")?;
     let bound = bind(&s.listen, s.socket_mode, s.socket_group)
         .await
         .map_err(anyhow::Error::msg)?;
+    manager.init_engines(&s.engines).await.context("engines")?;
     let report = manager.reconcile().await.context("reconcile")?;
     tracing::info!(
         array = %array.display(),

@@ -2,6 +2,7 @@
 //! commands. This file only wires configuration, tracing and the crates together.
 
 mod cli;
+mod cli_engines;
 mod daemon;
 
 use std::process::ExitCode;

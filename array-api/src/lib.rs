@@ -1,8 +1,10 @@
 //! The REST API (`/v1`, JSON, axum) and its client. The only crate that knows HTTP.
 
 pub mod client;
+pub mod engines;
 pub mod error;
 pub mod extract;
+pub mod metrics;
 pub mod routes;
 pub mod serve;
 

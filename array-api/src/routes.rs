@@ -42,7 +42,9 @@ pub fn router(manager: Manager) -> Router {
         )
         .route(
             "/v1/containers/{id}",
-            get(inspect_container).delete(delete_container),
+            get(inspect_container)
+                .delete(delete_container)
+                .patch(crate::engines::update_container),
         )
         .route("/v1/containers/{id}/start", post(start_container))
         .route("/v1/containers/{id}/stop", post(stop_container))
@@ -50,6 +52,7 @@ pub fn router(manager: Manager) -> Router {
         .route("/v1/containers/{id}/kill", post(kill_container))
         .route("/v1/containers/{id}/wait", post(wait_container))
         .route("/v1/containers/{id}/logs", get(container_logs))
+        .merge(crate::engines::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -179,6 +182,10 @@ pub struct ContainerView {
     pub volumes: Value,
     pub command: Option<Vec<String>>,
     pub env: Vec<String>,
+    pub engine: String,
+    pub resources: inarray_runtime::resources::Resources,
+    /// The last exit was a kill by the memory cap.
+    pub oom_killed: bool,
 }
 
 impl TryFrom<ContainerRow> for ContainerView {
@@ -206,6 +213,9 @@ impl TryFrom<ContainerRow> for ContainerView {
             volumes: serde_json::to_value(&cfg.volumes).unwrap_or(Value::Null),
             command: cfg.command,
             env: cfg.env,
+            engine: r.engine,
+            resources: cfg.resources,
+            oom_killed: r.oom_killed,
         })
     }
 }

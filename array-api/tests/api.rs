@@ -29,17 +29,26 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/images/import", &["post"]),
     ("/v1/images/{reference}", &["get", "delete"]),
     ("/v1/containers", &["get", "post"]),
-    ("/v1/containers/{id}", &["get", "delete"]),
+    ("/v1/containers/{id}", &["get", "delete", "patch"]),
     ("/v1/containers/{id}/start", &["post"]),
     ("/v1/containers/{id}/stop", &["post"]),
     ("/v1/containers/{id}/restart", &["post"]),
     ("/v1/containers/{id}/kill", &["post"]),
     ("/v1/containers/{id}/wait", &["post"]),
     ("/v1/containers/{id}/logs", &["get"]),
+    ("/v1/containers/{id}/stats", &["get"]),
+    ("/v1/engines", &["get", "post"]),
+    ("/v1/engines/{name}", &["get", "patch", "delete"]),
+    ("/v1/engines/{name}/stats", &["get"]),
+    ("/metrics", &["get"]),
 ];
 
 const SPEC_FILE: &str = include_str!("../../docs/openapi.json");
-const ROUTES_RS: &str = include_str!("../src/routes.rs");
+/// The sources that register routes (`.route(` calls), scanned together.
+const ROUTES_RS: &[&str] = &[
+    include_str!("../src/routes.rs"),
+    include_str!("../src/engines.rs"),
+];
 const JSON: Option<&str> = Some("application/json");
 
 // ---------------------------------------------------------------------------------- harness
@@ -72,15 +81,18 @@ impl Env {
         let manager = inarray_runtime::Manager::new(
             store,
             Arc::new(images),
+            // No host cgroups are touched in this tier: the driver only records.
+            Arc::new(inarray_runtime::engines::RecordingDriver::default()),
             inarray_runtime::ManagerOptions {
                 state_dir: state.clone(),
                 array_dir: array.clone(),
                 protected: vec![state, array.join("admin")],
                 shim_exe: tmp.path().join("no-such-shim"),
-                cgroup_parent: "inarray-api-test".into(),
+                container_memory: 8 << 30,
             },
         )
         .unwrap();
+        manager.init_engines(&[]).await.unwrap();
         Self {
             app: inarray_api::router(manager),
             spec: serde_json::from_str(SPEC_FILE).expect("docs/openapi.json is JSON"),
@@ -377,6 +389,7 @@ fn check_reply(spec: &Value, method: &str, uri: &str, ct: Option<&str>, req: &[u
 /// annotations). The spec may use no others: a keyword silently ignored would be a check not made.
 const KEYWORDS: &[&str] = &[
     "$ref",
+    "oneOf",
     "type",
     "nullable",
     "enum",
@@ -416,6 +429,19 @@ fn pattern_matches(pattern: &str, s: &str) -> bool {
         }
         "^[^=]+=" => s.find('=').is_some_and(|i| i > 0),
         "^/" => s.starts_with('/'),
+        "^[a-z][a-z0-9-]{0,31}$" => {
+            (1..=32).contains(&s.len())
+                && s.starts_with(|c: char| c.is_ascii_lowercase())
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        }
+        "^[0-9.]+ *([kKmMgGtT]([iI]?[bB])?|[bB])?$" => {
+            let t = s.trim_end_matches(['b', 'B']).trim_end_matches(['i', 'I']);
+            let t = t
+                .trim_end_matches(|c: char| "kKmMgGtT".contains(c))
+                .trim_end();
+            !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        }
         "^[0-9a-f]{24}$" => hex(s, 24) && s == s.to_ascii_lowercase(),
         "^sha256:[0-9a-f]{64}$" => s
             .strip_prefix("sha256:")
@@ -436,6 +462,17 @@ fn check_value(spec: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), 
     let obj = s.as_object().expect("a schema is an object");
     if let Some(k) = obj.keys().find(|k| !KEYWORDS.contains(&k.as_str())) {
         panic!("{at}: the test's validator does not implement the keyword {k:?}");
+    }
+    if let Some(alts) = s["oneOf"].as_array() {
+        let fits = alts
+            .iter()
+            .filter(|a| check_value(spec, a, v, at).is_ok())
+            .count();
+        if fits != 1 {
+            return Err(format!(
+                "{at}: {v} fits {fits} of the oneOf alternatives, not exactly one"
+            ));
+        }
     }
     if v.is_null() {
         return if s["nullable"] == true || obj.is_empty() {
@@ -558,6 +595,12 @@ fn known_keywords(v: &Value, at: &str) {
                     .iter()
                     .for_each(|(p, ps)| schema(ps, &format!("{at}.{p}"))),
                 "items" => schema(x, &format!("{at}[]")),
+                "oneOf" => x
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .enumerate()
+                    .for_each(|(i, alt)| schema(alt, &format!("{at}|{i}"))),
                 "additionalProperties" if x.is_object() => schema(x, &format!("{at}{{}}")),
                 _ => {}
             }
@@ -789,7 +832,10 @@ async fn spec_is_served_and_well_formed() {
 fn routes_in_source() -> Vec<String> {
     const METHODS: [&str; 7] = ["get", "post", "put", "patch", "delete", "head", "options"];
     let mut out = Vec::new();
-    for chunk in ROUTES_RS.split(".route(").skip(1) {
+    for chunk in ROUTES_RS
+        .iter()
+        .flat_map(|src| src.split(".route(").skip(1))
+    {
         let mut depth = 1;
         let end = chunk
             .char_indices()
@@ -853,11 +899,28 @@ async fn spec_and_router_agree() {
     for op in &documented {
         let (m, path) = op.split_once(' ').unwrap();
         let method = m.to_ascii_uppercase();
+        // Any other path parameter ({name} of engines, jobs, exports…) gets "no-such-object".
         let uri = path
             .replace("{id}", "no-such-container")
             .replace("{reference}", "no-such-image:1");
+        let uri = uri
+            .split('/')
+            .map(|seg| {
+                if seg.starts_with('{') {
+                    "no-such-object"
+                } else {
+                    seg
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/");
         let r = match (method.as_str(), path) {
             ("POST", "/v1/containers") => env.post_json(&uri, &json!({})).await,
+            // Bodies that are valid, so the handler gets to look the object up.
+            ("PATCH", _) => {
+                let body = serde_json::to_vec(&json!({"resources": {}})).unwrap();
+                env.call(&method, &uri, JSON, body).await
+            }
             _ => env.call(&method, &uri, None, Vec::new()).await,
         };
         assert_ne!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{op}");
@@ -877,6 +940,9 @@ async fn spec_and_router_agree() {
                 "not_found",
                 "no such image: no-such-image:1",
             );
+        } else if path.contains('{') {
+            let msg = r.expect_error(StatusCode::NOT_FOUND, "not_found", "no-such-object");
+            assert!(msg.starts_with("no such "), "{op}: {msg}");
         } else {
             assert_ne!(r.status, StatusCode::NOT_FOUND, "{op}: {}", r.text());
         }

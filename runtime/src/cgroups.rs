@@ -79,3 +79,50 @@ fn remove_tree(dir: &Path) -> std::io::Result<()> {
         }
     }
 }
+
+/// OOM kills recorded for cgroup `rel` (v1 `memory.oom_control`, v2 `memory.events`).
+pub fn oom_kills(rel: &str) -> Option<u64> {
+    let rel = rel.trim_start_matches('/');
+    let root = Path::new(CGROUP_ROOT);
+    let (file, key) = if root.join("cgroup.controllers").exists() {
+        (root.join(rel).join("memory.events"), "oom_kill")
+    } else {
+        (
+            root.join("memory").join(rel).join("memory.oom_control"),
+            "oom_kill",
+        )
+    };
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+/// The cgroup paths (relative, e.g. `/inarray/default/<id>`) of any container `id` under
+/// `parent`, whatever its engine: for cleaning up after a crash without trusting the database.
+pub fn find_container(parent: &str, id: &str) -> Vec<String> {
+    let mut found = std::collections::BTreeSet::new();
+    let parent = parent.trim_matches('/');
+    let root = Path::new(CGROUP_ROOT);
+    let hierarchies: Vec<PathBuf> = if root.join("cgroup.controllers").exists() {
+        vec![root.to_owned()]
+    } else {
+        std::fs::read_dir(root)
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    for h in hierarchies {
+        if let Ok(engines) = std::fs::read_dir(h.join(parent)) {
+            for e in engines.flatten() {
+                if e.path().join(id).is_dir() {
+                    found.insert(format!(
+                        "/{parent}/{}/{id}",
+                        e.file_name().to_string_lossy()
+                    ));
+                }
+            }
+        }
+    }
+    found.into_iter().collect()
+}

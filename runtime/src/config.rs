@@ -4,10 +4,11 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::resources::Resources;
 use crate::volumes::{self, Volume};
 
 /// A request to create a container (the body of `POST /v1/containers`, and a job's `container`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ContainerConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -33,6 +34,12 @@ pub struct ContainerConfig {
     pub restart: RestartPolicy,
     #[serde(default)]
     pub network: Network,
+    /// The engine to run in (default "default").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
+    /// Limits inside the engine (a nested cgroup): never above the engine's own.
+    #[serde(default, skip_serializing_if = "Resources::is_empty")]
+    pub resources: Resources,
     /// Start right away (default true).
     #[serde(default = "yes")]
     pub start: bool,
@@ -148,6 +155,14 @@ impl ContainerConfig {
         if self.volumes.len() > MAX_VOLUMES {
             return Err(bad("volumes", format!("at most {MAX_VOLUMES} volumes")));
         }
+        if let Some(e) = &self.engine {
+            crate::engines::validate_name(e)
+                .map_err(|m| bad("engine", m.trim_start_matches("name: ").to_owned()))?;
+        }
+        self.resources.validate("resources").map_err(|m| {
+            let (field, reason) = m.split_once(": ").unwrap_or(("resources", &m));
+            bad(field, reason)
+        })?;
         volumes::validate_all(&self.volumes).map_err(|e| match e {
             volumes::VolumeError::Invalid { field, reason } => InvalidField { field, reason },
             other => bad("volumes", other.to_string()),

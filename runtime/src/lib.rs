@@ -4,9 +4,11 @@
 
 pub mod cgroups;
 pub mod config;
+pub mod engines;
 mod fsutil;
 pub mod manager;
 pub mod paths;
+pub mod resources;
 pub mod sealed;
 pub mod shim;
 pub mod spec;

@@ -20,7 +20,9 @@ use nix::sys::signal::Signal;
 use tokio::sync::broadcast;
 
 use crate::config::{ContainerConfig, InvalidField};
+use crate::engines::{self, CgroupDriver, EngineDef, Usage};
 use crate::paths::ContainerPaths;
+use crate::resources::Resources;
 use crate::shim::{ShimConfig, ShimRecord};
 use crate::spec::{self, ImageDefaults, SpecContext};
 use crate::supervisor;
@@ -35,8 +37,8 @@ pub struct ManagerOptions {
     pub protected: Vec<PathBuf>,
     /// The executable the shims run (the sealed copy of the daemon's binary).
     pub shim_exe: PathBuf,
-    /// Parent cgroup of all containers, e.g. "inarray".
-    pub cgroup_parent: String,
+    /// Memory the node allots to containers: engines' memory limits must fit in it.
+    pub container_memory: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +74,7 @@ pub struct Manager {
 }
 
 struct Inner {
+    cgroups: Arc<dyn CgroupDriver>,
     store: Store,
     images: Arc<ImageStore>,
     array: ArrayRoot,
@@ -98,7 +101,12 @@ pub fn backoff(streak: u32) -> Duration {
 }
 
 impl Manager {
-    pub fn new(store: Store, images: Arc<ImageStore>, opts: ManagerOptions) -> Result<Self> {
+    pub fn new(
+        store: Store,
+        images: Arc<ImageStore>,
+        cgroups: Arc<dyn CgroupDriver>,
+        opts: ManagerOptions,
+    ) -> Result<Self> {
         let array = ArrayRoot::open(&opts.array_dir, &opts.protected)?;
         let containers_root = opts.state_dir.join("containers");
         let runtime_root = opts.state_dir.join("rt");
@@ -109,6 +117,7 @@ impl Manager {
         let (changes, _) = broadcast::channel(4096);
         Ok(Self {
             inner: Arc::new(Inner {
+                cgroups,
                 store,
                 images,
                 array,
@@ -149,8 +158,12 @@ impl Manager {
             .clone()
     }
 
-    fn cgroup_path(&self, id: &str) -> String {
-        format!("/{}/{id}", self.inner.opts.cgroup_parent)
+    /// Kills what is left in a container's cgroups, wherever (whichever engine) they are.
+    fn cleanup_cgroups(&self, id: &str) -> std::io::Result<()> {
+        for path in crate::cgroups::find_container(engines::CGROUP_PARENT, id) {
+            crate::cgroups::cleanup(&path)?;
+        }
+        Ok(())
     }
 
     // ---------------------------------------------------------------- images
@@ -265,6 +278,16 @@ impl Manager {
                 .array
                 .resolve(&format!("volumes[{i}].source"), &v.source, v.create)?;
         }
+        let engine = cfg
+            .engine
+            .clone()
+            .unwrap_or_else(|| engines::DEFAULT.to_owned());
+        let def = self.engine(&engine).await?;
+        if let Some(excess) = cfg.resources.excess_over(&def.resources) {
+            return Err(ManagerError::Conflict(format!(
+                "resources: {excess} (engine {engine})"
+            )));
+        }
         let id = new_id()?;
         let name = cfg
             .name
@@ -282,6 +305,7 @@ impl Manager {
                 image_id: &image.id,
                 image_ref: &cfg.image,
                 spec: &cfg_json,
+                engine: &engine,
             })
             .await
             .map_err(|e| match e {
@@ -309,6 +333,7 @@ impl Manager {
         cfg: &ContainerConfig,
         image: &ImageRow,
     ) -> Result<(oci_spec::runtime::Spec, ShimConfig)> {
+        let engine = cfg.engine.as_deref().unwrap_or(engines::DEFAULT);
         let defaults: ImageDefaults = image.config_as()?;
         let layers: Vec<inarray_images::Layer> = image.layers_as()?;
         let diff_ids: Vec<String> = layers.iter().map(|l| l.diff_id.clone()).collect();
@@ -327,8 +352,11 @@ impl Manager {
             &defaults,
             &SpecContext {
                 hostname: &id[..12],
-                cgroups_path: &self.cgroup_path(id),
+                cgroups_path: &engines::container_cgroup(engine, id),
                 identity,
+                resources: cfg
+                    .resources
+                    .to_oci(self.inner.cgroups.device(), self.inner.cgroups.is_v2()),
             },
         )
         .map_err(|e| match e {
@@ -345,6 +373,7 @@ impl Manager {
             volumes: cfg.volumes.clone(),
             lowers,
             runtime_root: self.inner.runtime_root.clone(),
+            cgroup: engines::container_cgroup(engine, id),
         };
         Ok((spec, shim))
     }
@@ -437,7 +466,7 @@ impl Manager {
                 self.get(id).await
             }
             Err(msg) => {
-                let _ = crate::cgroups::cleanup(&self.cgroup_path(id));
+                let _ = self.cleanup_cgroups(id);
                 self.inner
                     .store
                     .mark_exited(
@@ -447,6 +476,7 @@ impl Manager {
                             exit_code: None,
                             error: Some(msg.clone()),
                             finished_at: Utc::now(),
+                            oom_killed: false,
                         },
                     )
                     .await?;
@@ -481,16 +511,18 @@ impl Manager {
                 exit_code: Some(x.exit_code.into()),
                 error: None,
                 finished_at: x.finished_at,
+                oom_killed: x.oom_killed,
             },
             None => ExitUpdate {
                 state: ContainerState::Dead,
                 exit_code: None,
                 error: Some("the container's supervisor ended without recording an exit".into()),
                 finished_at: Utc::now(),
+                oom_killed: false,
             },
         };
         // Whatever the shim left behind (it was killed, say) goes now.
-        let _ = crate::cgroups::cleanup(&self.cgroup_path(id));
+        let _ = self.cleanup_cgroups(id);
         let cfg: ContainerConfig =
             serde_json::from_str(&row.spec).map_err(|e| internal("stored spec", e))?;
         let restart = update.state == ContainerState::Exited
@@ -669,7 +701,7 @@ impl Manager {
     }
 
     fn remove_files(&self, id: &str) -> Result<()> {
-        crate::cgroups::cleanup(&self.cgroup_path(id))
+        self.cleanup_cgroups(id)
             .map_err(|e| internal("cgroup cleanup", e))?;
         let rt = self.inner.runtime_root.join(id);
         if rt.exists() {
@@ -735,6 +767,245 @@ impl Manager {
             }
         });
     }
+}
+
+// ------------------------------------------------------------------ engines
+
+impl Manager {
+    /// An engine's definition; 404 when unknown.
+    pub async fn engine(&self, name: &str) -> Result<EngineDef> {
+        let row = self
+            .inner
+            .store
+            .engine(name)
+            .await?
+            .ok_or_else(|| ManagerError::NotFound {
+                kind: "engine",
+                key: name.to_owned(),
+            })?;
+        let resources: Resources =
+            serde_json::from_str(&row.resources).map_err(|e| internal("stored engine", e))?;
+        Ok(EngineDef {
+            name: row.name,
+            resources,
+        })
+    }
+
+    pub async fn engines(&self) -> Result<Vec<EngineDef>> {
+        let mut out = Vec::new();
+        for row in self.inner.store.list_engines().await? {
+            let resources: Resources =
+                serde_json::from_str(&row.resources).map_err(|e| internal("stored engine", e))?;
+            out.push(EngineDef {
+                name: row.name,
+                resources,
+            });
+        }
+        Ok(out)
+    }
+
+    /// At start: records the built-in engines and those of the config file (the config's limits
+    /// win for the engines it names), applies every engine's limits to its cgroup, and moves the
+    /// daemon itself into `storage`.
+    pub async fn init_engines(&self, configured: &[EngineDef]) -> Result<()> {
+        let builtin = engines::builtin();
+        for e in builtin.iter().chain(configured) {
+            engines::validate_name(&e.name).map_err(|m| internal("engine in the config", m))?;
+            e.resources
+                .validate(&format!("engines.{}", e.name))
+                .map_err(|m| internal("engine in the config", m))?;
+        }
+        for e in &builtin {
+            let json = serde_json::to_string(&e.resources).map_err(|e| internal("engine", e))?;
+            self.inner.store.ensure_engine(&e.name, &json).await?;
+        }
+        for e in configured {
+            let json = serde_json::to_string(&e.resources).map_err(|e| internal("engine", e))?;
+            if !self.inner.store.ensure_engine(&e.name, &json).await? {
+                self.inner.store.update_engine(&e.name, &json).await?;
+            }
+        }
+        let all = self.engines().await?;
+        engines::check_memory_allotment(&all, self.inner.opts.container_memory)
+            .map_err(|m| internal("engines in the config", m))?;
+        for e in &all {
+            self.inner
+                .cgroups
+                .apply(&engines::engine_cgroup(&e.name), &e.resources)
+                .map_err(|m| internal("engine cgroup", m))?;
+        }
+        self.inner
+            .cgroups
+            .add_process(
+                &engines::engine_cgroup(engines::STORAGE),
+                std::process::id() as i32,
+            )
+            .map_err(|m| internal("moving the daemon into the storage engine", m))?;
+        Ok(())
+    }
+
+    /// Adds an engine. 409 when the name is taken or the memory limits would over-commit.
+    pub async fn create_engine(&self, def: EngineDef) -> Result<EngineDef> {
+        engines::validate_name(&def.name).map_err(|m| InvalidField {
+            field: "name".into(),
+            reason: m.trim_start_matches("name: ").into(),
+        })?;
+        validate_resources(&def.resources)?;
+        let mut all = self.engines().await?;
+        if all.iter().any(|e| e.name == def.name) {
+            return Err(ManagerError::Conflict(format!(
+                "engine {} already exists",
+                def.name
+            )));
+        }
+        all.push(def.clone());
+        engines::check_memory_allotment(&all, self.inner.opts.container_memory)
+            .map_err(ManagerError::Conflict)?;
+        self.inner
+            .cgroups
+            .apply(&engines::engine_cgroup(&def.name), &def.resources)
+            .map_err(|m| internal("engine cgroup", m))?;
+        let json = serde_json::to_string(&def.resources).map_err(|e| internal("engine", e))?;
+        self.inner
+            .store
+            .insert_engine(&def.name, &json)
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict { .. } => {
+                    ManagerError::Conflict(format!("engine {} already exists", def.name))
+                }
+                e => e.into(),
+            })?;
+        Ok(def)
+    }
+
+    /// Changes an engine's limits live (fields in `patch` replace the current ones). 409 when
+    /// the memory limits would over-commit, or a container in it asks for more than the new limits.
+    pub async fn update_engine(&self, name: &str, patch: &Resources) -> Result<EngineDef> {
+        validate_resources(patch)?;
+        let current = self.engine(name).await?;
+        let updated = EngineDef {
+            name: name.to_owned(),
+            resources: current.resources.merged(patch),
+        };
+        validate_resources(&updated.resources)?;
+        let mut all: Vec<EngineDef> = self
+            .engines()
+            .await?
+            .into_iter()
+            .filter(|e| e.name != name)
+            .collect();
+        all.push(updated.clone());
+        engines::check_memory_allotment(&all, self.inner.opts.container_memory)
+            .map_err(ManagerError::Conflict)?;
+        for row in self.inner.store.list_containers(true).await? {
+            if row.engine != name {
+                continue;
+            }
+            let cfg: ContainerConfig =
+                serde_json::from_str(&row.spec).map_err(|e| internal("stored spec", e))?;
+            if let Some(excess) = cfg.resources.excess_over(&updated.resources) {
+                return Err(ManagerError::Conflict(format!(
+                    "container {} in engine {name} asks for more: {excess}",
+                    row.name
+                )));
+            }
+        }
+        self.inner
+            .cgroups
+            .apply(&engines::engine_cgroup(name), &updated.resources)
+            .map_err(|m| {
+                ManagerError::Conflict(format!("the kernel refused the new limits: {m}"))
+            })?;
+        let json = serde_json::to_string(&updated.resources).map_err(|e| internal("engine", e))?;
+        self.inner.store.update_engine(name, &json).await?;
+        Ok(updated)
+    }
+
+    /// Removes an engine: not a built-in one, nor one with containers (409).
+    pub async fn delete_engine(&self, name: &str) -> Result<()> {
+        self.engine(name).await?;
+        if engines::is_builtin(name) {
+            return Err(ManagerError::Conflict(format!("engine {name} is built in")));
+        }
+        let users = self.inner.store.engine_users(name).await?;
+        if !users.is_empty() {
+            return Err(ManagerError::Conflict(format!(
+                "engine {name} has container(s) {}; remove them first",
+                users.join(", ")
+            )));
+        }
+        crate::cgroups::cleanup(&engines::engine_cgroup(name))
+            .map_err(|e| internal("engine cgroup", e))?;
+        self.inner.store.delete_engine(name).await?;
+        Ok(())
+    }
+
+    pub async fn engine_usage(&self, name: &str) -> Result<Usage> {
+        self.engine(name).await?;
+        self.inner
+            .cgroups
+            .usage(&engines::engine_cgroup(name))
+            .map_err(|m| internal("engine stats", m))
+    }
+
+    /// Usage of a running container. 409 when it is not running (it has no cgroup then).
+    pub async fn container_usage(&self, key: &str) -> Result<Usage> {
+        let row = self.get(key).await?;
+        if row.state != ContainerState::Running {
+            return Err(ManagerError::Conflict(format!(
+                "container {} is not running",
+                row.name
+            )));
+        }
+        self.inner
+            .cgroups
+            .usage(&engines::container_cgroup(&row.engine, &row.id))
+            .map_err(|m| internal("container stats", m))
+    }
+
+    /// Changes a container's limits (fields in `patch` replace the current ones), live when it
+    /// runs, and for every later start. Allowed in any state; 409 beyond its engine.
+    pub async fn update_resources(&self, key: &str, patch: &Resources) -> Result<ContainerRow> {
+        validate_resources(patch)?;
+        let row = self.get(key).await?;
+        let lock = self.lock_for(&row.id);
+        let _g = lock.lock().await;
+        let row = self.get(&row.id).await?;
+        let mut cfg: ContainerConfig =
+            serde_json::from_str(&row.spec).map_err(|e| internal("stored spec", e))?;
+        let merged = cfg.resources.merged(patch);
+        validate_resources(&merged)?;
+        let engine = self.engine(&row.engine).await?;
+        if let Some(excess) = merged.excess_over(&engine.resources) {
+            return Err(ManagerError::Conflict(format!(
+                "resources: {excess} (engine {})",
+                row.engine
+            )));
+        }
+        if row.state == ContainerState::Running {
+            self.inner
+                .cgroups
+                .apply(&engines::container_cgroup(&row.engine, &row.id), patch)
+                .map_err(|m| {
+                    ManagerError::Conflict(format!("the kernel refused the new limits: {m}"))
+                })?;
+        }
+        cfg.resources = merged;
+        let json = serde_json::to_string(&cfg).map_err(|e| internal("spec json", e))?;
+        self.inner.store.set_spec(&row.id, &json).await?;
+        self.get(&row.id).await
+    }
+}
+
+fn validate_resources(r: &Resources) -> Result<()> {
+    r.validate("resources").map_err(|m| {
+        let (field, reason) = m.split_once(": ").unwrap_or(("resources", &m));
+        ManagerError::Invalid(InvalidField {
+            field: field.into(),
+            reason: reason.into(),
+        })
+    })
 }
 
 /// What [`Manager::remove_image`] did.

@@ -45,6 +45,8 @@ pub struct ShimConfig {
     pub lowers: Vec<PathBuf>,
     /// libcontainer's state root (short: unix socket paths live under it).
     pub runtime_root: PathBuf,
+    /// The container's cgroup path (for reading OOM kills after the exit).
+    pub cgroup: String,
 }
 
 /// The shim's first (and only) message to the daemon.
@@ -71,6 +73,9 @@ pub struct ExitRecord {
     #[serde(default)]
     pub signal: Option<i32>,
     pub finished_at: chrono::DateTime<chrono::Utc>,
+    /// The memory cap killed a process of the container.
+    #[serde(default)]
+    pub oom_killed: bool,
 }
 
 /// Entry point of `inarray shim DIR`; never returns.
@@ -116,7 +121,7 @@ pub fn main(dir: &Path) -> ! {
             let _ = writeln!(f, "{}", serde_json::to_string(r).unwrap_or_default());
         }
     };
-    let (mut container, rec) = match start(&paths) {
+    let (mut container, rec, cgroup) = match start(&paths) {
         Ok(x) => x,
         Err(e) => {
             log(&format!("start failed: {e}"));
@@ -133,10 +138,13 @@ pub fn main(dir: &Path) -> ! {
     send(&ShimReport::Started(rec));
     log(&format!("container started, pid {}", rec.pid));
     let (exit_code, signal) = reap(Pid::from_raw(rec.pid));
+    // Read before the runtime deletes the cgroup.
+    let oom_killed = crate::cgroups::oom_kills(&cgroup).unwrap_or(0) > 0;
     let record = ExitRecord {
         exit_code,
         signal,
         finished_at: chrono::Utc::now(),
+        oom_killed,
     };
     if let Err(e) = write_atomic(
         &paths.exit_record(),
@@ -200,7 +208,7 @@ fn reap(init: Pid) -> (i32, Option<i32>) {
 /// Everything up to a running container; errors are reported to the daemon verbatim.
 fn start(
     paths: &ContainerPaths,
-) -> Result<(libcontainer::container::Container, ShimRecord), String> {
+) -> Result<(libcontainer::container::Container, ShimRecord, String), String> {
     let cfg: ShimConfig = std::fs::read(paths.shim_config())
         .map_err(|e| format!("cannot read {}: {e}", paths.shim_config().display()))
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| format!("bad shim config: {e}")))?;
@@ -269,6 +277,7 @@ fn start(
             shim_pid,
             shim_start,
         },
+        cfg.cgroup,
     ))
 }
 

@@ -109,6 +109,8 @@ pub struct SpecContext<'a> {
     /// cgroup path for the container, e.g. `/inarray/<id>`.
     pub cgroups_path: &'a str,
     pub identity: Identity,
+    /// The OCI `linux.resources` limits (see `Resources::to_oci`).
+    pub resources: Value,
 }
 
 /// The process's argv: Entrypoint + Cmd, with the request's overrides.
@@ -184,6 +186,11 @@ pub fn build(
     });
     let linux = &mut spec["linux"];
     linux["cgroupsPath"] = json!(ctx.cgroups_path);
+    if let (Some(dst), Value::Object(src)) = (linux["resources"].as_object_mut(), &ctx.resources) {
+        for (k, v) in src {
+            dst.insert(k.clone(), v.clone());
+        }
+    }
     // The cgroup namespace is left out: cgroup v1 hosts (this project's test machines) do not
     // support it well, and no cgroupfs is mounted in the container either way.
     let mut namespaces = vec![
@@ -201,6 +208,14 @@ pub fn build(
         "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
         "syscalls": [{"names": DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": 1}],
     });
+    // The container's own cgroups, read-only, so it can see its limits (as Docker does). Only
+    // its own subtree is mounted: no release_agent, nothing of the host's hierarchy.
+    if let Some(mounts) = spec["mounts"].as_array_mut() {
+        mounts.push(json!({
+            "destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+            "options": ["nosuid", "noexec", "nodev", "relatime", "ro"],
+        }));
+    }
     serde_json::from_value(spec).map_err(|e| SpecError::Build(e.to_string()))
 }
 
@@ -258,6 +273,7 @@ mod tests {
                 uid: 1000,
                 gid: 100,
             },
+            resources: json!({"pids": {"limit": 7}, "memory": {"limit": 67108864}}),
         };
         let spec = build(
             &cfg(r#"{"image":"x","command":["true"]}"#),
@@ -279,6 +295,18 @@ mod tests {
         assert!(!v["linux"]["maskedPaths"].as_array().unwrap().is_empty());
         assert!(!v["linux"]["readonlyPaths"].as_array().unwrap().is_empty());
         assert_eq!(v["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ALLOW");
+        assert_eq!(v["linux"]["resources"]["pids"]["limit"], 7);
+        assert_eq!(v["linux"]["resources"]["memory"]["limit"], 67108864);
+        let cg = v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/sys/fs/cgroup")
+            .unwrap();
+        assert!(
+            cg["options"].as_array().unwrap().iter().any(|o| o == "ro"),
+            "cgroups are read-only"
+        );
         let host = build(
             &cfg(r#"{"image":"x","command":["true"],"network":"host"}"#),
             &ImageDefaults::default(),

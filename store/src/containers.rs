@@ -82,6 +82,9 @@ pub struct ContainerRow {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    pub engine: String,
+    /// The last exit was a kill by the memory cap.
+    pub oom_killed: bool,
 }
 
 pub struct NewContainer<'a> {
@@ -90,6 +93,7 @@ pub struct NewContainer<'a> {
     pub image_id: &'a str,
     pub image_ref: &'a str,
     pub spec: &'a str,
+    pub engine: &'a str,
 }
 
 /// What a shim reported when its container ended.
@@ -99,11 +103,12 @@ pub struct ExitUpdate {
     pub exit_code: Option<i64>,
     pub error: Option<String>,
     pub finished_at: DateTime<Utc>,
+    pub oom_killed: bool,
 }
 
 const COLUMNS: &str =
     "id, name, image_id, image_ref, spec, state, exit_code, error, pid, shim_pid, \
-     shim_start, stop_requested, restart_count, created_at, started_at, finished_at";
+     shim_start, stop_requested, restart_count, created_at, started_at, finished_at, engine, oom_killed";
 
 fn row_from(r: &sqlx::sqlite::SqliteRow) -> Result<ContainerRow> {
     use sqlx::Row;
@@ -125,14 +130,16 @@ fn row_from(r: &sqlx::sqlite::SqliteRow) -> Result<ContainerRow> {
         created_at: r.try_get("created_at")?,
         started_at: r.try_get("started_at")?,
         finished_at: r.try_get("finished_at")?,
+        engine: r.try_get("engine")?,
+        oom_killed: r.try_get("oom_killed")?,
     })
 }
 
 impl Store {
     pub async fn insert_container(&self, c: NewContainer<'_>) -> Result<ContainerRow> {
         sqlx::query(
-            "INSERT INTO containers (id, name, image_id, image_ref, spec, state, created_at)
-             VALUES (?, ?, ?, ?, ?, 'created', ?)",
+            "INSERT INTO containers (id, name, image_id, image_ref, spec, state, created_at, engine)
+             VALUES (?, ?, ?, ?, ?, 'created', ?, ?)",
         )
         .bind(c.id)
         .bind(c.name)
@@ -140,6 +147,7 @@ impl Store {
         .bind(c.image_ref)
         .bind(c.spec)
         .bind(Utc::now())
+        .bind(c.engine)
         .execute(&self.pool)
         .await
         .map_err(|e| unique_conflict(e, "container", c.name))?;
@@ -220,12 +228,13 @@ impl Store {
     pub async fn mark_exited(&self, id: &str, u: &ExitUpdate) -> Result<()> {
         sqlx::query(
             "UPDATE containers SET state = ?, exit_code = ?, error = ?, finished_at = ?,
-               pid = NULL, shim_pid = NULL, shim_start = NULL WHERE id = ?",
+               oom_killed = ?, pid = NULL, shim_pid = NULL, shim_start = NULL WHERE id = ?",
         )
         .bind(u.state.as_str())
         .bind(u.exit_code)
         .bind(&u.error)
         .bind(u.finished_at)
+        .bind(u.oom_killed)
         .bind(id)
         .execute(&self.pool)
         .await?;
@@ -244,6 +253,16 @@ impl Store {
     pub async fn set_stop_requested(&self, id: &str, requested: bool) -> Result<()> {
         sqlx::query("UPDATE containers SET stop_requested = ? WHERE id = ?")
             .bind(requested)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Replaces the stored request (a live resource update).
+    pub async fn set_spec(&self, id: &str, spec: &str) -> Result<()> {
+        sqlx::query("UPDATE containers SET spec = ? WHERE id = ?")
+            .bind(spec)
             .bind(id)
             .execute(&self.pool)
             .await?;
@@ -302,6 +321,7 @@ mod tests {
                 image_id: &image,
                 image_ref: "img:latest",
                 spec: "{}",
+                engine: "default",
             })
             .await
             .unwrap();
@@ -313,6 +333,7 @@ mod tests {
                 image_id: &image,
                 image_ref: "img:latest",
                 spec: "{}",
+                engine: "default",
             })
             .await;
         assert!(
@@ -349,6 +370,7 @@ mod tests {
             exit_code: Some(3),
             error: None,
             finished_at: Utc::now(),
+            oom_killed: false,
         };
         store.mark_exited("0123456789abcdef", &upd).await.unwrap();
         let c = store.container("0123456789abcdef").await.unwrap().unwrap();

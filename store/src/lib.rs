@@ -4,6 +4,7 @@
 //! a crash or power loss. Every other crate sees typed rows, never SQL.
 
 mod containers;
+mod engines;
 mod images;
 
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::SqlitePool;
 
 pub use containers::{ContainerRow, ContainerState, ExitUpdate, NewContainer};
+pub use engines::EngineRow;
 pub use images::{ImageRow, NewImage};
 
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,327 @@
+//! End-to-end: IO engines and container limits on the real cgroup hierarchy (v1 hybrid here),
+//! checked from inside the container (a probe reading its own cgroup files) and from the host.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::daemon::{Method, TestDaemon};
+use serde_json::json;
+
+fn cgroup_of(pid: i64) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_runs_in_storage_and_containers_in_their_engine() {
+    let d = TestDaemon::start().await;
+    d.with_busybox().await;
+    let daemon_pid = d.child.as_ref().unwrap().id() as i64;
+    assert!(
+        cgroup_of(daemon_pid).contains(":/inarray/storage"),
+        "{}",
+        cgroup_of(daemon_pid)
+    );
+    let engines = d.ok(Method::GET, "/v1/engines", None).await;
+    let names: Vec<&str> = engines
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["default", "storage"]);
+    d.ok(
+        Method::POST,
+        "/v1/engines",
+        Some(json!({"name": "batch", "resources": {"memory": "256m", "pids": 64}})),
+    )
+    .await;
+    let c = d
+        .run(json!({"image": "busybox", "engine": "batch", "command": ["sleep", "100"]}))
+        .await;
+    let id = c["id"].as_str().unwrap();
+    assert_eq!(c["engine"], "batch");
+    assert!(cgroup_of(c["pid"].as_i64().unwrap()).contains(&format!(":/inarray/batch/{id}")));
+    // A container may not ask for more than its engine.
+    let msg = d
+        .fails(Method::POST, "/v1/containers", Some(json!({"image": "busybox", "engine": "batch", "resources": {"memory": "512m"}, "command": ["true"]})), 409)
+        .await;
+    assert!(
+        msg.contains("memory") && msg.contains("engine batch"),
+        "{msg}"
+    );
+    d.fails(
+        Method::POST,
+        "/v1/containers",
+        Some(json!({"image": "busybox", "engine": "nope", "command": ["true"]})),
+        404,
+    )
+    .await;
+    // Nor may the engine shrink below a container in it, or go away while it has containers.
+    d.ok(
+        Method::PATCH,
+        &format!("/v1/containers/{id}"),
+        Some(json!({"resources": {"memory": "200m"}})),
+    )
+    .await;
+    let msg = d
+        .fails(
+            Method::PATCH,
+            "/v1/engines/batch",
+            Some(json!({"resources": {"memory": "100m"}})),
+            409,
+        )
+        .await;
+    assert!(msg.contains("asks for more"), "{msg}");
+    d.fails(Method::DELETE, "/v1/engines/batch", None, 409)
+        .await;
+    d.fails(Method::DELETE, "/v1/engines/default", None, 409)
+        .await;
+    // Over-committing the node's memory with engines is refused, naming the excess.
+    let msg = d
+        .fails(
+            Method::POST,
+            "/v1/engines",
+            Some(json!({"name": "huge", "resources": {"memory": "100t"}})),
+            409,
+        )
+        .await;
+    assert!(
+        msg.contains("more than the") && msg.contains("MiB"),
+        "{msg}"
+    );
+    d.fails(
+        Method::POST,
+        "/v1/engines",
+        Some(json!({"name": "Bad Name"})),
+        400,
+    )
+    .await;
+    d.fails(
+        Method::POST,
+        "/v1/engines",
+        Some(json!({"name": "x", "resources": {"cpus": -1}})),
+        400,
+    )
+    .await;
+    d.ok(
+        Method::DELETE,
+        &format!("/v1/containers/{id}?force=true"),
+        None,
+    )
+    .await;
+    d.ok(Method::DELETE, "/v1/engines/batch", None).await;
+    assert!(
+        !std::path::Path::new("/sys/fs/cgroup/memory/inarray/batch").exists()
+            || !inarray_runtime::cgroups::exists("/inarray/batch")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_sees_its_limits_and_a_live_update() {
+    let d = TestDaemon::start().await;
+    d.with_busybox().await;
+    let c = d
+        .run(json!({
+            "image": "busybox",
+            "resources": {"memory": "64m", "pids": 50},
+            "command": ["sh", "-c", "while true; do echo $(cat /sys/fs/cgroup/memory/memory.limit_in_bytes) $(cat /sys/fs/cgroup/pids/pids.max); sleep 0.1; done"],
+        }))
+        .await;
+    let id = c["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.logs(&id).await.contains(&format!("{} 50", 64 << 20)) {
+        assert!(
+            Instant::now() < deadline,
+            "probe never saw its limits: {}",
+            d.logs(&id).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let updated = d
+        .ok(
+            Method::PATCH,
+            &format!("/v1/containers/{id}"),
+            Some(json!({"resources": {"memory": "96m", "pids": 70}})),
+        )
+        .await;
+    assert_eq!(updated["resources"]["memory"], 96 << 20);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.logs(&id).await.contains(&format!("{} 70", 96 << 20)) {
+        assert!(
+            Instant::now() < deadline,
+            "probe never saw the update: {}",
+            d.logs(&id).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stats = d
+        .ok(Method::GET, &format!("/v1/containers/{id}/stats"), None)
+        .await;
+    assert_eq!(stats["memory"]["limit"], 96 << 20);
+    assert_eq!(stats["pids"]["limit"], 70);
+    assert!(stats["pids"]["current"].as_u64().unwrap() >= 1);
+    // Beyond the engine, or malformed: refused, nothing changed.
+    d.fails(
+        Method::PATCH,
+        &format!("/v1/containers/{id}"),
+        Some(json!({"resources": {"memory": "1k"}})),
+        400,
+    )
+    .await;
+    d.fails(
+        Method::PATCH,
+        &format!("/v1/containers/{id}"),
+        Some(json!({"resources": {"memroy": "1g"}})),
+        422,
+    )
+    .await;
+    d.ok(
+        Method::DELETE,
+        &format!("/v1/containers/{id}?force=true"),
+        None,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_hog_is_killed_and_reported() {
+    let d = TestDaemon::start().await;
+    d.with_busybox().await;
+    let (code, logs) = d
+        .run_to_exit(json!({"image": "busybox", "resources": {"memory": "32m"}, "command": ["dd", "if=/dev/zero", "of=/dev/null", "bs=128M", "count=1"]}))
+        .await;
+    assert_eq!(code, 137, "{logs}");
+    let list = d.ok(Method::GET, "/v1/containers?all=true", None).await;
+    assert_eq!(list[0]["oom_killed"], true, "{list}");
+    let (code, _) = d
+        .run_to_exit(
+            json!({"image": "busybox", "resources": {"memory": "32m"}, "command": ["true"]}),
+        )
+        .await;
+    assert_eq!(code, 0);
+    let list = d.ok(Method::GET, "/v1/containers?all=true", None).await;
+    assert_eq!(list[1]["oom_killed"], false);
+}
+
+/// CPU time a spinner gets in `secs` seconds with the given resources.
+async fn spin(d: &TestDaemon, resources: serde_json::Value, secs: u64) -> f64 {
+    let c = d.run(json!({"image": "busybox", "resources": resources, "command": ["sh", "-c", "while true; do :; done"]})).await;
+    let id = c["id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let s = d
+        .ok(Method::GET, &format!("/v1/containers/{id}/stats"), None)
+        .await;
+    d.ok(
+        Method::DELETE,
+        &format!("/v1/containers/{id}?force=true"),
+        None,
+    )
+    .await;
+    s["cpu"]["usage_ns"].as_u64().unwrap() as f64 / 1e9 / secs as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cpu_quota_caps_a_spinner() {
+    let d = TestDaemon::start().await;
+    d.with_busybox().await;
+    let capped = spin(&d, json!({"cpus": 0.2}), 3).await;
+    let free = spin(&d, json!({}), 3).await;
+    // Wide bounds: the machine is shared. The quota allows 0.2 CPU.
+    assert!(capped < 0.3, "capped spinner used {capped:.2} CPU");
+    assert!(
+        free > 2.0 * capped,
+        "uncapped {free:.2} vs capped {capped:.2}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_bps_limit_caps_a_direct_io_reader() {
+    let d = TestDaemon::start().await;
+    d.with_busybox().await;
+    if inarray_runtime::engines::block_device_of(&d.array).is_none() {
+        panic!(
+            "the test array {} is on no block device: per-device limits cannot be tested",
+            d.array.display()
+        );
+    }
+    std::fs::create_dir_all(d.array.join("io")).unwrap();
+    let data = vec![7u8; 8 << 20];
+    std::fs::write(d.array.join("io/blob"), &data).unwrap();
+    let read = r#"s=$(cut -d' ' -f1 /proc/uptime); dd if=/d/blob of=/dev/null bs=1M iflag=direct 2>/dev/null; e=$(cut -d' ' -f1 /proc/uptime); awk "BEGIN { print int(($e - $s) * 1000) }""#;
+    let run = |limits: serde_json::Value| json!({"image": "busybox", "resources": limits, "volumes": [{"source": "io", "target": "/d", "read_only": true}], "command": ["sh", "-c", read]});
+    let (code, limited) = d.run_to_exit(run(json!({"read_bps": "2m"}))).await;
+    assert_eq!(code, 0, "{limited}");
+    let (_, free) = d.run_to_exit(run(json!({}))).await;
+    let (limited_ms, free_ms): (u64, u64) = (
+        limited.trim().parse().unwrap(),
+        free.trim().parse().unwrap(),
+    );
+    // 8 MiB at 2 MiB/s: about 4 s (the first second's budget is granted at once).
+    assert!(limited_ms >= 2500, "limited read took {limited_ms} ms");
+    assert!(
+        free_ms * 2 < limited_ms,
+        "unlimited {free_ms} ms vs limited {limited_ms} ms"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_as_prometheus_text() {
+    let d = TestDaemon::start().await;
+    d.with_busybox().await;
+    let c = d
+        .run(json!({"image": "busybox", "name": "m1", "command": ["sleep", "100"]}))
+        .await;
+    let mut body = Vec::new();
+    d.client()
+        .stream("/metrics", |b| body.extend_from_slice(b))
+        .await
+        .unwrap();
+    let text = String::from_utf8(body).unwrap();
+    let mut families = std::collections::HashSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            assert!(["gauge", "counter"].contains(&kind), "{line}");
+            assert!(families.insert(name.to_owned()), "TYPE twice for {name}");
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            continue;
+        }
+        // name{labels} value
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
+        value
+            .parse::<f64>()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let name = series.split('{').next().unwrap();
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "{line}"
+        );
+        assert!(families.contains(name), "sample before its TYPE: {line}");
+        if let Some(labels) = series.strip_prefix(name).and_then(|l| l.strip_prefix('{')) {
+            assert!(labels.ends_with('}'), "{line}");
+        }
+    }
+    assert!(text.contains("inarray_up 1"));
+    assert!(
+        text.contains("inarray_containers{state=\"running\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("inarray_engine_memory_bytes{engine=\"storage\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "inarray_container_pids{{container=\"m1\",id=\"{}\",engine=\"default\"}}",
+            c["id"].as_str().unwrap()
+        )),
+        "{text}"
+    );
+    let es = d.ok(Method::GET, "/v1/engines/default/stats", None).await;
+    assert!(es["memory"]["current"].as_u64().unwrap() > 0, "{es}");
+}

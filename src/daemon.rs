@@ -217,6 +217,21 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
         orphans_removed = report.removed_orphans,
         "inarray serving"
     );
+    crate::notify::notify("READY=1");
+    if let Some(every) = crate::notify::watchdog_interval() {
+        // The watchdog is fed only while the daemon can still answer: a health check of the
+        // database each half interval.
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every / 2);
+            loop {
+                tick.tick().await;
+                if store.ping().await.is_ok() {
+                    crate::notify::notify("WATCHDOG=1");
+                }
+            }
+        });
+    }
     serve(inarray_api::router(manager), bound, shutdown_signal())
         .await
         .context("serving the API")?;
@@ -235,6 +250,7 @@ async fn shutdown_signal() {
         _ = int.recv() => {}
     }
     tracing::info!("shutting down");
+    crate::notify::notify("STOPPING=1");
 }
 
 #[cfg(test)]

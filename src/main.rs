@@ -4,6 +4,7 @@
 mod cli;
 mod cli_engines;
 mod daemon;
+mod notify;
 
 use std::process::ExitCode;
 

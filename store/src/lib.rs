@@ -74,6 +74,12 @@ impl Store {
         Ok(s)
     }
 
+    /// A cheap round trip to the database (for health checks).
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }

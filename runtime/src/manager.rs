@@ -693,8 +693,16 @@ impl Manager {
         }
         let lock = self.lock_for(&row.id);
         let _g = lock.lock().await;
+        let t0 = Instant::now();
         self.remove_files(&row.id)?;
+        let t1 = Instant::now();
         self.inner.store.delete_container(&row.id).await?;
+        tracing::debug!(
+            container = %row.id,
+            files_ms = (t1 - t0).as_secs_f64() * 1e3,
+            sql_ms = t1.elapsed().as_secs_f64() * 1e3,
+            "deleted"
+        );
         self.inner.locks.lock().expect("locks").remove(&row.id);
         self.changed(&row.id);
         Ok(())

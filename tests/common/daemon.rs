@@ -249,7 +249,9 @@ impl Drop for TestDaemon {
         if let Ok(entries) = std::fs::read_dir(self.state.join("containers")) {
             for e in entries.flatten() {
                 let id = e.file_name().to_string_lossy().into_owned();
-                let _ = inarray_runtime::cgroups::cleanup(&format!("/inarray/{id}"));
+                for path in inarray_runtime::cgroups::find_container("inarray", &id) {
+                    let _ = inarray_runtime::cgroups::cleanup(&path);
+                }
             }
         }
     }

@@ -92,6 +92,9 @@ struct Inner {
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(60);
 const STABLE_RUN: Duration = Duration::from_secs(10);
+/// How long an exited container's shim may take to tear the runtime state down before the
+/// daemon goes on without it (its leftovers are then removed by the daemon).
+const SHIM_TEARDOWN: Duration = Duration::from_secs(30);
 
 /// Restart delay after `streak` consecutive quick exits: 100 ms doubling, capped at 1 min.
 pub fn backoff(streak: u32) -> Duration {
@@ -110,10 +113,13 @@ impl Manager {
         let array = ArrayRoot::open(&opts.array_dir, &opts.protected)?;
         let containers_root = opts.state_dir.join("containers");
         let runtime_root = opts.state_dir.join("rt");
-        for d in [&containers_root, &runtime_root] {
+        let trash = opts.state_dir.join("trash");
+        for d in [&containers_root, &runtime_root, &trash] {
             std::fs::create_dir_all(d)
                 .map_err(|e| internal(&format!("cannot create {}", d.display()), e))?;
         }
+        // What a previous run moved aside but had no time to remove.
+        empty_trash(trash);
         let (changes, _) = broadcast::channel(4096);
         Ok(Self {
             inner: Arc::new(Inner {
@@ -436,7 +442,9 @@ impl Manager {
             }
             _ => {}
         }
-        self.inner.store.set_stop_requested(&row.id, false).await?;
+        if row.stop_requested {
+            self.inner.store.set_stop_requested(&row.id, false).await?;
+        }
         self.spawn(&row.id).await
     }
 
@@ -451,7 +459,7 @@ impl Manager {
             Err(e) => Err(e.to_string()),
         };
         match spawned {
-            Ok(rec) => {
+            Ok((rec, exit_pipe)) => {
                 self.inner
                     .store
                     .mark_running(
@@ -462,7 +470,7 @@ impl Manager {
                     )
                     .await?;
                 self.changed(id);
-                self.monitor(id.to_owned(), rec, Instant::now());
+                self.monitor(id.to_owned(), rec, Some(exit_pipe), Instant::now());
                 self.get(id).await
             }
             Err(msg) => {
@@ -487,25 +495,48 @@ impl Manager {
     }
 
     /// Watches the shim of a running container; records its exit and applies the restart policy.
-    fn monitor(&self, id: String, rec: ShimRecord, started: Instant) {
+    /// With the shim's pipe (a shim this daemon started), the exit is known as soon as the shim
+    /// has recorded it; for a re-adopted shim, when the shim is gone.
+    fn monitor(
+        &self,
+        id: String,
+        rec: ShimRecord,
+        exit_pipe: Option<supervisor::ExitPipe>,
+        started: Instant,
+    ) {
         let this = self.clone();
         tokio::spawn(async move {
-            supervisor::wait_shim_gone(rec).await;
-            if let Err(e) = this.on_exit(&id, started.elapsed()).await {
+            match exit_pipe {
+                Some(p) => p.exited().await,
+                None => supervisor::wait_shim_gone(rec).await,
+            }
+            if let Err(e) = this.on_exit(&id, started.elapsed(), Some(rec)).await {
                 tracing::error!(container = %id, error = %e, "recording an exit failed");
             }
         });
     }
 
     /// Records how a container ended (from its exit record), then restarts it if its policy says so.
-    async fn on_exit(&self, id: &str, ran_for: Duration) -> Result<()> {
+    ///
+    /// The container's lock is held until the shim `rec` is gone: nothing may start the
+    /// container again, or delete its files, while its old shim still tears the runtime down.
+    async fn on_exit(&self, id: &str, ran_for: Duration, rec: Option<ShimRecord>) -> Result<()> {
         let lock = self.lock_for(id);
         let g = lock.lock().await;
         let Some(row) = self.inner.store.container(id).await? else {
             return Ok(());
         };
         let paths = self.paths(id);
-        let update = match supervisor::read_exit_record(&paths) {
+        let mut exit = supervisor::read_exit_record(&paths);
+        if exit.is_none() {
+            // The pipe ended without a record: the shim died. Make sure it is gone, then look
+            // once more (it may have written the record just before dying).
+            if let Some(rec) = rec {
+                supervisor::wait_shim_gone(rec).await;
+            }
+            exit = supervisor::read_exit_record(&paths);
+        }
+        let update = match exit {
             Some(x) => ExitUpdate {
                 state: ContainerState::Exited,
                 exit_code: Some(x.exit_code.into()),
@@ -521,8 +552,6 @@ impl Manager {
                 oom_killed: false,
             },
         };
-        // Whatever the shim left behind (it was killed, say) goes now.
-        let _ = self.cleanup_cgroups(id);
         let cfg: ContainerConfig =
             serde_json::from_str(&row.spec).map_err(|e| internal("stored spec", e))?;
         let restart = update.state == ContainerState::Exited
@@ -532,9 +561,17 @@ impl Manager {
                 row.stop_requested,
             );
         if !restart {
+            // Recorded first, so waiters learn the exit at once; the shim finishes below.
             self.inner.store.mark_exited(id, &update).await?;
             self.inner.streaks.lock().expect("streaks").remove(id);
             self.changed(id);
+        }
+        if let Some(rec) = rec {
+            let _ = tokio::time::timeout(SHIM_TEARDOWN, supervisor::wait_shim_gone(rec)).await;
+        }
+        // Whatever the shim left behind (it was killed, say) goes now.
+        let _ = self.cleanup_cgroups(id);
+        if !restart {
             return Ok(());
         }
         let streak = {
@@ -716,9 +753,16 @@ impl Manager {
             std::fs::remove_dir_all(&rt)
                 .map_err(|e| internal(&format!("cannot remove {}", rt.display()), e))?;
         }
+        // Moved aside at once (one rename), removed in the background: a delete does not wait
+        // for the disk to unlink (and discard) a container's upper layer file by file.
         let dir = self.paths(id).dir;
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
+        let trash = self.inner.opts.state_dir.join("trash");
+        let aside = trash.join(format!("{id}-{}", new_id()?));
+        match std::fs::rename(&dir, &aside) {
+            Ok(()) => {
+                in_background(move || remove_logged(&aside));
+                Ok(())
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(internal(&format!("cannot remove {}", dir.display()), e)),
         }
@@ -738,7 +782,7 @@ impl Manager {
                     let rec = shim_record(row).or_else(|| supervisor::read_shim_record(&paths));
                     match rec {
                         Some(rec) if supervisor::is_same_process(rec.shim_pid, rec.shim_start) => {
-                            self.monitor(row.id.clone(), rec, Instant::now());
+                            self.monitor(row.id.clone(), rec, None, Instant::now());
                             report.adopted += 1;
                         }
                         _ => {
@@ -770,7 +814,7 @@ impl Manager {
         let this = self.clone();
         let id = id.to_owned();
         tokio::spawn(async move {
-            if let Err(e) = this.on_exit(&id, Duration::ZERO).await {
+            if let Err(e) = this.on_exit(&id, Duration::ZERO, None).await {
                 tracing::error!(container = %id, error = %e, "reconciling an exit failed");
             }
         });
@@ -1055,6 +1099,33 @@ async fn recv_for(rx: &mut broadcast::Receiver<String>, id: &str, max: Duration)
         }
     })
     .await;
+}
+
+/// Removes everything in the trash directory (best effort, logged), in the background.
+fn empty_trash(trash: PathBuf) {
+    in_background(move || {
+        if let Ok(entries) = std::fs::read_dir(&trash) {
+            for e in entries.flatten() {
+                remove_logged(&e.path());
+            }
+        }
+    });
+}
+
+fn remove_logged(path: &std::path::Path) {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove"),
+    }
+}
+
+/// Runs `work` on a blocking thread of the runtime (or right here outside one).
+fn in_background(work: impl FnOnce() + Send + 'static) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) => drop(h.spawn_blocking(work)),
+        Err(_) => work(),
+    }
 }
 
 /// A new container id: 24 hex digits (96 random bits).

@@ -54,7 +54,11 @@ pub struct ShimConfig {
 #[serde(untagged)]
 pub enum ShimReport {
     Started(ShimRecord),
-    Failed { error: String },
+    Failed {
+        error: String,
+    },
+    /// Sent after `exit.json` is written, before the runtime state is torn down.
+    Exited(ExitRecord),
 }
 
 /// Who supervises a running container (also kept in `shim-pid.json` for reconcile).
@@ -116,16 +120,21 @@ pub fn main(dir: &Path) -> ! {
         Err(e) => std::process::exit(90 + (e as i32 % 10)),
     };
     let mut report = Some(report);
-    let mut send = |r: &ShimReport| {
-        if let Some(mut f) = report.take() {
+    // The pipe carries the start report, then stays open until the exit is recorded: the daemon
+    // learns the exit from its end, before the runtime state is torn down.
+    let mut send = |r: &ShimReport, keep_open: bool| {
+        if let Some(f) = report.as_mut() {
             let _ = writeln!(f, "{}", serde_json::to_string(r).unwrap_or_default());
+        }
+        if !keep_open {
+            report = None;
         }
     };
     let (mut container, rec, cgroup) = match start(&paths) {
         Ok(x) => x,
         Err(e) => {
             log(&format!("start failed: {e}"));
-            send(&ShimReport::Failed { error: e });
+            send(&ShimReport::Failed { error: e }, false);
             std::process::exit(1);
         }
     };
@@ -135,7 +144,7 @@ pub fn main(dir: &Path) -> ! {
     ) {
         log(&format!("cannot write shim record: {e}"));
     }
-    send(&ShimReport::Started(rec));
+    send(&ShimReport::Started(rec), true);
     log(&format!("container started, pid {}", rec.pid));
     let (exit_code, signal) = reap(Pid::from_raw(rec.pid));
     // Read before the runtime deletes the cgroup.
@@ -154,6 +163,7 @@ pub fn main(dir: &Path) -> ! {
     ) {
         log(&format!("cannot write exit record: {e}"));
     }
+    send(&ShimReport::Exited(record), false);
     log(&format!(
         "container exited: code {exit_code}, signal {signal:?}"
     ));

@@ -32,8 +32,24 @@ pub enum SupervisorError {
     StartFailed(String),
 }
 
+/// The rest of a shim's report pipe: it carries one more line, or ends, when the container has
+/// exited (the exit record is written by then). Lets the daemon learn an exit before the shim
+/// has finished tearing the runtime state down.
+pub struct ExitPipe(BufReader<tokio::process::ChildStdout>);
+
+impl ExitPipe {
+    /// Resolves when the container has exited or the shim has died.
+    pub async fn exited(mut self) {
+        let mut line = String::new();
+        let _ = self.0.read_line(&mut line).await;
+    }
+}
+
 /// Spawns a shim for the container in `paths` and waits for its report.
-pub async fn spawn_shim(exe: &Path, paths: &ContainerPaths) -> Result<ShimRecord, SupervisorError> {
+pub async fn spawn_shim(
+    exe: &Path,
+    paths: &ContainerPaths,
+) -> Result<(ShimRecord, ExitPipe), SupervisorError> {
     let diag = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -51,10 +67,9 @@ pub async fn spawn_shim(exe: &Path, paths: &ContainerPaths) -> Result<ShimRecord
         exe: exe.display().to_string(),
         source,
     })?;
-    let stdout = child.stdout.take().expect("piped stdout");
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
     let mut line = String::new();
-    let read =
-        tokio::time::timeout(START_TIMEOUT, BufReader::new(stdout).read_line(&mut line)).await;
+    let read = tokio::time::timeout(START_TIMEOUT, stdout.read_line(&mut line)).await;
     // The first process exits right after forking the supervisor: reap it.
     let _ = child.wait().await;
     match read {
@@ -63,8 +78,11 @@ pub async fn spawn_shim(exe: &Path, paths: &ContainerPaths) -> Result<ShimRecord
             paths.shim_log().display().to_string(),
         )),
         Ok(Ok(_)) => match serde_json::from_str::<ShimReport>(line.trim()) {
-            Ok(ShimReport::Started(rec)) => Ok(rec),
+            Ok(ShimReport::Started(rec)) => Ok((rec, ExitPipe(stdout))),
             Ok(ShimReport::Failed { error }) => Err(SupervisorError::StartFailed(error)),
+            Ok(ShimReport::Exited(_)) => Err(SupervisorError::NoReport(
+                paths.shim_log().display().to_string(),
+            )),
             Err(_) => Err(SupervisorError::NoReport(
                 paths.shim_log().display().to_string(),
             )),

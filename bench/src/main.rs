@@ -1,0 +1,885 @@
+//! `inarray-bench`: the driver behind `bench/run`.
+//!
+//! * `prepare --work DIR`: the busybox test image (built by the e2e tests' own image builder) as an
+//!   OCI archive (for inarray) and a docker archive (for `podman load`), and a runc bundle with the
+//!   same rootfs.
+//! * `run …`: the benchmarks, each against a fresh real `inarray serve`, then the report
+//!   (docs/benchmarks.md).
+//!
+//! 1. Run-to-exit of `/bin/true`: create+start, wait, delete over the REST API, side by side with
+//!    `runc run` and `podman run --rm`, interleaved in rounds so the machine's noise hits all
+//!    three alike; then a shorter profiled pass that timestamps each step.
+//! 2. Many sleeping containers: start them with some concurrency, check they run, measure the
+//!    daemon's and the shims' memory, delete them all with force and check nothing is left.
+
+#[path = "../../tests/common/image_builder.rs"]
+mod image_builder;
+
+mod daemon;
+mod procs;
+mod report;
+mod stats;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use hyper::Method;
+use inarray_api::client::Client;
+use serde_json::{json, Value};
+
+use daemon::{call, Daemon};
+use stats::{share, Samples};
+
+/// The name inarray knows the image by.
+const IMAGE: &str = "busybox:latest";
+
+#[derive(Parser)]
+#[command(
+    name = "inarray-bench",
+    about = "Benchmarks of inarray (see bench/run)"
+)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)]
+enum Cmd {
+    /// Writes WORK/busybox-oci.tar, WORK/busybox-docker.tar and the runc bundle WORK/bundle.
+    Prepare {
+        #[arg(long)]
+        work: PathBuf,
+        /// The tag of the docker archive (what podman will call the image).
+        #[arg(long)]
+        podman_image: String,
+    },
+    /// Runs the benchmarks and writes the report.
+    Run(RunOpts),
+    /// For profiling by hand: N run-to-exit cycles of /bin/true against a running daemon's
+    /// socket (image busybox:latest imported); prints each run's create/wait/delete times (ms).
+    Loop {
+        #[arg(long)]
+        socket: PathBuf,
+        #[arg(short, default_value_t = 20)]
+        n: usize,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+pub struct RunOpts {
+    /// The inarray binary to benchmark.
+    #[arg(long)]
+    bin: PathBuf,
+    /// The directory `prepare` wrote; daemons get subdirectories of it.
+    #[arg(long)]
+    work: PathBuf,
+    /// Smaller counts (100/100/20 runs, 50 containers).
+    #[arg(long)]
+    quick: bool,
+    /// podman's name for the image (loaded by bench/run).
+    #[arg(long)]
+    podman_image: String,
+    /// Where to write the report.
+    #[arg(long)]
+    out: PathBuf,
+    /// The command line to print in the report.
+    #[arg(long)]
+    command: String,
+    /// A hand-written analysis appended to the report, if the file exists.
+    #[arg(long)]
+    notes: Option<PathBuf>,
+    #[arg(long)]
+    runs: Option<usize>,
+    #[arg(long)]
+    runc_runs: Option<usize>,
+    #[arg(long)]
+    podman_runs: Option<usize>,
+    #[arg(long)]
+    profile_runs: Option<usize>,
+    #[arg(long)]
+    rounds: Option<usize>,
+    #[arg(long)]
+    containers: Option<usize>,
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+}
+
+/// How much of everything, after presets and overrides.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    pub runs: usize,
+    pub runc_runs: usize,
+    pub podman_runs: usize,
+    pub profile_runs: usize,
+    pub rounds: usize,
+    pub warmup: usize,
+    pub containers: usize,
+    pub concurrency: usize,
+}
+
+impl RunOpts {
+    fn plan(&self) -> Plan {
+        let (runs, podman, profile, rounds, containers) = if self.quick {
+            (100, 20, 20, 5, 50)
+        } else {
+            (1000, 100, 100, 10, 250)
+        };
+        let runs = self.runs.unwrap_or(runs);
+        Plan {
+            runs,
+            runc_runs: self.runc_runs.unwrap_or(runs),
+            podman_runs: self.podman_runs.unwrap_or(podman),
+            profile_runs: self.profile_runs.unwrap_or(profile),
+            rounds: self.rounds.unwrap_or(rounds).max(1),
+            warmup: 3,
+            containers: self.containers.unwrap_or(containers),
+            concurrency: self.concurrency.max(1),
+        }
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    match args.cmd {
+        Cmd::Prepare { work, podman_image } => prepare(&work, &podman_image),
+        Cmd::Run(o) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(run(o))
+        }
+        Cmd::Loop { socket, n } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let c = Client::new(inarray_api::serve::Listen::Unix(socket));
+                let mut all = Samples::default();
+                for _ in 0..n {
+                    let [a, b, d] = rest_once(&c, &body_true()).await?;
+                    println!("{:.1} {:.1} {:.1}", ms(a), ms(b), ms(d));
+                    all.push(ms(a + b + d));
+                }
+                println!("p50 {:.1} ms, mean {:.1} ms", all.p50(), all.mean());
+                Ok(())
+            })
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------- prepare
+
+fn prepare(work: &Path, podman_image: &str) -> Result<()> {
+    std::fs::create_dir_all(work)?;
+    let work = work.canonicalize()?;
+    image_builder::write_oci_archive(&work.join("busybox-oci.tar"), IMAGE);
+    let docker = work.join("busybox-docker.tar");
+    image_builder::write_docker_archive(&docker, podman_image);
+
+    // The runc bundle: the image's one layer unpacked, and `runc spec` edited to run /bin/true.
+    let bundle = work.join("bundle");
+    let rootfs = bundle.join("rootfs");
+    if bundle.exists() {
+        std::fs::remove_dir_all(&bundle)?;
+    }
+    std::fs::create_dir_all(&rootfs)?;
+    let mut outer = tar::Archive::new(std::fs::File::open(&docker)?);
+    let mut found = false;
+    for entry in outer.entries()? {
+        let entry = entry?;
+        if entry.path()?.to_string_lossy().ends_with("/layer.tar") {
+            let mut layer = tar::Archive::new(entry);
+            layer.set_preserve_permissions(true);
+            layer.unpack(&rootfs).context("unpacking the layer")?;
+            found = true;
+            break;
+        }
+    }
+    if !found {
+        bail!("no layer.tar in {}", docker.display());
+    }
+    let st = Command::new("runc")
+        .arg("spec")
+        .arg("--bundle")
+        .arg(&bundle)
+        .status()
+        .context("runc spec")?;
+    if !st.success() {
+        bail!("runc spec failed: {st}");
+    }
+    let cfg_path = bundle.join("config.json");
+    let mut spec: Value = serde_json::from_slice(&std::fs::read(&cfg_path)?)?;
+    spec["process"]["args"] = json!(["/bin/true"]);
+    spec["process"]["terminal"] = json!(false);
+    spec["process"]["env"] = json!(["PATH=/bin"]);
+    spec["root"]["path"] = json!(rootfs.display().to_string());
+    // inarray's root is a writable overlay; runc's default is a read-only remount.
+    spec["root"]["readonly"] = json!(false);
+    std::fs::write(&cfg_path, serde_json::to_vec_pretty(&spec)?)?;
+    println!("prepared {}", work.display());
+    Ok(())
+}
+
+// ----------------------------------------------------------------------------------------- run
+
+async fn run(o: RunOpts) -> Result<()> {
+    let plan = o.plan();
+    let work = o.work.canonicalize()?;
+    let machine = procs::machine();
+    let started = chrono::Utc::now();
+    let wall = Instant::now();
+    eprintln!("plan: {plan:?}");
+
+    let b1 = bench_run_to_exit(&o, &work, &plan).await?;
+    let b2 = bench_many(&o, &work, &plan).await?;
+
+    let meta = report::Meta {
+        command: o.command.clone(),
+        date: started,
+        duration: wall.elapsed(),
+        git: git_describe(),
+        bin: o.bin.clone(),
+        bin_size: std::fs::metadata(&o.bin).map(|m| m.len()).unwrap_or(0),
+        runc: first_line("runc", &["--version"]),
+        podman: first_line("podman", &["--version"]),
+        busybox: first_line(image_builder::BUSYBOX, &["--help"]),
+        plan,
+        // SAFETY: getpriority(2) takes two integers and returns one; no memory involved.
+        nice: unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) },
+    };
+    let notes = o
+        .notes
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok());
+    let md = report::render(&machine, &meta, &b1, &b2, notes.as_deref());
+    if let Some(dir) = o.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&o.out, &md).with_context(|| format!("{}", o.out.display()))?;
+    println!("{}", report::summary(&b1, &b2));
+    println!("wrote {}", o.out.display());
+    Ok(())
+}
+
+fn first_line(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(|l| l.trim().to_owned())
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
+fn git_describe() -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let rev = Command::new("git")
+        .arg("-C")
+        .arg(&root)
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let dirty = Command::new("git")
+        .arg("-C")
+        .arg(&root)
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .output()
+        .map(|o| !o.stdout.is_empty())
+        .unwrap_or(false);
+    if rev.is_empty() {
+        "unknown".into()
+    } else if dirty {
+        format!("{rev} + uncommitted changes")
+    } else {
+        rev
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+// ------------------------------------------------------------------ 1. run-to-exit of /bin/true
+
+#[derive(Default)]
+pub struct RunToExit {
+    pub rest: Samples,
+    /// The same against a second daemon whose state directory is on tmpfs (a what-if).
+    pub rest_tmpfs: Samples,
+    pub tmpfs_create: Samples,
+    pub tmpfs_wait: Samples,
+    pub tmpfs_delete: Samples,
+    pub rest_create: Samples,
+    pub rest_wait: Samples,
+    pub rest_delete: Samples,
+    pub runc: Samples,
+    pub podman: Samples,
+    pub daemon_rss_before_kb: u64,
+    pub daemon_rss_after_kb: u64,
+    pub timeline: Timeline,
+    pub probes: Probes,
+    /// Load and pressure when the measured rounds started and ended.
+    pub env_start: String,
+    pub env_end: String,
+    pub rounds: Vec<Round>,
+}
+
+/// One round's figures: how the machine's state moved the three runtimes.
+#[derive(Default)]
+pub struct Round {
+    pub rest: Samples,
+    pub rest_tmpfs: Samples,
+    pub runc: Samples,
+    pub podman: Samples,
+    /// Disk probes in the daemon's state directory, taken during the round.
+    pub fsync: Samples,
+    pub unlink: Samples,
+    /// PSI some avg10 at the end of the round (%).
+    pub cpu_psi: f64,
+    pub io_psi: f64,
+}
+
+/// Offsets (ms) from sending the create request, one row per profiled run.
+#[derive(Default)]
+pub struct Timeline {
+    pub runs: usize,
+    pub errors: usize,
+    /// [shim logged "container started" (libcontainer's create+start done), create request
+    /// returned, shim wrote exit.json (after reaping), shim process gone (seen through a pidfd;
+    /// NaN when it was already gone when the create request returned), wait request returned,
+    /// delete request returned].
+    pub rows: Vec<[f64; 6]>,
+    /// Runs whose shim was already gone when the create request returned.
+    pub shim_gone_before_post: usize,
+}
+
+/// Figures about the machine and the binary that explain the run-to-exit time.
+#[derive(Default)]
+pub struct Probes {
+    /// Moving a process into a fresh cgroup, 30 ms after the previous move (ms).
+    pub cgroup_move: Samples,
+    /// The same, back to back (5 ms apart).
+    pub cgroup_move_fast: Samples,
+    /// `inarray --version` spawned from the file, from a memfd copy, and `/bin/true --version`.
+    pub spawn_disk: Samples,
+    pub spawn_memfd: Samples,
+    pub spawn_small: Samples,
+    /// fsync of a 4 KiB append, and unlink of an fsynced file, in the daemon's state directory.
+    pub disk_fsync: Samples,
+    pub disk_unlink: Samples,
+    /// The state directory's filesystem and mount options.
+    pub state_fs: String,
+}
+
+fn body_true() -> Value {
+    json!({"image": IMAGE, "command": ["/bin/true"]})
+}
+
+/// create+start, wait, delete; returns the three durations. On failure, removes what it made.
+async fn rest_once(c: &Client, body: &Value) -> Result<[Duration; 3]> {
+    let t0 = Instant::now();
+    let v = call(c, Method::POST, "/v1/containers", Some(body)).await?;
+    let id = v["id"].as_str().context("create: no id")?.to_owned();
+    let t1 = Instant::now();
+    let res = async {
+        let w = call(c, Method::POST, &format!("/v1/containers/{id}/wait"), None).await?;
+        if w["exit_code"] != 0 {
+            bail!("wait: {w}");
+        }
+        let t2 = Instant::now();
+        call(c, Method::DELETE, &format!("/v1/containers/{id}"), None).await?;
+        Ok(t2)
+    }
+    .await;
+    match res {
+        Ok(t2) => Ok([t1 - t0, t2 - t1, t2.elapsed()]),
+        Err(e) => {
+            let _ = call(
+                c,
+                Method::DELETE,
+                &format!("/v1/containers/{id}?force=true"),
+                None,
+            )
+            .await;
+            Err(e)
+        }
+    }
+}
+
+fn run_cmd(cmd: &mut Command) -> Result<Duration> {
+    let t0 = Instant::now();
+    let out = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()?;
+    let el = t0.elapsed();
+    if !out.status.success() {
+        bail!(
+            "{:?}: {}: {}",
+            cmd.get_program(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(el)
+}
+
+fn runc_once(bundle: &Path, id: &str) -> Result<Duration> {
+    let r = run_cmd(
+        Command::new("runc")
+            .arg("run")
+            .arg("--bundle")
+            .arg(bundle)
+            .arg(id),
+    );
+    if r.is_err() {
+        let _ = Command::new("runc")
+            .args(["delete", "--force", id])
+            .stderr(Stdio::null())
+            .status();
+    }
+    r
+}
+
+fn podman_once(image: &str, name: &str) -> Result<Duration> {
+    let r = run_cmd(Command::new("podman").args([
+        "run",
+        "--rm",
+        "--name",
+        name,
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=1024:1024",
+        "--runtime",
+        "runc",
+        "--network",
+        "none",
+        image,
+        "/bin/true",
+    ]));
+    if r.is_err() {
+        let _ = Command::new("podman")
+            .args(["rm", "--force", name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+    r
+}
+
+async fn bench_run_to_exit(o: &RunOpts, work: &Path, plan: &Plan) -> Result<RunToExit> {
+    let d = Daemon::start(&o.bin, &work.join("d1")).await?;
+    d.import(&work.join("busybox-oci.tar"), IMAGE).await?;
+    let c = d.client();
+    // The what-if daemon: its state directory (database, images, containers, runtime state) is
+    // on tmpfs, through a symlink so that bench/run's clean-up finds its containers as usual.
+    let shm = Path::new("/dev/shm").join(format!(
+        "{}-state",
+        work.file_name()
+            .map_or("inarray-bench".into(), |n| n.to_string_lossy())
+    ));
+    std::fs::create_dir_all(&shm)?;
+    let dt_dir = work.join("d1-tmpfs");
+    std::fs::create_dir_all(&dt_dir)?;
+    if !dt_dir.join("state").exists() {
+        std::os::unix::fs::symlink(&shm, dt_dir.join("state"))?;
+    }
+    let dt = Daemon::start(&o.bin, &dt_dir).await?;
+    dt.import(&work.join("busybox-oci.tar"), IMAGE).await?;
+    let ct = dt.client();
+    let body = body_true();
+    let bundle = work.join("bundle");
+    let tag = std::process::id();
+    let mut res = RunToExit {
+        daemon_rss_before_kb: procs::mem(d.pid).map_or(0, |m| m.rss),
+        ..Default::default()
+    };
+    let mut seq = 0usize;
+    let mut next_id = |kind: &str| {
+        seq += 1;
+        format!("inarray-bench-{kind}-{tag}-{seq}")
+    };
+
+    eprintln!("1. run-to-exit: warm-up");
+    for _ in 0..plan.warmup {
+        rest_once(&c, &body).await.context("warm-up run via REST")?;
+        rest_once(&ct, &body)
+            .await
+            .context("warm-up run via REST, state on tmpfs")?;
+        runc_once(&bundle, &next_id("runc")).context("warm-up run of runc")?;
+    }
+    if plan.podman_runs > 0 {
+        podman_once(&o.podman_image, &next_id("podman")).context("warm-up run of podman")?;
+    }
+
+    res.env_start = procs::pressure();
+    for r in 0..plan.rounds {
+        let (n_rest, n_runc, n_podman) = (
+            share(plan.runs, plan.rounds, r),
+            share(plan.runc_runs, plan.rounds, r),
+            share(plan.podman_runs, plan.rounds, r),
+        );
+        eprintln!(
+            "1. run-to-exit: round {}/{}: {n_rest} inarray, {n_runc} runc, {n_podman} podman",
+            r + 1,
+            plan.rounds
+        );
+        let mut round = Round::default();
+        for i in 0..n_rest {
+            match rest_once(&c, &body).await {
+                Ok([a, b, cc]) => {
+                    res.rest.push(ms(a + b + cc));
+                    round.rest.push(ms(a + b + cc));
+                    res.rest_create.push(ms(a));
+                    res.rest_wait.push(ms(b));
+                    res.rest_delete.push(ms(cc));
+                }
+                Err(e) => res.rest.error(e),
+            }
+            // The disk's state while inarray runs: one probe every 10 runs.
+            if i % 10 == 9 {
+                if let Ok((a, b)) = procs::disk_probe(&d.state, 1) {
+                    a.into_iter().for_each(|x| round.fsync.push(x));
+                    b.into_iter().for_each(|x| round.unlink.push(x));
+                }
+            }
+        }
+        for _ in 0..n_rest {
+            match rest_once(&ct, &body).await {
+                Ok([a, b, cc]) => {
+                    res.rest_tmpfs.push(ms(a + b + cc));
+                    round.rest_tmpfs.push(ms(a + b + cc));
+                    res.tmpfs_create.push(ms(a));
+                    res.tmpfs_wait.push(ms(b));
+                    res.tmpfs_delete.push(ms(cc));
+                }
+                Err(e) => res.rest_tmpfs.error(e),
+            }
+        }
+        for _ in 0..n_runc {
+            match runc_once(&bundle, &next_id("runc")) {
+                Ok(t) => {
+                    res.runc.push(ms(t));
+                    round.runc.push(ms(t));
+                }
+                Err(e) => res.runc.error(e),
+            }
+        }
+        for _ in 0..n_podman {
+            match podman_once(&o.podman_image, &next_id("podman")) {
+                Ok(t) => {
+                    res.podman.push(ms(t));
+                    round.podman.push(ms(t));
+                }
+                Err(e) => res.podman.error(e),
+            }
+        }
+        round.cpu_psi = procs::psi10("cpu");
+        round.io_psi = procs::psi10("io");
+        res.rounds.push(round);
+    }
+    res.daemon_rss_after_kb = procs::mem(d.pid).map_or(0, |m| m.rss);
+    res.env_end = procs::pressure();
+
+    eprintln!("1. run-to-exit: profiled pass ({} runs)", plan.profile_runs);
+    for _ in 0..plan.profile_runs {
+        match rest_profiled(&d, &c, &body, &mut res.timeline).await {
+            Ok(()) => {}
+            Err(e) => {
+                res.timeline.errors += 1;
+                eprintln!("profiled run failed: {e:#}");
+            }
+        }
+    }
+    let left = d.container_ids();
+    if !left.is_empty() {
+        eprintln!("warning: {} container(s) left after bench 1", left.len());
+    }
+    let state = d.state.clone();
+    d.stop();
+    dt.stop();
+    let _ = std::fs::remove_dir_all(&shm);
+
+    eprintln!("1. probes: cgroup moves, process spawns, disk");
+    let pr = &mut res.probes;
+    pr.state_fs = procs::fs_of(&state);
+    match procs::disk_probe(&state, 20) {
+        Ok((a, b)) => {
+            a.into_iter().for_each(|x| pr.disk_fsync.push(x));
+            b.into_iter().for_each(|x| pr.disk_unlink.push(x));
+        }
+        Err(e) => pr.disk_fsync.error(e),
+    }
+    for (gap, out) in [(30, &mut pr.cgroup_move), (5, &mut pr.cgroup_move_fast)] {
+        match procs::cgroup_move_probe(20, Duration::from_millis(gap)) {
+            Ok(v) => v.into_iter().for_each(|x| out.push(x)),
+            Err(e) => out.error(e),
+        }
+    }
+    match procs::spawn_probe(&o.bin, 20) {
+        Ok([a, b, c]) => {
+            a.into_iter().for_each(|x| pr.spawn_disk.push(x));
+            b.into_iter().for_each(|x| pr.spawn_memfd.push(x));
+            c.into_iter().for_each(|x| pr.spawn_small.push(x));
+        }
+        Err(e) => pr.spawn_disk.error(e),
+    }
+    Ok(res)
+}
+
+fn since(t0: SystemTime, t: SystemTime) -> f64 {
+    match t.duration_since(t0) {
+        Ok(d) => ms(d),
+        Err(e) => -ms(e.duration()),
+    }
+}
+
+fn parse_time(s: &str) -> Option<SystemTime> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc).into())
+}
+
+/// One run-to-exit that also records when the shim started the container, when it wrote the exit
+/// record and when it was gone, relative to sending the create request.
+async fn rest_profiled(d: &Daemon, c: &Client, body: &Value, p: &mut Timeline) -> Result<()> {
+    let t0 = SystemTime::now();
+    let v = call(c, Method::POST, "/v1/containers", Some(body)).await?;
+    let t_post = SystemTime::now();
+    let id = v["id"].as_str().context("create: no id")?.to_owned();
+    let dir = d.container_dir(&id);
+    let watcher = std::fs::read(dir.join("shim-pid.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|r| procs::watch_exit(r["shim_pid"].as_i64()? as i32, r["shim_start"].as_u64()?));
+    let w = call(c, Method::POST, &format!("/v1/containers/{id}/wait"), None).await;
+    let t_wait = SystemTime::now();
+    let shim_log = std::fs::read_to_string(dir.join("shim.log")).unwrap_or_default();
+    let exit_rec: Value = std::fs::read(dir.join("exit.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let gone = watcher.map(|h| h.join().ok().flatten());
+    let del = call(
+        c,
+        Method::DELETE,
+        &format!("/v1/containers/{id}?force=true"),
+        None,
+    )
+    .await;
+    let t_del = SystemTime::now();
+    let w = w?;
+    del?;
+    if w["exit_code"] != 0 {
+        bail!("wait: {w}");
+    }
+    let started = shim_log
+        .lines()
+        .rfind(|l| l.contains("container started"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(parse_time)
+        .context("no 'container started' line in shim.log")?;
+    let exited = exit_rec["finished_at"]
+        .as_str()
+        .and_then(parse_time)
+        .context("no finished_at in exit.json")?;
+    let gone = match gone {
+        Some(Some(t)) => since(t0, t),
+        Some(None) => f64::NAN,
+        None => {
+            p.shim_gone_before_post += 1;
+            f64::NAN
+        }
+    };
+    p.runs += 1;
+    p.rows.push([
+        since(t0, started),
+        since(t0, t_post),
+        since(t0, exited),
+        gone,
+        since(t0, t_wait),
+        since(t0, t_del),
+    ]);
+    Ok(())
+}
+
+// ------------------------------------------------------------------- 2. many sleeping containers
+
+#[derive(Default)]
+pub struct Many {
+    pub n: usize,
+    pub concurrency: usize,
+    pub start_all: Duration,
+    pub start: Samples,
+    pub running: usize,
+    pub daemon_before: procs::Mem,
+    pub daemon: procs::Mem,
+    pub shims: procs::Mem,
+    pub inits: procs::Mem,
+    pub delete_all: Duration,
+    pub delete: Samples,
+    pub left_shims: usize,
+    pub left_cgroups: Vec<String>,
+    pub left_rows: usize,
+    /// Size of the daemon's sealed copy of its binary (a memfd: RAM outside every RSS and PSS).
+    pub sealed_bytes: u64,
+    pub env_start: String,
+    pub env_end: String,
+}
+
+/// Runs `jobs` (index → request) with `conc` in flight; returns (index, duration, result).
+async fn fan_out<F, Fut>(
+    socket: &Path,
+    jobs: usize,
+    conc: usize,
+    f: F,
+) -> Vec<(usize, Duration, Result<Value>)>
+where
+    F: Fn(Client, usize) -> Fut + Clone + 'static,
+    Fut: std::future::Future<Output = Result<Value>> + 'static,
+{
+    let next = std::rc::Rc::new(std::cell::Cell::new(0usize));
+    let local = tokio::task::LocalSet::new();
+    let mut handles = Vec::new();
+    for _ in 0..conc.min(jobs.max(1)) {
+        let next = next.clone();
+        let f = f.clone();
+        let socket = socket.to_owned();
+        handles.push(local.spawn_local(async move {
+            let mut out = Vec::new();
+            loop {
+                let i = next.get();
+                if i >= jobs {
+                    break;
+                }
+                next.set(i + 1);
+                let client = Client::new(inarray_api::serve::Listen::Unix(socket.clone()));
+                let t = Instant::now();
+                let r = f(client, i).await;
+                out.push((i, t.elapsed(), r));
+            }
+            out
+        }));
+    }
+    local
+        .run_until(async move {
+            let mut all = Vec::new();
+            for h in handles {
+                all.extend(h.await.unwrap_or_default());
+            }
+            all
+        })
+        .await
+}
+
+async fn bench_many(o: &RunOpts, work: &Path, plan: &Plan) -> Result<Many> {
+    let n = plan.containers;
+    let d = Daemon::start(&o.bin, &work.join("d2")).await?;
+    d.import(&work.join("busybox-oci.tar"), IMAGE).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut res = Many {
+        n,
+        concurrency: plan.concurrency,
+        daemon_before: procs::mem(d.pid).unwrap_or_default(),
+        ..Default::default()
+    };
+    res.sealed_bytes = procs::memfd_bytes(d.pid);
+    res.env_start = procs::pressure();
+
+    eprintln!(
+        "2. starting {n} sleep containers, {} in flight",
+        plan.concurrency
+    );
+    let t0 = Instant::now();
+    let started = fan_out(&d.socket, n, plan.concurrency, |c, i| async move {
+        let body = json!({"image": IMAGE, "command": ["sleep", "3600"], "name": format!("bench-sleep-{i}")});
+        call(&c, Method::POST, "/v1/containers", Some(&body)).await
+    })
+    .await;
+    res.start_all = t0.elapsed();
+    let mut ids = Vec::new();
+    for (_, t, r) in started {
+        match r {
+            Ok(v) => {
+                res.start.push(ms(t));
+                if let Some(id) = v["id"].as_str() {
+                    ids.push(id.to_owned());
+                }
+            }
+            Err(e) => res.start.error(e),
+        }
+    }
+
+    let list = d.call(Method::GET, "/v1/containers", None).await?;
+    let mut init_pids = Vec::new();
+    for x in list.as_array().into_iter().flatten() {
+        if x["state"] == "running" && ids.iter().any(|id| x["id"] == id.as_str()) {
+            res.running += 1;
+            if let Some(p) = x["pid"].as_i64() {
+                init_pids.push(p as i32);
+            }
+        }
+    }
+    eprintln!(
+        "2. {} of {n} running after {:.1} s; measuring memory",
+        res.running,
+        res.start_all.as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    res.daemon = procs::mem(d.pid).unwrap_or_default();
+    res.shims = procs::mem_sum(&procs::shims_of(&d.state));
+    res.inits = procs::mem_sum(&init_pids);
+
+    eprintln!("2. deleting them with force=true");
+    let del_ids = std::rc::Rc::new(ids.clone());
+    let t0 = Instant::now();
+    let deleted = fan_out(&d.socket, ids.len(), plan.concurrency, move |c, i| {
+        let ids = del_ids.clone();
+        async move {
+            let path = format!("/v1/containers/{}?force=true", ids[i]);
+            call(&c, Method::DELETE, &path, None).await
+        }
+    })
+    .await;
+    res.delete_all = t0.elapsed();
+    for (_, t, r) in deleted {
+        match r {
+            Ok(_) => res.delete.push(ms(t)),
+            Err(e) => res.delete.error(e),
+        }
+    }
+
+    // Nothing may be left: no shims, no cgroups, no rows (give stragglers up to 10 s).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        res.left_shims = procs::shims_of(&d.state).len();
+        res.left_cgroups = ids
+            .iter()
+            .flat_map(|id| procs::cgroup_dirs(id))
+            .map(|p| p.display().to_string())
+            .collect();
+        if (res.left_shims == 0 && res.left_cgroups.is_empty()) || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    res.env_end = procs::pressure();
+    let all = d.call(Method::GET, "/v1/containers?all=true", None).await?;
+    res.left_rows = all.as_array().map_or(0, |a| a.len());
+    d.stop();
+    Ok(res)
+}

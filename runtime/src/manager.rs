@@ -89,6 +89,9 @@ struct Inner {
     streaks: Mutex<HashMap<String, u32>>,
 }
 
+/// How much of an archive after its end marker an import still reads (tar record padding).
+const TRAILING_BYTES: u64 = 1 << 20;
+
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(60);
 const STABLE_RUN: Duration = Duration::from_secs(10);
@@ -182,10 +185,18 @@ impl Manager {
     ) -> Result<Vec<ImageRow>> {
         let reference = name.as_deref().map(Reference::parse).transpose()?;
         let images = self.inner.images.clone();
-        let imported =
-            tokio::task::spawn_blocking(move || images.import_archive(reader, reference.as_ref()))
-                .await
-                .map_err(|e| internal("import task", e))??;
+        let imported = tokio::task::spawn_blocking(move || {
+            let mut reader = reader;
+            let result = images.import_archive(&mut reader, reference.as_ref());
+            // A tar ends with padding after its end marker: read it, so the client is not cut
+            // off (EPIPE) while it still sends the last bytes of a successful upload.
+            if result.is_ok() {
+                let _ = std::io::copy(&mut reader.take(TRAILING_BYTES), &mut std::io::sink());
+            }
+            result
+        })
+        .await
+        .map_err(|e| internal("import task", e))??;
         let mut out = Vec::new();
         for img in imported {
             self.inner

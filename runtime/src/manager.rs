@@ -619,6 +619,14 @@ impl Manager {
                     tracing::warn!(container = %id, error = %e, "restart failed");
                 }
             }
+            // A stop arrived during the backoff: it stays exited.
+            Some(r) if r.state == ContainerState::Restarting => {
+                self.inner
+                    .store
+                    .set_state(id, ContainerState::Exited)
+                    .await?;
+                self.changed(id);
+            }
             _ => {}
         }
         Ok(())
@@ -629,17 +637,8 @@ impl Manager {
     pub async fn stop(&self, key: &str, timeout: Duration) -> Result<ContainerRow> {
         let row = self.get(key).await?;
         self.inner.store.set_stop_requested(&row.id, true).await?;
-        if row.state == ContainerState::Restarting {
-            let lock = self.lock_for(&row.id);
-            let _g = lock.lock().await;
-            self.inner
-                .store
-                .set_state(&row.id, ContainerState::Exited)
-                .await?;
-            self.changed(&row.id);
-        }
         if row.state != ContainerState::Running {
-            return self.get(&row.id).await;
+            return self.settle_stopped(&row.id).await;
         }
         let mut rx = self.subscribe();
         let rec = shim_record(&row);
@@ -656,7 +655,24 @@ impl Manager {
             self.wait_until_not_running(&row.id, &mut rx, Duration::from_secs(30))
                 .await?;
         }
-        self.get(&row.id).await
+        self.settle_stopped(&row.id).await
+    }
+
+    /// After a stop request: a container the restart policy had already scheduled to start again
+    /// (its exit was recorded before the request) stays exited instead.
+    async fn settle_stopped(&self, id: &str) -> Result<ContainerRow> {
+        let lock = self.lock_for(id);
+        let _g = lock.lock().await;
+        let row = self.get(id).await?;
+        if row.state == ContainerState::Restarting {
+            self.inner
+                .store
+                .set_state(id, ContainerState::Exited)
+                .await?;
+            self.changed(id);
+            return self.get(id).await;
+        }
+        Ok(row)
     }
 
     /// Sends a signal to the container's init. Allowed in: running.

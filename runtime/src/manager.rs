@@ -635,27 +635,29 @@ impl Manager {
     /// Sends SIGTERM, then SIGKILL after `timeout`; no restart policy applies afterwards.
     /// Allowed in any state: stopping a stopped container is a no-op.
     pub async fn stop(&self, key: &str, timeout: Duration) -> Result<ContainerRow> {
-        let row = self.get(key).await?;
-        self.inner.store.set_stop_requested(&row.id, true).await?;
-        if row.state != ContainerState::Running {
-            return self.settle_stopped(&row.id).await;
-        }
-        let mut rx = self.subscribe();
-        let rec = shim_record(&row);
-        if let Some(rec) = rec {
-            let _ = supervisor::signal(rec, Signal::SIGTERM);
-        }
-        if !self
-            .wait_until_not_running(&row.id, &mut rx, timeout)
-            .await?
-        {
-            if let Some(rec) = rec {
-                let _ = supervisor::signal(rec, Signal::SIGKILL);
+        let id = self.get(key).await?.id;
+        self.inner.store.set_stop_requested(&id, true).await?;
+        // A restart that was under way when the request arrived may still bring the container
+        // up once: stop that run too (the request now prevents any further restart).
+        for _ in 0..3 {
+            let row = self.settle_stopped(&id).await?;
+            if row.state != ContainerState::Running {
+                return Ok(row);
             }
-            self.wait_until_not_running(&row.id, &mut rx, Duration::from_secs(30))
-                .await?;
+            let mut rx = self.subscribe();
+            let rec = shim_record(&row);
+            if let Some(rec) = rec {
+                let _ = supervisor::signal(rec, Signal::SIGTERM);
+            }
+            if !self.wait_until_not_running(&id, &mut rx, timeout).await? {
+                if let Some(rec) = rec {
+                    let _ = supervisor::signal(rec, Signal::SIGKILL);
+                }
+                self.wait_until_not_running(&id, &mut rx, Duration::from_secs(30))
+                    .await?;
+            }
         }
-        self.settle_stopped(&row.id).await
+        self.settle_stopped(&id).await
     }
 
     /// After a stop request: a container the restart policy had already scheduled to start again

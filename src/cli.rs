@@ -79,6 +79,12 @@ pub enum Command {
     /// Manage IO engines.
     #[command(subcommand)]
     Engine(crate::cli_engines::EngineCmd),
+    /// Manage NFS exports.
+    #[command(subcommand)]
+    Export(crate::cli_exports::ExportCmd),
+    /// Manage scheduled jobs.
+    #[command(subcommand)]
+    Job(crate::cli_jobs::JobCmd),
     /// Change a container's limits live.
     Update {
         #[command(flatten)]
@@ -297,6 +303,8 @@ pub async fn run(host: String, as_json: bool, command: Command) -> Result<ExitCo
             println!("{container}");
         }
         Command::Engine(cmd) => return crate::cli_engines::engine(&c, as_json, cmd).await,
+        Command::Export(cmd) => return crate::cli_exports::export(&c, as_json, cmd).await,
+        Command::Job(cmd) => return crate::cli_jobs::job(&c, as_json, cmd).await,
         Command::Update { limits, container } => {
             return crate::cli_engines::update(&c, &container, &limits).await
         }

@@ -25,6 +25,11 @@ pub struct FileConfig {
     pub container_memory: Option<String>,
     /// Engines besides the built-in `storage` and `default` (or new limits for those).
     pub engines: Option<Vec<inarray_runtime::engines::EngineDef>>,
+    /// HOST:PORT of the NFSv3 gateway (MOUNT on the same port), e.g. "0.0.0.0:2049"; no gateway
+    /// when unset.
+    pub nfs_listen: Option<String>,
+    /// NFS exports made true in SQL at start (see docs/operator-guide.md).
+    pub exports: Option<Vec<inarray_nfs::ExportSpec>>,
 }
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/inarray";
@@ -44,6 +49,9 @@ pub struct ServeOpts {
     /// A TOML file with the same keys (array, state_dir, listen, socket_mode, log).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Serve the NFS exports over NFSv3 on HOST:PORT (MOUNT on the same port), e.g. 0.0.0.0:2049.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub nfs_listen: Option<String>,
 }
 
 struct Settings {
@@ -55,6 +63,8 @@ struct Settings {
     log: String,
     container_memory: u64,
     engines: Vec<inarray_runtime::engines::EngineDef>,
+    nfs_listen: Option<std::net::SocketAddr>,
+    exports: Vec<inarray_nfs::ExportSpec>,
 }
 
 fn settings(opts: ServeOpts) -> Result<Settings> {
@@ -116,6 +126,14 @@ fn settings(opts: ServeOpts) -> Result<Settings> {
             None => inarray_runtime::engines::default_container_memory(),
         },
         engines: file.engines.unwrap_or_default(),
+        nfs_listen: match opts.nfs_listen.or(file.nfs_listen) {
+            Some(a) => Some(
+                a.parse()
+                    .with_context(|| format!("nfs_listen {a:?} is not HOST:PORT"))?,
+            ),
+            None => None,
+        },
+        exports: file.exports.unwrap_or_default(),
     })
 }
 
@@ -208,6 +226,17 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
         .map_err(anyhow::Error::msg)?;
     manager.init_engines(&s.engines).await.context("engines")?;
     let report = manager.reconcile().await.context("reconcile")?;
+    // After reconcile: the scheduler re-adopts runs through the containers' reconciled rows.
+    let jobs = inarray_jobs::Jobs::new(
+        store.clone(),
+        Arc::new(manager.clone()),
+        Arc::new(inarray_jobs::SystemClock),
+        inarray_jobs::JobsOptions::default(),
+    );
+    jobs.start().await.context("job scheduler")?;
+    inarray_nfs::start(&s.exports, s.nfs_listen, &array, &store)
+        .await
+        .context("nfs gateway")?;
     tracing::info!(
         array = %array.display(),
         state = %state.display(),
@@ -232,9 +261,11 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
             }
         });
     }
-    serve(inarray_api::router(manager), bound, shutdown_signal())
+    let app = inarray_api::jobs::attach(inarray_api::router(manager), jobs.clone());
+    serve(app, bound, shutdown_signal())
         .await
         .context("serving the API")?;
+    jobs.stop();
     store.close().await;
     tracing::info!("stopped; containers keep running under their shims");
     drop(sealed);
@@ -263,6 +294,7 @@ mod tests {
             state_dir: None,
             listen: listen.iter().map(|s| s.to_string()).collect(),
             config,
+            nfs_listen: None,
         }
     }
 

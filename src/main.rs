@@ -3,6 +3,8 @@
 
 mod cli;
 mod cli_engines;
+mod cli_exports;
+mod cli_jobs;
 mod daemon;
 mod notify;
 

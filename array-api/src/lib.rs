@@ -3,7 +3,9 @@
 pub mod client;
 pub mod engines;
 pub mod error;
+pub mod exports;
 pub mod extract;
+pub mod jobs;
 pub mod metrics;
 pub mod routes;
 pub mod serve;

@@ -53,6 +53,8 @@ pub fn router(manager: Manager) -> Router {
         .route("/v1/containers/{id}/wait", post(wait_container))
         .route("/v1/containers/{id}/logs", get(container_logs))
         .merge(crate::engines::routes())
+        .merge(crate::exports::routes())
+        .merge(crate::jobs::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

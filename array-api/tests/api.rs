@@ -41,6 +41,14 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/engines/{name}", &["get", "patch", "delete"]),
     ("/v1/engines/{name}/stats", &["get"]),
     ("/metrics", &["get"]),
+    ("/v1/exports", &["get", "post"]),
+    ("/v1/exports/{name}", &["get", "patch", "delete"]),
+    ("/v1/jobs", &["get", "post"]),
+    ("/v1/jobs/{name}", &["get", "patch", "delete"]),
+    ("/v1/jobs/{name}/run", &["post"]),
+    ("/v1/jobs/{name}/runs", &["get"]),
+    ("/v1/jobs/{name}/suspend", &["post"]),
+    ("/v1/jobs/{name}/resume", &["post"]),
 ];
 
 const SPEC_FILE: &str = include_str!("../../docs/openapi.json");
@@ -48,6 +56,8 @@ const SPEC_FILE: &str = include_str!("../../docs/openapi.json");
 const ROUTES_RS: &[&str] = &[
     include_str!("../src/routes.rs"),
     include_str!("../src/engines.rs"),
+    include_str!("../src/exports.rs"),
+    include_str!("../src/jobs.rs"),
 ];
 const JSON: Option<&str> = Some("application/json");
 
@@ -79,7 +89,7 @@ impl Env {
         )
         .unwrap();
         let manager = inarray_runtime::Manager::new(
-            store,
+            store.clone(),
             Arc::new(images),
             // No host cgroups are touched in this tier: the driver only records.
             Arc::new(inarray_runtime::engines::RecordingDriver::default()),
@@ -93,8 +103,15 @@ impl Env {
         )
         .unwrap();
         manager.init_engines(&[]).await.unwrap();
+        // The job scheduler, as the daemon attaches it (its timer is not started here).
+        let jobs = inarray_jobs::Jobs::new(
+            store,
+            Arc::new(manager.clone()),
+            Arc::new(inarray_jobs::SystemClock),
+            inarray_jobs::JobsOptions::default(),
+        );
         Self {
-            app: inarray_api::router(manager),
+            app: inarray_api::jobs::attach(inarray_api::router(manager), jobs),
             spec: serde_json::from_str(SPEC_FILE).expect("docs/openapi.json is JSON"),
             tmp,
         }
@@ -917,6 +934,8 @@ async fn spec_and_router_agree() {
         let r = match (method.as_str(), path) {
             ("POST", "/v1/containers") => env.post_json(&uri, &json!({})).await,
             // Bodies that are valid, so the handler gets to look the object up.
+            ("PATCH", "/v1/exports/{name}") => env.call(&method, &uri, JSON, b"{}".to_vec()).await,
+            ("PATCH", "/v1/jobs/{name}") => env.call(&method, &uri, JSON, b"{}".to_vec()).await,
             ("PATCH", _) => {
                 let body = serde_json::to_vec(&json!({"resources": {}})).unwrap();
                 env.call(&method, &uri, JSON, body).await
@@ -1769,4 +1788,495 @@ async fn create_refuses_a_positional_array() {
     );
     let list = env.get("/v1/containers?all=true").await;
     assert_eq!(list.expect(StatusCode::OK).json(), json!([]));
+}
+
+#[tokio::test]
+async fn exports_create_inspect_patch_delete() {
+    let env = Env::new().await;
+    let body = json!({"name": "proj", "path": "./data//", "clients": [{"match": "10.0.0.0/8", "access": "ro"}]});
+    let r = env.post_json("/v1/exports", &body).await;
+    let v = r.expect(StatusCode::CREATED).json();
+    assert_eq!(
+        (&v["path"], &v["squash"], &v["anon_uid"]),
+        (&json!("data"), &json!("root"), &json!(65534))
+    );
+    env.post_json("/v1/exports", &body).await.expect_error(
+        StatusCode::CONFLICT,
+        "conflict",
+        "proj",
+    );
+    for (bad, needle) in [
+        (
+            json!({"name": "x", "path": "../etc", "clients": []}),
+            "path",
+        ),
+        (json!({"name": "x", "path": "/etc", "clients": []}), "path"),
+        (json!({"name": "../x", "path": "a", "clients": []}), "name"),
+        (
+            json!({"name": "x", "path": "a", "clients": [{"match": "10.0.0.0/40", "access": "rw"}]}),
+            "clients[0].match",
+        ),
+    ] {
+        env.post_json("/v1/exports", &bad).await.expect_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            needle,
+        );
+    }
+    env.post_json(
+        "/v1/exports",
+        &json!({"name": "x", "path": "a", "clients": [], "secret": 1}),
+    )
+    .await
+    .expect(StatusCode::UNPROCESSABLE_ENTITY);
+    let patch = serde_json::to_vec(&json!({"squash": "all", "anon_uid": 4000})).unwrap();
+    let v = env
+        .call("PATCH", "/v1/exports/proj", JSON, patch)
+        .await
+        .expect(StatusCode::OK)
+        .json();
+    assert_eq!(
+        (&v["squash"], &v["anon_uid"], &v["path"]),
+        (&json!("all"), &json!(4000), &json!("data"))
+    );
+    let list = env.get("/v1/exports").await.expect(StatusCode::OK).json();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    env.get("/v1/exports/proj").await.expect(StatusCode::OK);
+    env.delete("/v1/exports/proj")
+        .await
+        .expect(StatusCode::NO_CONTENT);
+    env.get("/v1/exports/proj").await.expect_error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such export: proj",
+    );
+}
+
+// ------------------------------------------------------------------------------------ jobs
+
+async fn patch_json(env: &Env, uri: &str, v: &Value) -> Reply {
+    env.call("PATCH", uri, JSON, serde_json::to_vec(v).unwrap())
+        .await
+}
+
+#[tokio::test]
+async fn jobs_create_inspect_patch_run_delete() {
+    let env = Env::new().await;
+    env.import_tiny().await;
+    let body = json!({
+        "name": "nightly", "schedule": "30 2 * * *", "time_zone": "Europe/Berlin",
+        "container": {"image": "test/tiny:1", "command": ["true"]},
+    });
+    let v = env
+        .post_json("/v1/jobs", &body)
+        .await
+        .expect(StatusCode::CREATED)
+        .json();
+    assert_eq!(
+        v["container"],
+        json!({"image": "test/tiny:1", "command": ["true"], "restart": "no", "network": "none", "start": true})
+    );
+    assert_eq!(
+        (
+            &v["concurrency"],
+            &v["missed"],
+            &v["history"],
+            &v["retries"],
+            &v["suspend"]
+        ),
+        (
+            &json!("forbid"),
+            &json!("run_once"),
+            &json!({"successful": 3, "failed": 1}),
+            &json!(0),
+            &json!(false)
+        )
+    );
+    let local = v["next_fire_local"].as_str().unwrap();
+    assert!(
+        local.ends_with("T02:30:00+01:00")
+            || local.ends_with("T02:30:00+02:00")
+            || local.ends_with("T03:00:00+02:00"),
+        "{v}"
+    );
+    assert_eq!(v["active_runs"], 0);
+    env.post_json("/v1/jobs", &body).await.expect_error(
+        StatusCode::CONFLICT,
+        "conflict",
+        "a job named nightly already exists",
+    );
+    let list = env.get("/v1/jobs").await.expect(StatusCode::OK).json();
+    assert_eq!(list, json!([v.clone()]));
+    assert_eq!(
+        env.get("/v1/jobs/nightly")
+            .await
+            .expect(StatusCode::OK)
+            .json(),
+        v
+    );
+
+    let p = patch_json(
+        &env,
+        "/v1/jobs/nightly",
+        &json!({"schedule": "@hourly", "retries": 2, "history": {"failed": 4}, "timeout_seconds": 60}),
+    )
+    .await
+    .expect(StatusCode::OK)
+    .json();
+    assert_eq!(
+        (&p["schedule"], &p["retries"], &p["timeout_seconds"]),
+        (&json!("@hourly"), &json!(2), &json!(60))
+    );
+    assert_eq!(p["history"], json!({"successful": 3, "failed": 4}));
+    assert!(p["next_fire"].as_str().unwrap().ends_with(":00:00Z"), "{p}");
+    let p = patch_json(&env, "/v1/jobs/nightly", &json!({"timeout_seconds": null}))
+        .await
+        .expect(StatusCode::OK)
+        .json();
+    assert_eq!(p["timeout_seconds"], Value::Null);
+    assert_eq!(p["retries"], 2, "absent fields keep their value");
+    let s = env
+        .post("/v1/jobs/nightly/suspend")
+        .await
+        .expect(StatusCode::OK)
+        .json();
+    assert_eq!(
+        (&s["suspend"], &s["next_fire"]),
+        (&json!(true), &Value::Null)
+    );
+    let r = env
+        .post("/v1/jobs/nightly/resume")
+        .await
+        .expect(StatusCode::OK)
+        .json();
+    assert!(r["next_fire"].is_string(), "{r}");
+
+    // No shim here: the run's container is created and cannot start; the run says so.
+    let run = env
+        .post("/v1/jobs/nightly/run")
+        .await
+        .expect(StatusCode::CREATED)
+        .json();
+    assert_eq!(
+        (&run["trigger"], &run["attempt"], &run["state"]),
+        (&json!("manual"), &json!(0), &json!("failed"))
+    );
+    assert!(
+        run["error"].as_str().unwrap().starts_with("cannot start: "),
+        "{run}"
+    );
+    assert_eq!(run["container_name"], format!("nightly.run-{}", run["id"]));
+    let id = run["container_id"].as_str().unwrap().to_owned();
+    assert_eq!(run["logs"], format!("/v1/containers/{id}/logs"));
+    let c = env
+        .get(&format!("/v1/containers/{id}"))
+        .await
+        .expect(StatusCode::OK)
+        .json();
+    assert_eq!(
+        (&c["name"], &c["state"]),
+        (&run["container_name"], &json!("dead"))
+    );
+    let runs = env
+        .get("/v1/jobs/nightly/runs?limit=1")
+        .await
+        .expect(StatusCode::OK)
+        .json();
+    assert_eq!(runs.as_array().unwrap().len(), 1);
+    env.get("/v1/jobs/nightly/runs?limit=0").await.expect_error(
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        "limit: 0 is not between 1 and 10000",
+    );
+    env.get("/v1/jobs/nightly/runs?since=1").await.expect_error(
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        "unknown field `since`",
+    );
+
+    // Deleting the job removes its runs' containers (and stops its pending retries).
+    env.delete("/v1/jobs/nightly")
+        .await
+        .expect(StatusCode::NO_CONTENT);
+    env.get("/v1/jobs/nightly").await.expect_error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such job: nightly",
+    );
+    env.get(&format!("/v1/containers/{id}"))
+        .await
+        .expect(StatusCode::NOT_FOUND);
+    assert_eq!(
+        env.get("/v1/jobs").await.expect(StatusCode::OK).json(),
+        json!([])
+    );
+}
+
+#[tokio::test]
+async fn jobs_refuse_bad_definitions_naming_the_field() {
+    use StatusCode as S;
+    let env = Env::new().await;
+    env.import_tiny().await;
+    let base =
+        json!({"name": "j", "schedule": "*/5 * * * *", "container": {"image": "test/tiny:1"}});
+    let with = |path: &str, v: Value| {
+        let mut b = base.clone();
+        let mut at = &mut b;
+        let keys: Vec<&str> = path.split('.').collect();
+        for k in &keys[..keys.len() - 1] {
+            at = &mut at[*k];
+        }
+        at[keys[keys.len() - 1]] = v;
+        b
+    };
+    let cases: Vec<(Value, S, &str, &str)> = vec![
+        (
+            with("schedule", json!("61 * * * *")),
+            S::BAD_REQUEST,
+            "invalid_request",
+            "schedule: \"61 * * * *\" is not a valid cron expression",
+        ),
+        (
+            with("schedule", json!("* * * *")),
+            S::BAD_REQUEST,
+            "invalid_request",
+            "schedule: \"* * * *\" has 4 fields",
+        ),
+        (
+            with("schedule", json!("@reboot")),
+            S::BAD_REQUEST,
+            "invalid_request",
+            "schedule: \"@reboot\" is not a supported shorthand",
+        ),
+        (
+            with("schedule", json!("0 0 30 2 *")),
+            S::BAD_REQUEST,
+            "invalid_request",
+            "never fires",
+        ),
+        (
+            with("schedule", json!("0 9 * MON *")),
+            S::BAD_REQUEST,
+            "invalid_request",
+            "schedule: \"MON\" is not allowed in the month field",
+        ),
+        (
+            with("schedule", json!("* * * * *; rm -rf /")),
+            S::BAD_REQUEST,
+            "invalid_request",
+            "schedule: ",
+        ),
+        (
+            with("schedule", json!("0 *\u{0} * * *")),
+            S::BAD_REQUEST,
+            "invalid_request",
+            "schedule: contains the character",
+        ),
+        (
+            with("schedule", json!("1,".repeat(150))),
+            S::BAD_REQUEST,
+            "invalid_request",
+            "schedule: is longer than 256 bytes",
+        ),
+        (
+            with("time_zone", json!("Mars/Olympus")),
+            S::BAD_REQUEST,
+            "invalid_request",
+            "time_zone: \"Mars/Olympus\" is not an IANA time zone name",
+        ),
+        (
+            with("time_zone", json!("")),
+            S::BAD_REQUEST,
+            "invalid_request",
+            "time_zone: ",
+        ),
+        (
+            with("name", json!("../etc")),
+            S::BAD_REQUEST,
+            "invalid_request",
+            "name: \"../etc\" is not a valid job name",
+        ),
+        (
+            with("name", json!("a".repeat(64))),
+            S::BAD_REQUEST,
+            "invalid_request",
+            "name: ",
+        ),
+        (
+            with("container.name", json!("x")),
+            S::BAD_REQUEST,
+            "invalid_request",
+            "container.name: is chosen by the scheduler",
+        ),
+        (
+            with("container.restart", json!("always")),
+            S::BAD_REQUEST,
+            "invalid_request",
+            "container.restart: must be \"no\"",
+        ),
+        (
+            with("container.start", json!(false)),
+            S::BAD_REQUEST,
+            "invalid_request",
+            "container.start: ",
+        ),
+        (
+            with("container.env", json!(["NOEQUALS"])),
+            S::BAD_REQUEST,
+            "invalid_request",
+            "container.env[0]: ",
+        ),
+        (
+            with(
+                "container.volumes",
+                json!([{"source": "../../etc", "target": "/e"}]),
+            ),
+            S::BAD_REQUEST,
+            "invalid_request",
+            "container.volumes[0].source: ",
+        ),
+        (
+            with("container.image", json!("nope:1")),
+            S::NOT_FOUND,
+            "not_found",
+            "no such image: nope:1",
+        ),
+        (
+            with("retries", json!(101)),
+            S::BAD_REQUEST,
+            "invalid_request",
+            "retries: 101 is over the maximum of 100",
+        ),
+        (
+            with("timeout_seconds", json!(0)),
+            S::BAD_REQUEST,
+            "invalid_request",
+            "timeout_seconds: must be at least 1",
+        ),
+        (
+            with("starting_deadline_seconds", json!(40_000_000)),
+            S::BAD_REQUEST,
+            "invalid_request",
+            "starting_deadline_seconds: ",
+        ),
+        (
+            with("history.failed", json!(5000)),
+            S::BAD_REQUEST,
+            "invalid_request",
+            "history.failed: ",
+        ),
+        (
+            with("container.privileged", json!(true)),
+            S::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            "container.privileged: unknown field `privileged`",
+        ),
+        (
+            with("command", json!(["x"])),
+            S::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            "unknown field `command`",
+        ),
+        (
+            with("concurrency", json!("sometimes")),
+            S::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            "concurrency: unknown variant `sometimes`",
+        ),
+        (
+            with("missed", json!("twice")),
+            S::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            "missed: unknown variant",
+        ),
+        (
+            with("retries", json!(-1)),
+            S::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            "retries: invalid value",
+        ),
+        (
+            with("history.kept", json!(1)),
+            S::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            "unknown field `kept`",
+        ),
+        (
+            with("schedule", json!(5)),
+            S::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            "schedule: invalid type",
+        ),
+        (
+            json!({"name": "j", "schedule": "@daily"}),
+            S::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            "missing field `container`",
+        ),
+    ];
+    for (body, status, code, needle) in cases {
+        let r = env.post_json("/v1/jobs", &body).await;
+        let msg = r.expect_error(status, code, needle);
+        assert!(starts_lowercase(&msg), "{msg}");
+        if code == "invalid_field" {
+            let schema = json!({"$ref": "#/components/schemas/JobCreate"});
+            assert!(
+                validate(&env.spec, &schema, &body).is_err(),
+                "the spec's JobCreate accepts what the server refuses: {body}"
+            );
+        }
+    }
+    assert_eq!(
+        env.get("/v1/jobs").await.expect(StatusCode::OK).json(),
+        json!([]),
+        "nothing was created"
+    );
+    env.post_json("/v1/jobs", &base)
+        .await
+        .expect(StatusCode::CREATED);
+    for (patch, status, needle) in [
+        (
+            json!({"name": "other"}),
+            S::UNPROCESSABLE_ENTITY,
+            "unknown field `name`",
+        ),
+        (json!({"schedule": "nope"}), S::BAD_REQUEST, "schedule: "),
+        (
+            json!({"time_zone": "Nowhere"}),
+            S::BAD_REQUEST,
+            "time_zone: ",
+        ),
+        (
+            json!({"container": {"image": "nope:1"}}),
+            S::NOT_FOUND,
+            "no such image",
+        ),
+    ] {
+        let r = patch_json(&env, "/v1/jobs/j", &patch).await;
+        r.expect_error(
+            status,
+            if status == S::BAD_REQUEST {
+                "invalid_request"
+            } else if status == S::NOT_FOUND {
+                "not_found"
+            } else {
+                "invalid_field"
+            },
+            needle,
+        );
+    }
+    let j = env.get("/v1/jobs/j").await.expect(StatusCode::OK).json();
+    assert_eq!(
+        (&j["schedule"], &j["time_zone"]),
+        (&json!("*/5 * * * *"), &json!("UTC")),
+        "unchanged"
+    );
+    patch_json(&env, "/v1/jobs/nope", &json!({}))
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "not_found", "no such job: nope");
+    env.post("/v1/jobs/nope/run").await.expect_error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such job: nope",
+    );
 }

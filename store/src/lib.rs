@@ -5,7 +5,9 @@
 
 mod containers;
 mod engines;
+mod exports;
 mod images;
+mod jobs;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -16,7 +18,9 @@ use sqlx::SqlitePool;
 
 pub use containers::{ContainerRow, ContainerState, ExitUpdate, NewContainer};
 pub use engines::EngineRow;
+pub use exports::{ExportClientRow, ExportRow, NewExport};
 pub use images::{ImageRow, NewImage};
+pub use jobs::{HistoryLimits, JobBatch, JobRow, NewRun, RunRow, RunState, RunTrigger, RunUpdate};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

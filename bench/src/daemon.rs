@@ -25,6 +25,11 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `bin serve` with everything under `dir` (created), and waits until it answers.
     pub async fn start(bin: &Path, dir: &Path) -> Result<Self> {
+        Self::start_with(bin, dir, &[]).await
+    }
+
+    /// The same with more arguments to `serve` (e.g. `--nfs-listen HOST:PORT`).
+    pub async fn start_with(bin: &Path, dir: &Path, extra: &[String]) -> Result<Self> {
         let array = dir.join("array");
         let state = dir.join("state");
         std::fs::create_dir_all(&array).with_context(|| format!("{}", array.display()))?;
@@ -43,6 +48,7 @@ impl Daemon {
             .arg(&state)
             .arg("--listen")
             .arg(format!("unix:{}", socket.display()))
+            .args(extra)
             .env("INARRAY_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -11,12 +11,16 @@
 //!    three alike; then a shorter profiled pass that timestamps each step.
 //! 2. Many sleeping containers: start them with some concurrency, check they run, measure the
 //!    daemon's and the shims' memory, delete them all with force and check nothing is left.
+//! 3. QoS (`qos.rs`): the API's latency and the NFS gateway's throughput with no noise, next to
+//!    noisy containers in `default` with the engines as built in, and with `storage`'s weights
+//!    lowered to a default engine's.
 
 #[path = "../../tests/common/image_builder.rs"]
 mod image_builder;
 
 mod daemon;
 mod procs;
+mod qos;
 mod report;
 mod stats;
 
@@ -35,6 +39,8 @@ use stats::{share, Samples};
 
 /// The name inarray knows the image by.
 const IMAGE: &str = "busybox:latest";
+/// Noisy containers in the QoS bench.
+const NOISE: usize = 2;
 
 #[derive(Parser)]
 #[command(
@@ -67,6 +73,24 @@ enum Cmd {
         #[arg(short, default_value_t = 20)]
         n: usize,
     },
+    /// Only the QoS benchmark (after `prepare` in the same WORK); prints its report section.
+    Qos {
+        #[arg(long)]
+        bin: PathBuf,
+        #[arg(long)]
+        work: PathBuf,
+        #[arg(long)]
+        quick: bool,
+        #[arg(long)]
+        qos_rounds: Option<usize>,
+        #[arg(long)]
+        qos_secs: Option<f64>,
+        #[arg(long)]
+        noise: Option<usize>,
+        /// What the noise does: both (CPU and I/O, as in `run`), cpu, io.
+        #[arg(long, default_value = "both")]
+        noise_kind: String,
+    },
 }
 
 #[derive(clap::Args, Clone)]
@@ -77,7 +101,7 @@ pub struct RunOpts {
     /// The directory `prepare` wrote; daemons get subdirectories of it.
     #[arg(long)]
     work: PathBuf,
-    /// Smaller counts (100/100/20 runs, 50 containers).
+    /// Smaller counts (100/100/20 runs, 50 containers, one QoS round instead of three).
     #[arg(long)]
     quick: bool,
     /// podman's name for the image (loaded by bench/run).
@@ -106,6 +130,15 @@ pub struct RunOpts {
     containers: Option<usize>,
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
+    /// QoS bench: rounds of the three phases (quiet, noise with QoS on, noise with QoS off).
+    #[arg(long)]
+    qos_rounds: Option<usize>,
+    /// QoS bench: seconds per phase and round.
+    #[arg(long)]
+    qos_secs: Option<f64>,
+    /// QoS bench: noisy containers (each spins every CPU and reads the array with direct I/O).
+    #[arg(long)]
+    noise: Option<usize>,
 }
 
 /// How much of everything, after presets and overrides.
@@ -119,6 +152,11 @@ pub struct Plan {
     pub warmup: usize,
     pub containers: usize,
     pub concurrency: usize,
+    pub qos_rounds: usize,
+    pub qos_secs: f64,
+    pub noise: usize,
+    /// "both" (what `run` measures), "cpu" or "io" (by hand, to take the noise apart).
+    pub noise_kind: &'static str,
 }
 
 impl RunOpts {
@@ -128,6 +166,9 @@ impl RunOpts {
         } else {
             (1000, 100, 100, 10, 250)
         };
+        // QoS: each round measures the four phases once (the three noisy ones rotating), so
+        // that three rounds see every order; full: 3 × 10 s = 30 s per phase.
+        let (qos_rounds, qos_secs) = if self.quick { (1, 10.0) } else { (3, 10.0) };
         let runs = self.runs.unwrap_or(runs);
         Plan {
             runs,
@@ -138,6 +179,10 @@ impl RunOpts {
             warmup: 3,
             containers: self.containers.unwrap_or(containers),
             concurrency: self.concurrency.max(1),
+            qos_rounds: self.qos_rounds.unwrap_or(qos_rounds).max(1),
+            qos_secs: self.qos_secs.unwrap_or(qos_secs).max(1.0),
+            noise: self.noise.unwrap_or(NOISE).max(1),
+            noise_kind: "both",
         }
     }
 }
@@ -151,6 +196,54 @@ fn main() -> Result<()> {
                 .enable_all()
                 .build()?;
             rt.block_on(run(o))
+        }
+        Cmd::Qos {
+            bin,
+            work,
+            quick,
+            qos_rounds,
+            qos_secs,
+            noise,
+            noise_kind,
+        } => {
+            let o = RunOpts {
+                bin,
+                work,
+                quick,
+                podman_image: String::new(),
+                out: PathBuf::new(),
+                command: String::new(),
+                notes: None,
+                runs: None,
+                runc_runs: None,
+                podman_runs: None,
+                profile_runs: None,
+                rounds: None,
+                containers: None,
+                concurrency: 8,
+                qos_rounds,
+                qos_secs,
+                noise,
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let work = o.work.canonicalize()?;
+                let plan = Plan {
+                    noise_kind: match noise_kind.as_str() {
+                        "cpu" => "cpu",
+                        "io" => "io",
+                        _ => "both",
+                    },
+                    ..o.plan()
+                };
+                let q = qos::bench(&o.bin, &work, &plan).await?;
+                let mut s = String::new();
+                report::render_qos(&mut s, &q);
+                println!("{s}");
+                Ok(())
+            })
         }
         Cmd::Loop { socket, n } => {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -236,6 +329,7 @@ async fn run(o: RunOpts) -> Result<()> {
 
     let b1 = bench_run_to_exit(&o, &work, &plan).await?;
     let b2 = bench_many(&o, &work, &plan).await?;
+    let b3 = qos::bench(&o.bin, &work, &plan).await?;
 
     let meta = report::Meta {
         command: o.command.clone(),
@@ -255,12 +349,18 @@ async fn run(o: RunOpts) -> Result<()> {
         .notes
         .as_ref()
         .and_then(|p| std::fs::read_to_string(p).ok());
-    let md = report::render(&machine, &meta, &b1, &b2, notes.as_deref());
+    let mut md = report::render(&machine, &meta, &b1, &b2, &b3, notes.as_deref());
+    // Other generators (bench/nfs/run, …) keep their sections in the same file, between
+    // markers: carry them over.
+    let old = std::fs::read_to_string(&o.out).unwrap_or_default();
+    for section in report::marked_sections(&old) {
+        md = format!("{}\n\n{section}\n", md.trim_end());
+    }
     if let Some(dir) = o.out.parent() {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(&o.out, &md).with_context(|| format!("{}", o.out.display()))?;
-    println!("{}", report::summary(&b1, &b2));
+    println!("{}", report::summary(&b1, &b2, &b3));
     println!("wrote {}", o.out.display());
     Ok(())
 }

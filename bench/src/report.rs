@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::procs::{Machine, Mem};
+use crate::qos::{Qos, Stint, OFF, ON, PHASES, QUIET, WHATIF};
 use crate::stats::Samples;
 use crate::{Many, Plan, RunToExit};
 
@@ -112,7 +113,14 @@ fn mem_row(out: &mut String, name: &str, m: &Mem) {
     );
 }
 
-pub fn render(m: &Machine, meta: &Meta, b1: &RunToExit, b2: &Many, notes: Option<&str>) -> String {
+pub fn render(
+    m: &Machine,
+    meta: &Meta,
+    b1: &RunToExit,
+    b2: &Many,
+    b3: &Qos,
+    notes: Option<&str>,
+) -> String {
     let mut o = String::new();
     let r = ratios(b1);
     let p = &meta.plan;
@@ -535,19 +543,64 @@ pub fn render(m: &Machine, meta: &Meta, b1: &RunToExit, b2: &Many, notes: Option
         verdict(clean)
     );
 
+    render_qos(&mut o, b3);
+
     if let Some(n) = notes {
         let _ = writeln!(o, "{}", n.trim_end());
     }
     o
 }
 
-pub fn summary(b1: &RunToExit, b2: &Many) -> String {
+/// Every block `<!-- NAME:begin … -->` … `<!-- NAME:end -->` of `text`, markers included: the
+/// sections other generators (bench/nfs/run, …) keep in the same file.
+pub fn marked_sections(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(b) = rest.find("<!-- ") {
+        let tail = &rest[b..];
+        let name_end = tail[5..].find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        let Some(n) = name_end else { break };
+        let name = &tail[5..5 + n];
+        if !name.is_empty() && tail[5 + n..].starts_with(":begin") {
+            let end_marker = format!("<!-- {name}:end -->");
+            if let Some(e) = tail.find(&end_marker) {
+                out.push(tail[..e + end_marker.len()].to_owned());
+                rest = &tail[e + end_marker.len()..];
+                continue;
+            }
+        }
+        rest = &tail[5..];
+    }
+    out
+}
+
+pub fn summary(b1: &RunToExit, b2: &Many, b3: &Qos) -> String {
     let r = ratios(b1);
     let (rss, pss, _) = per_container(b2);
+    let mut q = String::new();
+    for (name, lat, _, x) in qos_rows(b3) {
+        let _ = write!(
+            q,
+            "\n  {name}: quiet {} | QoS on {} ({}) | QoS off {} ({}) | what-if {} ({})",
+            f(x[QUIET]),
+            f(x[ON]),
+            pct(kept(x[QUIET], x[ON], lat)),
+            f(x[OFF]),
+            pct(kept(x[QUIET], x[OFF], lat)),
+            f(x[WHATIF]),
+            pct(kept(x[QUIET], x[WHATIF], lat))
+        );
+    }
+    let (met, judged) = qos_verdicts(b3);
+    let nfs = match &b3.nfs {
+        Ok(_) => String::new(),
+        Err(why) => format!("; NFS not measured: {why}"),
+    };
     format!(
         "inarray p50 {} ms p99 {} ms ({} errors), with tmpfs state {} ms | runc p50 {} ms p99 {} | podman p50 {} ms p99 {} | \
          inarray/runc {:.2}x, podman/inarray {:.2}x\n{} containers: started in {:.1} s, {} running, \
-         {} MiB RSS / {} MiB PSS per container, left: {} shims {} cgroups {} rows",
+         {} MiB RSS / {} MiB PSS per container, left: {} shims {} cgroups {} rows\n\
+         QoS: target (QoS on ≥ 90 % of quiet) met for {met} of {judged}{nfs}{q}",
         f(b1.rest.p50()),
         f(b1.rest.p99()),
         b1.rest.errors,
@@ -567,4 +620,308 @@ pub fn summary(b1: &RunToExit, b2: &Many) -> String {
         b2.left_cgroups.len(),
         b2.left_rows
     )
+}
+
+// ---------------------------------------------------------------------------------- 3. QoS
+
+/// With QoS on, every judged figure must keep ≥ 90 % of the quiet baseline.
+pub const TARGET_QOS: f64 = 0.90;
+
+/// How much of the quiet baseline a phase keeps: throughput phase / quiet, latency quiet / phase.
+fn kept(quiet: f64, phase: f64, latency: bool) -> f64 {
+    if latency {
+        quiet / phase
+    } else {
+        phase / quiet
+    }
+}
+
+fn pct(x: f64) -> String {
+    if x.is_nan() || x.is_infinite() {
+        "–".into()
+    } else {
+        format!("{:.0} %", x * 100.0)
+    }
+}
+
+type QosRow = (&'static str, bool, bool, [f64; 4]);
+
+/// (figure, is a latency, judged, value in each phase)
+fn qos_rows(q: &Qos) -> Vec<QosRow> {
+    let ph: Vec<Stint> = (0..PHASES.len()).map(|p| q.phase(p)).collect();
+    let v = |g: &dyn Fn(&Stint) -> f64| [g(&ph[0]), g(&ph[1]), g(&ph[2]), g(&ph[3])];
+    let mut rows = vec![
+        ("`GET /v1/containers` p50 (ms)", true, false, v(&|s| s.get.p50())),
+        ("`GET /v1/containers` p90 (ms)", true, false, v(&|s| s.get.pct(90.0))),
+        ("`GET /v1/containers` p99 (ms)", true, true, v(&|s| s.get.p99())),
+        ("run-to-exit of `/bin/true` p50 (ms)", true, false, v(&|s| s.run.p50())),
+        ("run-to-exit of `/bin/true` p99 (ms)", true, true, v(&|s| s.run.p99())),
+        (
+            "— its create+start request, p50 (ms)",
+            true,
+            false,
+            v(&|s| s.run_create.p50()),
+        ),
+        ("— its wait request, p50 (ms)", true, false, v(&|s| s.run_wait.p50())),
+        ("— its delete request, p50 (ms)", true, false, v(&|s| s.run_delete.p50())),
+    ];
+    if q.nfs.is_ok() {
+        rows.push((
+            "NFS read of 200 MiB, cold (MiB/s, median)",
+            false,
+            true,
+            v(&|s| s.nfs_cold.p50()),
+        ));
+        rows.push((
+            "NFS read of 200 MiB, warm (MiB/s, median)",
+            false,
+            true,
+            v(&|s| s.nfs_warm.p50()),
+        ));
+    }
+    rows
+}
+
+/// (met, judged) with QoS on.
+pub fn qos_verdicts(q: &Qos) -> (usize, usize) {
+    let rows = qos_rows(q);
+    let judged: Vec<_> = rows.iter().filter(|r| r.2).collect();
+    let met = judged
+        .iter()
+        .filter(|(_, lat, _, x)| kept(x[QUIET], x[ON], *lat) >= TARGET_QOS)
+        .count();
+    (met, judged.len())
+}
+
+pub fn render_qos(o: &mut String, q: &Qos) {
+    let _ = writeln!(o, "## 3. QoS: the daemon next to a noisy container\n");
+    let _ = writeln!(
+        o,
+        "One fresh daemon{}; {} round(s) of {:.0} s per phase, the noisy phases in a different \
+         order in each round, so that the shared machine's drift hits all alike. **quiet**: no \
+         noise. **noise, QoS on**: the engines as built in (`storage`, where the daemon runs, has \
+         CPU and I/O weight 1000, `default` 100). **noise, QoS off**: `PATCH /v1/engines/storage \
+         {{\"resources\": {{\"cpu_weight\": 100, \"io_weight\": 100}}}}`, no more share than the \
+         noisy engine, restored right after. *What-if*: QoS on, and the daemon's process moved \
+         for the phase (cpu controller only) from `/inarray/storage` to a cgroup of its own at the \
+         top of the hierarchy with the same weight — a sibling of `/inarray` rather than of the \
+         containers' engines inside it. The noise: {} container(s) in `default`, each running one \
+         busy `sh` loop per CPU (`nproc`) and `dd if=/d/big of=/dev/null bs=1M iflag=direct` in a \
+         loop over a {} MiB file of the array (a read-only volume). Each phase measures, one after \
+         the other: `GET /v1/containers` every 10 ms ({:.0} % of the phase); create+start+wait+delete \
+         of `/bin/true` (in `default`) back to back, as in section 1 ({:.0} %); reads of a {} MiB \
+         file through the NFS gateway with `nfs-cat` ({:.0} %), alternately cold (the file's page \
+         cache dropped first, so the gateway reads the disk) and warm. The bench client and \
+         `nfs-cat` stand in for clients on other machines: they run in a cpu cgroup of their own \
+         with a large weight ({}), so that the noise does not slow the client itself. **Kept** = \
+         the share of the quiet baseline a phase keeps: phase ÷ quiet for throughput, quiet ÷ phase \
+         for latency (90 % = 11 % slower). Target: with QoS on, ≥ {:.0} % of the quiet baseline.\n",
+        if q.nfs.is_ok() {
+            " with its NFS gateway on 127.0.0.1"
+        } else {
+            ""
+        },
+        q.rounds,
+        q.phase_secs,
+        q.noise,
+        crate::qos::NOISE_FILE_MIB,
+        crate::qos::SPLIT[0] * 100.0,
+        crate::qos::SPLIT[1] * 100.0,
+        crate::qos::NFS_FILE_MIB,
+        crate::qos::SPLIT[2] * 100.0,
+        q.facts_client,
+        TARGET_QOS * 100.0
+    );
+    let _ = writeln!(
+        o,
+        "| | quiet | noise, QoS on | kept | target | noise, QoS off | kept | *what-if: daemon's cgroup at the top* | *kept* |\n\
+         |---|---:|---:|---:|---|---:|---:|---:|---:|"
+    );
+    for (name, lat, judged, x) in qos_rows(q) {
+        let k_on = kept(x[QUIET], x[ON], lat);
+        let _ = writeln!(
+            o,
+            "| {name} | {} | {} | {} | {} | {} | {} | *{}* | *{}* |",
+            f(x[QUIET]),
+            f(x[ON]),
+            pct(k_on),
+            if judged {
+                format!("≥ {:.0} %: {}", TARGET_QOS * 100.0, verdict(k_on >= TARGET_QOS))
+            } else {
+                String::new()
+            },
+            f(x[OFF]),
+            pct(kept(x[QUIET], x[OFF], lat)),
+            f(x[WHATIF]),
+            pct(kept(x[QUIET], x[WHATIF], lat))
+        );
+    }
+    let ph: Vec<Stint> = (0..PHASES.len()).map(|p| q.phase(p)).collect();
+    let counts = |s: &Stint| {
+        let mut t = format!("{} / {}", s.get.n() + s.get.errors, s.run.n() + s.run.errors);
+        if q.nfs.is_ok() {
+            let _ = write!(
+                t,
+                " / {}+{}",
+                s.nfs_cold.n() + s.nfs_cold.errors,
+                s.nfs_warm.n() + s.nfs_warm.errors
+            );
+        }
+        let e = s.get.errors + s.run.errors + s.nfs_cold.errors + s.nfs_warm.errors;
+        let _ = write!(t, " ({e} err.)");
+        t
+    };
+    let _ = writeln!(
+        o,
+        "| *samples: GETs / runs{} (errors)* | {} | {} | | | {} | | *{}* | |",
+        if q.nfs.is_ok() {
+            " / NFS reads cold+warm"
+        } else {
+            ""
+        },
+        counts(&ph[QUIET]),
+        counts(&ph[ON]),
+        counts(&ph[OFF]),
+        counts(&ph[WHATIF])
+    );
+    let _ = writeln!(o);
+    let (met, judged) = qos_verdicts(q);
+    let _ = writeln!(
+        o,
+        "**Target with QoS on: {}** — {met} of {judged} judged figures keep ≥ {:.0} % of the quiet \
+         baseline.{}\n",
+        if met == judged && judged > 0 {
+            "met"
+        } else {
+            "not met"
+        },
+        TARGET_QOS * 100.0,
+        match &q.nfs {
+            Ok(_) => String::new(),
+            Err(why) => format!(" NFS throughput is **not measured**: {why}."),
+        }
+    );
+    for s in &ph {
+        let name = PHASES[s.phase];
+        errors(o, name, &s.get);
+        errors(o, name, &s.run);
+        errors(o, name, &s.nfs_cold);
+        errors(o, name, &s.nfs_warm);
+    }
+    for e in &q.errors {
+        let _ = writeln!(o, "- error: {e}");
+    }
+
+    let _ = writeln!(
+        o,
+        "What was used during each phase, over its wall time: the noise (the `default` engine's \
+         cgroup files, containers included: `cpuacct.usage`, \
+         `blkio.throttle.io_service_bytes_recursive`; shared by every daemon on the machine, so \
+         other daemons' containers in `default` show up, e.g. in the quiet row) and the daemon \
+         process (`/proc/PID/stat`, \
+         `/proc/PID/io`); the state disk's latency (5 fsyncs of a 4 KiB append and 5 unlinks in the \
+         daemon's state directory at the end of each stint, from the bench client; p50); the \
+         machine's pressure (PSI some avg10 at the end of the phase, mean over rounds):\n"
+    );
+    let _ = writeln!(
+        o,
+        "| phase | noise CPU, cores | noise disk reads, MiB/s | daemon CPU, cores | daemon disk reads, MiB/s | fsync, ms | unlink, ms | CPU PSI % | IO PSI % |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for s in &ph {
+        let _ = writeln!(
+            o,
+            "| {} | {:.2} | {:.0} | {:.2} | {:.0} | {} | {} | {:.0} | {:.0} |",
+            PHASES[s.phase],
+            s.noise_cpu,
+            s.noise_read,
+            s.daemon_cpu,
+            s.daemon_read,
+            f(s.fsync.p50()),
+            f(s.unlink.p50()),
+            s.cpu_psi,
+            s.io_psi
+        );
+    }
+    let _ = writeln!(o);
+    let _ = writeln!(
+        o,
+        "Every stint (p99 in ms, NFS medians in MiB/s; `storage`'s weights as the kernel showed \
+         them during the stint):\n"
+    );
+    let _ = writeln!(
+        o,
+        "| round | phase | GET p99 | run p99 | NFS cold | NFS warm | noise CPU | noise reads MiB/s | `storage` weights |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---|"
+    );
+    for s in &q.stints {
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {} | {} | {:.2} | {:.0} | {} |",
+            s.round + 1,
+            PHASES[s.phase],
+            f(s.get.p99()),
+            f(s.run.p99()),
+            f(s.nfs_cold.p50()),
+            f(s.nfs_warm.p50()),
+            s.noise_cpu,
+            s.noise_read,
+            if s.valid() {
+                s.weights_end.clone()
+            } else {
+                format!(
+                    "{} → {} (**changed: left out of the phase figures**)",
+                    s.weights_start, s.weights_end
+                )
+            }
+        );
+    }
+    let _ = writeln!(o);
+    let changed = q.stints.iter().filter(|s| !s.valid()).count();
+    if changed > 0 {
+        let _ = writeln!(
+            o,
+            "{changed} stint(s) left out of the phase figures above: `storage`'s weights changed \
+             during them. The engines' cgroups (`/inarray/<engine>`) are shared by every daemon on \
+             the machine, and a daemon that starts re-applies its engines' limits.\n"
+        );
+    }
+    let _ = writeln!(o, "The set-up as the kernel saw it:\n");
+    for (k, v) in &q.facts {
+        let _ = writeln!(o, "- {k}: {v}");
+    }
+    match &q.nfs {
+        Ok(how) => {
+            let _ = writeln!(o, "- NFS client: {how}");
+        }
+        Err(why) => {
+            let _ = writeln!(o, "- NFS: not measured — {why}");
+        }
+    }
+    if !q.restored.is_empty() {
+        let _ = writeln!(o, "- `storage` restored: {}", q.restored);
+    }
+    if !q.whatif.is_empty() {
+        let _ = writeln!(o, "- what-if: {}", q.whatif);
+    }
+    let _ = writeln!(
+        o,
+        "- machine: at the start {}; at the end {}.\n",
+        q.env_start, q.env_end
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marked_sections_are_found() {
+        let t = "# B\n\n## 1\ntext <!-- a comment -->\n<!-- nfs-gateway:begin (by x) -->\n## NFS\nx\n\
+                 <!-- nfs-gateway:end -->\n\n<!-- jobs:begin -->\nj\n<!-- jobs:end -->\n<!-- open:begin -->";
+        let s = marked_sections(t);
+        assert_eq!(s.len(), 2);
+        assert!(s[0].starts_with("<!-- nfs-gateway:begin") && s[0].ends_with("<!-- nfs-gateway:end -->"));
+        assert_eq!(s[1], "<!-- jobs:begin -->\nj\n<!-- jobs:end -->");
+    }
 }

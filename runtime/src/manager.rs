@@ -39,6 +39,8 @@ pub struct ManagerOptions {
     pub shim_exe: PathBuf,
     /// Memory the node allots to containers: engines' memory limits must fit in it.
     pub container_memory: u64,
+    /// Where this daemon's engines and containers live in the cgroup hierarchies.
+    pub cgroups: engines::CgroupLayout,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -169,7 +171,7 @@ impl Manager {
 
     /// Kills what is left in a container's cgroups, wherever (whichever engine) they are.
     fn cleanup_cgroups(&self, id: &str) -> std::io::Result<()> {
-        for path in crate::cgroups::find_container(engines::CGROUP_PARENT, id) {
+        for path in crate::cgroups::find_container(self.inner.opts.cgroups.root(), id) {
             crate::cgroups::cleanup(&path)?;
         }
         Ok(())
@@ -369,7 +371,7 @@ impl Manager {
             &defaults,
             &SpecContext {
                 hostname: &id[..12],
-                cgroups_path: &engines::container_cgroup(engine, id),
+                cgroups_path: &self.inner.opts.cgroups.container(engine, id),
                 identity,
                 resources: cfg
                     .resources
@@ -390,7 +392,7 @@ impl Manager {
             volumes: cfg.volumes.clone(),
             lowers,
             runtime_root: self.inner.runtime_root.clone(),
-            cgroup: engines::container_cgroup(engine, id),
+            cgroup: self.inner.opts.cgroups.container(engine, id),
         };
         Ok((spec, shim))
     }
@@ -853,6 +855,11 @@ impl Manager {
 // ------------------------------------------------------------------ engines
 
 impl Manager {
+    /// Where this daemon's engines and containers live in the cgroup hierarchies.
+    pub fn cgroup_layout(&self) -> &engines::CgroupLayout {
+        &self.inner.opts.cgroups
+    }
+
     /// An engine's definition; 404 when unknown.
     pub async fn engine(&self, name: &str) -> Result<EngineDef> {
         let row = self
@@ -912,13 +919,13 @@ impl Manager {
         for e in &all {
             self.inner
                 .cgroups
-                .apply(&engines::engine_cgroup(&e.name), &e.resources)
+                .apply(&self.inner.opts.cgroups.engine(&e.name), &e.resources)
                 .map_err(|m| internal("engine cgroup", m))?;
         }
         self.inner
             .cgroups
             .add_process(
-                &engines::engine_cgroup(engines::STORAGE),
+                &self.inner.opts.cgroups.engine(engines::STORAGE),
                 std::process::id() as i32,
             )
             .map_err(|m| internal("moving the daemon into the storage engine", m))?;
@@ -944,7 +951,7 @@ impl Manager {
             .map_err(ManagerError::Conflict)?;
         self.inner
             .cgroups
-            .apply(&engines::engine_cgroup(&def.name), &def.resources)
+            .apply(&self.inner.opts.cgroups.engine(&def.name), &def.resources)
             .map_err(|m| internal("engine cgroup", m))?;
         let json = serde_json::to_string(&def.resources).map_err(|e| internal("engine", e))?;
         self.inner
@@ -994,7 +1001,7 @@ impl Manager {
         }
         self.inner
             .cgroups
-            .apply(&engines::engine_cgroup(name), &updated.resources)
+            .apply(&self.inner.opts.cgroups.engine(name), &updated.resources)
             .map_err(|m| {
                 ManagerError::Conflict(format!("the kernel refused the new limits: {m}"))
             })?;
@@ -1016,7 +1023,7 @@ impl Manager {
                 users.join(", ")
             )));
         }
-        crate::cgroups::cleanup(&engines::engine_cgroup(name))
+        crate::cgroups::cleanup(&self.inner.opts.cgroups.engine(name))
             .map_err(|e| internal("engine cgroup", e))?;
         self.inner.store.delete_engine(name).await?;
         Ok(())
@@ -1026,7 +1033,7 @@ impl Manager {
         self.engine(name).await?;
         self.inner
             .cgroups
-            .usage(&engines::engine_cgroup(name))
+            .usage(&self.inner.opts.cgroups.engine(name))
             .map_err(|m| internal("engine stats", m))
     }
 
@@ -1041,7 +1048,7 @@ impl Manager {
         }
         self.inner
             .cgroups
-            .usage(&engines::container_cgroup(&row.engine, &row.id))
+            .usage(&self.inner.opts.cgroups.container(&row.engine, &row.id))
             .map_err(|m| internal("container stats", m))
     }
 
@@ -1067,7 +1074,10 @@ impl Manager {
         if row.state == ContainerState::Running {
             self.inner
                 .cgroups
-                .apply(&engines::container_cgroup(&row.engine, &row.id), patch)
+                .apply(
+                    &self.inner.opts.cgroups.container(&row.engine, &row.id),
+                    patch,
+                )
                 .map_err(|m| {
                     ManagerError::Conflict(format!("the kernel refused the new limits: {m}"))
                 })?;

@@ -826,7 +826,44 @@ impl Manager {
                     self.on_exit_detached(&row.id);
                     report.restarted += 1;
                 }
-                _ => {}
+                ContainerState::Created | ContainerState::Exited | ContainerState::Dead => {
+                    // A start the daemon was killed in the middle of: the shim came up (its
+                    // record is written once the container runs) but the row was not marked
+                    // running. The shim removes both records when it begins, so a record next
+                    // to a live shim is this run's. Adopted like a running one; its exit, when
+                    // it comes, is recorded as usual.
+                    let paths = self.paths(&row.id);
+                    let Some(rec) = supervisor::read_shim_record(&paths) else {
+                        continue;
+                    };
+                    let live = supervisor::is_same_process(rec.shim_pid, rec.shim_start);
+                    let exited = supervisor::read_exit_record(&paths).is_some();
+                    let never_started = row.state == ContainerState::Created;
+                    // An exited row's exit record may be the one already recorded (its shim
+                    // outlives the record by a moment): only a run without one is new there.
+                    // A never-started row with an exit record ran and exited unseen.
+                    let adopt = live && (never_started || !exited);
+                    let ran = !live && never_started && exited;
+                    if !adopt && !ran {
+                        continue;
+                    }
+                    self.inner
+                        .store
+                        .mark_running(
+                            &row.id,
+                            rec.pid.into(),
+                            rec.shim_pid.into(),
+                            rec.shim_start as i64,
+                        )
+                        .await?;
+                    if adopt {
+                        self.monitor(row.id.clone(), rec, None, Instant::now());
+                        report.adopted += 1;
+                    } else {
+                        self.on_exit_detached(&row.id);
+                        report.exited += 1;
+                    }
+                }
             }
         }
         if let Ok(entries) = std::fs::read_dir(&self.inner.containers_root) {

@@ -33,7 +33,7 @@ pub const PHASES: [&str; 4] = [
     "quiet",
     "noise, QoS on",
     "noise, QoS off",
-    "*what-if: noise, QoS on, the old layout (daemon inside `/inarray`)*",
+    "*what-if: noise, QoS on, the old layout (daemon inside the containers' root)*",
 ];
 pub const QUIET: usize = 0;
 pub const ON: usize = 1;
@@ -42,8 +42,10 @@ pub const OFF: usize = 2;
 /// top of the hierarchy, to a cgroup with the same weight inside `/inarray`, beside the
 /// containers' engines: where `storage` was before the layout changed (0.1), for comparison.
 pub const WHATIF: usize = 3;
-/// The `storage` engine's cgroup (the daemon runs with the default `cgroup_root`).
-const STORAGE_CG: &str = "inarray-storage";
+/// The bench daemon's `cgroup_root` (its own, so that no other daemon on the machine shares its
+/// engines), and so its `storage` engine's cgroup.
+const ROOT_CG: &str = "inarray-bench";
+const STORAGE_CG: &str = "inarray-bench-storage";
 /// The I/O scheduler the bench daemon asks for on the array's disk (`io_scheduler` in its
 /// config): the only one that enforces I/O weights on cgroup v1.
 pub const IO_SCHEDULER: &str = "bfq";
@@ -235,7 +237,10 @@ pub async fn bench(bin: &Path, work: &Path, plan: &Plan) -> Result<Qos> {
         std::fs::write(&sched_restore, format!("{}\t{a}\n", sched_file.display()))?;
     }
     let config = dir.join("bench.toml");
-    std::fs::write(&config, format!("io_scheduler = \"{IO_SCHEDULER}\"\n"))?;
+    std::fs::write(
+        &config,
+        format!("io_scheduler = \"{IO_SCHEDULER}\"\ncgroup_root = \"{ROOT_CG}\"\n"),
+    )?;
     let config_args = ["--config".to_owned(), config.display().to_string()];
     let d = if has_nfs {
         let p = free_port()?;
@@ -407,7 +412,7 @@ async fn rounds(
                     .context("PATCH /v1/engines/storage (QoS off)")?;
             }
             let whatif = if p == WHATIF {
-                let name = format!("inarray/bench-storage-inside-{}", std::process::id());
+                let name = format!("{ROOT_CG}/storage-inside-{}", std::process::id());
                 let cg = TopCgroup::create(&name, storage_cpu_weight(orig))
                     .context("the what-if cgroup")?;
                 cg.add(d.pid)?;
@@ -556,7 +561,7 @@ fn usage(daemon: i32) -> [u64; 4] {
     let root = Path::new("/sys/fs/cgroup");
     let num = |p: PathBuf| read_trim(&p).parse::<u64>().unwrap_or(0);
     let (cpu, read) = if root.join("cgroup.controllers").exists() {
-        let e = root.join("inarray/default");
+        let e = root.join(ROOT_CG).join("default");
         let cpu = std::fs::read_to_string(e.join("cpu.stat"))
             .unwrap_or_default()
             .lines()
@@ -572,9 +577,9 @@ fn usage(daemon: i32) -> [u64; 4] {
             .sum();
         (cpu, read)
     } else {
-        let cpu = num(root.join("cpuacct/inarray/default/cpuacct.usage"));
+        let cpu = num(root.join(format!("cpuacct/{ROOT_CG}/default/cpuacct.usage")));
         let read = std::fs::read_to_string(
-            root.join("blkio/inarray/default/blkio.throttle.io_service_bytes_recursive"),
+            root.join(format!("blkio/{ROOT_CG}/default/blkio.throttle.io_service_bytes_recursive")),
         )
         .unwrap_or_default()
         .lines()
@@ -974,14 +979,14 @@ fn facts(d: &Daemon, noise_pid: i32, array_file: &Path) -> Vec<(String, String)>
     ));
     let root = Path::new("/sys/fs/cgroup");
     let sh = |p: &str| read_trim(&root.join(p));
-    if root.join("cpu/inarray").is_dir() {
+    if root.join("cpu").join(ROOT_CG).is_dir() {
         out.push((
             "cpu.shares".into(),
             format!(
-                "/{STORAGE_CG} {}, /inarray {}, /inarray/default {}, the noise container {}",
+                "/{STORAGE_CG} {}, /{ROOT_CG} {}, /{ROOT_CG}/default {}, the noise container {}",
                 sh(&format!("cpu/{STORAGE_CG}/cpu.shares")),
-                sh("cpu/inarray/cpu.shares"),
-                sh("cpu/inarray/default/cpu.shares"),
+                sh(&format!("cpu/{ROOT_CG}/cpu.shares")),
+                sh(&format!("cpu/{ROOT_CG}/default/cpu.shares")),
                 sh(&format!("cpu{ncpu}/cpu.shares"))
             ),
         ));
@@ -1015,7 +1020,7 @@ fn facts(d: &Daemon, noise_pid: i32, array_file: &Path) -> Vec<(String, String)>
         "CPU scheduler".into(),
         format!(
             "tick {}; `kernel.sched_autogroup_enabled` = {} (processes in the root cgroup are \
-             grouped per session, each group one entity of weight 1024 next to `/inarray` and `/{STORAGE_CG}`)",
+             grouped per session, each group one entity of weight 1024 next to `/{ROOT_CG}` and `/{STORAGE_CG}`)",
             hz.map_or("unknown (no /proc/config.gz)".into(), |h| format!(
                 "CONFIG_HZ={h} ({:.0} ms)",
                 1000.0 / h as f64

@@ -704,11 +704,13 @@ pub fn render_qos(o: &mut String, q: &Qos) {
          noise. **noise, QoS on**: the engines as built in (`storage`, where the daemon runs, has \
          CPU and I/O weight 1000, `default` 100). **noise, QoS off**: `PATCH /v1/engines/storage \
          {{\"resources\": {{\"cpu_weight\": 100, \"io_weight\": 100}}}}`, no more share than the \
-         noisy engine, restored right after. `storage`'s cgroup is `/inarray-storage`, at the top \
-         of the hierarchy beside the containers' root `/inarray`; the array's disk runs BFQ, set by \
+         noisy engine, restored right after. The daemon's `cgroup_root` is `inarray-bench` (its own, \
+         shared with no other daemon on the machine): `storage`'s cgroup is `/inarray-bench-storage`, \
+         at the top of the hierarchy beside the containers' root `/inarray-bench` (by default: \
+         `/inarray-storage` beside `/inarray`); the array's disk runs BFQ, set by \
          the daemon (`io_scheduler = \"bfq\"`), so that I/O weights count. *What-if*: QoS on, and \
          the daemon's process moved for the phase (cpu controller only) into a cgroup with the same \
-         weight inside `/inarray`, beside the containers' engines — where `storage` was before \
+         weight inside `/inarray-bench`, beside the containers' engines — where `storage` was before \
          0.1's layout change, for comparison. The noise: {} container(s) in `default`, each running one \
          busy `sh` loop per CPU (`nproc`) and `dd if=/d/big of=/dev/null bs=1M iflag=direct` in a \
          loop over a {} MiB file of the array (a read-only volume). Each phase measures, one after \
@@ -740,7 +742,7 @@ pub fn render_qos(o: &mut String, q: &Qos) {
     );
     let _ = writeln!(
         o,
-        "| | quiet | noise, QoS on | kept | target | noise, QoS off | kept | *what-if: old layout, daemon inside `/inarray`* | *kept* |\n\
+        "| | quiet | noise, QoS on | kept | target | noise, QoS off | kept | *what-if: old layout, daemon inside the containers' root* | *kept* |\n\
          |---|---:|---:|---:|---|---:|---:|---:|---:|"
     );
     for (name, lat, judged, x) in qos_rows(q) {
@@ -822,8 +824,7 @@ pub fn render_qos(o: &mut String, q: &Qos) {
         o,
         "What was used during each phase, over its wall time: the noise (the `default` engine's \
          cgroup files, containers included: `cpuacct.usage`, \
-         `blkio.throttle.io_service_bytes_recursive`; shared by every daemon on the machine, so \
-         other daemons' containers in `default` show up, e.g. in the quiet row) and the daemon \
+         `blkio.throttle.io_service_bytes_recursive`) and the daemon \
          process (`/proc/PID/stat`, \
          `/proc/PID/io`); the state disk's latency (5 fsyncs of a 4 KiB append and 5 unlinks in the \
          daemon's state directory at the end of each stint, from the bench client; p50); the \

@@ -106,6 +106,14 @@ pub(crate) fn is_sha256_hex(s: &str) -> bool {
 fn normalize_name(name: &str) -> String {
     for hub in ["docker.io/", "index.docker.io/", "registry-1.docker.io/"] {
         if let Some(rest) = name.strip_prefix(hub) {
+            // Without the hub's name, a first component that looks like a registry would be
+            // read as one (`docker.io/docker.io/x` is not `docker.io/x`): keep the full form.
+            let first = rest.split('/').next().unwrap_or("");
+            if rest.contains('/')
+                && (first.contains('.') || first.contains(':') || first == "localhost")
+            {
+                return name.to_string();
+            }
             let rest = match rest.strip_prefix("library/") {
                 Some(short) if !short.contains('/') => short,
                 _ => rest,
@@ -291,9 +299,17 @@ mod tests {
 
     #[test]
     fn round_trips_through_display() {
-        for s in ["a/b/c:1", "r.example/a:b", "a-b--c:x.y-z"] {
-            let r = Reference::parse(s).unwrap();
-            assert_eq!(Reference::parse(&r.to_string()).unwrap(), r);
+        // The second one was found by the fuzzer (fuzz/corpus/image_reference): the hub's name
+        // was dropped before a component that looks like a registry.
+        for s in [
+            "a/b/c:1",
+            "r.example/a:b",
+            "a-b--c:x.y-z",
+            "docker.io/docker.io/library/ibrlibrary/ibra",
+            "docker.io/localhost/x",
+        ] {
+            let r = Reference::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+            assert_eq!(Reference::parse(&r.to_string()).unwrap(), r, "{s}");
         }
     }
 }

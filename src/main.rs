@@ -31,6 +31,15 @@ fn main() -> ExitCode {
             }
         }
         command => {
+            // Client output piped into `head` and closed early: end quietly, like other Unix
+            // tools, instead of a panic in println! on EPIPE.
+            // SAFETY: called before any other thread exists; SIG_DFL is a valid disposition.
+            let _ = unsafe {
+                nix::sys::signal::signal(
+                    nix::sys::signal::Signal::SIGPIPE,
+                    nix::sys::signal::SigHandler::SigDfl,
+                )
+            };
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

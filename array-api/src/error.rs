@@ -28,6 +28,11 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
     pub fn internal(detail: impl std::fmt::Display) -> Self {
+        let detail = detail.to_string();
+        if is_disk_full(&detail) {
+            tracing::error!(error = %detail, "disk full");
+            return Self::disk_full();
+        }
         tracing::error!(error = %detail, "internal error");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -35,6 +40,25 @@ impl ApiError {
             "internal error; see the daemon's log",
         )
     }
+}
+
+impl ApiError {
+    /// 507: the daemon's own disk (state directory: database, images, container state) is full.
+    pub fn disk_full() -> Self {
+        Self::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "disk_full",
+            "no space left on the daemon's state disk (No space left on device); free space there and retry",
+        )
+    }
+}
+
+/// Whether an error's text says the disk is full: ENOSPC from any layer, or SQLite's
+/// SQLITE_FULL. Errors reach here as text from several crates, hence the match on words.
+fn is_disk_full(text: &str) -> bool {
+    text.contains("No space left on device")
+        || text.contains("os error 28")
+        || text.contains("database or disk is full")
 }
 
 impl IntoResponse for ApiError {
@@ -55,6 +79,7 @@ impl From<ManagerError> for ApiError {
             M::Image(i) if i.is_invalid_input() => {
                 Self::new(StatusCode::BAD_REQUEST, "invalid_image", i.to_string())
             }
+            M::Start(m) if is_disk_full(&m) => Self::disk_full(),
             M::Start(m) => Self::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "start_failed",

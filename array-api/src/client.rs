@@ -40,14 +40,27 @@ pub enum ClientError {
 
 pub struct Client {
     host: Listen,
+    token: Option<String>,
 }
 
 impl Client {
     pub fn new(host: Listen) -> Self {
-        Self { host }
+        Self { host, token: None }
     }
 
-    async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ClientError> {
+    /// Sends `Authorization: Bearer <token>` with every request (TCP listeners need it).
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
+    }
+
+    async fn send(&self, mut req: Request<Body>) -> Result<Response<Incoming>, ClientError> {
+        if let Some(t) = &self.token {
+            let v = hyper::header::HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| {
+                ClientError::Reply("the token holds characters a header cannot".into())
+            })?;
+            req.headers_mut().insert(hyper::header::AUTHORIZATION, v);
+        }
         let conn_err = |source| ClientError::Connect {
             host: self.host.to_string(),
             source,

@@ -6,7 +6,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+
+use crate::access::{Limits, Peer};
 
 /// Where the API listens: `unix:/run/inarray/inarray.sock` or `tcp:127.0.0.1:7070`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,11 +94,7 @@ pub async fn bind(listens: &[Listen], mode: u32, group: Option<u32>) -> Result<V
                 out.push(Bound::Unix(ul, path.clone()));
             }
             Listen::Tcp(addr) => {
-                if !addr.ip().is_loopback() {
-                    return Err(format!(
-                        "listen tcp:{addr}: only loopback addresses are allowed until token authentication is configured"
-                    ));
-                }
+                // Every TCP request needs a bearer token (access::guard), so any address may be bound.
                 let tl = tokio::net::TcpListener::bind(addr)
                     .await
                     .map_err(|e| format!("listen tcp:{addr}: {e}"))?;
@@ -103,34 +105,176 @@ pub async fn bind(listens: &[Listen], mode: u32, group: Option<u32>) -> Result<V
     Ok(out)
 }
 
-/// Serves `router` on every bound listener until `shutdown` resolves; in-flight requests finish.
-pub async fn serve<F>(router: Router, bound: Vec<Bound>, shutdown: F) -> std::io::Result<()>
+/// Serves `router` on every bound listener until `shutdown` resolves. Then no connection is
+/// accepted any more, idle ones are closed, and requests in flight get `limits.shutdown_timeout`
+/// to finish before their connections are closed too.
+///
+/// Each connection is HTTP/1 with `limits.header_timeout` to send each request's headers (which
+/// also closes idle keep-alive connections), at most `limits.max_connections` per listener, and
+/// every request carries the connection's [`Peer`] (SO_PEERCRED on unix sockets).
+pub async fn serve<F>(
+    router: Router,
+    bound: Vec<Bound>,
+    limits: Limits,
+    shutdown: F,
+) -> std::io::Result<()>
 where
     F: Future<Output = ()> + Send + 'static,
 {
     let (tx, _) = tokio::sync::watch::channel(false);
-    let mut tasks = Vec::new();
+    let mut listeners = Vec::new();
+    let conns = Arc::new(Mutex::new(tokio::task::JoinSet::new()));
     for b in bound {
-        let mut rx = tx.subscribe();
-        let stop = async move {
-            let _ = rx.wait_for(|v| *v).await;
-        };
+        let rx = tx.subscribe();
         let r = router.clone();
-        tasks.push(match b {
-            Bound::Unix(l, path) => tokio::spawn(async move {
-                let res = axum::serve(l, r).with_graceful_shutdown(stop).await;
-                let _ = std::fs::remove_file(&path);
-                res
-            }),
-            Bound::Tcp(l) => {
-                tokio::spawn(async move { axum::serve(l, r).with_graceful_shutdown(stop).await })
-            }
-        });
+        let conns = conns.clone();
+        listeners.push(tokio::spawn(accept_loop(b, r, limits, rx, conns)));
     }
     shutdown.await;
     let _ = tx.send(true);
-    for t in tasks {
-        t.await.map_err(std::io::Error::other)??;
+    for l in listeners {
+        l.await.map_err(std::io::Error::other)?;
+    }
+    let mut set = std::mem::take(&mut *conns.lock().unwrap_or_else(|p| p.into_inner()));
+    let open = set.len();
+    if open > 0 {
+        tracing::info!(connections = open, "waiting for requests in flight");
+    }
+    let drained = tokio::time::timeout(limits.shutdown_timeout, async {
+        while set.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            connections = set.len(),
+            timeout = ?limits.shutdown_timeout,
+            "closing connections whose requests did not finish in time"
+        );
+        set.shutdown().await;
     }
     Ok(())
+}
+
+async fn accept_loop(
+    b: Bound,
+    router: Router,
+    limits: Limits,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    conns: Arc<Mutex<tokio::task::JoinSet<()>>>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let unix_path = match &b {
+        Bound::Unix(_, p) => Some(p.clone()),
+        Bound::Tcp(_) => None,
+    };
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.wait_for(|v| *v) => break,
+            a = accept(&b) => a,
+        };
+        let (io, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(peer = ?peer, max = limits.max_connections, "too many connections: closing a new one");
+            continue;
+        };
+        let r = router.clone();
+        let stop = stop.clone();
+        let mut set = conns.lock().unwrap_or_else(|p| p.into_inner());
+        // Finished connections are reaped here so the set stays small.
+        while set.try_join_next().is_some() {}
+        set.spawn(async move {
+            serve_connection(io, peer, r, limits, stop).await;
+            drop(slot);
+        });
+    }
+    if let Some(p) = unix_path {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// A stream of either kind.
+enum Io {
+    Unix(tokio::net::UnixStream),
+    Tcp(tokio::net::TcpStream),
+}
+
+async fn accept(b: &Bound) -> std::io::Result<(Io, Peer)> {
+    match b {
+        Bound::Unix(l, _) => {
+            let (s, _) = l.accept().await?;
+            let cred = s.peer_cred()?;
+            let peer = Peer::Unix {
+                uid: cred.uid(),
+                gid: cred.gid(),
+                pid: cred.pid(),
+            };
+            Ok((Io::Unix(s), peer))
+        }
+        Bound::Tcp(l) => {
+            let (s, addr) = l.accept().await?;
+            let _ = s.set_nodelay(true);
+            Ok((
+                Io::Tcp(s),
+                Peer::Tcp {
+                    addr,
+                    client_cert: None,
+                },
+            ))
+        }
+    }
+}
+
+async fn serve_connection(
+    io: Io,
+    peer: Peer,
+    router: Router,
+    limits: Limits,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    match io {
+        Io::Unix(s) => drive(TokioIo::new(s), peer, router, limits, stop).await,
+        Io::Tcp(s) => drive(TokioIo::new(s), peer, router, limits, stop).await,
+    }
+}
+
+async fn drive<I>(
+    io: I,
+    peer: Peer,
+    router: Router,
+    limits: Limits,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(peer.clone());
+        tower::ServiceExt::oneshot(router.clone(), req)
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(64 * 1024)
+        .serve_connection(io, svc);
+    tokio::pin!(conn);
+    let stopping = async move {
+        let _ = stop.wait_for(|v| *v).await;
+    };
+    let res = tokio::select! {
+        r = conn.as_mut() => r,
+        () = stopping => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = res {
+        tracing::debug!(error = %e, "connection closed with an error");
+    }
 }

@@ -28,7 +28,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::Router;
-use http_body_util::BodyExt;
 use inarray_runtime::Manager;
 use inarray_store::{NewAudit, Store, TokenRow};
 use serde::{Deserialize, Serialize};
@@ -568,12 +567,41 @@ fn finish(
         None => resp,
         Some(permit) => {
             let (parts, body) = resp.into_parts();
-            let body = body.map_frame(move |f| {
-                let _held = &permit;
-                f
-            });
-            Response::from_parts(parts, Body::new(body))
+            Response::from_parts(
+                parts,
+                Body::new(Held {
+                    inner: body,
+                    _permit: permit,
+                }),
+            )
         }
+    }
+}
+
+/// A reply body that keeps the request's in-flight permit until it is sent or dropped, and
+/// keeps its size hint (so replies keep their Content-Length).
+struct Held {
+    inner: Body,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl axum::body::HttpBody for Held {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

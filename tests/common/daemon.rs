@@ -28,6 +28,8 @@ pub struct TestDaemon {
     pub state: PathBuf,
     pub socket: PathBuf,
     pub child: Option<Child>,
+    /// More arguments for `inarray serve` (e.g. `--config FILE`, another `--listen`).
+    pub extra_args: Vec<String>,
 }
 
 impl TestDaemon {
@@ -37,6 +39,11 @@ impl TestDaemon {
 
     /// A fresh daemon with an empty array and state.
     pub async fn start() -> Self {
+        Self::start_with(Vec::new()).await
+    }
+
+    /// A fresh daemon started with more arguments; `{tmp}` in them is the test's temp dir.
+    pub async fn start_with(extra_args: Vec<String>) -> Self {
         require_root();
         let tmp = tempfile::Builder::new()
             .prefix("inarray-e2e-")
@@ -48,8 +55,12 @@ impl TestDaemon {
             array,
             state: tmp.path().join("state"),
             socket: tmp.path().join("run/api.sock"),
-            tmp,
             child: None,
+            extra_args: extra_args
+                .iter()
+                .map(|a| a.replace("{tmp}", tmp.path().to_str().unwrap()))
+                .collect(),
+            tmp,
         };
         d.launch().await;
         d
@@ -64,8 +75,20 @@ impl TestDaemon {
             .arg(&self.state)
             .arg("--listen")
             .arg(format!("unix:{}", self.socket.display()))
+            .args(&self.extra_args)
             .env("INARRAY_LOG", "info");
         cmd
+    }
+
+    /// SIGTERM the daemon and wait for it to exit.
+    pub fn sigterm(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("a running daemon");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        child.wait().unwrap()
     }
 
     /// (Re)starts the daemon process and waits until it answers.

@@ -372,7 +372,6 @@ impl Reloader {
             return;
         };
         while hup.recv().await.is_some() {
-            crate::notify::notify("RELOADING=1");
             match self.reload().await {
                 Ok(()) => tracing::info!(config = %self.path.display(), "configuration reloaded"),
                 Err(e) => tracing::error!(
@@ -381,7 +380,6 @@ impl Reloader {
                     "configuration not reloaded: nothing was changed"
                 ),
             }
-            crate::notify::notify("READY=1");
         }
     }
 

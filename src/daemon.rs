@@ -240,7 +240,11 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
     )
     .context("container manager")?;
     let limits = s.limits;
-    let bound = bind(&s.listen, s.socket_mode, s.socket_group)
+    let tls = s.api.tls().map_err(anyhow::Error::msg)?;
+    if tls.is_none() && s.listen.iter().any(|l| matches!(l, Listen::Tcp(_))) {
+        tracing::warn!("tcp listeners without tls: tokens travel in clear text; set api.tls_cert and api.tls_key");
+    }
+    let bound = bind(&s.listen, s.socket_mode, s.socket_group, tls)
         .await
         .map_err(anyhow::Error::msg)?;
     manager.init_engines(&s.engines).await.context("engines")?;

@@ -480,3 +480,169 @@ async fn json_logs_sighup_reload_and_sigterm_with_a_request_in_flight() {
         .await;
     let _ = std::fs::remove_file(&cfg);
 }
+
+/// Makes a CA, a server certificate for 127.0.0.1 and two client certificates (one from another
+/// CA) with the openssl CLI, in `dir`.
+fn make_certs(dir: &std::path::Path) {
+    let sh = |script: &str| {
+        let out = std::process::Command::new("sh")
+            .arg("-ec")
+            .arg(script)
+            .current_dir(dir)
+            .output()
+            .expect("openssl (Debian package openssl) is needed for the TLS tests");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    for ca in ["ca", "other-ca"] {
+        sh(&format!(
+            "openssl req -x509 {key} -keyout {ca}.key -out {ca}.pem -days 2 -subj /CN={ca}"
+        ));
+    }
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for (name, ca, ext) in [
+        ("server", "ca", "server.ext"),
+        ("client", "ca", "client.ext"),
+        ("rogue", "other-ca", "client.ext"),
+    ] {
+        sh(&format!(
+            "openssl req {key} -keyout {name}.key -out {name}.csr -subj /CN={name} && \
+             openssl x509 -req -in {name}.csr -CA {ca}.pem -CAkey {ca}.key -CAcreateserial \
+               -out {name}.pem -days 2 -extfile {ext}"
+        ));
+    }
+}
+
+/// curl over HTTPS; returns (curl succeeded, HTTP status, body).
+fn curl(port: u16, path: &str, token: Option<&str>, extra: &[&str]) -> (bool, u16, String) {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
+        .args(extra)
+        .arg(format!("https://127.0.0.1:{port}{path}"));
+    if let Some(t) = token {
+        cmd.arg("-H").arg(format!("Authorization: Bearer {t}"));
+    }
+    let out = cmd.output().expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (
+        out.status.success(),
+        code.trim().parse().unwrap_or(0),
+        body.to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_client_certificates() {
+    let certs = tempfile::tempdir().unwrap();
+    let c = certs.path();
+    make_certs(c);
+    let p = |f: &str| c.join(f).to_str().unwrap().to_owned();
+    let tls = format!(
+        "[api]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        p("server.pem"),
+        p("server.key")
+    );
+    let (mut d, port) = start_tcp(&tls).await;
+    let (ok, secret, err) = cli(&[
+        "--host",
+        &format!("unix:{}", d.socket.display()),
+        "token",
+        "add",
+        "tls",
+    ]);
+    assert!(ok, "{err}");
+    let secret = secret.trim().to_owned();
+    let ca = p("ca.pem");
+    let (ok, status, body) = curl(port, "/v1/info", Some(&secret), &["--cacert", &ca]);
+    assert!(ok && status == 200, "{status} {body}");
+    assert!(body.contains("\"cgroup_mode\""), "{body}");
+    let (_, status, body) = curl(port, "/v1/info", None, &["--cacert", &ca]);
+    assert_eq!(status, 401, "{body}");
+    // Plain HTTP to the TLS port gets no HTTP answer.
+    let (status, _) = raw(port, b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, 0);
+    // A server certificate the client does not trust: curl refuses.
+    let (ok, _, _) = curl(
+        port,
+        "/v1/info",
+        Some(&secret),
+        &["--cacert", &p("other-ca.pem")],
+    );
+    assert!(!ok);
+
+    // Mutual TLS: only clients with a certificate from the configured CA get through (and
+    // they still need a token).
+    d.kill9();
+    let cfg = d.extra_args.last().unwrap().clone();
+    std::fs::write(&cfg, format!("{tls}tls_client_ca = \"{}\"\n", p("ca.pem"))).unwrap();
+    d.launch().await;
+    let (ok, status, _) = curl(port, "/v1/info", Some(&secret), &["--cacert", &ca]);
+    assert!(
+        !ok && status == 0,
+        "no client certificate: refused in the handshake"
+    );
+    let rogue = [
+        "--cacert",
+        &ca,
+        "--cert",
+        &p("rogue.pem"),
+        "--key",
+        &p("rogue.key"),
+    ];
+    let (ok, status, _) = curl(port, "/v1/info", Some(&secret), &rogue);
+    assert!(
+        !ok && status == 0,
+        "a certificate from another CA is refused"
+    );
+    let good = [
+        "--cacert",
+        &ca,
+        "--cert",
+        &p("client.pem"),
+        "--key",
+        &p("client.key"),
+    ];
+    let (ok, status, body) = curl(port, "/v1/info", Some(&secret), &good);
+    assert!(ok && status == 200, "{status} {body}");
+    let (_, status, _) = curl(port, "/v1/info", None, &good);
+    assert_eq!(status, 401, "a certificate does not replace the token");
+    // A TLS client that never finishes its handshake is cut off by the header timeout (10 s
+    // by default); the unix socket is served meanwhile.
+    let mut silent = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    d.ok(Method::GET, "/v1/health", None).await;
+    assert!(time_to_close(&mut silent, Duration::from_secs(15)) < Duration::from_secs(12));
+
+    // A key that does not match, or a missing file: the daemon refuses to start, naming it.
+    d.kill9();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[api]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            p("server.pem"),
+            p("nope.key")
+        ),
+    )
+    .unwrap();
+    let out = d.serve_command().output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("api.tls_key"),
+        "{out:?}"
+    );
+    std::fs::write(&cfg, format!("[api]\ntls_cert = \"{}\"\n", p("server.pem"))).unwrap();
+    let out = d.serve_command().output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("go together"),
+        "{out:?}"
+    );
+}

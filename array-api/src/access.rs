@@ -164,6 +164,12 @@ pub struct ApiConfig {
     pub audit_retention_days: Option<u32>,
     /// Most audit entries kept (default 1,000,000).
     pub audit_max_entries: Option<u64>,
+    /// PEM certificate chain and private key: the TCP listeners speak TLS when both are set.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: TLS clients must then present a certificate it signed (tokens are still
+    /// needed on top).
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// Largest body a config may allow (the router's own ceiling).
@@ -221,6 +227,17 @@ impl ApiConfig {
                 d.shutdown_timeout,
             )?,
         })
+    }
+
+    /// The TLS setup, when `tls_cert` and `tls_key` are set.
+    pub fn tls(&self) -> Result<Option<Arc<tokio_rustls::rustls::ServerConfig>>, String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (None, None) if self.tls_client_ca.is_none() => Ok(None),
+            (Some(c), Some(k)) => {
+                crate::serve::tls_config(c, k, self.tls_client_ca.as_deref()).map(Some)
+            }
+            _ => Err("api: tls_cert and tls_key go together (and tls_client_ca needs both)".into()),
+        }
     }
 
     pub fn retention(&self) -> Retention {
@@ -435,6 +452,10 @@ fn peer_text(p: Option<&Peer>) -> String {
             Some(pid) => format!("unix:{uid} pid {pid}"),
             None => format!("unix:{uid}"),
         },
+        Some(Peer::Tcp {
+            addr,
+            client_cert: Some(fp),
+        }) => format!("tcp:{addr} cert {fp}"),
         Some(Peer::Tcp { addr, .. }) => format!("tcp:{addr}"),
         None => "in-process".into(),
     }

@@ -12,6 +12,9 @@ use std::time::Duration;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 
+use tokio_rustls::rustls;
+use tokio_rustls::TlsAcceptor;
+
 use crate::access::{Limits, Peer};
 
 /// Where the API listens: `unix:/run/inarray/inarray.sock` or `tcp:127.0.0.1:7070`.
@@ -53,13 +56,71 @@ impl std::fmt::Display for Listen {
 
 pub enum Bound {
     Unix(tokio::net::UnixListener, PathBuf),
-    Tcp(tokio::net::TcpListener),
+    /// A TCP listener, speaking TLS when it has an acceptor.
+    Tcp(tokio::net::TcpListener, Option<TlsAcceptor>),
+}
+
+/// The TLS setup of the TCP listeners: a PEM certificate chain and key, and optionally a PEM CA
+/// bundle whose signature every client must present (mutual TLS). TLS 1.2 and 1.3 (rustls, ring).
+pub fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    client_ca: Option<&std::path::Path>,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<_, _>>())
+        .map_err(|e| format!("api.tls_cert {}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "api.tls_cert {}: no certificate in it",
+            cert.display()
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("api.tls_key {}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls: {e}"))?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(ca)
+                .map_err(|e| format!("api.tls_client_ca {}: {e}", ca.display()))?
+            {
+                let c = c.map_err(|e| format!("api.tls_client_ca {}: {e}", ca.display()))?;
+                roots
+                    .add(c)
+                    .map_err(|e| format!("api.tls_client_ca {}: {e}", ca.display()))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| format!("api.tls_client_ca {}: {e}", ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("api.tls_cert/tls_key: {e}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// Binds every listener up front so that a bad address fails start-up with a one-line error.
 /// Unix sockets get mode `mode` (0660 by default) and group `group`; a stale socket file nobody answers on is
 /// replaced, a live one is an error (another daemon).
-pub async fn bind(listens: &[Listen], mode: u32, group: Option<u32>) -> Result<Vec<Bound>, String> {
+pub async fn bind(
+    listens: &[Listen],
+    mode: u32,
+    group: Option<u32>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Result<Vec<Bound>, String> {
     let mut out = Vec::new();
     for l in listens {
         match l {
@@ -98,7 +159,7 @@ pub async fn bind(listens: &[Listen], mode: u32, group: Option<u32>) -> Result<V
                 let tl = tokio::net::TcpListener::bind(addr)
                     .await
                     .map_err(|e| format!("listen tcp:{addr}: {e}"))?;
-                out.push(Bound::Tcp(tl));
+                out.push(Bound::Tcp(tl, tls.clone().map(TlsAcceptor::from)));
             }
         }
     }
@@ -165,7 +226,7 @@ async fn accept_loop(
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let unix_path = match &b {
         Bound::Unix(_, p) => Some(p.clone()),
-        Bound::Tcp(_) => None,
+        Bound::Tcp(..) => None,
     };
     loop {
         let accepted = tokio::select! {
@@ -200,10 +261,10 @@ async fn accept_loop(
     }
 }
 
-/// A stream of either kind.
+/// An accepted stream (a TCP one not yet through its TLS handshake).
 enum Io {
     Unix(tokio::net::UnixStream),
-    Tcp(tokio::net::TcpStream),
+    Tcp(tokio::net::TcpStream, Option<TlsAcceptor>),
 }
 
 async fn accept(b: &Bound) -> std::io::Result<(Io, Peer)> {
@@ -218,11 +279,11 @@ async fn accept(b: &Bound) -> std::io::Result<(Io, Peer)> {
             };
             Ok((Io::Unix(s), peer))
         }
-        Bound::Tcp(l) => {
+        Bound::Tcp(l, tls) => {
             let (s, addr) = l.accept().await?;
             let _ = s.set_nodelay(true);
             Ok((
-                Io::Tcp(s),
+                Io::Tcp(s, tls.clone()),
                 Peer::Tcp {
                     addr,
                     client_cert: None,
@@ -241,8 +302,46 @@ async fn serve_connection(
 ) {
     match io {
         Io::Unix(s) => drive(TokioIo::new(s), peer, router, limits, stop).await,
-        Io::Tcp(s) => drive(TokioIo::new(s), peer, router, limits, stop).await,
+        Io::Tcp(s, None) => drive(TokioIo::new(s), peer, router, limits, stop).await,
+        Io::Tcp(s, Some(acceptor)) => {
+            // The handshake gets the header timeout too (a silent client is cut off).
+            let tls = match tokio::time::timeout(limits.header_timeout, acceptor.accept(s)).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = ?peer, error = %e, "tls handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(peer = ?peer, "tls handshake timed out");
+                    return;
+                }
+            };
+            let peer = match peer {
+                Peer::Tcp { addr, .. } => Peer::Tcp {
+                    addr,
+                    client_cert: tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(|c| fingerprint(c)),
+                },
+                p => p,
+            };
+            drive(TokioIo::new(tls), peer, router, limits, stop).await
+        }
     }
+}
+
+/// `sha256:<hex>` of a DER certificate.
+fn fingerprint(der: &[u8]) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(der);
+    let mut s = String::from("sha256:");
+    for b in d {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
 }
 
 async fn drive<I>(

@@ -186,3 +186,74 @@ async fn fifty_containers_survive_restarts_and_exits_meanwhile_are_recorded() {
         .await;
     assert_eq!(c["state"], "exited", "{c}");
 }
+
+/// docs/operations.md's backup procedure works while the daemon serves: `VACUUM INTO` and
+/// sqlite3's `.backup` make consistent copies, and a daemon started on a restored copy knows the
+/// containers and tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn online_backup_and_restore() {
+    use common::daemon::Method;
+    use serde_json::json;
+    let mut d = TestDaemon::start().await;
+    d.with_busybox().await;
+    let c = d
+        .run(json!({"image": "busybox", "name": "kept", "command": ["sleep", "1000"]}))
+        .await;
+    d.ok(
+        Method::POST,
+        "/v1/tokens",
+        Some(json!({"name": "backup-test", "scope": "read"})),
+    )
+    .await;
+    let db = d.state.join("state.db");
+    let into = d.tmp.path().join("vacuum.db");
+    let dot = d.tmp.path().join("dot.db");
+    // Writes go on meanwhile.
+    let writer = {
+        let client = d.client();
+        tokio::spawn(async move {
+            for i in 0..50 {
+                let _ = client
+                    .json(Method::POST, &format!("/v1/containers/nope{i}/stop"), None)
+                    .await;
+            }
+        })
+    };
+    let sqlite = |args: &[&str]| {
+        let out = std::process::Command::new("sqlite3")
+            .args(args)
+            .output()
+            .expect("sqlite3 (Debian package sqlite3) is needed for the backup test");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    sqlite(&[
+        db.to_str().unwrap(),
+        &format!("VACUUM INTO '{}'", into.display()),
+    ]);
+    sqlite(&[db.to_str().unwrap(), &format!(".backup '{}'", dot.display())]);
+    writer.await.unwrap();
+    for copy in [&into, &dot] {
+        let p = copy.to_str().unwrap();
+        assert_eq!(sqlite(&[p, "PRAGMA integrity_check"]), "ok");
+        assert_eq!(
+            sqlite(&[p, "SELECT name FROM containers"]),
+            "kept",
+            "{}",
+            copy.display()
+        );
+        assert_eq!(sqlite(&[p, "SELECT name FROM api_tokens"]), "backup-test");
+    }
+    // Restore: stop the daemon (the container keeps running), put the copy in place, start.
+    assert!(d.sigterm().success());
+    for f in ["state.db-wal", "state.db-shm"] {
+        let _ = std::fs::remove_file(d.state.join(f));
+    }
+    std::fs::copy(&dot, &db).unwrap();
+    d.launch().await;
+    let k = d.container(c["id"].as_str().unwrap()).await;
+    assert_eq!(k["state"], "running", "{k}");
+    assert_eq!(k["pid"], c["pid"]);
+    let t = d.ok(Method::GET, "/v1/tokens", None).await;
+    assert_eq!(t[0]["name"], "backup-test");
+}

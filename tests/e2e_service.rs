@@ -231,7 +231,10 @@ async fn online_backup_and_restore() {
         db.to_str().unwrap(),
         &format!("VACUUM INTO '{}'", into.display()),
     ]);
-    sqlite(&[db.to_str().unwrap(), &format!(".backup '{}'", dot.display())]);
+    sqlite(&[
+        db.to_str().unwrap(),
+        &format!(".backup '{}'", dot.display()),
+    ]);
     writer.await.unwrap();
     for copy in [&into, &dot] {
         let p = copy.to_str().unwrap();

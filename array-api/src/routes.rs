@@ -124,26 +124,44 @@ async fn import_image(
     limits: Option<axum::Extension<crate::access::Limits>>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    // A client that stops sending mid-upload is cut off after the idle timeout.
+    // A client that stops sending mid-upload is cut off after the idle timeout (408).
     let idle = limits.map(|l| l.0).unwrap_or_default().idle_timeout;
+    let stalled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stalled.clone();
     let stream = Box::pin(futures_util::stream::unfold(
         body.into_data_stream(),
-        move |mut s| async move {
-            match tokio::time::timeout(idle, futures_util::StreamExt::next(&mut s)).await {
-                Ok(Some(item)) => Some((item.map_err(std::io::Error::other), s)),
-                Ok(None) => None,
-                Err(_) => Some((
-                    Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("no data for {idle:?}"),
-                    )),
-                    s,
-                )),
+        move |mut s| {
+            let flag = flag.clone();
+            async move {
+                match tokio::time::timeout(idle, futures_util::StreamExt::next(&mut s)).await {
+                    Ok(Some(item)) => Some((item.map_err(std::io::Error::other), s)),
+                    Ok(None) => None,
+                    Err(_) => {
+                        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                        Some((
+                            Err(std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                format!("no data for {idle:?}"),
+                            )),
+                            s,
+                        ))
+                    }
+                }
             }
         },
     ));
     let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
-    let images = m.import_image(reader, q.name).await?;
+    let images = match m.import_image(reader, q.name).await {
+        Ok(i) => i,
+        Err(_) if stalled.load(std::sync::atomic::Ordering::Relaxed) => {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!("the upload stalled: no data for {idle:?}; nothing was imported"),
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    };
     let views: Vec<ImageView> = images.into_iter().map(ImageView::from).collect();
     let first = views
         .first()

@@ -2759,3 +2759,56 @@ async fn info_and_latency_metrics() {
         assert!(m.contains(needle), "{needle} not in\n{m}");
     }
 }
+
+#[tokio::test]
+async fn a_stalled_image_upload_is_cut_off() {
+    let env = Env::with_limits(Limits {
+        idle_timeout: std::time::Duration::from_millis(300),
+        ..Limits::default()
+    })
+    .await;
+    let before = listing(&env.image_store());
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    // The start of a tar archive (a header announcing 1 MiB and 4 KiB of it), then silence.
+    let mut h = tar::Header::new_gnu();
+    h.set_path("blobs/sha256/big").unwrap();
+    h.set_size(1 << 20);
+    h.set_mode(0o644);
+    h.set_cksum();
+    let mut start = h.as_bytes().to_vec();
+    start.extend_from_slice(&[7u8; 4096]);
+    tx.send(Ok(start)).await.unwrap();
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    let t = std::time::Instant::now();
+    let resp = env
+        .app
+        .clone()
+        .oneshot(
+            Request::builder()
+                .method("POST")
+                .uri("/v1/images/import")
+                .header("content-type", "application/octet-stream")
+                .extension(unix_root())
+                .body(Body::from_stream(stream))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        t.elapsed()
+    );
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT, "{text}");
+    assert!(text.contains("the upload stalled"), "{text}");
+    drop(tx);
+    assert_eq!(
+        listing(&env.image_store()),
+        before,
+        "the store is unchanged"
+    );
+}

@@ -28,6 +28,14 @@ pub struct Args {
     /// variable: command lines are visible to every user of the node.
     #[arg(long, global = true, env = "INARRAY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Speak TLS to a tcp: host, trusting the server certificate this PEM CA signed.
+    #[arg(long, global = true, env = "INARRAY_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for a host that requires one; with --tls-key.
+    #[arg(long, global = true, env = "INARRAY_TLS_CERT", requires = "tls_ca")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, global = true, env = "INARRAY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -186,14 +194,23 @@ pub(crate) fn enc(s: &str) -> String {
         .collect()
 }
 
-pub async fn run(
-    host: String,
-    token: Option<String>,
-    as_json: bool,
-    command: Command,
-) -> Result<ExitCode> {
+pub async fn run(args: Args) -> Result<ExitCode> {
+    let Args {
+        host,
+        json: as_json,
+        token,
+        tls_ca,
+        tls_cert,
+        tls_key,
+        command,
+    } = args;
     let host: Listen = host.parse().map_err(anyhow::Error::msg)?;
-    let c = Client::new(host).with_token(token);
+    let tls = tls_ca.map(|ca| inarray_api::client::TlsOptions {
+        ca,
+        cert: tls_cert,
+        key: tls_key,
+    });
+    let c = Client::new(host).with_token(token).with_tls(tls.as_ref())?;
     use hyper::Method;
     let print = |v: &Value| println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
     match command {

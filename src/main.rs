@@ -40,7 +40,7 @@ fn main() -> ExitCode {
                 Ok(rt) => rt,
                 Err(e) => return fatal(&format!("cannot start the async runtime: {e}")),
             };
-            match rt.block_on(cli::run(args.host, args.token, args.json, command)) {
+            match rt.block_on(cli::run(cli::Args { command, ..args })) {
                 Ok(code) => code,
                 Err(e) => fatal(&format!("{e:#}")),
             }

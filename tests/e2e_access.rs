@@ -566,6 +566,22 @@ async fn tls_and_client_certificates() {
     let (ok, status, body) = curl(port, "/v1/info", Some(&secret), &["--cacert", &ca]);
     assert!(ok && status == 200, "{status} {body}");
     assert!(body.contains("\"cgroup_mode\""), "{body}");
+    let tcp = format!("tcp:127.0.0.1:{port}");
+    let (ok, out, err) = cli(&["--host", &tcp, "--token", &secret, "--tls-ca", &ca, "ps"]);
+    assert!(ok, "{out} {err}");
+    let (ok, _, err) = cli(&[
+        "--host",
+        &tcp,
+        "--token",
+        &secret,
+        "--tls-ca",
+        &p("other-ca.pem"),
+        "ps",
+    ]);
+    assert!(
+        !ok && err.contains("cannot connect"),
+        "an untrusted server certificate: {err}"
+    );
     let (_, status, body) = curl(port, "/v1/info", None, &["--cacert", &ca]);
     assert_eq!(status, 401, "{body}");
     // Plain HTTP to the TLS port gets no HTTP answer.
@@ -616,6 +632,24 @@ async fn tls_and_client_certificates() {
     assert!(ok && status == 200, "{status} {body}");
     let (_, status, _) = curl(port, "/v1/info", None, &good);
     assert_eq!(status, 401, "a certificate does not replace the token");
+    // The CLI speaks TLS too, with its client certificate.
+    let tcp = format!("tcp:127.0.0.1:{port}");
+    let (ok, out, err) = cli(&[
+        "--host",
+        &tcp,
+        "--token",
+        &secret,
+        "--tls-ca",
+        &ca,
+        "--tls-cert",
+        &p("client.pem"),
+        "--tls-key",
+        &p("client.key"),
+        "info",
+    ]);
+    assert!(ok && out.contains("cgroup_mode"), "{err}");
+    let (ok, _, err) = cli(&["--host", &tcp, "--token", &secret, "--tls-ca", &ca, "info"]);
+    assert!(!ok, "no client certificate: {err}");
     // A TLS client that never finishes its handshake is cut off by the header timeout (10 s
     // by default); the unix socket is served meanwhile.
     let mut silent = TcpStream::connect(("127.0.0.1", port)).unwrap();

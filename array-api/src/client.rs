@@ -58,16 +58,7 @@ impl TlsOptions {
         use tokio_rustls::rustls;
         use tokio_rustls::rustls::pki_types::pem::PemObject;
         use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let mut roots = rustls::RootCertStore::empty();
-        let ca = &self.ca;
-        for c in CertificateDer::pem_file_iter(ca)
-            .map_err(|e| format!("tls ca {}: {e}", ca.display()))?
-        {
-            let c = c.map_err(|e| format!("tls ca {}: {e}", ca.display()))?;
-            roots
-                .add(c)
-                .map_err(|e| format!("tls ca {}: {e}", ca.display()))?;
-        }
+        let roots = crate::serve::load_roots(&self.ca, "tls ca")?;
         let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
             rustls::crypto::ring::default_provider(),
         ))

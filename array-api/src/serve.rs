@@ -60,6 +60,24 @@ pub enum Bound {
     Tcp(tokio::net::TcpListener, Option<TlsAcceptor>),
 }
 
+/// The certificates of a PEM CA bundle; errors name `what` and the file.
+pub(crate) fn load_roots(
+    path: &std::path::Path,
+    what: &str,
+) -> Result<rustls::RootCertStore, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let err = |e: &dyn std::fmt::Display| format!("{what} {}: {e}", path.display());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(path).map_err(|e| err(&e))? {
+        roots.add(c.map_err(|e| err(&e))?).map_err(|e| err(&e))?;
+    }
+    if roots.is_empty() {
+        return Err(err(&"no certificate in it"));
+    }
+    Ok(roots)
+}
+
 /// The TLS setup of the TCP listeners: a PEM certificate chain and key, and optionally a PEM CA
 /// bundle whose signature every client must present (mutual TLS). TLS 1.2 and 1.3 (rustls, ring).
 pub fn tls_config(
@@ -87,15 +105,7 @@ pub fn tls_config(
     let builder = match client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for c in CertificateDer::pem_file_iter(ca)
-                .map_err(|e| format!("api.tls_client_ca {}: {e}", ca.display()))?
-            {
-                let c = c.map_err(|e| format!("api.tls_client_ca {}: {e}", ca.display()))?;
-                roots
-                    .add(c)
-                    .map_err(|e| format!("api.tls_client_ca {}: {e}", ca.display()))?;
-            }
+            let roots = load_roots(ca, "api.tls_client_ca")?;
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
                 provider,

@@ -304,6 +304,25 @@ async fn hostile_clients_are_cut_off_and_others_still_served() {
         assert_eq!(status, 400, "{reply}");
         assert!(reply.contains(needle), "{reply}");
     }
+    // 100 KiB of headers: refused (431) or cut off, never buffered without bound.
+    let (status, _) = raw(
+        port,
+        format!(
+            "GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(100 << 10)
+        )
+        .as_bytes(),
+    );
+    assert!(status == 431 || status == 0, "{status}");
+    // Both Content-Length and Transfer-Encoding (request smuggling): 400, never two requests.
+    let (status, _) = raw(
+        port,
+        format!(
+            "POST /v1/containers HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {secret}\r\nContent-Type: application/json\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /v1/tokens HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    assert_eq!(status, 400);
     // Garbage instead of HTTP: the connection is closed, the daemon serves on.
     let (status, _) = raw(
         port,

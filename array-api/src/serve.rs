@@ -370,6 +370,7 @@ async fn drive<I>(
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
+        .max_header_size(32 * 1024)
         .max_buf_size(64 * 1024)
         .serve_connection(io, svc);
     tokio::pin!(conn);

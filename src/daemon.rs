@@ -274,7 +274,7 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
     )
     .await
     .map_err(|e| anyhow::anyhow!("api tokens: {}", e.message))?;
-    spawn_audit_retention(access.clone(), s.api.retention());
+    spawn_audit_retention(access.clone(), s.api.retention()).await;
     tracing::info!(
         array = %array.display(),
         state = %state.display(),
@@ -341,17 +341,25 @@ fn cgroup_mode(root: &Path) -> &'static str {
     }
 }
 
-/// Prunes the audit log at start and every hour.
-fn spawn_audit_retention(access: inarray_api::access::Access, r: inarray_api::access::Retention) {
+/// Prunes the audit log now (before the API serves) and then every hour.
+async fn spawn_audit_retention(
+    access: inarray_api::access::Access,
+    r: inarray_api::access::Retention,
+) {
+    async fn prune(access: &inarray_api::access::Access, r: inarray_api::access::Retention) {
+        match access.prune_audit(r).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "audit log pruned"),
+            Err(e) => tracing::warn!(error = %e.message, "cannot prune the audit log"),
+        }
+    }
+    prune(&access, r).await;
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+        let every = std::time::Duration::from_secs(3600);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             tick.tick().await;
-            match access.prune_audit(r).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(deleted = n, "audit log pruned"),
-                Err(e) => tracing::warn!(error = %e.message, "cannot prune the audit log"),
-            }
+            prune(&access, r).await;
         }
     });
 }

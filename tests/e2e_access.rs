@@ -699,3 +699,39 @@ async fn tls_and_client_certificates() {
         "{out:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_retention_keeps_the_newest_entries() {
+    let (mut d, _port) = start_tcp("[api]\naudit_max_entries = 5\n").await;
+    for i in 0..12 {
+        d.fails(
+            Method::POST,
+            &format!("/v1/containers/gone{i}/start"),
+            None,
+            404,
+        )
+        .await;
+    }
+    let a = d.ok(Method::GET, "/v1/audit?limit=100", None).await;
+    assert_eq!(a["entries"].as_array().unwrap().len(), 12);
+    // Retention runs at start (and hourly).
+    d.kill9();
+    d.launch().await;
+    let a = d.ok(Method::GET, "/v1/audit?limit=100", None).await;
+    let targets: Vec<&str> = a["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["target"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        targets,
+        [
+            "/v1/containers/gone11/start",
+            "/v1/containers/gone10/start",
+            "/v1/containers/gone9/start",
+            "/v1/containers/gone8/start",
+            "/v1/containers/gone7/start"
+        ]
+    );
+}

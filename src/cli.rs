@@ -34,6 +34,7 @@ pub struct Args {
     /// Client certificate (PEM) for a host that requires one; with --tls-key.
     #[arg(long, global = true, env = "INARRAY_TLS_CERT", requires = "tls_ca")]
     pub tls_cert: Option<PathBuf>,
+    /// Key of the client certificate (PEM).
     #[arg(long, global = true, env = "INARRAY_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     #[command(subcommand)]

@@ -2812,3 +2812,30 @@ async fn a_stalled_image_upload_is_cut_off() {
         "the store is unchanged"
     );
 }
+
+/// Every operation documents the access guard's replies (it runs before any handler), and those
+/// with a body the body timeout.
+#[test]
+fn every_operation_documents_access_errors() {
+    let spec: Value = serde_json::from_str(SPEC_FILE).unwrap();
+    assert!(spec["components"]["securitySchemes"]["bearerAuth"].is_object());
+    let mut missing = Vec::new();
+    for (path, ops) in spec["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            if !["get", "post", "put", "patch", "delete"].contains(&method.as_str()) {
+                continue;
+            }
+            let r = &op["responses"];
+            let mut need = vec!["401", "403", "503"];
+            if op.get("requestBody").is_some() {
+                need.push("408");
+            }
+            for s in need {
+                if r.get(s).is_none() {
+                    missing.push(format!("{method} {path}: {s}"));
+                }
+            }
+        }
+    }
+    assert!(missing.is_empty(), "undocumented: {missing:#?}");
+}

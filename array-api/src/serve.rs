@@ -238,6 +238,9 @@ async fn accept_loop(
         Bound::Unix(_, p) => Some(p.clone()),
         Bound::Tcp(..) => None,
     };
+    // Refusals are logged at most every 10 s (a flood must not flood the log too).
+    let mut refused = 0u64;
+    let mut last_warn: Option<std::time::Instant> = None;
     loop {
         let accepted = tokio::select! {
             _ = stop.wait_for(|v| *v) => break,
@@ -246,14 +249,31 @@ async fn accept_loop(
         let (io, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                use nix::errno::Errno;
+                let exhausted = [Errno::EMFILE, Errno::ENFILE, Errno::ENOBUFS, Errno::ENOMEM]
+                    .iter()
+                    .any(|n| e.raw_os_error() == Some(*n as i32));
+                tracing::debug!(error = %e, "accept failed");
+                if exhausted {
+                    // Out of descriptors or memory: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
                 continue;
             }
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(peer = ?peer, max = limits.max_connections, "too many connections: closing a new one");
+            refused += 1;
+            if last_warn.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                tracing::warn!(
+                    last_peer = ?peer,
+                    refused,
+                    max = limits.max_connections,
+                    "too many connections: closing new ones"
+                );
+                last_warn = Some(std::time::Instant::now());
+                refused = 0;
+            }
             continue;
         };
         let r = router.clone();

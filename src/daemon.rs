@@ -34,6 +34,12 @@ pub struct FileConfig {
     pub log_format: Option<String>,
     /// API limits and audit retention (docs/operations.md lists the keys and defaults).
     pub api: Option<inarray_api::access::ApiConfig>,
+    /// The cgroup holding the containers' engines (default "inarray"); the daemon's own engine,
+    /// `storage`, is its sibling "<cgroup_root>-storage". One per daemon on a machine.
+    pub cgroup_root: Option<String>,
+    /// An I/O scheduler to set on the array's disk at start, e.g. "bfq" (the only one that
+    /// enforces engines' io_weight on cgroup v1). Unset: the disk's scheduler is left alone.
+    pub io_scheduler: Option<String>,
 }
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/inarray";
@@ -56,6 +62,9 @@ pub struct ServeOpts {
     /// Serve the NFS exports over NFSv3 on HOST:PORT (MOUNT on the same port), e.g. 0.0.0.0:2049.
     #[arg(long, value_name = "HOST:PORT")]
     pub nfs_listen: Option<String>,
+    /// The cgroup holding the containers' engines (default inarray; storage is NAME-storage).
+    #[arg(long, value_name = "NAME")]
+    pub cgroup_root: Option<String>,
 }
 
 struct Settings {
@@ -72,6 +81,8 @@ struct Settings {
     log_format: crate::logging::Format,
     api: inarray_api::access::ApiConfig,
     limits: inarray_api::access::Limits,
+    cgroups: inarray_runtime::engines::CgroupLayout,
+    io_scheduler: Option<String>,
 }
 
 fn settings(opts: ServeOpts) -> Result<Settings> {
@@ -154,6 +165,13 @@ fn settings(opts: ServeOpts) -> Result<Settings> {
             .limits()
             .map_err(anyhow::Error::msg)?,
         api: file.api.unwrap_or_default(),
+        cgroups: match opts.cgroup_root.or(file.cgroup_root) {
+            Some(r) => {
+                inarray_runtime::engines::CgroupLayout::new(&r).map_err(anyhow::Error::msg)?
+            }
+            None => inarray_runtime::engines::CgroupLayout::default(),
+        },
+        io_scheduler: file.io_scheduler,
     })
 }
 
@@ -236,6 +254,7 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
             protected,
             shim_exe: sealed.path(),
             container_memory: s.container_memory,
+            cgroups: s.cgroups.clone(),
         },
     )
     .context("container manager")?;
@@ -248,6 +267,12 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
         .await
         .map_err(anyhow::Error::msg)?;
     manager.init_engines(&s.engines).await.context("engines")?;
+    io_weights(&s, &array, &manager).await?;
+    // Up to 0.1, `storage` was `/<root>/storage`; the daemon has just left it: remove it (an
+    // rmdir, which the kernel refuses while anything is still in it).
+    for dir in inarray_runtime::cgroups::locations(&format!("/{}/storage", s.cgroups.root())) {
+        let _ = std::fs::remove_dir(dir);
+    }
     let report = manager.reconcile().await.context("reconcile")?;
     // After reconcile: the scheduler re-adopts runs through the containers' reconciled rows.
     let jobs = inarray_jobs::Jobs::new(
@@ -470,6 +495,8 @@ impl Reloader {
             ("nfs_listen", new.nfs_listen != c.nfs_listen),
             ("log_format", new.log_format != c.log_format),
             ("api", new.api != c.api),
+            ("cgroup_root", new.cgroups != c.cgroups),
+            ("io_scheduler", new.io_scheduler != c.io_scheduler),
         ] {
             if changed {
                 tracing::warn!(
@@ -490,6 +517,8 @@ impl Reloader {
             log_format: c.log_format,
             api: c.api.clone(),
             limits: c.limits,
+            cgroups: c.cgroups.clone(),
+            io_scheduler: c.io_scheduler.clone(),
             log: new.log,
             engines: new.engines,
             exports: new.exports,
@@ -510,6 +539,44 @@ async fn shutdown_signal() {
     crate::notify::notify("STOPPING=1");
 }
 
+/// Sets the array disk's I/O scheduler when the config asks for one, and says at start when
+/// engines' `io_weight` cannot be enforced (the weights are accepted and stored either way).
+async fn io_weights(s: &Settings, array: &Path, manager: &inarray_runtime::Manager) -> Result<()> {
+    use inarray_runtime::engines;
+    let dev = engines::block_device_of(array);
+    if let Some(want) = &s.io_scheduler {
+        let dev = dev.with_context(|| {
+            format!(
+                "io_scheduler: the array {} is on no single block device",
+                array.display()
+            )
+        })?;
+        let before = engines::set_io_scheduler(dev, want).map_err(anyhow::Error::msg)?;
+        if &before != want {
+            tracing::info!(device = %format!("{}:{}", dev.0, dev.1), from = %before, to = %want, "set the array disk's I/O scheduler");
+        }
+    }
+    let weighted: Vec<String> = manager
+        .engines()
+        .await
+        .context("engines")?
+        .into_iter()
+        .filter(|e| e.resources.io_weight.is_some())
+        .map(|e| e.name)
+        .collect();
+    if weighted.is_empty() {
+        return Ok(());
+    }
+    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    if let Some(why) = engines::io_weight_ineffective(dev, v2) {
+        tracing::warn!(
+            engines = %weighted.join(", "),
+            "io_weight is not enforced: {why}; set io_scheduler = \"bfq\" in the config, or cap containers with read_bps/write_bps"
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -521,6 +588,7 @@ mod tests {
             listen: listen.iter().map(|s| s.to_string()).collect(),
             config,
             nfs_listen: None,
+            cgroup_root: None,
         }
     }
 
@@ -556,6 +624,28 @@ mod tests {
         std::fs::write(&cfg, "array = \"/a\"\n[api]\nbogus = 1\n").unwrap();
         let e = format!("{:#}", settings(opts(Some(cfg), None, &[])).err().unwrap());
         assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn cgroup_root_and_io_scheduler_come_from_the_file_and_the_flag_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("inarray.toml");
+        std::fs::write(&cfg, "cgroup_root = \"node-a\"\nio_scheduler = \"bfq\"\n").unwrap();
+        let s = settings(opts(Some(cfg.clone()), Some("/a"), &[])).unwrap();
+        assert_eq!(s.cgroups.engine("storage"), "/node-a-storage");
+        assert_eq!(s.io_scheduler.as_deref(), Some("bfq"));
+        let mut o = opts(Some(cfg.clone()), Some("/a"), &[]);
+        o.cgroup_root = Some("node-b".into());
+        assert_eq!(
+            settings(o).unwrap().cgroups.engine("default"),
+            "/node-b/default"
+        );
+        std::fs::write(&cfg, "cgroup_root = \"../etc\"\n").unwrap();
+        let e = settings(opts(Some(cfg), Some("/a"), &[]))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.starts_with("cgroup_root: "), "{e}");
     }
 
     #[test]

@@ -18,7 +18,7 @@ async fn the_daemon_runs_in_storage_and_containers_in_their_engine() {
     d.with_busybox().await;
     let daemon_pid = d.child.as_ref().unwrap().id() as i64;
     assert!(
-        cgroup_of(daemon_pid).contains(":/inarray/storage"),
+        cgroup_of(daemon_pid).contains(&format!(":/{}-storage", d.cgroup_root)),
         "{}",
         cgroup_of(daemon_pid)
     );
@@ -30,6 +30,16 @@ async fn the_daemon_runs_in_storage_and_containers_in_their_engine() {
         .map(|e| e["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["default", "storage"]);
+    // storage is the daemon's: no container runs there.
+    let msg = d
+        .fails(
+            Method::POST,
+            "/v1/containers",
+            Some(json!({"image": "busybox", "engine": "storage", "command": ["true"]})),
+            400,
+        )
+        .await;
+    assert!(msg.contains("engine") && msg.contains("storage"), "{msg}");
     d.ok(
         Method::POST,
         "/v1/engines",
@@ -41,7 +51,9 @@ async fn the_daemon_runs_in_storage_and_containers_in_their_engine() {
         .await;
     let id = c["id"].as_str().unwrap();
     assert_eq!(c["engine"], "batch");
-    assert!(cgroup_of(c["pid"].as_i64().unwrap()).contains(&format!(":/inarray/batch/{id}")));
+    assert!(
+        cgroup_of(c["pid"].as_i64().unwrap()).contains(&format!(":/{}/batch/{id}", d.cgroup_root))
+    );
     // A container may not ask for more than its engine.
     let msg = d
         .fails(Method::POST, "/v1/containers", Some(json!({"image": "busybox", "engine": "batch", "resources": {"memory": "512m"}, "command": ["true"]})), 409)
@@ -112,7 +124,7 @@ async fn the_daemon_runs_in_storage_and_containers_in_their_engine() {
     .await;
     d.ok(Method::DELETE, "/v1/engines/batch", None).await;
     assert!(
-        !inarray_runtime::cgroups::exists("/inarray/batch"),
+        !inarray_runtime::cgroups::exists(&format!("/{}/batch", d.cgroup_root)),
         "the engine's cgroups are gone"
     );
 }
@@ -271,6 +283,32 @@ async fn a_read_bps_limit_caps_a_direct_io_reader() {
         free_ms * 2 < limited_ms,
         "unlimited {free_ms} ms vs limited {limited_ms} ms"
     );
+    // An engine's I/O figures include its containers' (on v1, the *_recursive files).
+    let c = d
+        .run(json!({"image": "busybox", "volumes": [{"source": "io", "target": "/d", "read_only": true}], "command": ["sh", "-c", "dd if=/d/blob of=/dev/null bs=1M iflag=direct; sleep 100"]}))
+        .await;
+    let id = c["id"].as_str().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let container_read = loop {
+        let cs = d
+            .ok(Method::GET, &format!("/v1/containers/{id}/stats"), None)
+            .await;
+        let r = cs["io"]["read_bytes"].as_u64().unwrap();
+        if r >= 8 << 20 {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "container stats: {cs}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let es = d.ok(Method::GET, "/v1/engines/default/stats", None).await;
+    assert!(
+        es["io"]["read_bytes"].as_u64().unwrap() >= container_read,
+        "engine {es} vs container's {container_read} bytes read"
+    );
+    assert!(es["io"]["read_ops"].as_u64().unwrap() >= 8, "{es}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -37,11 +37,11 @@ pub struct EngineView {
     pub resources: Resources,
 }
 
-impl From<EngineDef> for EngineView {
-    fn from(e: EngineDef) -> Self {
+impl EngineView {
+    fn new(m: &Manager, e: EngineDef) -> Self {
         Self {
             builtin: engines::is_builtin(&e.name),
-            cgroup: engines::engine_cgroup(&e.name),
+            cgroup: m.cgroup_layout().engine(&e.name),
             name: e.name,
             resources: e.resources,
         }
@@ -53,7 +53,7 @@ async fn list(State(m): State<Manager>) -> Result<axum::Json<Vec<EngineView>>, A
         m.engines()
             .await?
             .into_iter()
-            .map(EngineView::from)
+            .map(|e| EngineView::new(&m, e))
             .collect(),
     ))
 }
@@ -62,7 +62,7 @@ async fn inspect(
     State(m): State<Manager>,
     Path(name): Path<String>,
 ) -> Result<axum::Json<EngineView>, ApiError> {
-    Ok(axum::Json(m.engine(&name).await?.into()))
+    Ok(axum::Json(EngineView::new(&m, m.engine(&name).await?)))
 }
 
 async fn create(
@@ -70,7 +70,7 @@ async fn create(
     Json(def): Json<EngineDef>,
 ) -> Result<Response, ApiError> {
     let e = m.create_engine(def).await?;
-    Ok((StatusCode::CREATED, axum::Json(EngineView::from(e))).into_response())
+    Ok((StatusCode::CREATED, axum::Json(EngineView::new(&m, e))).into_response())
 }
 
 /// The body of `PATCH /v1/engines/{name}` and `PATCH /v1/containers/{id}`.
@@ -85,9 +85,8 @@ async fn update(
     Path(name): Path<String>,
     Json(p): Json<ResourcesPatch>,
 ) -> Result<axum::Json<EngineView>, ApiError> {
-    Ok(axum::Json(
-        m.update_engine(&name, &p.resources).await?.into(),
-    ))
+    let e = m.update_engine(&name, &p.resources).await?;
+    Ok(axum::Json(EngineView::new(&m, e)))
 }
 
 async fn remove(

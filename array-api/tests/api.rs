@@ -126,6 +126,7 @@ impl Env {
                 protected: vec![state, array.join("admin")],
                 shim_exe: tmp.path().join("no-such-shim"),
                 container_memory: 8 << 30,
+                cgroups: Default::default(),
             },
         )
         .unwrap();

@@ -33,15 +33,22 @@ pub const PHASES: [&str; 4] = [
     "quiet",
     "noise, QoS on",
     "noise, QoS off",
-    "*what-if: noise, QoS on, daemon's cgroup at the top*",
+    "*what-if: noise, QoS on, the old layout (daemon inside the containers' root)*",
 ];
 pub const QUIET: usize = 0;
 pub const ON: usize = 1;
 pub const OFF: usize = 2;
-/// QoS on, and the daemon moved (cpu controller only) from `/inarray/storage` to a cgroup of its
-/// own at the top of the hierarchy with the same weight: not a sibling of the containers' engines
-/// under one parent, but of `/inarray` itself.
+/// QoS on, and the daemon moved (cpu controller only) from `/inarray-storage`, its engine at the
+/// top of the hierarchy, to a cgroup with the same weight inside `/inarray`, beside the
+/// containers' engines: where `storage` was before the layout changed (0.1), for comparison.
 pub const WHATIF: usize = 3;
+/// The bench daemon's `cgroup_root` (its own, so that no other daemon on the machine shares its
+/// engines), and so its `storage` engine's cgroup.
+const ROOT_CG: &str = "inarray-bench";
+const STORAGE_CG: &str = "inarray-bench-storage";
+/// The I/O scheduler the bench daemon asks for on the array's disk (`io_scheduler` in its
+/// config): the only one that enforces I/O weights on cgroup v1.
+pub const IO_SCHEDULER: &str = "bfq";
 
 /// The weights `storage` gets for the QoS-off phase: those of a default engine.
 const OFF_WEIGHT: u64 = 100;
@@ -105,6 +112,8 @@ pub struct Qos {
     pub facts_client: String,
     /// What the what-if stints did.
     pub whatif: String,
+    /// The array disk's I/O scheduler: what the daemon set, what it was.
+    pub scheduler: String,
 }
 
 impl Default for Qos {
@@ -122,6 +131,7 @@ impl Default for Qos {
             errors: Vec::new(),
             facts_client: String::new(),
             whatif: String::new(),
+            scheduler: String::new(),
         }
     }
 }
@@ -215,10 +225,28 @@ pub async fn bench(bin: &Path, work: &Path, plan: &Plan) -> Result<Qos> {
         .map(|out| String::from_utf8_lossy(&out.stdout).contains("--nfs-listen"))
         .unwrap_or(false);
     let mut port = None;
+    // The array disk's I/O scheduler, put back at the end (bench/run's trap does it if we die).
+    let (_, sched_file) = scheduler_of(&dir);
+    let before = read_trim(&sched_file);
+    let active = before
+        .split_whitespace()
+        .find(|w| w.starts_with('['))
+        .map(|w| w.trim_matches(|c| c == '[' || c == ']').to_owned());
+    let sched_restore = work.join("qos-sched-restore");
+    if let Some(a) = &active {
+        std::fs::write(&sched_restore, format!("{}\t{a}\n", sched_file.display()))?;
+    }
+    let config = dir.join("bench.toml");
+    std::fs::write(
+        &config,
+        format!("io_scheduler = \"{IO_SCHEDULER}\"\ncgroup_root = \"{ROOT_CG}\"\n"),
+    )?;
+    let config_args = ["--config".to_owned(), config.display().to_string()];
     let d = if has_nfs {
         let p = free_port()?;
-        match Daemon::start_with(bin, &dir, &["--nfs-listen".into(), format!("127.0.0.1:{p}")])
-            .await
+        let mut args = config_args.to_vec();
+        args.extend(["--nfs-listen".into(), format!("127.0.0.1:{p}")]);
+        match Daemon::start_with(bin, &dir, &args).await
         {
             Ok(d) => {
                 port = Some(p);
@@ -229,13 +257,18 @@ pub async fn bench(bin: &Path, work: &Path, plan: &Plan) -> Result<Qos> {
                     "the daemon did not start with `--nfs-listen`: {}",
                     one_line(&format!("{e:#}"))
                 ));
-                Daemon::start(bin, &dir).await?
+                Daemon::start_with(bin, &dir, &config_args).await?
             }
         }
     } else {
         res.nfs = Err("this build of `inarray serve` has no `--nfs-listen` (no NFS gateway)".into());
-        Daemon::start(bin, &dir).await?
+        Daemon::start_with(bin, &dir, &config_args).await?
     };
+    res.scheduler = format!(
+        "`io_scheduler = \"{IO_SCHEDULER}\"` in the daemon's config: the array's disk went from `{before}` to `{}`, put back to `{}` at the end",
+        read_trim(&sched_file),
+        active.as_deref().unwrap_or("?")
+    );
     d.import(&work.join("busybox-oci.tar"), IMAGE).await?;
 
     // The files: the noise reads `noise/big` (direct I/O), NFS clients read `nfs/f200`.
@@ -315,6 +348,11 @@ pub async fn bench(bin: &Path, work: &Path, plan: &Plan) -> Result<Qos> {
             .push(format!("{} container(s) left after the QoS bench", left.len()));
     }
     d.stop();
+    if let Some(a) = &active {
+        if std::fs::write(&sched_file, a).is_ok() {
+            let _ = std::fs::remove_file(&sched_restore);
+        }
+    }
     let _ = std::fs::remove_file(&noise_file);
     let _ = std::fs::remove_file(&nfs_file);
     outcome?;
@@ -374,7 +412,7 @@ async fn rounds(
                     .context("PATCH /v1/engines/storage (QoS off)")?;
             }
             let whatif = if p == WHATIF {
-                let name = format!("inarray-bench-storage-{}", std::process::id());
+                let name = format!("{ROOT_CG}/storage-inside-{}", std::process::id());
                 let cg = TopCgroup::create(&name, storage_cpu_weight(orig))
                     .context("the what-if cgroup")?;
                 cg.add(d.pid)?;
@@ -388,7 +426,7 @@ async fn rounds(
             }
             if let Some(cg) = whatif {
                 res.whatif = format!(
-                    "the daemon moved to `{}` (cpu weight {}) for the stint, then back to `/inarray/storage`",
+                    "the daemon moved to `{}` (cpu weight {}) for the stint, then back to `/{STORAGE_CG}`",
                     cg.name(),
                     storage_cpu_weight(orig)
                 );
@@ -518,13 +556,12 @@ async fn stint(cx: &Ctx<'_>, round: usize, phase: usize, secs: f64) -> Stint {
 }
 
 /// [default engine's CPU ns, its bytes read from disks, the daemon's CPU ns, its bytes read].
-/// The engine's from its cgroup files, recursively (the API's engine stats read blkio's
-/// non-recursive files on v1, which leave out the containers); the daemon's from /proc.
+/// The engine's from its cgroup files, recursively; the daemon's from /proc.
 fn usage(daemon: i32) -> [u64; 4] {
     let root = Path::new("/sys/fs/cgroup");
     let num = |p: PathBuf| read_trim(&p).parse::<u64>().unwrap_or(0);
     let (cpu, read) = if root.join("cgroup.controllers").exists() {
-        let e = root.join("inarray/default");
+        let e = root.join(ROOT_CG).join("default");
         let cpu = std::fs::read_to_string(e.join("cpu.stat"))
             .unwrap_or_default()
             .lines()
@@ -540,9 +577,9 @@ fn usage(daemon: i32) -> [u64; 4] {
             .sum();
         (cpu, read)
     } else {
-        let cpu = num(root.join("cpuacct/inarray/default/cpuacct.usage"));
+        let cpu = num(root.join(format!("cpuacct/{ROOT_CG}/default/cpuacct.usage")));
         let read = std::fs::read_to_string(
-            root.join("blkio/inarray/default/blkio.throttle.io_service_bytes_recursive"),
+            root.join(format!("blkio/{ROOT_CG}/default/blkio.throttle.io_service_bytes_recursive")),
         )
         .unwrap_or_default()
         .lines()
@@ -661,15 +698,15 @@ fn inarray_weight_to_shares(w: u64) -> u64 {
     w * 1024 / 100
 }
 
-/// The daemon back where it runs: `/inarray/storage` in the hierarchies the what-if moved it in.
+/// The daemon back where it runs: `/inarray-storage` in the hierarchies the what-if moved it in.
 fn move_back_to_storage(pid: i32) -> Result<()> {
     let root = Path::new("/sys/fs/cgroup");
     let dirs: Vec<PathBuf> = if root.join("cgroup.controllers").exists() {
-        vec![root.join("inarray/storage")]
+        vec![root.join(STORAGE_CG)]
     } else {
         vec![
-            root.join("cpu/inarray/storage"),
-            root.join("cpuacct/inarray/storage"),
+            root.join("cpu").join(STORAGE_CG),
+            root.join("cpuacct").join(STORAGE_CG),
         ]
     };
     for d in dirs.iter().filter(|d| d.is_dir()) {
@@ -703,15 +740,15 @@ async fn restore(d: &Daemon, orig: &Value, restore_file: &Path, res: &mut Qos) {
 fn weight_files() -> Vec<PathBuf> {
     let root = Path::new("/sys/fs/cgroup");
     [
-        "cpu/inarray/storage/cpu.shares",
-        "blkio/inarray/storage/blkio.weight",
-        "blkio/inarray/storage/blkio.bfq.weight",
-        "inarray/storage/cpu.weight",
-        "inarray/storage/io.weight",
-        "inarray/storage/io.bfq.weight",
+        "cpu/{s}/cpu.shares",
+        "blkio/{s}/blkio.weight",
+        "blkio/{s}/blkio.bfq.weight",
+        "{s}/cpu.weight",
+        "{s}/io.weight",
+        "{s}/io.bfq.weight",
     ]
     .iter()
-    .map(|p| root.join(p))
+    .map(|p| root.join(p.replace("{s}", STORAGE_CG)))
     .filter(|p| p.exists())
     .collect()
 }
@@ -896,16 +933,17 @@ fn cgroup_of(pid: i32, ctl: &str) -> String {
         .to_owned()
 }
 
-/// The whole disk holding `path` and its I/O scheduler line.
-fn scheduler_of(path: &Path) -> (String, String) {
+/// The whole disk holding `path` and its I/O scheduler file (`queue/scheduler`).
+fn scheduler_of(path: &Path) -> (String, PathBuf) {
     use std::os::unix::fs::MetadataExt;
+    let none = PathBuf::from("/nonexistent");
     let Ok(m) = std::fs::metadata(path) else {
-        return ("?".into(), "?".into());
+        return ("?".into(), none);
     };
     let dev = m.dev();
     let (maj, min) = (libc::major(dev), libc::minor(dev));
     let Ok(mut sys) = std::fs::canonicalize(format!("/sys/dev/block/{maj}:{min}")) else {
-        return (format!("{maj}:{min}"), "no block device (not a disk-backed filesystem)".into());
+        return (format!("{maj}:{min} (no block device)"), none);
     };
     if sys.join("partition").exists() {
         sys.pop();
@@ -914,10 +952,7 @@ fn scheduler_of(path: &Path) -> (String, String) {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    (
-        format!("{name} ({maj}:{min})"),
-        read_trim(&sys.join("queue/scheduler")),
-    )
+    (format!("{name} ({maj}:{min})"), sys.join("queue/scheduler"))
 }
 
 fn facts(d: &Daemon, noise_pid: i32, array_file: &Path) -> Vec<(String, String)> {
@@ -927,33 +962,35 @@ fn facts(d: &Daemon, noise_pid: i32, array_file: &Path) -> Vec<(String, String)>
     let ncpu = cgroup_of(noise_pid, "cpu");
     let parent = |p: &str| Path::new(p).parent().map(|x| x.display().to_string());
     let engine_of_noise = parent(&ncpu);
-    let siblings = parent(&dcpu).is_some() && parent(&dcpu) == engine_of_noise.as_deref().and_then(parent);
+    // `storage` at the top: the daemon's cgroup is a sibling of the containers' root.
+    let siblings = parent(&dcpu).is_some()
+        && parent(&dcpu) == engine_of_noise.as_deref().and_then(parent).as_deref().and_then(parent);
     out.push((
         "cgroups (cpu; blkio)".into(),
         format!(
             "daemon `{dcpu}`; `{}` — noise container `{ncpu}`; `{}` — bench client and `nfs-cat` `{}`. \
-             `storage` and the noise's engine are siblings under `{}`: **{}**",
+             `storage` is a sibling of the containers' root `{}` (both at the top): **{}**",
             cgroup_of(d.pid, "blkio"),
             cgroup_of(noise_pid, "blkio"),
             cgroup_of(me, "cpu"),
-            parent(&dcpu).unwrap_or_default(),
+            engine_of_noise.as_deref().and_then(parent).unwrap_or_default(),
             if siblings { "yes" } else { "no" }
         ),
     ));
     let root = Path::new("/sys/fs/cgroup");
     let sh = |p: &str| read_trim(&root.join(p));
-    if root.join("cpu/inarray").is_dir() {
+    if root.join("cpu").join(ROOT_CG).is_dir() {
         out.push((
             "cpu.shares".into(),
             format!(
-                "/inarray {}, /inarray/storage {}, /inarray/default {}, the noise container {}",
-                sh("cpu/inarray/cpu.shares"),
-                sh("cpu/inarray/storage/cpu.shares"),
-                sh("cpu/inarray/default/cpu.shares"),
+                "/{STORAGE_CG} {}, /{ROOT_CG} {}, /{ROOT_CG}/default {}, the noise container {}",
+                sh(&format!("cpu/{STORAGE_CG}/cpu.shares")),
+                sh(&format!("cpu/{ROOT_CG}/cpu.shares")),
+                sh(&format!("cpu/{ROOT_CG}/default/cpu.shares")),
                 sh(&format!("cpu{ncpu}/cpu.shares"))
             ),
         ));
-        let b = root.join("blkio/inarray/storage");
+        let b = root.join("blkio").join(STORAGE_CG);
         let files: Vec<String> = ["blkio.weight", "blkio.bfq.weight", "blkio.weight_device", "blkio.bfq.weight_device"]
             .iter()
             .map(|f| {
@@ -983,7 +1020,7 @@ fn facts(d: &Daemon, noise_pid: i32, array_file: &Path) -> Vec<(String, String)>
         "CPU scheduler".into(),
         format!(
             "tick {}; `kernel.sched_autogroup_enabled` = {} (processes in the root cgroup are \
-             grouped per session, each group one entity of weight 1024 next to `/inarray`)",
+             grouped per session, each group one entity of weight 1024 next to `/{ROOT_CG}` and `/{STORAGE_CG}`)",
             hz.map_or("unknown (no /proc/config.gz)".into(), |h| format!(
                 "CONFIG_HZ={h} ({:.0} ms)",
                 1000.0 / h as f64
@@ -994,7 +1031,10 @@ fn facts(d: &Daemon, noise_pid: i32, array_file: &Path) -> Vec<(String, String)>
     let (disk, sched) = scheduler_of(array_file);
     out.push((
         "array's disk, I/O scheduler".into(),
-        format!("{disk}: `{sched}` (the one in brackets is active)"),
+        format!(
+            "{disk}: `{}` (the one in brackets is active)",
+            read_trim(&sched)
+        ),
     ));
     out
 }

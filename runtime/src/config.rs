@@ -158,6 +158,12 @@ impl ContainerConfig {
         if let Some(e) = &self.engine {
             crate::engines::validate_name(e)
                 .map_err(|m| bad("engine", m.trim_start_matches("name: ").to_owned()))?;
+            if e == crate::engines::STORAGE {
+                return Err(bad(
+                    "engine",
+                    "storage is the daemon's own engine (API and NFS gateway); run containers in default or an engine of their own",
+                ));
+            }
         }
         self.resources.validate("resources").map_err(|m| {
             let (field, reason) = m.split_once(": ").unwrap_or(("resources", &m));

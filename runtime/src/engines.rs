@@ -1,9 +1,11 @@
 //! IO engines: named cgroup subtrees that split the node's CPU, memory, I/O and pids.
 //!
-//! Layout: `/inarray/<engine>` for each engine, `/inarray/<engine>/<container-id>` for each
-//! container (a nested cgroup, so a container's limits can only be tighter than its engine's).
-//! The built-in `storage` engine holds the daemon itself (API, NFS gateway, shims) with a large
-//! protected share; `default` is where containers go unless they say otherwise.
+//! Layout ([`CgroupLayout`], root `inarray` unless `cgroup_root` says otherwise):
+//! `/inarray/<engine>` for each containers' engine, `/inarray/<engine>/<container-id>` for each
+//! container (a nested cgroup, so a container's limits can only be tighter than its engine's), and
+//! `/inarray-storage` for the built-in `storage` engine, which holds the daemon itself (API, NFS
+//! gateway, shims) with a large protected share — at the top of the hierarchy, beside `/inarray`,
+//! not inside it. `default` is where containers go unless they say otherwise.
 //!
 //! cgroup writes go through [`CgroupDriver`], the seam: [`LibcgroupsDriver`] uses youki's
 //! libcgroups (already linked for the runtime; v1, v2 and hybrid), and the v2 writes are unit
@@ -18,8 +20,71 @@ use crate::resources::{Bytes, Resources};
 
 pub const STORAGE: &str = "storage";
 pub const DEFAULT: &str = "default";
-/// The parent of every engine's cgroup.
-pub const CGROUP_PARENT: &str = "inarray";
+/// The cgroup that holds the containers' engines unless the config names another
+/// (`cgroup_root`); `storage` is its sibling `<root>-storage`.
+pub const DEFAULT_CGROUP_ROOT: &str = "inarray";
+
+/// Where one daemon's engines and containers live in the cgroup hierarchies.
+///
+/// `/<root>/<engine>/<container>` for the engines containers run in, and `/<root>-storage` for
+/// `storage`, the daemon's own engine: a sibling of `/<root>` at the top of the hierarchy. Why
+/// there: a cgroup's weight only divides its parent's time among the parent's children. Inside
+/// `/<root>`, `storage` would win against the containers' engines only once `/<root>` as a whole
+/// had been picked against everything else on the node, and with busy containers `/<root>` has
+/// always used its share — every wakeup of the daemon then waits for a scheduler tick
+/// (docs/design/engines.md, docs/benchmarks.md). At the top, its weight counts against the whole
+/// node. Each daemon on a machine has its own root, so two never share an engine's cgroup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CgroupLayout {
+    root: String,
+}
+
+impl Default for CgroupLayout {
+    fn default() -> Self {
+        Self {
+            root: DEFAULT_CGROUP_ROOT.to_owned(),
+        }
+    }
+}
+
+impl CgroupLayout {
+    /// `root`: 1–64 of `[a-z0-9_-]`, starting with a letter (one path component).
+    pub fn new(root: &str) -> Result<Self, String> {
+        let ok = !root.is_empty()
+            && root.len() <= 64
+            && root.as_bytes()[0].is_ascii_lowercase()
+            && root
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if !ok {
+            return Err(format!(
+                "cgroup_root: {root:?} is not a valid cgroup name: use 1-64 of [a-z0-9_-], starting with a letter"
+            ));
+        }
+        Ok(Self {
+            root: root.to_owned(),
+        })
+    }
+
+    /// The parent of the containers' engines, e.g. `inarray`.
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
+    /// The cgroup path of an engine.
+    pub fn engine(&self, engine: &str) -> String {
+        if engine == STORAGE {
+            format!("/{}-{STORAGE}", self.root)
+        } else {
+            format!("/{}/{engine}", self.root)
+        }
+    }
+
+    /// The cgroup path of a container in an engine (never `storage`: containers are refused there).
+    pub fn container(&self, engine: &str, id: &str) -> String {
+        format!("/{}/{engine}/{id}", self.root)
+    }
+}
 
 /// An engine as configured.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -67,16 +132,6 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     } else {
         Err(format!("name: {name:?} is not a valid engine name: use 1-32 of [a-z0-9-], starting with a letter"))
     }
-}
-
-/// The cgroup path of an engine.
-pub fn engine_cgroup(engine: &str) -> String {
-    format!("/{CGROUP_PARENT}/{engine}")
-}
-
-/// The cgroup path of a container in an engine.
-pub fn container_cgroup(engine: &str, id: &str) -> String {
-    format!("/{CGROUP_PARENT}/{engine}/{id}")
 }
 
 /// Usage figures of one cgroup (an engine or a container).
@@ -291,11 +346,29 @@ impl CgroupDriver for LibcgroupsDriver {
                 failcnt: s.memory.memory.fail_count,
                 oom_kills: crate::cgroups::oom_kills(path).unwrap_or(0),
             },
-            io: IoUsage {
-                read_bytes: sum(&s.blkio.service_bytes, "read"),
-                write_bytes: sum(&s.blkio.service_bytes, "write"),
-                read_ops: sum(&s.blkio.serviced, "read"),
-                write_ops: sum(&s.blkio.serviced, "write"),
+            io: if self.v2 {
+                // io.stat is hierarchical: an engine's figures include its containers'.
+                IoUsage {
+                    read_bytes: sum(&s.blkio.service_bytes, "read"),
+                    write_bytes: sum(&s.blkio.service_bytes, "write"),
+                    read_ops: sum(&s.blkio.serviced, "read"),
+                    write_ops: sum(&s.blkio.serviced, "write"),
+                }
+            } else {
+                // libcgroups reads v1's non-recursive files, which leave out the child cgroups:
+                // an engine's I/O is all in its containers.
+                let dir = self.root.join("blkio").join(path.trim_start_matches('/'));
+                let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+                let (read_bytes, write_bytes) =
+                    v1_blkio_totals(&read("blkio.throttle.io_service_bytes_recursive"));
+                let (read_ops, write_ops) =
+                    v1_blkio_totals(&read("blkio.throttle.io_serviced_recursive"));
+                IoUsage {
+                    read_bytes,
+                    write_bytes,
+                    read_ops,
+                    write_ops,
+                }
             },
             pids: PidsUsage {
                 current: s.pids.current,
@@ -367,6 +440,100 @@ pub fn block_device_of(path: &Path) -> Option<(u64, u64)> {
     Some((major, minor))
 }
 
+/// (read, write) summed over the devices of a v1 blkio statistics file
+/// (`MAJ:MIN Read N` lines; the `Total` line and other operations are ignored).
+fn v1_blkio_totals(text: &str) -> (u64, u64) {
+    let (mut read, mut write) = (0u64, 0u64);
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(dev), Some(op), Some(n)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        if !dev.contains(':') {
+            continue;
+        }
+        let n: u64 = n.parse().unwrap_or(0);
+        match op {
+            "Read" => read = read.saturating_add(n),
+            "Write" => write = write.saturating_add(n),
+            _ => {}
+        }
+    }
+    (read, write)
+}
+
+/// The active I/O scheduler of block device (major, minor), e.g. `mq-deadline`, `bfq`, `none`.
+pub fn io_scheduler(dev: (u64, u64)) -> Option<String> {
+    let text = std::fs::read_to_string(format!(
+        "/sys/dev/block/{}:{}/queue/scheduler",
+        dev.0, dev.1
+    ))
+    .ok()?;
+    active_scheduler(&text)
+}
+
+/// The bracketed entry of a `queue/scheduler` file (`none [mq-deadline] kyber bfq`).
+fn active_scheduler(text: &str) -> Option<String> {
+    let start = text.find('[')? + 1;
+    let end = start + text[start..].find(']')?;
+    Some(text[start..end].to_owned())
+}
+
+/// Sets the I/O scheduler of block device (major, minor); returns the one it replaced.
+pub fn set_io_scheduler(dev: (u64, u64), name: &str) -> Result<String, String> {
+    let file = format!("/sys/dev/block/{}:{}/queue/scheduler", dev.0, dev.1);
+    let text = std::fs::read_to_string(&file).map_err(|e| format!("{file}: {e}"))?;
+    let before = active_scheduler(&text).unwrap_or_default();
+    if before == name {
+        return Ok(before);
+    }
+    if !text
+        .split_whitespace()
+        .any(|s| s.trim_matches(|c| c == '[' || c == ']') == name)
+    {
+        return Err(format!(
+            "io_scheduler: the kernel offers no {name:?} for device {}:{} (it offers: {})",
+            dev.0,
+            dev.1,
+            text.trim()
+        ));
+    }
+    std::fs::write(&file, name).map_err(|e| format!("cannot set {file} to {name}: {e}"))?;
+    Ok(before)
+}
+
+/// Why engines' `io_weight` would not be enforced on the array's disk, or None when it is: on
+/// cgroup v1 only BFQ reads the blkio weight; on v2 BFQ or the iocost controller.
+pub fn io_weight_ineffective(dev: Option<(u64, u64)>, v2: bool) -> Option<String> {
+    let Some(dev) = dev else {
+        return Some(
+            "the array is on no single block device (tmpfs, overlay or a multi-device filesystem)"
+                .into(),
+        );
+    };
+    let sched = io_scheduler(dev).unwrap_or_else(|| "unknown".into());
+    if sched == "bfq" {
+        return None;
+    }
+    if v2 {
+        let qos = std::fs::read_to_string("/sys/fs/cgroup/io.cost.qos").unwrap_or_default();
+        let key = format!("{}:{} enable=1", dev.0, dev.1);
+        if qos.lines().any(|l| l.starts_with(&key)) {
+            return None;
+        }
+    }
+    Some(format!(
+        "the array's disk {}:{} uses the {sched} I/O scheduler, which ignores cgroup I/O weights ({})",
+        dev.0,
+        dev.1,
+        if v2 {
+            "BFQ or iocost would honour them"
+        } else {
+            "only BFQ honours them on cgroup v1"
+        }
+    ))
+}
+
 /// Memory available to containers when the operator sets no figure: 90 % of the node's.
 pub fn default_container_memory() -> u64 {
     let total_kib = std::fs::read_to_string("/proc/meminfo")
@@ -402,6 +569,39 @@ pub fn check_memory_allotment(engines: &[EngineDef], allotted: u64) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn layout_puts_storage_beside_the_root() {
+        let l = CgroupLayout::new("inarray-t1").unwrap();
+        assert_eq!(l.engine(STORAGE), "/inarray-t1-storage");
+        assert_eq!(l.engine(DEFAULT), "/inarray-t1/default");
+        assert_eq!(l.container("batch", "abc"), "/inarray-t1/batch/abc");
+        assert_eq!(CgroupLayout::default().engine(STORAGE), "/inarray-storage");
+        for bad in ["", "a/b", "..", "Inarray", "1a", "a b", &"a".repeat(65)] {
+            let e = CgroupLayout::new(bad).unwrap_err();
+            assert!(e.starts_with("cgroup_root: "), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn v1_blkio_files_are_summed_per_operation() {
+        let text =
+            "254:0 Read 4096\n254:0 Write 8192\n254:0 Sync 1\n254:0 Async 2\n254:0 Discard 0\n\
+                    254:0 Total 12288\n8:0 Read 10\nTotal 12298\n";
+        assert_eq!(v1_blkio_totals(text), (4106, 8192));
+        assert_eq!(v1_blkio_totals(""), (0, 0));
+        assert_eq!(v1_blkio_totals("garbage\n1:2 Read x\n"), (0, 0));
+    }
+
+    #[test]
+    fn active_scheduler_is_the_bracketed_one() {
+        assert_eq!(
+            active_scheduler("none [mq-deadline] kyber bfq\n").as_deref(),
+            Some("mq-deadline")
+        );
+        assert_eq!(active_scheduler("[none] \n").as_deref(), Some("none"));
+        assert_eq!(active_scheduler("none bfq"), None);
+    }
 
     #[test]
     fn names() {

@@ -39,6 +39,8 @@ pub struct ManagerOptions {
     pub shim_exe: PathBuf,
     /// Memory the node allots to containers: engines' memory limits must fit in it.
     pub container_memory: u64,
+    /// Where this daemon's engines and containers live in the cgroup hierarchies.
+    pub cgroups: engines::CgroupLayout,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -169,7 +171,7 @@ impl Manager {
 
     /// Kills what is left in a container's cgroups, wherever (whichever engine) they are.
     fn cleanup_cgroups(&self, id: &str) -> std::io::Result<()> {
-        for path in crate::cgroups::find_container(engines::CGROUP_PARENT, id) {
+        for path in crate::cgroups::find_container(self.inner.opts.cgroups.root(), id) {
             crate::cgroups::cleanup(&path)?;
         }
         Ok(())
@@ -369,7 +371,7 @@ impl Manager {
             &defaults,
             &SpecContext {
                 hostname: &id[..12],
-                cgroups_path: &engines::container_cgroup(engine, id),
+                cgroups_path: &self.inner.opts.cgroups.container(engine, id),
                 identity,
                 resources: cfg
                     .resources
@@ -390,7 +392,7 @@ impl Manager {
             volumes: cfg.volumes.clone(),
             lowers,
             runtime_root: self.inner.runtime_root.clone(),
-            cgroup: engines::container_cgroup(engine, id),
+            cgroup: self.inner.opts.cgroups.container(engine, id),
         };
         Ok((spec, shim))
     }
@@ -824,7 +826,44 @@ impl Manager {
                     self.on_exit_detached(&row.id);
                     report.restarted += 1;
                 }
-                _ => {}
+                ContainerState::Created | ContainerState::Exited | ContainerState::Dead => {
+                    // A start the daemon was killed in the middle of: the shim came up (its
+                    // record is written once the container runs) but the row was not marked
+                    // running. The shim removes both records when it begins, so a record next
+                    // to a live shim is this run's. Adopted like a running one; its exit, when
+                    // it comes, is recorded as usual.
+                    let paths = self.paths(&row.id);
+                    let Some(rec) = supervisor::read_shim_record(&paths) else {
+                        continue;
+                    };
+                    let live = supervisor::is_same_process(rec.shim_pid, rec.shim_start);
+                    let exited = supervisor::read_exit_record(&paths).is_some();
+                    let never_started = row.state == ContainerState::Created;
+                    // An exited row's exit record may be the one already recorded (its shim
+                    // outlives the record by a moment): only a run without one is new there.
+                    // A never-started row with an exit record ran and exited unseen.
+                    let adopt = live && (never_started || !exited);
+                    let ran = !live && never_started && exited;
+                    if !adopt && !ran {
+                        continue;
+                    }
+                    self.inner
+                        .store
+                        .mark_running(
+                            &row.id,
+                            rec.pid.into(),
+                            rec.shim_pid.into(),
+                            rec.shim_start as i64,
+                        )
+                        .await?;
+                    if adopt {
+                        self.monitor(row.id.clone(), rec, None, Instant::now());
+                        report.adopted += 1;
+                    } else {
+                        self.on_exit_detached(&row.id);
+                        report.exited += 1;
+                    }
+                }
             }
         }
         if let Ok(entries) = std::fs::read_dir(&self.inner.containers_root) {
@@ -853,6 +892,11 @@ impl Manager {
 // ------------------------------------------------------------------ engines
 
 impl Manager {
+    /// Where this daemon's engines and containers live in the cgroup hierarchies.
+    pub fn cgroup_layout(&self) -> &engines::CgroupLayout {
+        &self.inner.opts.cgroups
+    }
+
     /// An engine's definition; 404 when unknown.
     pub async fn engine(&self, name: &str) -> Result<EngineDef> {
         let row = self
@@ -912,13 +956,13 @@ impl Manager {
         for e in &all {
             self.inner
                 .cgroups
-                .apply(&engines::engine_cgroup(&e.name), &e.resources)
+                .apply(&self.inner.opts.cgroups.engine(&e.name), &e.resources)
                 .map_err(|m| internal("engine cgroup", m))?;
         }
         self.inner
             .cgroups
             .add_process(
-                &engines::engine_cgroup(engines::STORAGE),
+                &self.inner.opts.cgroups.engine(engines::STORAGE),
                 std::process::id() as i32,
             )
             .map_err(|m| internal("moving the daemon into the storage engine", m))?;
@@ -944,7 +988,7 @@ impl Manager {
             .map_err(ManagerError::Conflict)?;
         self.inner
             .cgroups
-            .apply(&engines::engine_cgroup(&def.name), &def.resources)
+            .apply(&self.inner.opts.cgroups.engine(&def.name), &def.resources)
             .map_err(|m| internal("engine cgroup", m))?;
         let json = serde_json::to_string(&def.resources).map_err(|e| internal("engine", e))?;
         self.inner
@@ -994,7 +1038,7 @@ impl Manager {
         }
         self.inner
             .cgroups
-            .apply(&engines::engine_cgroup(name), &updated.resources)
+            .apply(&self.inner.opts.cgroups.engine(name), &updated.resources)
             .map_err(|m| {
                 ManagerError::Conflict(format!("the kernel refused the new limits: {m}"))
             })?;
@@ -1016,7 +1060,7 @@ impl Manager {
                 users.join(", ")
             )));
         }
-        crate::cgroups::cleanup(&engines::engine_cgroup(name))
+        crate::cgroups::cleanup(&self.inner.opts.cgroups.engine(name))
             .map_err(|e| internal("engine cgroup", e))?;
         self.inner.store.delete_engine(name).await?;
         Ok(())
@@ -1026,7 +1070,7 @@ impl Manager {
         self.engine(name).await?;
         self.inner
             .cgroups
-            .usage(&engines::engine_cgroup(name))
+            .usage(&self.inner.opts.cgroups.engine(name))
             .map_err(|m| internal("engine stats", m))
     }
 
@@ -1041,7 +1085,7 @@ impl Manager {
         }
         self.inner
             .cgroups
-            .usage(&engines::container_cgroup(&row.engine, &row.id))
+            .usage(&self.inner.opts.cgroups.container(&row.engine, &row.id))
             .map_err(|m| internal("container stats", m))
     }
 
@@ -1067,7 +1111,10 @@ impl Manager {
         if row.state == ContainerState::Running {
             self.inner
                 .cgroups
-                .apply(&engines::container_cgroup(&row.engine, &row.id), patch)
+                .apply(
+                    &self.inner.opts.cgroups.container(&row.engine, &row.id),
+                    patch,
+                )
                 .map_err(|m| {
                     ManagerError::Conflict(format!("the kernel refused the new limits: {m}"))
                 })?;

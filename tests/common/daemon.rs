@@ -30,6 +30,9 @@ pub struct TestDaemon {
     pub child: Option<Child>,
     /// More arguments for `inarray serve` (e.g. `--config FILE`, another `--listen`).
     pub extra_args: Vec<String>,
+    /// This daemon's own cgroup root (`--cgroup-root`): concurrent test daemons never share an
+    /// engine's cgroup, and dropping the daemon removes them all.
+    pub cgroup_root: String,
 }
 
 impl TestDaemon {
@@ -61,6 +64,7 @@ impl TestDaemon {
                 .map(|a| a.replace("{tmp}", tmp.path().to_str().unwrap()))
                 .collect(),
             tmp,
+            cgroup_root: unique_cgroup_root(),
         };
         d.launch().await;
         d
@@ -76,6 +80,8 @@ impl TestDaemon {
             .arg("--listen")
             .arg(format!("unix:{}", self.socket.display()))
             .args(&self.extra_args)
+            .arg("--cgroup-root")
+            .arg(&self.cgroup_root)
             .env("INARRAY_LOG", "info");
         cmd
     }
@@ -269,15 +275,17 @@ impl Drop for TestDaemon {
     /// cgroups, which also makes their shims exit and unmount).
     fn drop(&mut self) {
         self.kill9();
-        if let Ok(entries) = std::fs::read_dir(self.state.join("containers")) {
-            for e in entries.flatten() {
-                let id = e.file_name().to_string_lossy().into_owned();
-                for path in inarray_runtime::cgroups::find_container("inarray", &id) {
-                    let _ = inarray_runtime::cgroups::cleanup(&path);
-                }
-            }
-        }
+        // The containers first (their shims exit and unmount), then the daemon's own engine.
+        let _ = inarray_runtime::cgroups::cleanup(&format!("/{}", self.cgroup_root));
+        let _ = inarray_runtime::cgroups::cleanup(&format!("/{}-storage", self.cgroup_root));
     }
+}
+
+/// A cgroup root no other test daemon on this machine uses.
+fn unique_cgroup_root() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("inarray-t{}-{n}", std::process::id())
 }
 
 /// Mount points (from /proc/self/mountinfo) whose path mentions `needle`.

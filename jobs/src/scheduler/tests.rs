@@ -1115,3 +1115,40 @@ fn running_runs_are_adopted_and_their_timeouts_kept_across_a_restart() {
     assert!(s.error.unwrap().starts_with("timed out"));
     d.kill9();
 }
+
+#[test]
+fn a_stored_definition_that_no_longer_parses_is_reported_and_never_fires() {
+    let disk = Disk::new();
+    let d = disk.boot();
+    d.on(async {
+        d.jobs
+            .create(spec("good", "* * * * * *", &["sleep", "0"], json!({})))
+            .await
+            .unwrap();
+        // As if the zone had been removed from the tz database of a newer build.
+        let store = Store::open(&disk.db()).await.unwrap();
+        let mut bad = serde_json::to_value(spec("bad", "@daily", &["x"], json!({}))).unwrap();
+        bad["time_zone"] = json!("Gone/Zone");
+        store
+            .insert_job("bad", &bad.to_string(), false, Some(at(1.0)))
+            .await
+            .unwrap();
+    });
+    d.kill9();
+    let d = disk.boot();
+    assert_eq!((d.report.jobs, d.report.invalid), (2, 1), "{:?}", d.report);
+    disk.clock.set(at(1.0));
+    d.on(until_run(&d.jobs, "good", at(1.0), 0, RunState::Succeeded));
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(d.runs("bad").is_empty());
+    // It can be repaired through the API.
+    let fixed = d.on(d.jobs.update(
+        "bad",
+        JobPatch {
+            time_zone: Some("UTC".into()),
+            ..JobPatch::default()
+        },
+    ));
+    assert_eq!(fixed.unwrap().next_fire, Some(at(86400.0)));
+    d.kill9();
+}

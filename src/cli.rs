@@ -24,6 +24,19 @@ pub struct Args {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Bearer token for a tcp: host (not needed on the unix socket). Prefer the environment
+    /// variable: command lines are visible to every user of the node.
+    #[arg(long, global = true, env = "INARRAY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Speak TLS to a tcp: host, trusting the server certificate this PEM CA signed.
+    #[arg(long, global = true, env = "INARRAY_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for a host that requires one; with --tls-key.
+    #[arg(long, global = true, env = "INARRAY_TLS_CERT", requires = "tls_ca")]
+    pub tls_cert: Option<PathBuf>,
+    /// Key of the client certificate (PEM).
+    #[arg(long, global = true, env = "INARRAY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -85,6 +98,20 @@ pub enum Command {
     /// Manage scheduled jobs.
     #[command(subcommand)]
     Job(crate::cli_jobs::JobCmd),
+    /// Manage API tokens (admin).
+    #[command(subcommand)]
+    Token(crate::cli_tokens::TokenCmd),
+    /// Show the daemon's version, array, cgroup mode, engines and exports.
+    Info,
+    /// Show the audit log of mutating API calls (admin), newest first.
+    Audit {
+        /// Entries to show.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        limit: u32,
+        /// Only entries older than this id (the `next` of a previous page).
+        #[arg(long)]
+        before: Option<i64>,
+    },
     /// Change a container's limits live.
     Update {
         #[command(flatten)]
@@ -168,9 +195,23 @@ pub(crate) fn enc(s: &str) -> String {
         .collect()
 }
 
-pub async fn run(host: String, as_json: bool, command: Command) -> Result<ExitCode> {
+pub async fn run(args: Args) -> Result<ExitCode> {
+    let Args {
+        host,
+        json: as_json,
+        token,
+        tls_ca,
+        tls_cert,
+        tls_key,
+        command,
+    } = args;
     let host: Listen = host.parse().map_err(anyhow::Error::msg)?;
-    let c = Client::new(host);
+    let tls = tls_ca.map(|ca| inarray_api::client::TlsOptions {
+        ca,
+        cert: tls_cert,
+        key: tls_key,
+    });
+    let c = Client::new(host).with_token(token).with_tls(tls.as_ref())?;
     use hyper::Method;
     let print = |v: &Value| println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
     match command {
@@ -304,6 +345,37 @@ pub async fn run(host: String, as_json: bool, command: Command) -> Result<ExitCo
         }
         Command::Engine(cmd) => return crate::cli_engines::engine(&c, as_json, cmd).await,
         Command::Export(cmd) => return crate::cli_exports::export(&c, as_json, cmd).await,
+        Command::Token(cmd) => return crate::cli_tokens::token(&c, as_json, cmd).await,
+        Command::Info => print(&c.json(Method::GET, "/v1/info", None).await?),
+        Command::Audit { limit, before } => {
+            let mut path = format!("/v1/audit?limit={limit}");
+            if let Some(b) = before {
+                path.push_str(&format!("&before={b}"));
+            }
+            let v = c.json(Method::GET, &path, None).await?;
+            if as_json {
+                print(&v);
+            } else {
+                println!(
+                    "{:<8} {:<24} {:<24} {:<7} {:<6} TARGET",
+                    "ID", "AT", "WHO", "METHOD", "STATUS"
+                );
+                for e in v["entries"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:<8} {:<24} {:<24} {:<7} {:<6} {}",
+                        e["id"],
+                        e["at"].as_str().unwrap_or("").get(..23).unwrap_or(""),
+                        e["who"].as_str().unwrap_or(""),
+                        e["method"].as_str().unwrap_or(""),
+                        e["status"],
+                        e["target"].as_str().unwrap_or("")
+                    );
+                }
+                if let Some(n) = v["next"].as_i64() {
+                    println!("(more: --before {n})");
+                }
+            }
+        }
         Command::Job(cmd) => return crate::cli_jobs::job(&c, as_json, cmd).await,
         Command::Update { limits, container } => {
             return crate::cli_engines::update(&c, &container, &limits).await

@@ -30,6 +30,10 @@ pub struct FileConfig {
     pub nfs_listen: Option<String>,
     /// NFS exports made true in SQL at start (see docs/operator-guide.md).
     pub exports: Option<Vec<inarray_nfs::ExportSpec>>,
+    /// "text" (default) or "json" (one object a line).
+    pub log_format: Option<String>,
+    /// API limits and audit retention (docs/operations.md lists the keys and defaults).
+    pub api: Option<inarray_api::access::ApiConfig>,
     /// The cgroup holding the containers' engines (default "inarray"); the daemon's own engine,
     /// `storage`, is its sibling "<cgroup_root>-storage". One per daemon on a machine.
     pub cgroup_root: Option<String>,
@@ -41,7 +45,7 @@ pub struct FileConfig {
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/inarray";
 pub const DEFAULT_SOCKET: &str = "/run/inarray/inarray.sock";
 
-#[derive(Debug, clap::Args)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct ServeOpts {
     /// The array: the directory all volume sources are relative to.
     #[arg(long)]
@@ -74,6 +78,9 @@ struct Settings {
     engines: Vec<inarray_runtime::engines::EngineDef>,
     nfs_listen: Option<std::net::SocketAddr>,
     exports: Vec<inarray_nfs::ExportSpec>,
+    log_format: crate::logging::Format,
+    api: inarray_api::access::ApiConfig,
+    limits: inarray_api::access::Limits,
     cgroups: inarray_runtime::engines::CgroupLayout,
     io_scheduler: Option<String>,
 }
@@ -145,6 +152,19 @@ fn settings(opts: ServeOpts) -> Result<Settings> {
             None => None,
         },
         exports: file.exports.unwrap_or_default(),
+        log_format: file
+            .log_format
+            .as_deref()
+            .unwrap_or("text")
+            .parse()
+            .map_err(anyhow::Error::msg)?,
+        limits: file
+            .api
+            .clone()
+            .unwrap_or_default()
+            .limits()
+            .map_err(anyhow::Error::msg)?,
+        api: file.api.unwrap_or_default(),
         cgroups: match opts.cgroup_root.or(file.cgroup_root) {
             Some(r) => {
                 inarray_runtime::engines::CgroupLayout::new(&r).map_err(anyhow::Error::msg)?
@@ -200,15 +220,13 @@ fn check_dirs(s: &Settings) -> Result<(PathBuf, PathBuf)> {
 }
 
 pub async fn run(opts: ServeOpts) -> Result<()> {
-    let s = settings(opts)?;
+    let s = settings(opts.clone())?;
     let filter = std::env::var("INARRAY_LOG").unwrap_or_else(|_| s.log.clone());
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&filter)
-                .with_context(|| format!("log filter {filter:?}"))?,
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let log_handle = crate::logging::init(
+        tracing_subscriber::EnvFilter::try_new(&filter)
+            .with_context(|| format!("log filter {filter:?}"))?,
+        s.log_format,
+    );
     let (array, state) = check_dirs(&s)?;
     let sealed = inarray_runtime::sealed::SealedExe::new()
         .context("cannot make a sealed copy of the binary")?;
@@ -240,7 +258,12 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
         },
     )
     .context("container manager")?;
-    let bound = bind(&s.listen, s.socket_mode, s.socket_group)
+    let limits = s.limits;
+    let tls = s.api.tls().map_err(anyhow::Error::msg)?;
+    if tls.is_none() && s.listen.iter().any(|l| matches!(l, Listen::Tcp(_))) {
+        tracing::warn!("tcp listeners without tls: tokens travel in clear text; set api.tls_cert and api.tls_key");
+    }
+    let bound = bind(&s.listen, s.socket_mode, s.socket_group, tls)
         .await
         .map_err(anyhow::Error::msg)?;
     manager.init_engines(&s.engines).await.context("engines")?;
@@ -259,9 +282,24 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
         inarray_jobs::JobsOptions::default(),
     );
     jobs.start().await.context("job scheduler")?;
-    inarray_nfs::start(&s.exports, s.nfs_listen, &array, &store)
+    let nfs_bound = inarray_nfs::start(&s.exports, s.nfs_listen, &array, &store)
         .await
         .context("nfs gateway")?;
+    let access = inarray_api::access::Access::new(
+        store.clone(),
+        s.limits,
+        inarray_api::access::DaemonInfo {
+            version: env!("CARGO_PKG_VERSION").into(),
+            array: array.clone(),
+            state_dir: state.clone(),
+            cgroup_mode: cgroup_mode(Path::new("/sys/fs/cgroup")).into(),
+            listen: s.listen.iter().map(ToString::to_string).collect(),
+            nfs_listen: nfs_bound.map(|a| a.to_string()),
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("api tokens: {}", e.message))?;
+    spawn_audit_retention(access.clone(), s.api.retention()).await;
     tracing::info!(
         array = %array.display(),
         state = %state.display(),
@@ -286,8 +324,23 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
             }
         });
     }
-    let app = inarray_api::jobs::attach(inarray_api::router(manager), jobs.clone());
-    serve(app, bound, shutdown_signal())
+    let app = inarray_api::access::attach(
+        inarray_api::jobs::attach(inarray_api::router(manager.clone()), jobs.clone()),
+        access.clone(),
+    );
+    if let Some(path) = opts.config.clone() {
+        let reloader = Reloader {
+            opts,
+            path,
+            manager,
+            store: store.clone(),
+            access,
+            log: log_handle,
+            current: s,
+        };
+        tokio::spawn(reloader.run());
+    }
+    serve(app, bound, limits, shutdown_signal())
         .await
         .context("serving the API")?;
     jobs.stop();
@@ -295,6 +348,183 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
     tracing::info!("stopped; containers keep running under their shims");
     drop(sealed);
     Ok(())
+}
+
+/// `v2` (unified), `hybrid` (v1 controllers and an empty cgroup2 at `unified`) or `v1`.
+fn cgroup_mode(root: &Path) -> &'static str {
+    let is_cgroup2 = |p: &Path| {
+        nix::sys::statfs::statfs(p)
+            .map(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+            .unwrap_or(false)
+    };
+    if is_cgroup2(root) {
+        "v2"
+    } else if is_cgroup2(&root.join("unified")) {
+        "hybrid"
+    } else {
+        "v1"
+    }
+}
+
+/// Prunes the audit log now (before the API serves) and then every hour.
+async fn spawn_audit_retention(
+    access: inarray_api::access::Access,
+    r: inarray_api::access::Retention,
+) {
+    async fn prune(access: &inarray_api::access::Access, r: inarray_api::access::Retention) {
+        match access.prune_audit(r).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "audit log pruned"),
+            Err(e) => tracing::warn!(error = %e.message, "cannot prune the audit log"),
+        }
+    }
+    prune(&access, r).await;
+    tokio::spawn(async move {
+        let every = std::time::Duration::from_secs(3600);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tick.tick().await;
+            prune(&access, r).await;
+        }
+    });
+}
+
+/// SIGHUP: re-reads the config file and applies what can change while serving (log filter,
+/// engines, exports, tokens). A file that does not parse or validate changes nothing.
+struct Reloader {
+    opts: ServeOpts,
+    path: PathBuf,
+    manager: inarray_runtime::Manager,
+    store: inarray_store::Store,
+    access: inarray_api::access::Access,
+    log: crate::logging::FilterHandle,
+    current: Settings,
+}
+
+impl Reloader {
+    async fn run(mut self) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::error!("cannot handle SIGHUP: reloading is off");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match self.reload().await {
+                Ok(()) => tracing::info!(config = %self.path.display(), "configuration reloaded"),
+                Err(e) => tracing::error!(
+                    config = %self.path.display(),
+                    error = %format!("{e:#}"),
+                    "configuration not reloaded: nothing was changed"
+                ),
+            }
+        }
+    }
+
+    async fn reload(&mut self) -> Result<()> {
+        // Everything is parsed and checked before anything is applied.
+        let new = settings(self.opts.clone())?;
+        let filter = match std::env::var("INARRAY_LOG") {
+            Ok(_) => None,
+            Err(_) => Some(
+                tracing_subscriber::EnvFilter::try_new(&new.log)
+                    .with_context(|| format!("log {:?}", new.log))?,
+            ),
+        };
+        for e in &new.engines {
+            inarray_runtime::engines::validate_name(&e.name)
+                .map_err(|m| anyhow::anyhow!("engines: {m}"))?;
+            e.resources
+                .validate(&format!("engines.{}", e.name))
+                .map_err(anyhow::Error::msg)?;
+        }
+        let mut all = self.manager.engines().await?;
+        for e in &new.engines {
+            match all.iter_mut().find(|a| a.name == e.name) {
+                Some(a) => *a = e.clone(),
+                None => all.push(e.clone()),
+            }
+        }
+        inarray_runtime::engines::check_memory_allotment(&all, self.current.container_memory)
+            .map_err(|m| anyhow::anyhow!("engines: {m}"))?;
+        for x in &new.exports {
+            x.clone()
+                .validate()
+                .map_err(|e| anyhow::anyhow!("exports.{}: {e}", x.name))?;
+        }
+        // Apply.
+        if let Some(f) = filter {
+            if new.log != self.current.log {
+                self.log.reload(f).context("log filter")?;
+                tracing::info!(from = %self.current.log, to = %new.log, "log filter changed");
+            }
+        }
+        if new.engines != self.current.engines {
+            self.manager
+                .init_engines(&new.engines)
+                .await
+                .context("engines")?;
+            let names: Vec<&str> = new.engines.iter().map(|e| e.name.as_str()).collect();
+            tracing::info!(engines = ?names, "engines applied");
+        }
+        if new.exports != self.current.exports {
+            inarray_nfs::apply_config(&self.store, &new.exports)
+                .await
+                .context("exports")?;
+            let names: Vec<&str> = new.exports.iter().map(|e| e.name.as_str()).collect();
+            tracing::info!(exports = ?names, "exports applied");
+        }
+        let (added, removed) = self
+            .access
+            .reload_tokens()
+            .await
+            .map_err(|e| anyhow::anyhow!("tokens: {}", e.message))?;
+        if !added.is_empty() || !removed.is_empty() {
+            tracing::info!(?added, ?removed, "tokens re-read");
+        }
+        let c = &self.current;
+        for (key, changed) in [
+            ("array", new.array != c.array),
+            ("state_dir", new.state_dir != c.state_dir),
+            ("listen", new.listen != c.listen),
+            ("socket_mode", new.socket_mode != c.socket_mode),
+            ("socket_group", new.socket_group != c.socket_group),
+            (
+                "container_memory",
+                new.container_memory != c.container_memory,
+            ),
+            ("nfs_listen", new.nfs_listen != c.nfs_listen),
+            ("log_format", new.log_format != c.log_format),
+            ("api", new.api != c.api),
+            ("cgroup_root", new.cgroups != c.cgroups),
+            ("io_scheduler", new.io_scheduler != c.io_scheduler),
+        ] {
+            if changed {
+                tracing::warn!(
+                    key,
+                    "changed in the config file; takes effect at the next start"
+                );
+            }
+        }
+        self.current = Settings {
+            // What was not applied stays as it runs.
+            array: c.array.clone(),
+            state_dir: c.state_dir.clone(),
+            listen: c.listen.clone(),
+            socket_mode: c.socket_mode,
+            socket_group: c.socket_group,
+            container_memory: c.container_memory,
+            nfs_listen: c.nfs_listen,
+            log_format: c.log_format,
+            api: c.api.clone(),
+            limits: c.limits,
+            cgroups: c.cgroups.clone(),
+            io_scheduler: c.io_scheduler.clone(),
+            log: new.log,
+            engines: new.engines,
+            exports: new.exports,
+        };
+        Ok(())
+    }
 }
 
 async fn shutdown_signal() {
@@ -360,6 +590,40 @@ mod tests {
             nfs_listen: None,
             cgroup_root: None,
         }
+    }
+
+    #[test]
+    fn api_limits_and_log_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("inarray.toml");
+        std::fs::write(
+            &cfg,
+            "array = \"/a\"\nlog_format = \"json\"\n[api]\nmax_in_flight = 7\nheader_timeout_secs = 2.5\naudit_retention_days = 3\n",
+        )
+        .unwrap();
+        let s = settings(opts(Some(cfg.clone()), None, &[])).unwrap();
+        assert_eq!(s.log_format, crate::logging::Format::Json);
+        assert_eq!(s.limits.max_in_flight, 7);
+        assert_eq!(
+            s.limits.header_timeout,
+            std::time::Duration::from_millis(2500)
+        );
+        assert_eq!(s.api.retention().days, 3);
+        std::fs::write(&cfg, "array = \"/a\"\nlog_format = \"xml\"\n").unwrap();
+        let e = settings(opts(Some(cfg.clone()), None, &[]))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("log_format"), "{e}");
+        std::fs::write(&cfg, "array = \"/a\"\n[api]\nmax_body_bytes = 0\n").unwrap();
+        let e = settings(opts(Some(cfg.clone()), None, &[]))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("api.max_body_bytes"), "{e}");
+        std::fs::write(&cfg, "array = \"/a\"\n[api]\nbogus = 1\n").unwrap();
+        let e = format!("{:#}", settings(opts(Some(cfg), None, &[])).err().unwrap());
+        assert!(e.contains("bogus"), "{e}");
     }
 
     #[test]

@@ -5,7 +5,9 @@ mod cli;
 mod cli_engines;
 mod cli_exports;
 mod cli_jobs;
+mod cli_tokens;
 mod daemon;
+mod logging;
 mod notify;
 
 use std::process::ExitCode;
@@ -47,7 +49,7 @@ fn main() -> ExitCode {
                 Ok(rt) => rt,
                 Err(e) => return fatal(&format!("cannot start the async runtime: {e}")),
             };
-            match rt.block_on(cli::run(args.host, args.json, command)) {
+            match rt.block_on(cli::run(cli::Args { command, ..args })) {
                 Ok(code) => code,
                 Err(e) => fatal(&format!("{e:#}")),
             }

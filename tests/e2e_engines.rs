@@ -325,11 +325,15 @@ async fn metrics_parse_as_prometheus_text() {
         .unwrap();
     let text = String::from_utf8(body).unwrap();
     let mut families = std::collections::HashSet::new();
+    let mut histograms = std::collections::HashSet::new();
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').unwrap();
-            assert!(["gauge", "counter"].contains(&kind), "{line}");
+            assert!(["gauge", "counter", "histogram"].contains(&kind), "{line}");
             assert!(families.insert(name.to_owned()), "TYPE twice for {name}");
+            if kind == "histogram" {
+                histograms.insert(name.to_owned());
+            }
             continue;
         }
         if line.starts_with("# HELP ") {
@@ -347,12 +351,25 @@ async fn metrics_parse_as_prometheus_text() {
             name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
             "{line}"
         );
-        assert!(families.contains(name), "sample before its TYPE: {line}");
+        // A histogram's samples are <family>_bucket (with `le`), _sum and _count.
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| histograms.contains(*f)))
+            .unwrap_or(name);
+        assert!(families.contains(family), "sample before its TYPE: {line}");
+        if name.ends_with("_bucket") && family != name {
+            assert!(series.contains("le=\""), "{line}");
+        }
         if let Some(labels) = series.strip_prefix(name).and_then(|l| l.strip_prefix('{')) {
             assert!(labels.ends_with('}'), "{line}");
         }
     }
     assert!(text.contains("inarray_up 1"));
+    // The API's own latency: the requests this test made, by route and status.
+    assert!(
+        text.contains("inarray_api_request_duration_seconds_count{method=\"POST\",route=\"/v1/containers\",status=\"201\"} 1"),
+        "{text}"
+    );
     assert!(
         text.contains("inarray_containers{state=\"running\"} 1"),
         "{text}"

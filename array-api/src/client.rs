@@ -40,14 +40,82 @@ pub enum ClientError {
 
 pub struct Client {
     host: Listen,
+    token: Option<String>,
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+/// How the client speaks TLS to a TCP host: the CA that signed the server's certificate, and
+/// optionally a client certificate and key (mutual TLS). PEM files.
+#[derive(Clone, Debug, Default)]
+pub struct TlsOptions {
+    pub ca: PathBuf,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl TlsOptions {
+    fn connector(&self) -> Result<tokio_rustls::TlsConnector, String> {
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let roots = crate::serve::load_roots(&self.ca, "tls ca")?;
+        let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls: {e}"))?
+        .with_root_certificates(roots);
+        let config = match (&self.cert, &self.key) {
+            (None, None) => builder.with_no_client_auth(),
+            (Some(c), Some(k)) => {
+                let certs = CertificateDer::pem_file_iter(c)
+                    .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+                    .map_err(|e| format!("tls cert {}: {e}", c.display()))?;
+                let key = PrivateKeyDer::from_pem_file(k)
+                    .map_err(|e| format!("tls key {}: {e}", k.display()))?;
+                builder
+                    .with_client_auth_cert(certs, key)
+                    .map_err(|e| format!("tls cert/key: {e}"))?
+            }
+            _ => return Err("a tls client certificate and its key go together".into()),
+        };
+        Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+            config,
+        )))
+    }
 }
 
 impl Client {
     pub fn new(host: Listen) -> Self {
-        Self { host }
+        Self {
+            host,
+            token: None,
+            tls: None,
+        }
     }
 
-    async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ClientError> {
+    /// Speaks TLS to TCP hosts (the unix socket is never TLS).
+    pub fn with_tls(mut self, tls: Option<&TlsOptions>) -> Result<Self, ClientError> {
+        self.tls = tls
+            .map(TlsOptions::connector)
+            .transpose()
+            .map_err(ClientError::Reply)?;
+        Ok(self)
+    }
+
+    /// Sends `Authorization: Bearer <token>` with every request (TCP listeners need it).
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
+    }
+
+    async fn send(&self, mut req: Request<Body>) -> Result<Response<Incoming>, ClientError> {
+        if let Some(t) = &self.token {
+            let v = hyper::header::HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| {
+                ClientError::Reply("the token holds characters a header cannot".into())
+            })?;
+            req.headers_mut().insert(hyper::header::AUTHORIZATION, v);
+        }
         let conn_err = |source| ClientError::Connect {
             host: self.host.to_string(),
             source,
@@ -64,7 +132,18 @@ impl Client {
         }
         match &self.host {
             Listen::Unix(p) => go!(tokio::net::UnixStream::connect(p).await.map_err(conn_err)?),
-            Listen::Tcp(a) => go!(tokio::net::TcpStream::connect(a).await.map_err(conn_err)?),
+            Listen::Tcp(a) => {
+                let tcp = tokio::net::TcpStream::connect(a).await.map_err(conn_err)?;
+                match &self.tls {
+                    None => go!(tcp),
+                    Some(tls) => {
+                        let name =
+                            tokio_rustls::rustls::pki_types::ServerName::IpAddress(a.ip().into());
+                        let stream = tls.connect(name, tcp).await.map_err(conn_err)?;
+                        go!(stream)
+                    }
+                }
+            }
         }
     }
 

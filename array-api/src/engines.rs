@@ -165,9 +165,15 @@ async fn container_stats(
 }
 
 /// Prometheus text exposition (format 0.0.4) for the daemon, engines and running containers.
-async fn metrics(State(m): State<Manager>) -> Result<Response, ApiError> {
+async fn metrics(
+    State(m): State<Manager>,
+    access: Option<axum::Extension<crate::access::Access>>,
+) -> Result<Response, ApiError> {
     let mut out = crate::metrics::Exposition::default();
     out.gauge("inarray_up", "1 while the daemon serves", &[], 1.0);
+    if let Some(axum::Extension(a)) = access {
+        a.write_metrics(&mut out);
+    }
     if let Some(rss) = self_rss_bytes() {
         out.gauge(
             "inarray_daemon_resident_memory_bytes",

@@ -31,12 +31,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
                 "expected request with `Content-Type: application/json`",
             ));
         }
-        // Bytes honours the body limit (413) without buffering more than it.
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|r| {
-                ApiError::new(r.status(), "invalid_body", lowercase_first(&r.body_text()))
-            })?;
+        let limits = req
+            .extensions()
+            .get::<crate::access::Limits>()
+            .copied()
+            .unwrap_or_default();
+        let _ = state;
+        let bytes = read_body(req.into_body(), &limits).await?;
+        check_shape(&bytes, limits.max_json_depth, limits.max_array_len)?;
         // Request bodies are JSON objects, never arrays (serde would otherwise accept a struct
         // written as the array of its fields).
         let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
@@ -73,6 +75,99 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
             }
         })
     }
+}
+
+/// The whole body, within the size limit (413) and the body timeout (408).
+async fn read_body(
+    body: axum::body::Body,
+    limits: &crate::access::Limits,
+) -> Result<axum::body::Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    let limited = http_body_util::Limited::new(body, limits.max_body_bytes);
+    match tokio::time::timeout(limits.body_timeout, limited.collect()).await {
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the request body did not arrive within {:?}",
+                limits.body_timeout
+            ),
+        )),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_body",
+            format!(
+                "the request body is over the length limit of {} bytes",
+                limits.max_body_bytes
+            ),
+        )),
+        Ok(Err(e)) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            format!("cannot read the request body: {e}"),
+        )),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+    }
+}
+
+/// Refuses JSON nested deeper than `max_depth` or with an array longer than `max_array`, before
+/// anything is deserialized (one pass over the bytes, memory bounded by `max_depth`). Malformed
+/// JSON passes here and is reported by the parser.
+pub fn check_shape(bytes: &[u8], max_depth: usize, max_array: usize) -> Result<(), ApiError> {
+    // For each open container: Some(entries so far) for an array, None for an object.
+    let mut stack: Vec<Option<usize>> = Vec::new();
+    let mut in_string = false;
+    let mut escaped = false;
+    // An array was just opened and its first entry is not seen yet.
+    let mut fresh = false;
+    for &b in bytes {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        if b.is_ascii_whitespace() {
+            continue;
+        }
+        if fresh && b != b']' {
+            if let Some(Some(n)) = stack.last_mut() {
+                *n = 1;
+            }
+        }
+        fresh = false;
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                if stack.len() >= max_depth {
+                    return Err(ApiError::bad_request(format!(
+                        "the request body is nested deeper than {max_depth} levels"
+                    )));
+                }
+                stack.push((b == b'[').then_some(0));
+                fresh = b == b'[';
+            }
+            b']' | b'}' => {
+                stack.pop();
+            }
+            b',' => {
+                if let Some(Some(n)) = stack.last_mut() {
+                    *n += 1;
+                    if *n > max_array {
+                        return Err(ApiError::bad_request(format!(
+                            "the request body has an array of more than {max_array} entries"
+                        )));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// axum's rejection texts start with a capital letter; ours are lowercase (acronyms such as "EOF"
@@ -112,5 +207,35 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T>
             .await
             .map(|p| Path(p.0))
             .map_err(|r: PathRejection| ApiError::bad_request(lowercase_first(&r.body_text())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_shape;
+
+    #[test]
+    fn depth_and_array_lengths() {
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(check_shape(deep(32).as_bytes(), 32, 10).is_ok());
+        let e = check_shape(deep(33).as_bytes(), 32, 10).unwrap_err();
+        assert!(e.message.contains("deeper than 32"), "{}", e.message);
+        // Brackets inside strings are data.
+        let s = format!("{{\"a\": \"{}\\\"{}\"}}", "[".repeat(100), "{".repeat(100));
+        assert!(check_shape(s.as_bytes(), 4, 10).is_ok(), "{s}");
+        let arr = |n: usize| format!("{{\"a\": [{}]}}", vec!["1"; n].join(","));
+        assert!(check_shape(arr(10).as_bytes(), 4, 10).is_ok());
+        assert!(check_shape(arr(11).as_bytes(), 4, 10).is_err());
+        assert!(check_shape(b"{\"a\": []}", 4, 0).is_ok());
+        // Commas of an object do not count, nor do those of an inner array toward the outer.
+        let obj = format!(
+            "{{{}}}",
+            (0..50)
+                .map(|i| format!("\"k{i}\":1"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        assert!(check_shape(obj.as_bytes(), 4, 10).is_ok());
+        assert!(check_shape(b"[[1,2,3],[4,5,6]]", 4, 3).is_ok());
     }
 }

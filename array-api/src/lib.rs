@@ -1,5 +1,6 @@
 //! The REST API (`/v1`, JSON, axum) and its client. The only crate that knows HTTP.
 
+pub mod access;
 pub mod client;
 pub mod engines;
 pub mod error;

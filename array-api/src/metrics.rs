@@ -129,6 +129,54 @@ impl Exposition {
         );
     }
 
+    /// One histogram series: `_bucket` lines (cumulative, `le` last), `_sum` and `_count`.
+    pub fn histogram(
+        &mut self,
+        name: &str,
+        help: &'static str,
+        labels: &[(&str, &str)],
+        bounds: &[f64],
+        counts: &[u64],
+        sum: f64,
+    ) {
+        let base: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+            .collect();
+        let with = |extra: Option<String>| {
+            let mut l = base.clone();
+            l.extend(extra);
+            if l.is_empty() {
+                String::new()
+            } else {
+                format!("{{{}}}", l.join(","))
+            }
+        };
+        if !self.families.contains_key(name) {
+            self.order.push(name.to_owned());
+        }
+        let lines = &mut self
+            .families
+            .entry(name.to_owned())
+            .or_insert(("histogram", help, Vec::new()))
+            .2;
+        let mut cumulative = 0;
+        for (i, b) in bounds.iter().enumerate() {
+            cumulative += counts.get(i).copied().unwrap_or(0);
+            lines.push(format!(
+                "{name}_bucket{} {cumulative}",
+                with(Some(format!("le=\"{b}\"")))
+            ));
+        }
+        let total: u64 = counts.iter().sum();
+        lines.push(format!(
+            "{name}_bucket{} {total}",
+            with(Some("le=\"+Inf\"".into()))
+        ));
+        lines.push(format!("{name}_sum{} {sum}", with(None)));
+        lines.push(format!("{name}_count{} {total}", with(None)));
+    }
+
     pub fn finish(self) -> String {
         let mut out = String::new();
         for name in &self.order {
@@ -140,6 +188,57 @@ impl Exposition {
             }
         }
         out
+    }
+}
+
+/// Upper bounds (seconds) of the API latency buckets.
+pub const LATENCY_BOUNDS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// API latency histograms by method, route template and status (bounded cardinality: routes
+/// are templates, unknown paths are all `unmatched`).
+#[derive(Default)]
+pub struct Histograms {
+    series: BTreeMap<(String, String, u16), Series>,
+}
+
+struct Series {
+    /// One count per bound, and one more for "above the last".
+    counts: [u64; LATENCY_BOUNDS.len() + 1],
+    sum: f64,
+}
+
+impl Histograms {
+    pub fn observe(&mut self, method: &str, route: &str, status: u16, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        let s = self
+            .series
+            .entry((method.to_owned(), route.to_owned(), status))
+            .or_insert(Series {
+                counts: [0; LATENCY_BOUNDS.len() + 1],
+                sum: 0.0,
+            });
+        let i = LATENCY_BOUNDS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BOUNDS.len());
+        s.counts[i] += 1;
+        s.sum += secs;
+    }
+
+    pub fn write(&self, out: &mut Exposition) {
+        for ((method, route, status), s) in &self.series {
+            let status = status.to_string();
+            out.histogram(
+                "inarray_api_request_duration_seconds",
+                "API request latency until the reply's headers, by route and status",
+                &[("method", method), ("route", route), ("status", &status)],
+                &LATENCY_BOUNDS,
+                &s.counts,
+                s.sum,
+            );
+        }
     }
 }
 
@@ -157,6 +256,34 @@ mod tests {
         assert_eq!(
             text,
             "# HELP a help a\n# TYPE a gauge\na{x=\"q\\\"uote\"} 1\na{x=\"two\"} 3\n# HELP b help b\n# TYPE b gauge\nb 2.5\n"
+        );
+    }
+
+    #[test]
+    fn latency_histogram_is_cumulative() {
+        let mut h = Histograms::default();
+        let ms = std::time::Duration::from_millis;
+        h.observe("GET", "/v1/info", 200, ms(2));
+        h.observe("GET", "/v1/info", 200, ms(40));
+        h.observe("GET", "/v1/info", 200, ms(60_000));
+        let mut e = Exposition::default();
+        h.write(&mut e);
+        let text = e.finish();
+        let l = |le: &str| {
+            format!("inarray_api_request_duration_seconds_bucket{{method=\"GET\",route=\"/v1/info\",status=\"200\",le=\"{le}\"}}")
+        };
+        assert!(
+            text.contains("# TYPE inarray_api_request_duration_seconds histogram\n"),
+            "{text}"
+        );
+        assert!(text.contains(&format!("{} 0\n", l("0.001"))), "{text}");
+        assert!(text.contains(&format!("{} 1\n", l("0.0025"))), "{text}");
+        assert!(text.contains(&format!("{} 2\n", l("0.05"))), "{text}");
+        assert!(text.contains(&format!("{} 2\n", l("30"))), "{text}");
+        assert!(text.contains(&format!("{} 3\n", l("+Inf"))), "{text}");
+        assert!(
+            text.contains("_count{method=\"GET\",route=\"/v1/info\",status=\"200\"} 3\n"),
+            "{text}"
         );
     }
 }

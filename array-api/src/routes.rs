@@ -8,7 +8,6 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use futures_util::TryStreamExt;
 use inarray_runtime::{ContainerConfig, Manager};
 use inarray_store::{ContainerRow, ContainerState, ImageRow};
 use serde::{Deserialize, Serialize};
@@ -18,8 +17,9 @@ use tokio::io::AsyncReadExt;
 use crate::error::ApiError;
 use crate::extract::{Json, Path, Query};
 
-/// Bodies of JSON requests are small; image archives are streamed and bounded by the image store.
-pub const JSON_BODY_LIMIT: usize = 1024 * 1024;
+/// The router's ceiling on request bodies; JSON bodies are held to the (configurable, smaller)
+/// `access::Limits::max_body_bytes`, image archives are streamed and bounded by the image store.
+pub const JSON_BODY_LIMIT: usize = crate::access::MAX_BODY_CEILING;
 
 pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
 
@@ -55,6 +55,7 @@ pub fn router(manager: Manager) -> Router {
         .merge(crate::engines::routes())
         .merge(crate::exports::routes())
         .merge(crate::jobs::routes())
+        .merge(crate::access::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -120,11 +121,47 @@ struct ImportQuery {
 async fn import_image(
     State(m): State<Manager>,
     Query(q): Query<ImportQuery>,
+    limits: Option<axum::Extension<crate::access::Limits>>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    // A client that stops sending mid-upload is cut off after the idle timeout (408).
+    let idle = limits.map(|l| l.0).unwrap_or_default().idle_timeout;
+    let stalled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stalled.clone();
+    let stream = Box::pin(futures_util::stream::unfold(
+        body.into_data_stream(),
+        move |mut s| {
+            let flag = flag.clone();
+            async move {
+                match tokio::time::timeout(idle, futures_util::StreamExt::next(&mut s)).await {
+                    Ok(Some(item)) => Some((item.map_err(std::io::Error::other), s)),
+                    Ok(None) => None,
+                    Err(_) => {
+                        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                        Some((
+                            Err(std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                format!("no data for {idle:?}"),
+                            )),
+                            s,
+                        ))
+                    }
+                }
+            }
+        },
+    ));
     let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
-    let images = m.import_image(reader, q.name).await?;
+    let images = match m.import_image(reader, q.name).await {
+        Ok(i) => i,
+        Err(_) if stalled.load(std::sync::atomic::Ordering::Relaxed) => {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!("the upload stalled: no data for {idle:?}; nothing was imported"),
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    };
     let views: Vec<ImageView> = images.into_iter().map(ImageView::from).collect();
     let first = views
         .first()

@@ -16,6 +16,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
+use inarray_api::access::{Access, DaemonInfo, Limits, Peer};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 use tower::ServiceExt;
@@ -49,6 +50,10 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/jobs/{name}/runs", &["get"]),
     ("/v1/jobs/{name}/suspend", &["post"]),
     ("/v1/jobs/{name}/resume", &["post"]),
+    ("/v1/tokens", &["get", "post"]),
+    ("/v1/tokens/{name}", &["delete"]),
+    ("/v1/audit", &["get"]),
+    ("/v1/info", &["get"]),
 ];
 
 const SPEC_FILE: &str = include_str!("../../docs/openapi.json");
@@ -58,6 +63,7 @@ const ROUTES_RS: &[&str] = &[
     include_str!("../src/engines.rs"),
     include_str!("../src/exports.rs"),
     include_str!("../src/jobs.rs"),
+    include_str!("../src/access.rs"),
 ];
 const JSON: Option<&str> = Some("application/json");
 
@@ -67,12 +73,33 @@ struct Env {
     tmp: TempDir,
     app: Router,
     spec: Value,
+    /// The connection every request comes from (the unix socket's root by default).
+    peer: std::sync::Mutex<(Peer, Option<String>)>,
+}
+
+fn unix_root() -> Peer {
+    Peer::Unix {
+        uid: 0,
+        gid: 0,
+        pid: None,
+    }
+}
+
+fn tcp_peer() -> Peer {
+    Peer::Tcp {
+        addr: "192.0.2.7:40000".parse().unwrap(),
+        client_cert: None,
+    }
 }
 
 impl Env {
     /// A router over fresh state. `array/admin` is a protected daemon path, as a socket directory
     /// inside the array would be.
     async fn new() -> Self {
+        Self::with_limits(Limits::default()).await
+    }
+
+    async fn with_limits(limits: Limits) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let state = tmp.path().join("state");
         let array = tmp.path().join("array");
@@ -105,6 +132,20 @@ impl Env {
         .unwrap();
         manager.init_engines(&[]).await.unwrap();
         // The job scheduler, as the daemon attaches it (its timer is not started here).
+        let access = Access::new(
+            store.clone(),
+            limits,
+            DaemonInfo {
+                version: "test".into(),
+                array: array.clone(),
+                state_dir: tmp.path().join("state"),
+                cgroup_mode: "v2".into(),
+                listen: vec!["unix:/run/test.sock".into()],
+                nfs_listen: None,
+            },
+        )
+        .await
+        .unwrap();
         let jobs = inarray_jobs::Jobs::new(
             store,
             Arc::new(manager.clone()),
@@ -112,9 +153,13 @@ impl Env {
             inarray_jobs::JobsOptions::default(),
         );
         Self {
-            app: inarray_api::jobs::attach(inarray_api::router(manager), jobs),
+            app: inarray_api::access::attach(
+                inarray_api::jobs::attach(inarray_api::router(manager), jobs),
+                access,
+            ),
             spec: serde_json::from_str(SPEC_FILE).expect("docs/openapi.json is JSON"),
             tmp,
+            peer: std::sync::Mutex::new((unix_root(), None)),
         }
     }
 
@@ -135,9 +180,13 @@ impl Env {
 
     /// Sends a request without checking it against the spec (for FIXME cases only).
     async fn send(&self, method: &str, uri: &str, ct: Option<&str>, body: Vec<u8>) -> Reply {
-        let mut req = Request::builder().method(method).uri(uri);
+        let (peer, token) = self.peer.lock().unwrap().clone();
+        let mut req = Request::builder().method(method).uri(uri).extension(peer);
         if let Some(ct) = ct {
             req = req.header("content-type", ct);
+        }
+        if let Some(t) = token {
+            req = req.header("authorization", t);
         }
         let resp = self
             .app
@@ -1105,9 +1154,10 @@ async fn malformed_bodies_are_refused_in_the_error_shape() {
                 .raw(JSON, Vec::new()),
             create("not utf-8", json!(null), S::BAD_REQUEST, "malformed_json")
                 .raw(JSON, b"{\"image\":\"\xff\"}".to_vec()),
-            create("100k nested arrays", json!(null), S::UNPROCESSABLE_ENTITY, "invalid_field")
+            // Refused by depth before any parsing (api.max_json_depth, 32 by default).
+            create("100k nested arrays", json!(null), S::BAD_REQUEST, "invalid_request")
                 .raw(JSON, deep.into_bytes())
-                .needle("invalid type"),
+                .needle("nested deeper than 32 levels"),
             create("no content type", json!(null), S::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
                 .raw(None, br#"{"image":"x"}"#.to_vec())
                 .needle("Content-Type: application/json"),
@@ -2280,4 +2330,513 @@ async fn jobs_refuse_bad_definitions_naming_the_field() {
         "not_found",
         "no such job: nope",
     );
+}
+
+// ------------------------------------------------------------------------------ API access
+
+impl Env {
+    /// Later requests come over TCP with this `Authorization` header (None: without one).
+    fn over_tcp(&self, authorization: Option<&str>) {
+        *self.peer.lock().unwrap() = (tcp_peer(), authorization.map(String::from));
+    }
+
+    fn over_unix(&self) {
+        *self.peer.lock().unwrap() = (unix_root(), None);
+    }
+
+    /// Makes a token over the unix socket; returns its secret.
+    async fn token(&self, name: &str, scope: &str) -> String {
+        let saved = self.peer.lock().unwrap().clone();
+        self.over_unix();
+        let r = self
+            .post_json("/v1/tokens", &json!({"name": name, "scope": scope}))
+            .await;
+        *self.peer.lock().unwrap() = saved;
+        r.expect(StatusCode::CREATED).json()["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+}
+
+#[tokio::test]
+async fn tcp_needs_a_token_with_the_right_scope() {
+    let env = Env::new().await;
+    let read = env.token("ro", "read").await;
+    let operate = env.token("ops", "operate").await;
+    let admin = env.token("root-ci", "admin").await;
+    assert!(read.starts_with("inarray_") && read.len() == 72, "{read}");
+
+    // No, malformed, unknown tokens: 401 with WWW-Authenticate, in the error shape.
+    let bad_headers = [
+        None,
+        Some("Basic cm9vdDpyb290".to_owned()),
+        Some("Bearer".to_owned()),
+        Some("Bearer ".to_owned()),
+        Some(format!("Bearer {}", &read[..71])),
+        Some(format!("Bearer {read}x")),
+        Some(format!("Bearer {}", read.to_uppercase())),
+        Some(
+            "Bearer inarray_0000000000000000000000000000000000000000000000000000000000000000"
+                .to_owned(),
+        ),
+    ];
+    for h in &bad_headers {
+        env.over_tcp(h.as_deref());
+        for (m, uri) in [
+            ("GET", "/v1/containers"),
+            ("GET", "/v1/health"),
+            ("GET", "/metrics"),
+            ("GET", "/v1/no-such-route"),
+            ("DELETE", "/v1/containers/x"),
+        ] {
+            let r = env.send(m, uri, None, Vec::new()).await;
+            r.expect_error(StatusCode::UNAUTHORIZED, "unauthorized", "token");
+        }
+        let r = env
+            .post_json("/v1/tokens", &json!({"name": "evil", "scope": "admin"}))
+            .await;
+        r.expect_error(StatusCode::UNAUTHORIZED, "unauthorized", "token");
+    }
+    // The challenge header is sent.
+    env.over_tcp(None);
+    let resp = env
+        .app
+        .clone()
+        .oneshot(
+            Request::builder()
+                .uri("/v1/containers")
+                .extension(tcp_peer())
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+
+    // read: GETs only, never tokens or the audit log.
+    env.over_tcp(Some(&format!("Bearer {read}")));
+    env.get("/v1/containers").await.expect(StatusCode::OK);
+    env.get("/v1/engines").await.expect(StatusCode::OK);
+    env.get("/v1/info").await.expect(StatusCode::OK);
+    env.get("/v1/tokens")
+        .await
+        .expect_error(StatusCode::FORBIDDEN, "forbidden", "needs admin");
+    env.get("/v1/audit")
+        .await
+        .expect_error(StatusCode::FORBIDDEN, "forbidden", "needs admin");
+    env.post_json("/v1/containers", &json!({"image": "x"}))
+        .await
+        .expect_error(StatusCode::FORBIDDEN, "forbidden", "scope is read");
+    env.delete("/v1/images/x").await.expect_error(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "needs operate",
+    );
+    // A lowercase scheme is accepted (RFC 7235: case-insensitive).
+    env.over_tcp(Some(&format!("bearer {read}")));
+    env.get("/v1/containers").await.expect(StatusCode::OK);
+
+    // operate: containers, images, jobs; not engines, exports or tokens.
+    env.over_tcp(Some(&format!("Bearer {operate}")));
+    env.post_json("/v1/containers", &json!({"image": "no-such-image"}))
+        .await
+        .expect(StatusCode::NOT_FOUND);
+    env.post("/v1/containers/nope/start")
+        .await
+        .expect(StatusCode::NOT_FOUND);
+    env.post_json("/v1/engines", &json!({"name": "e1"}))
+        .await
+        .expect_error(StatusCode::FORBIDDEN, "forbidden", "needs admin");
+    env.post_json(
+        "/v1/exports",
+        &json!({"name": "x", "path": "data", "clients": [{"match": "*", "access": "ro"}]}),
+    )
+    .await
+    .expect_error(StatusCode::FORBIDDEN, "forbidden", "needs admin");
+    env.post_json("/v1/tokens", &json!({"name": "escalate", "scope": "admin"}))
+        .await
+        .expect_error(StatusCode::FORBIDDEN, "forbidden", "needs admin");
+
+    // admin: everything, tokens included; the secret is shown only at creation.
+    env.over_tcp(Some(&format!("Bearer {admin}")));
+    let t = env
+        .post_json(
+            "/v1/tokens",
+            &json!({"name": "made-over-tcp", "scope": "read"}),
+        )
+        .await
+        .expect(StatusCode::CREATED)
+        .json();
+    assert_eq!(t["created_by"], json!(format!("token:{}:root-ci", 3)));
+    let list = env.get("/v1/tokens").await.expect(StatusCode::OK).json();
+    assert_eq!(list.as_array().unwrap().len(), 4);
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t.get("token").is_none()),
+        "{list}"
+    );
+    assert!(!env.get("/v1/tokens").await.text().contains(&read));
+    env.post_json("/v1/tokens", &json!({"name": "ro", "scope": "read"}))
+        .await
+        .expect_error(StatusCode::CONFLICT, "conflict", "already exists");
+    for (body, status, code, needle) in [
+        (
+            json!({"name": "", "scope": "read"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "name",
+        ),
+        (
+            json!({"name": "a/b", "scope": "read"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "name",
+        ),
+        (
+            json!({"name": "x".repeat(65), "scope": "read"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "name",
+        ),
+        (
+            json!({"name": "ok", "scope": "root"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            "scope",
+        ),
+        (
+            json!({"name": "ok"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            "scope",
+        ),
+        (
+            json!({"name": "ok", "scope": "read", "secret": "mine"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            "secret",
+        ),
+    ] {
+        env.post_json("/v1/tokens", &body)
+            .await
+            .expect_error(status, code, needle);
+    }
+
+    // Revocation is immediate.
+    env.delete("/v1/tokens/ro")
+        .await
+        .expect(StatusCode::NO_CONTENT);
+    env.delete("/v1/tokens/ro")
+        .await
+        .expect(StatusCode::NOT_FOUND);
+    env.over_tcp(Some(&format!("Bearer {read}")));
+    env.get("/v1/containers").await.expect_error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "unknown or revoked",
+    );
+    // A new token with the old name gets a new secret; the old one stays dead.
+    let again = env.token("ro", "read").await;
+    assert_ne!(again, read);
+    env.get("/v1/containers")
+        .await
+        .expect(StatusCode::UNAUTHORIZED);
+
+    // The unix socket is admin by file permission.
+    env.over_unix();
+    env.get("/v1/tokens").await.expect(StatusCode::OK);
+}
+
+#[tokio::test]
+async fn every_mutating_call_is_audited() {
+    let env = Env::new().await;
+    let op = env.token("ops", "operate").await;
+    env.post("/v1/containers/nope/stop")
+        .await
+        .expect(StatusCode::NOT_FOUND);
+    env.get("/v1/containers").await.expect(StatusCode::OK);
+    env.over_tcp(Some(&format!("Bearer {op}")));
+    env.post("/v1/containers/abc/kill?signal=TERM")
+        .await
+        .expect(StatusCode::NOT_FOUND);
+    env.delete("/v1/engines/storage")
+        .await
+        .expect(StatusCode::FORBIDDEN);
+    env.over_tcp(Some("Bearer nope"));
+    env.delete("/v1/containers/x")
+        .await
+        .expect(StatusCode::UNAUTHORIZED);
+    env.over_unix();
+    let page = env
+        .get("/v1/audit?limit=100")
+        .await
+        .expect(StatusCode::OK)
+        .json();
+    let got: Vec<(String, String, String, String, i64)> = page["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["who"].as_str().unwrap().to_owned(),
+                e["method"].as_str().unwrap().to_owned(),
+                e["route"].as_str().unwrap().to_owned(),
+                e["target"].as_str().unwrap().to_owned(),
+                e["status"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let s = |x: &str| x.to_owned();
+    assert_eq!(
+        got,
+        vec![
+            (
+                s("anonymous:192.0.2.7"),
+                s("DELETE"),
+                s("/v1/containers/{id}"),
+                s("/v1/containers/x"),
+                401
+            ),
+            (
+                s("token:1:ops"),
+                s("DELETE"),
+                s("/v1/engines/{name}"),
+                s("/v1/engines/storage"),
+                403
+            ),
+            (
+                s("token:1:ops"),
+                s("POST"),
+                s("/v1/containers/{id}/kill"),
+                s("/v1/containers/abc/kill"),
+                404
+            ),
+            (
+                s("unix:0"),
+                s("POST"),
+                s("/v1/containers/{id}/stop"),
+                s("/v1/containers/nope/stop"),
+                404
+            ),
+            (
+                s("unix:0"),
+                s("POST"),
+                s("/v1/tokens"),
+                s("/v1/tokens"),
+                201
+            ),
+        ],
+        "GETs are not audited; refused calls are"
+    );
+    assert_eq!(page["next"], Value::Null);
+    // Pages: newest first, `next` continues.
+    let p1 = env
+        .get("/v1/audit?limit=2")
+        .await
+        .expect(StatusCode::OK)
+        .json();
+    assert_eq!(p1["entries"].as_array().unwrap().len(), 2);
+    let next = p1["next"].as_i64().unwrap();
+    let p2 = env
+        .get(&format!("/v1/audit?limit=2&before={next}"))
+        .await
+        .expect(StatusCode::OK)
+        .json();
+    assert_eq!(p2["entries"][0]["route"], "/v1/containers/{id}/kill");
+    for q in ["limit=0", "limit=1001", "limit=x", "before=x", "nope=1"] {
+        env.get(&format!("/v1/audit?{q}")).await.expect_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "",
+        );
+    }
+}
+
+#[tokio::test]
+async fn requests_beyond_the_limits_are_refused() {
+    let env = Env::with_limits(Limits {
+        max_in_flight: 1,
+        body_timeout: std::time::Duration::from_millis(300),
+        max_body_bytes: 4096,
+        max_json_depth: 8,
+        max_array_len: 100,
+        ..Limits::default()
+    })
+    .await;
+    // A body that never finishes holds the only slot: the next request is 503, then the slow
+    // one gets 408 and the slot is free again.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    tx.send(Ok(b"{\"image\": ".to_vec())).await.unwrap();
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    let slow = env.app.clone().oneshot(
+        Request::builder()
+            .method("POST")
+            .uri("/v1/containers")
+            .header("content-type", "application/json")
+            .extension(unix_root())
+            .body(Body::from_stream(stream))
+            .unwrap(),
+    );
+    let slow = tokio::spawn(slow);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    env.get("/v1/health").await.expect_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "busy",
+        "too many requests in flight",
+    );
+    let resp = slow.await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("body_timeout"));
+    drop(tx);
+    env.get("/v1/health").await.expect(StatusCode::OK);
+
+    // Size, depth and array length, from the configured limits.
+    let big = json!({"image": "x", "env": ["A=".to_owned() + &"b".repeat(5000)]});
+    env.post_json("/v1/containers", &big).await.expect_error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "invalid_body",
+        "4096 bytes",
+    );
+    let mut deep = json!("x");
+    for _ in 0..9 {
+        deep = json!({"a": deep});
+    }
+    env.post_json("/v1/jobs", &deep).await.expect_error(
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        "nested deeper than 8",
+    );
+    let long: Vec<u8> = vec![1; 101];
+    env.post_json(
+        "/v1/exports",
+        &json!({"name": "e", "path": "data", "clients": long}),
+    )
+    .await
+    .expect_error(
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        "more than 100 entries",
+    );
+}
+
+#[tokio::test]
+async fn info_and_latency_metrics() {
+    let env = Env::new().await;
+    let i = env.get("/v1/info").await.expect(StatusCode::OK).json();
+    assert_eq!(i["version"], "test");
+    assert_eq!(i["cgroup_mode"], "v2");
+    let engines: Vec<&str> = i["engines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(engines, ["default", "storage"]);
+    assert_eq!(i["exports"], json!([]));
+    env.post_json(
+        "/v1/exports",
+        &json!({"name": "pub", "path": "data", "clients": [{"match": "*", "access": "ro"}]}),
+    )
+    .await
+    .expect(StatusCode::CREATED);
+    let i = env.get("/v1/info").await.expect(StatusCode::OK).json();
+    assert_eq!(i["exports"], json!([{"name": "pub", "path": "data"}]));
+    env.get("/v1/containers/nope")
+        .await
+        .expect(StatusCode::NOT_FOUND);
+    let m = env.get("/metrics").await.expect(StatusCode::OK).text();
+    for needle in [
+        "# TYPE inarray_api_request_duration_seconds histogram",
+        "inarray_api_request_duration_seconds_count{method=\"GET\",route=\"/v1/info\",status=\"200\"} 2",
+        "inarray_api_request_duration_seconds_count{method=\"POST\",route=\"/v1/exports\",status=\"201\"} 1",
+        "inarray_api_request_duration_seconds_bucket{method=\"GET\",route=\"/v1/containers/{id}\",status=\"404\",le=\"+Inf\"} 1",
+        "inarray_api_requests_in_flight 1",
+    ] {
+        assert!(m.contains(needle), "{needle} not in\n{m}");
+    }
+}
+
+#[tokio::test]
+async fn a_stalled_image_upload_is_cut_off() {
+    let env = Env::with_limits(Limits {
+        idle_timeout: std::time::Duration::from_millis(300),
+        ..Limits::default()
+    })
+    .await;
+    let before = listing(&env.image_store());
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    // The start of a tar archive (a header announcing 1 MiB and 4 KiB of it), then silence.
+    let mut h = tar::Header::new_gnu();
+    h.set_path("blobs/sha256/big").unwrap();
+    h.set_size(1 << 20);
+    h.set_mode(0o644);
+    h.set_cksum();
+    let mut start = h.as_bytes().to_vec();
+    start.extend_from_slice(&[7u8; 4096]);
+    tx.send(Ok(start)).await.unwrap();
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    let t = std::time::Instant::now();
+    let resp = env
+        .app
+        .clone()
+        .oneshot(
+            Request::builder()
+                .method("POST")
+                .uri("/v1/images/import")
+                .header("content-type", "application/octet-stream")
+                .extension(unix_root())
+                .body(Body::from_stream(stream))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        t.elapsed()
+    );
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT, "{text}");
+    assert!(text.contains("the upload stalled"), "{text}");
+    drop(tx);
+    assert_eq!(
+        listing(&env.image_store()),
+        before,
+        "the store is unchanged"
+    );
+}
+
+/// Every operation documents the access guard's replies (it runs before any handler), and those
+/// with a body the body timeout.
+#[test]
+fn every_operation_documents_access_errors() {
+    let spec: Value = serde_json::from_str(SPEC_FILE).unwrap();
+    assert!(spec["components"]["securitySchemes"]["bearerAuth"].is_object());
+    let mut missing = Vec::new();
+    for (path, ops) in spec["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            if !["get", "post", "put", "patch", "delete"].contains(&method.as_str()) {
+                continue;
+            }
+            let r = &op["responses"];
+            let mut need = vec!["401", "403", "503"];
+            if op.get("requestBody").is_some() {
+                need.push("408");
+            }
+            for s in need {
+                if r.get(s).is_none() {
+                    missing.push(format!("{method} {path}: {s}"));
+                }
+            }
+        }
+    }
+    assert!(missing.is_empty(), "undocumented: {missing:#?}");
 }

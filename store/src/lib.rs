@@ -3,6 +3,7 @@
 //! SQLite is opened in WAL mode with `synchronous=FULL`, so a write acknowledged to a caller survives
 //! a crash or power loss. Every other crate sees typed rows, never SQL.
 
+mod access;
 mod containers;
 mod engines;
 mod exports;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 
+pub use access::{AuditRow, NewAudit, TokenRow};
 pub use containers::{ContainerRow, ContainerState, ExitUpdate, NewContainer};
 pub use engines::EngineRow;
 pub use exports::{ExportClientRow, ExportRow, NewExport};

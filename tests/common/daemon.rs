@@ -28,6 +28,8 @@ pub struct TestDaemon {
     pub state: PathBuf,
     pub socket: PathBuf,
     pub child: Option<Child>,
+    /// More arguments for `inarray serve` (e.g. `--config FILE`, another `--listen`).
+    pub extra_args: Vec<String>,
     /// This daemon's own cgroup root (`--cgroup-root`): concurrent test daemons never share an
     /// engine's cgroup, and dropping the daemon removes them all.
     pub cgroup_root: String,
@@ -40,6 +42,11 @@ impl TestDaemon {
 
     /// A fresh daemon with an empty array and state.
     pub async fn start() -> Self {
+        Self::start_with(Vec::new()).await
+    }
+
+    /// A fresh daemon started with more arguments; `{tmp}` in them is the test's temp dir.
+    pub async fn start_with(extra_args: Vec<String>) -> Self {
         require_root();
         let tmp = tempfile::Builder::new()
             .prefix("inarray-e2e-")
@@ -51,8 +58,12 @@ impl TestDaemon {
             array,
             state: tmp.path().join("state"),
             socket: tmp.path().join("run/api.sock"),
-            tmp,
             child: None,
+            extra_args: extra_args
+                .iter()
+                .map(|a| a.replace("{tmp}", tmp.path().to_str().unwrap()))
+                .collect(),
+            tmp,
             cgroup_root: unique_cgroup_root(),
         };
         d.launch().await;
@@ -68,10 +79,22 @@ impl TestDaemon {
             .arg(&self.state)
             .arg("--listen")
             .arg(format!("unix:{}", self.socket.display()))
+            .args(&self.extra_args)
             .arg("--cgroup-root")
             .arg(&self.cgroup_root)
             .env("INARRAY_LOG", "info");
         cmd
+    }
+
+    /// SIGTERM the daemon and wait for it to exit.
+    pub fn sigterm(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("a running daemon");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        child.wait().unwrap()
     }
 
     /// (Re)starts the daemon process and waits until it answers.

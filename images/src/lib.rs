@@ -43,6 +43,7 @@ mod fsutil;
 mod import;
 mod layer;
 mod reference;
+pub mod registry;
 mod source;
 mod store;
 mod tarstream;
@@ -55,6 +56,9 @@ mod testutil;
 
 pub use error::ImageError;
 pub use reference::Reference;
+pub use registry::{
+    Credentials, PullEvent, Puller, RegistryError, RegistryErrorKind, RegistrySettings,
+};
 pub use store::{GcReport, ImageStore, Limits};
 
 use serde::{Deserialize, Serialize};

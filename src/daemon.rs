@@ -30,6 +30,25 @@ pub struct FileConfig {
     pub nfs_listen: Option<String>,
     /// NFS exports made true in SQL at start (see docs/operator-guide.md).
     pub exports: Option<Vec<inarray_nfs::ExportSpec>>,
+    /// Registries by `host[:port]` (`docker.io` for Docker Hub): insecure, mirrors, credentials.
+    pub registries: Option<std::collections::HashMap<String, RegistryConfig>>,
+    /// Prune unused images every this many seconds (none when unset or 0).
+    pub image_prune_interval_seconds: Option<u64>,
+}
+
+/// One `[registries."host:port"]` table of the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    #[serde(default)]
+    pub insecure: bool,
+    #[serde(default)]
+    pub mirrors: Vec<String>,
+    pub username: Option<String>,
+    /// The password inline (the config file should then be root-only) …
+    pub password: Option<String>,
+    /// … or in a file of its own (its first line; trailing newline ignored).
+    pub password_file: Option<PathBuf>,
 }
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/inarray";
@@ -65,6 +84,53 @@ struct Settings {
     engines: Vec<inarray_runtime::engines::EngineDef>,
     nfs_listen: Option<std::net::SocketAddr>,
     exports: Vec<inarray_nfs::ExportSpec>,
+    registries: std::collections::HashMap<String, inarray_images::RegistrySettings>,
+    registry_credentials: std::collections::HashMap<String, inarray_images::Credentials>,
+    image_prune_interval: Option<std::time::Duration>,
+}
+
+type RegistryMaps = (
+    std::collections::HashMap<String, inarray_images::RegistrySettings>,
+    std::collections::HashMap<String, inarray_images::Credentials>,
+);
+
+fn registry_settings(
+    file: Option<std::collections::HashMap<String, RegistryConfig>>,
+) -> Result<RegistryMaps> {
+    let mut settings = std::collections::HashMap::new();
+    let mut creds = std::collections::HashMap::new();
+    for (host, r) in file.unwrap_or_default() {
+        let password = match (&r.password, &r.password_file) {
+            (Some(_), Some(_)) => {
+                bail!("registries.{host:?}: set password or password_file, not both")
+            }
+            (Some(p), None) => Some(p.clone()),
+            (None, Some(f)) => Some(
+                std::fs::read_to_string(f)
+                    .with_context(|| format!("registries.{host:?}.password_file {}", f.display()))?
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        match (r.username, password) {
+            (Some(username), Some(password)) => {
+                creds.insert(host.clone(), inarray_images::Credentials { username, password });
+            }
+            (None, None) => {}
+            _ => bail!("registries.{host:?}: username and a password go together"),
+        }
+        settings.insert(
+            host,
+            inarray_images::RegistrySettings {
+                insecure: r.insecure,
+                mirrors: r.mirrors,
+            },
+        );
+    }
+    Ok((settings, creds))
 }
 
 fn settings(opts: ServeOpts) -> Result<Settings> {
@@ -76,6 +142,7 @@ fn settings(opts: ServeOpts) -> Result<Settings> {
         }
         None => FileConfig::default(),
     };
+    let (registries, registry_credentials) = registry_settings(file.registries)?;
     let Some(array) = opts.array.or(file.array) else {
         bail!("no array directory: pass --array DIR or set `array` in the config file");
     };
@@ -134,6 +201,12 @@ fn settings(opts: ServeOpts) -> Result<Settings> {
             None => None,
         },
         exports: file.exports.unwrap_or_default(),
+        image_prune_interval: file
+            .image_prune_interval_seconds
+            .filter(|s| *s > 0)
+            .map(std::time::Duration::from_secs),
+        registries,
+        registry_credentials,
     })
 }
 
@@ -225,6 +298,23 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
         .await
         .map_err(anyhow::Error::msg)?;
     manager.init_engines(&s.engines).await.context("engines")?;
+    manager
+        .configure_registries(s.registries.clone(), s.registry_credentials.clone())
+        .await
+        .context("registries")?;
+    if let Some(every) = s.image_prune_interval {
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = manager.prune_images().await {
+                    tracing::warn!(error = %e, "periodic image prune failed");
+                }
+            }
+        });
+    }
     let report = manager.reconcile().await.context("reconcile")?;
     // After reconcile: the scheduler re-adopts runs through the containers' reconciled rows.
     let jobs = inarray_jobs::Jobs::new(

@@ -236,7 +236,11 @@ pub async fn run(host: String, as_json: bool, command: Command) -> Result<ExitCo
                 print(&v);
             } else {
                 for i in v["images"].as_array().into_iter().flatten() {
-                    println!("deleted {} {}", i["id"].as_str().unwrap_or(""), names(&i["names"]));
+                    println!(
+                        "deleted {} {}",
+                        i["id"].as_str().unwrap_or(""),
+                        names(&i["names"])
+                    );
                 }
                 println!(
                     "{} image(s), {} blob(s), {} layer(s) removed; {} freed",

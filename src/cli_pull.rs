@@ -49,7 +49,11 @@ impl Display {
             return;
         }
         let got: u64 = self.fetched.values().sum::<u64>() + self.cached;
-        let pct = if self.total == 0 { 100 } else { got * 100 / self.total };
+        let pct = if self.total == 0 {
+            100
+        } else {
+            got * 100 / self.total
+        };
         eprint!(
             "\r\x1b[2K{}: {}/{} layers, {} / {} ({pct}%)",
             self.reference,
@@ -83,7 +87,10 @@ impl Display {
                         "{}: manifest {}{}, {} layer(s), {} ({} already present)",
                         self.reference,
                         v["manifest_digest"].as_str().unwrap_or(""),
-                        v["platform"].as_str().map(|p| format!(" for {p}")).unwrap_or_default(),
+                        v["platform"]
+                            .as_str()
+                            .map(|p| format!(" for {p}"))
+                            .unwrap_or_default(),
                         self.layers,
                         human(self.total),
                         human(self.cached)
@@ -126,20 +133,16 @@ pub async fn pull(c: &Client, reference: &str, as_json: bool) -> Result<ExitCode
         started: Instant::now(),
     };
     let mut last: Option<Value> = None;
-    c.post_lines(
-        "/v1/images/pull",
-        &json!({"reference": reference}),
-        |v| {
-            if as_json {
-                println!("{v}");
-            } else {
-                d.event(&v);
-            }
-            if matches!(v["event"].as_str(), Some("done" | "error")) {
-                last = Some(v);
-            }
-        },
-    )
+    c.post_lines("/v1/images/pull", &json!({"reference": reference}), |v| {
+        if as_json {
+            println!("{v}");
+        } else {
+            d.event(&v);
+        }
+        if matches!(v["event"].as_str(), Some("done" | "error")) {
+            last = Some(v);
+        }
+    })
     .await?;
     if d.tty {
         eprintln!();
@@ -180,20 +183,16 @@ pub async fn registry(c: &Client, cmd: RegistryCmd, as_json: bool) -> Result<Exi
                 .read_to_string(&mut password)?;
             let password = password.trim_end_matches(['\n', '\r']).to_string();
             c.json(
-                Method::PUT,
-                &format!("/v1/registries/{registry}/credentials"),
-                Some(&json!({"username": username, "password": password})),
+                Method::POST,
+                "/v1/registries",
+                Some(&json!({"registry": registry, "username": username, "password": password})),
             )
             .await?;
             println!("credentials stored for {registry}");
         }
         RegistryCmd::Logout { registry } => {
-            c.json(
-                Method::DELETE,
-                &format!("/v1/registries/{registry}/credentials"),
-                None,
-            )
-            .await?;
+            c.json(Method::DELETE, &format!("/v1/registries/{registry}"), None)
+                .await?;
             println!("credentials removed for {registry}");
         }
         RegistryCmd::Ls => {

@@ -117,7 +117,10 @@ fn registry_settings(
         };
         match (r.username, password) {
             (Some(username), Some(password)) => {
-                creds.insert(host.clone(), inarray_images::Credentials { username, password });
+                creds.insert(
+                    host.clone(),
+                    inarray_images::Credentials { username, password },
+                );
             }
             (None, None) => {}
             _ => bail!("registries.{host:?}: username and a password go together"),

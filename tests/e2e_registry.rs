@@ -85,7 +85,12 @@ impl Registry {
     /// Pushes an OCI layout's image with skopeo, digests preserved.
     fn push(&self, layout: &Path, dest: &str, creds: Option<&str>) {
         let mut cmd = Command::new("skopeo");
-        cmd.args(["copy", "--quiet", "--preserve-digests", "--dest-tls-verify=false"]);
+        cmd.args([
+            "copy",
+            "--quiet",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+        ]);
         if let Some(c) = creds {
             cmd.args(["--dest-creds", c]);
         }
@@ -133,8 +138,14 @@ fn add_layer(layout: &Path, path: &str, content: &[u8]) -> (String, String, Stri
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     std::io::Write::write_all(&mut gz, &raw).unwrap();
     let gz = gz.finish().unwrap();
-    let blob_path = |d: &str| layout.join("blobs/sha256").join(d.trim_start_matches("sha256:"));
-    let read_json = |d: &str| -> Value { serde_json::from_slice(&std::fs::read(blob_path(d)).unwrap()).unwrap() };
+    let blob_path = |d: &str| {
+        layout
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let read_json = |d: &str| -> Value {
+        serde_json::from_slice(&std::fs::read(blob_path(d)).unwrap()).unwrap()
+    };
     let write_blob = |data: &[u8]| -> String {
         let d = sha256(data);
         std::fs::write(blob_path(&d), data).unwrap();
@@ -142,7 +153,10 @@ fn add_layer(layout: &Path, path: &str, content: &[u8]) -> (String, String, Stri
     };
     let mut index: Value =
         serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap().to_string();
+    let manifest_digest = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let mut manifest = read_json(&manifest_digest);
     let mut config = read_json(manifest["config"]["digest"].as_str().unwrap());
     config["rootfs"]["diff_ids"]
@@ -161,7 +175,11 @@ fn add_layer(layout: &Path, path: &str, content: &[u8]) -> (String, String, Stri
     let new_manifest = write_blob(&manifest);
     index["manifests"][0]["digest"] = json!(new_manifest);
     index["manifests"][0]["size"] = json!(manifest.len());
-    std::fs::write(layout.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
     (new_manifest, config_digest, layer_digest)
 }
 
@@ -228,7 +246,11 @@ async fn pulls_from_a_real_registry() {
         d.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while d.call(Method::GET, "/v1/health", None).await.is_err() {
-            assert!(Instant::now() < deadline, "daemon did not restart: {}", d.log());
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not restart: {}",
+                d.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -274,7 +296,10 @@ async fn pulls_from_a_real_registry() {
     assert_eq!(done["event"], "done", "{lines:?}");
     assert_eq!(done["image"]["id"], dg.config);
     assert_eq!(done["image"]["manifest_digest"], dg.manifest);
-    assert_eq!(done["image"]["names"], json!([format!("{reg}/test/busybox:1")]));
+    assert_eq!(
+        done["image"]["names"],
+        json!([format!("{reg}/test/busybox:1")])
+    );
 
     // 2. A second image sharing the busybox layer: only its own layer is fetched.
     let lines = pull(&d, &format!("{reg}/test/tool:2")).await.unwrap();
@@ -297,16 +322,30 @@ async fn pulls_from_a_real_registry() {
     assert_eq!(last["event"], "error", "{lines:?}");
     assert_eq!(last["status"], 502);
     assert_eq!(last["error"]["code"], "digest_mismatch");
-    assert!(last["error"]["message"].as_str().unwrap().contains(&bad_layer));
+    assert!(last["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains(&bad_layer));
     assert_eq!(count(&images_dir.join("blobs/sha256")), blobs_before);
     assert_eq!(count(&images_dir.join("layers/sha256")), layers_before);
     assert_eq!(count(&images_dir.join("tmp")), 0);
-    d.fails(Method::GET, &format!("/v1/images/{reg}/test/bad:1"), None, 404)
-        .await;
+    d.fails(
+        Method::GET,
+        &format!("/v1/images/{reg}/test/bad:1"),
+        None,
+        404,
+    )
+    .await;
 
     // 4. Precise errors before any progress: unknown tag, unknown repository, unreachable.
-    let (status, code, message) = pull(&d, &format!("{reg}/test/busybox:nope")).await.unwrap_err();
-    assert_eq!((status, code.as_str()), (404, "image_not_found"), "{message}");
+    let (status, code, message) = pull(&d, &format!("{reg}/test/busybox:nope"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status, code.as_str()),
+        (404, "image_not_found"),
+        "{message}"
+    );
     assert!(message.contains("manifest unknown"), "{message}");
     let (status, code, _) = pull(&d, &format!("127.0.0.1:{}/x:1", free_port()))
         .await
@@ -316,13 +355,18 @@ async fn pulls_from_a_real_registry() {
     // 5. Basic auth: refused without and with wrong credentials, then pulled.
     let locked_ref = format!("{}/test/busybox:1", locked.host());
     let (status, code, message) = pull(&d, &locked_ref).await.unwrap_err();
-    assert_eq!((status, code.as_str()), (403, "registry_auth_refused"), "{message}");
-    let creds = format!("/v1/registries/{}/credentials", locked.host());
-    d.ok(Method::PUT, &creds, Some(json!({"username": "ci", "password": "wrong"})))
+    assert_eq!(
+        (status, code.as_str()),
+        (403, "registry_auth_refused"),
+        "{message}"
+    );
+    let creds =
+        |password: &str| json!({"registry": locked.host(), "username": "ci", "password": password});
+    d.ok(Method::POST, "/v1/registries", Some(creds("wrong")))
         .await;
     let (status, _, message) = pull(&d, &locked_ref).await.unwrap_err();
     assert_eq!(status, 403, "{message}");
-    d.ok(Method::PUT, &creds, Some(json!({"username": "ci", "password": "s3cret"})))
+    d.ok(Method::POST, "/v1/registries", Some(creds("s3cret")))
         .await;
     let lines = pull(&d, &locked_ref).await.unwrap();
     assert_eq!(lines.last().unwrap()["image"]["id"], dg.config);
@@ -330,17 +374,29 @@ async fn pulls_from_a_real_registry() {
     assert_eq!(listed[0]["registry"], locked.host());
     assert_eq!(listed[0]["username"], "ci");
     assert!(!listed.to_string().contains("s3cret"), "{listed}");
-    d.fails(Method::PUT, "/v1/registries/bad_host/credentials",
-        Some(json!({"username": "u", "password": "p"})), 400).await;
+    d.fails(
+        Method::POST,
+        "/v1/registries",
+        Some(json!({"registry": "bad_host", "username": "u", "password": "p"})),
+        400,
+    )
+    .await;
 
     // 6. A container from a pulled image; pull policies.
     let (code, out) = d
-        .run_to_exit(json!({"image": format!("{reg}/test/tool:2"), "pull": "never",
-            "command": ["cat", "/etc/tool.conf"]}))
+        .run_to_exit(
+            json!({"image": format!("{reg}/test/tool:2"), "pull": "never",
+            "command": ["cat", "/etc/tool.conf"]}),
+        )
         .await;
     assert_eq!((code, out.as_str()), (0, "tool=1\n"));
-    d.fails(Method::POST, "/v1/containers",
-        Some(json!({"image": format!("{reg}/test/busybox:policy"), "pull": "never"})), 404).await;
+    d.fails(
+        Method::POST,
+        "/v1/containers",
+        Some(json!({"image": format!("{reg}/test/busybox:policy"), "pull": "never"})),
+        404,
+    )
+    .await;
     // `missing` (the default) pulls it.
     let (code, out) = d
         .run_to_exit(json!({"image": format!("{reg}/test/busybox:policy"),
@@ -356,13 +412,25 @@ async fn pulls_from_a_real_registry() {
 
     // 8. The CLI shows progress and a summary.
     let out = Command::new(TestDaemon::bin())
-        .args(["--host", &format!("unix:{}", d.socket.display()), "image", "pull",
-            &format!("{reg}/test/tool:2")])
+        .args([
+            "--host",
+            &format!("unix:{}", d.socket.display()),
+            "image",
+            "pull",
+            &format!("{reg}/test/tool:2"),
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains(&format!("pulled {reg}/test/tool:2: {tool_config}")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("pulled {reg}/test/tool:2: {tool_config}")),
+        "{stdout}"
+    );
 
     // 9. Prune: the busybox image is used by a container (and tool:2 too): delete the tool
     // container, then prune removes tool:2 and its own layer only.
@@ -370,7 +438,8 @@ async fn pulls_from_a_real_registry() {
     for c in containers.as_array().unwrap() {
         if c["image"].as_str().unwrap().contains("test/tool") {
             let id = c["id"].as_str().unwrap();
-            d.ok(Method::DELETE, &format!("/v1/containers/{id}"), None).await;
+            d.ok(Method::DELETE, &format!("/v1/containers/{id}"), None)
+                .await;
         }
     }
     let report = d.ok(Method::POST, "/v1/images/prune", None).await;
@@ -382,8 +451,19 @@ async fn pulls_from_a_real_registry() {
         .collect();
     assert_eq!(pruned, vec![tool_config.as_str()], "{report}");
     assert_eq!(report["layers_removed"], 1, "{report}");
-    d.ok(Method::GET, &format!("/v1/images/{reg}/test/busybox:1"), None).await;
-    d.fails(Method::GET, &format!("/v1/images/{reg}/test/tool:2"), None, 404).await;
+    d.ok(
+        Method::GET,
+        &format!("/v1/images/{reg}/test/busybox:1"),
+        None,
+    )
+    .await;
+    d.fails(
+        Method::GET,
+        &format!("/v1/images/{reg}/test/tool:2"),
+        None,
+        404,
+    )
+    .await;
     // Nothing more to prune while the busybox container exists.
     let report = d.ok(Method::POST, "/v1/images/prune", None).await;
     assert_eq!(report["images"], json!([]), "{report}");

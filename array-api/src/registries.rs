@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use inarray_images::PullEvent;
 use inarray_runtime::{Manager, ManagerError};
@@ -27,11 +27,8 @@ pub fn routes() -> Router<Manager> {
     Router::new()
         .route("/v1/images/pull", post(pull_image))
         .route("/v1/images/prune", post(prune_images))
-        .route("/v1/registries", get(list_registries))
-        .route(
-            "/v1/registries/{registry}/credentials",
-            put(set_credentials).delete(delete_credentials),
-        )
+        .route("/v1/registries", get(list_registries).post(set_credentials))
+        .route("/v1/registries/{registry}", delete(delete_credentials))
 }
 
 fn default_true() -> bool {
@@ -134,16 +131,16 @@ async fn list_registries(State(m): State<Manager>) -> Result<axum::Json<Value>, 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CredentialsRequest {
+    registry: String,
     username: String,
     password: String,
 }
 
 async fn set_credentials(
     State(m): State<Manager>,
-    Path(registry): Path<String>,
     Json(req): Json<CredentialsRequest>,
 ) -> Result<StatusCode, ApiError> {
-    m.set_registry_credentials(&registry, &req.username, &req.password)
+    m.set_registry_credentials(&req.registry, &req.username, &req.password)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

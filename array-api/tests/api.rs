@@ -27,6 +27,10 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/openapi.json", &["get"]),
     ("/v1/images", &["get"]),
     ("/v1/images/import", &["post"]),
+    ("/v1/images/pull", &["post"]),
+    ("/v1/images/prune", &["post"]),
+    ("/v1/registries", &["get", "post"]),
+    ("/v1/registries/{registry}", &["delete"]),
     ("/v1/images/{reference}", &["get", "delete"]),
     ("/v1/containers", &["get", "post"]),
     ("/v1/containers/{id}", &["get", "delete", "patch"]),
@@ -58,6 +62,7 @@ const ROUTES_RS: &[&str] = &[
     include_str!("../src/engines.rs"),
     include_str!("../src/exports.rs"),
     include_str!("../src/jobs.rs"),
+    include_str!("../src/registries.rs"),
 ];
 const JSON: Option<&str> = Some("application/json");
 
@@ -1204,8 +1209,12 @@ async fn malformed_bodies_are_refused_in_the_error_shape() {
                 .needle("volumes[0].target"),
             create("target twice", json!({"image": "x", "volumes": [{"source": "data", "target": "/d"}, {"source": "data", "target": "/d/"}]}), S::BAD_REQUEST, "invalid_request")
                 .needle("volumes[1].target"),
-            create("unknown image", json!({"image": "nope:1"}), S::NOT_FOUND, "not_found")
+            create("unknown image", json!({"image": "nope:1", "pull": "never"}), S::NOT_FOUND, "not_found")
                 .needle("no such image: nope:1"),
+            // `pull: missing` (the default) asks the image's registry; nothing listens there.
+            create("unknown image, registry unreachable", json!({"image": "127.0.0.1:1/nope:1"}), S::BAD_GATEWAY, "registry_unreachable")
+                .needle("cannot connect to 127.0.0.1:1"),
+            create("pull policy unknown", json!({"image": "x", "pull": "sometimes"}), S::UNPROCESSABLE_ENTITY, "invalid_field"),
         ],
     )
     .await;

@@ -131,7 +131,9 @@ fn validate_registry(registry: &str) -> Result<()> {
     } else {
         Err(ManagerError::Invalid(InvalidField {
             field: "registry".into(),
-            reason: format!("{registry:?} is not a registry host[:port] (e.g. registry.example:5000)"),
+            reason: format!(
+                "{registry:?} is not a registry host[:port] (e.g. registry.example:5000)"
+            ),
         }))
     }
 }
@@ -320,9 +322,14 @@ impl Manager {
             || username.contains(':')
             || username.chars().any(char::is_control)
         {
-            return Err(bad("username", "1-256 characters, no ':' or control characters"));
+            return Err(bad(
+                "username",
+                "1-256 characters, no ':' or control characters",
+            ));
         }
-        if password.is_empty() || password.len() > 16 * 1024 || password.chars().any(char::is_control)
+        if password.is_empty()
+            || password.len() > 16 * 1024
+            || password.chars().any(char::is_control)
         {
             return Err(bad("password", "1-16384 characters, no control characters"));
         }
@@ -342,8 +349,12 @@ impl Manager {
 
     /// Forgets the API's credentials for a registry (the config file's, if any, apply again).
     pub async fn delete_registry_credentials(&self, registry: &str) -> Result<()> {
-        validate_registry(registry)?;
-        if !self.inner.store.delete_registry_credentials(registry).await? {
+        if !self
+            .inner
+            .store
+            .delete_registry_credentials(registry)
+            .await?
+        {
             return Err(ManagerError::NotFound {
                 kind: "registry credentials",
                 key: registry.into(),
@@ -528,7 +539,11 @@ impl Manager {
         report.blobs_removed = gc.blobs_removed;
         report.layers_removed = gc.layers_removed;
         report.bytes_freed = gc.bytes_freed;
-        tracing::info!(images = report.images.len(), bytes = report.bytes_freed, "pruned images");
+        tracing::info!(
+            images = report.images.len(),
+            bytes = report.bytes_freed,
+            "pruned images"
+        );
         Ok(report)
     }
 

@@ -21,8 +21,8 @@ pub use containers::{ContainerRow, ContainerState, ExitUpdate, NewContainer};
 pub use engines::EngineRow;
 pub use exports::{ExportClientRow, ExportRow, NewExport};
 pub use images::{ImageRow, NewImage};
-pub use registries::RegistryCredentialRow;
 pub use jobs::{HistoryLimits, JobBatch, JobRow, NewRun, RunRow, RunState, RunTrigger, RunUpdate};
+pub use registries::RegistryCredentialRow;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -73,10 +73,8 @@ impl Store {
         for suffix in ["", "-wal", "-shm"] {
             let mut p = path.as_os_str().to_owned();
             p.push(suffix);
-            let _ = std::fs::set_permissions(
-                &p,
-                std::os::unix::fs::PermissionsExt::from_mode(0o600),
-            );
+            let _ =
+                std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600));
         }
         Ok(Self { pool })
     }

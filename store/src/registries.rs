@@ -32,12 +32,14 @@ impl Store {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(registry, username, password, updated_at)| RegistryCredentialRow {
-                registry,
-                username,
-                password,
-                updated_at,
-            })
+            .map(
+                |(registry, username, password, updated_at)| RegistryCredentialRow {
+                    registry,
+                    username,
+                    password,
+                    updated_at,
+                },
+            )
             .collect())
     }
 

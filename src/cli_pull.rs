@@ -49,11 +49,7 @@ impl Display {
             return;
         }
         let got: u64 = self.fetched.values().sum::<u64>() + self.cached;
-        let pct = if self.total == 0 {
-            100
-        } else {
-            got * 100 / self.total
-        };
+        let pct = (got * 100).checked_div(self.total).unwrap_or(100);
         eprint!(
             "\r\x1b[2K{}: {}/{} layers, {} / {} ({pct}%)",
             self.reference,

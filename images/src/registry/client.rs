@@ -254,10 +254,8 @@ impl Client {
             let next = url
                 .join(location)
                 .map_err(|e| RegistryError::new(RegistryErrorKind::Protocol, host, e))?;
-            if !next.https
-                && !self.is_insecure(&next.authority())
-                && !(next.host == base.host && next.port == base.port && !base.https)
-            {
+            let same_plain_origin = !base.https && next.host == base.host && next.port == base.port;
+            if !(next.https || same_plain_origin || self.is_insecure(&next.authority())) {
                 return Err(RegistryError::new(
                     RegistryErrorKind::Protocol,
                     host,
@@ -317,7 +315,7 @@ impl Client {
                 Challenge::Other(s) => s.clone(),
             })
             .collect();
-        let msg = if challenges.iter().any(|c| *c == Challenge::Basic) {
+        let msg = if challenges.contains(&Challenge::Basic) {
             format!("authentication required (Basic) and no credentials are configured for {host}")
         } else {
             format!(

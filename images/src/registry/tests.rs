@@ -37,16 +37,19 @@ fn ok(content_type: &str, body: &[u8]) -> Reply {
 
 type Handler = Arc<dyn Fn(&str, Option<&str>) -> Reply + Send + Sync>;
 
+/// Requests seen: (path, Authorization header).
+type RequestLog = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
 /// Serves `handler(path, authorization)` on a loopback port; records every request line.
 struct Server {
     port: u16,
-    log: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    log: RequestLog,
 }
 
 async fn serve(handler: Handler) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let log = Arc::new(Mutex::new(Vec::new()));
+    let log: RequestLog = Arc::new(Mutex::new(Vec::new()));
     let log2 = log.clone();
     tokio::spawn(async move {
         loop {

@@ -2145,7 +2145,11 @@ async fn jobs_refuse_bad_definitions_naming_the_field() {
             "container.volumes[0].source: ",
         ),
         (
-            with("container.image", json!("nope:1")),
+            {
+                let mut b = with("container.image", json!("nope:1"));
+                b["container"]["pull"] = json!("never");
+                b
+            },
             S::NOT_FOUND,
             "not_found",
             "no such image: nope:1",
@@ -2256,7 +2260,7 @@ async fn jobs_refuse_bad_definitions_naming_the_field() {
             "time_zone: ",
         ),
         (
-            json!({"container": {"image": "nope:1"}}),
+            json!({"container": {"image": "nope:1", "pull": "never"}}),
             S::NOT_FOUND,
             "no such image",
         ),

@@ -504,6 +504,17 @@ impl Manager {
         Ok(())
     }
 
+    /// The image is in the store, pulled now if `policy` allows and it is missing (for checks
+    /// before a job is saved: `always` pulls only when missing here, and again at each run).
+    pub async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<()> {
+        let policy = match policy {
+            PullPolicy::Always => PullPolicy::Missing,
+            p => p,
+        };
+        self.pull_for(image, policy).await?;
+        self.find_image(image).await.map(|_| ())
+    }
+
     /// Removes every image no container (in any state) and no job references, then the blobs
     /// and layer directories nothing references any more. Imports and pulls wait meanwhile.
     pub async fn prune_images(&self) -> Result<PruneReport> {

@@ -66,6 +66,9 @@ async fn serve(handler: Handler) -> Server {
                         return;
                     }
                     head.push(byte[0]);
+                    if head.len() == 4 && head != b"GET " {
+                        return; // not plain HTTP (a TLS client hello): hang up
+                    }
                 }
                 let head = String::from_utf8_lossy(&head).to_string();
                 let path = head.split(' ').nth(1).unwrap_or("/").to_string();

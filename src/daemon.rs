@@ -36,8 +36,8 @@ pub struct FileConfig {
     pub image_prune_interval_seconds: Option<u64>,
 }
 
-/// One `[registries."host:port"]` table of the config file.
-#[derive(Debug, Default, Deserialize)]
+/// One `[registries."host:port"]` table of the config file. Its Debug hides the password.
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryConfig {
     #[serde(default)]
@@ -49,6 +49,18 @@ pub struct RegistryConfig {
     pub password: Option<String>,
     /// … or in a file of its own (its first line; trailing newline ignored).
     pub password_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for RegistryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryConfig")
+            .field("insecure", &self.insecure)
+            .field("mirrors", &self.mirrors)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("password_file", &self.password_file)
+            .finish()
+    }
 }
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/inarray";
@@ -99,7 +111,19 @@ fn registry_settings(
 ) -> Result<RegistryMaps> {
     let mut settings = std::collections::HashMap::new();
     let mut creds = std::collections::HashMap::new();
+    let is_host = |h: &str| {
+        inarray_images::Reference::parse(&format!("{h}/x"))
+            .is_ok_and(|r| inarray_images::registry::split_name(&r.name).0 == h)
+    };
     for (host, r) in file.unwrap_or_default() {
+        if !is_host(&host) {
+            bail!(
+                "registries.{host:?}: not a registry host[:port] (e.g. \"registry.example:5000\")"
+            );
+        }
+        if let Some(m) = r.mirrors.iter().find(|m| !is_host(m)) {
+            bail!("registries.{host:?}.mirrors: {m:?} is not a registry host[:port]");
+        }
         let password = match (&r.password, &r.password_file) {
             (Some(_), Some(_)) => {
                 bail!("registries.{host:?}: set password or password_file, not both")

@@ -276,6 +276,19 @@ async fn pulls_from_a_real_registry() {
     data[last] ^= 0x55;
     std::fs::write(&file, data).unwrap();
 
+    // For the job (pulled when the job is saved) and the shared-pull check (a larger layer).
+    let job = d.tmp.path().join("layout-job");
+    image_builder::write_oci_layout(&job, "1");
+    let (_, job_config, _) = add_layer(&job, "etc/job.conf", b"job=1\n");
+    open.push(&job, "test/job:1", None);
+    let share = d.tmp.path().join("layout-share");
+    image_builder::write_oci_layout(&share, "1");
+    let noise: Vec<u8> = (0..8u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let (_, share_config, _) = add_layer(&share, "share.bin", &noise);
+    open.push(&share, "test/share:1", None);
+
     let reg = open.host();
     let images_dir = d.state.join("images");
 
@@ -404,11 +417,29 @@ async fn pulls_from_a_real_registry() {
         .await;
     assert_eq!((code, out.as_str()), (0, "pulled on demand\n"));
 
-    // 7. Concurrent pulls of one reference share the work and agree.
-    let r = format!("{reg}/test/busybox:1");
+    // 7. Concurrent pulls of one reference share one fetch (the registry's access log shows one
+    // manifest request) and agree.
+    let r = format!("{reg}/test/share:1");
     let (a, b) = tokio::join!(pull(&d, &r), pull(&d, &r));
-    assert_eq!(a.unwrap().last().unwrap()["image"]["id"], dg.config);
-    assert_eq!(b.unwrap().last().unwrap()["image"]["id"], dg.config);
+    assert_eq!(a.unwrap().last().unwrap()["image"]["id"], share_config);
+    assert_eq!(b.unwrap().last().unwrap()["image"]["id"], share_config);
+    let access = std::fs::read_to_string(d.tmp.path().join("reg-open/registry.log")).unwrap();
+    let manifest_gets = access
+        .lines()
+        .filter(|l| l.contains("\"GET /v2/test/share/manifests/1 "))
+        .count();
+    assert_eq!(manifest_gets, 1, "{access}");
+
+    // A job naming an image not yet pulled: saving it pulls it.
+    d.ok(
+        Method::POST,
+        "/v1/jobs",
+        Some(json!({"name": "reg-job", "schedule": "@yearly",
+        "container": {"image": format!("{reg}/test/job:1"), "command": ["true"]}})),
+    )
+    .await;
+    d.ok(Method::GET, &format!("/v1/images/{reg}/test/job:1"), None)
+        .await;
 
     // 8. The CLI shows progress and a summary.
     let out = Command::new(TestDaemon::bin())
@@ -449,8 +480,22 @@ async fn pulls_from_a_real_registry() {
         .iter()
         .map(|i| i["id"].as_str().unwrap())
         .collect();
-    assert_eq!(pruned, vec![tool_config.as_str()], "{report}");
-    assert_eq!(report["layers_removed"], 1, "{report}");
+    // Removed: tool:2 (its container deleted) and share:1 (never used); kept: busybox (a
+    // container) and job:1 (a job names it).
+    let mut expected = vec![tool_config.as_str(), share_config.as_str()];
+    let mut pruned = pruned;
+    pruned.sort();
+    expected.sort();
+    assert_eq!(pruned, expected, "{report}");
+    assert_eq!(report["layers_removed"], 2, "{report}");
+    assert!(
+        report["bytes_freed"].as_u64().unwrap() > 8 << 20,
+        "{report}"
+    );
+    let kept = d
+        .ok(Method::GET, &format!("/v1/images/{reg}/test/job:1"), None)
+        .await;
+    assert_eq!(kept["id"], job_config);
     d.ok(
         Method::GET,
         &format!("/v1/images/{reg}/test/busybox:1"),

@@ -478,6 +478,59 @@ mod tests {
     }
 
     #[test]
+    fn references_resolve_to_registry_repository_and_tag_or_digest() {
+        let hex = "a".repeat(64);
+        let cases = [
+            (
+                "busybox",
+                "docker.io",
+                "library/busybox",
+                Some("latest"),
+                None,
+            ),
+            (
+                "docker.io/library/busybox:1.36",
+                "docker.io",
+                "library/busybox",
+                Some("1.36"),
+                None,
+            ),
+            (
+                "index.docker.io/team/tool",
+                "docker.io",
+                "team/tool",
+                Some("latest"),
+                None,
+            ),
+            (
+                "localhost:5000/a/b:dev",
+                "localhost:5000",
+                "a/b",
+                Some("dev"),
+                None,
+            ),
+            ("reg.example:5000/x@sha256:aaaa", "", "", None, None),
+        ];
+        for (input, host, repo, tag, digest) in cases {
+            let input = input.replace("aaaa", &hex);
+            let Ok(r) = crate::Reference::parse(&input) else {
+                assert!(host.is_empty(), "{input} should parse");
+                continue;
+            };
+            if host.is_empty() {
+                // A pinned digest: no tag, the digest kept.
+                assert_eq!(r.tag, None, "{input}");
+                assert_eq!(r.digest, Some(format!("sha256:{hex}")), "{input}");
+                assert_eq!(split_name(&r.name), ("reg.example:5000".into(), "x".into()));
+                continue;
+            }
+            assert_eq!(split_name(&r.name), (host.into(), repo.into()), "{input}");
+            assert_eq!(r.tag.as_deref(), tag, "{input}");
+            assert_eq!(r.digest.as_deref(), digest, "{input}");
+        }
+    }
+
+    #[test]
     fn encodes_query_values() {
         assert_eq!(encode("repository:a/b:pull"), "repository:a/b:pull");
         assert_eq!(encode("a b&c=d"), "a%20b%26c%3Dd");

@@ -49,6 +49,8 @@ pub struct RegistryConfig {
     pub password: Option<String>,
     /// … or in a file of its own (its first line; trailing newline ignored).
     pub password_file: Option<PathBuf>,
+    /// PEM CA certificates trusted for this registry besides the system's.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for RegistryConfig {
@@ -59,6 +61,7 @@ impl std::fmt::Debug for RegistryConfig {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<hidden>"))
             .field("password_file", &self.password_file)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -121,6 +124,11 @@ fn registry_settings(
                 "registries.{host:?}: not a registry host[:port] (e.g. \"registry.example:5000\")"
             );
         }
+        if let Some(ca) = &r.ca_file {
+            if !ca.is_file() {
+                bail!("registries.{host:?}.ca_file {}: no such file", ca.display());
+            }
+        }
         if let Some(m) = r.mirrors.iter().find(|m| !is_host(m)) {
             bail!("registries.{host:?}.mirrors: {m:?} is not a registry host[:port]");
         }
@@ -154,6 +162,7 @@ fn registry_settings(
             inarray_images::RegistrySettings {
                 insecure: r.insecure,
                 mirrors: r.mirrors,
+                ca_file: r.ca_file,
             },
         );
     }

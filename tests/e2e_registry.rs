@@ -35,6 +35,15 @@ struct Registry {
 
 impl Registry {
     fn start(dir: &Path, htpasswd: Option<(&str, &str)>) -> Registry {
+        Self::start_with(dir, htpasswd, None)
+    }
+
+    /// With `tls`: (certificate, key) PEM files, HTTPS only.
+    fn start_with(
+        dir: &Path,
+        htpasswd: Option<(&str, &str)>,
+        tls: Option<(&Path, &Path)>,
+    ) -> Registry {
         std::fs::create_dir_all(dir).unwrap();
         let port = free_port();
         let storage = dir.join("data");
@@ -53,8 +62,16 @@ impl Registry {
             }
             None => String::new(),
         };
+        let tls = match tls {
+            Some((cert, key)) => format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            ),
+            None => String::new(),
+        };
         let config = format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{tls}{auth}",
             storage.display()
         );
         std::fs::write(dir.join("config.yml"), config).unwrap();
@@ -215,6 +232,33 @@ async fn pulls_from_a_real_registry() {
     let mut d = TestDaemon::start().await;
     let open = Registry::start(&d.tmp.path().join("reg-open"), None);
     let locked = Registry::start(&d.tmp.path().join("reg-auth"), Some(("ci", "s3cret")));
+    // HTTPS with a private CA: a CA and a server certificate for 127.0.0.1 signed by it.
+    let pki = d.tmp.path().join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    std::fs::write(
+        pki.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    for args in [
+        "req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=inarray-test-ca -keyout ca.key -out ca.crt",
+        "req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout server.key -out server.csr",
+        "x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -extfile ext.cnf -out server.crt",
+    ] {
+        let out = Command::new("openssl")
+            .args(args.split(' '))
+            .current_dir(&pki)
+            .output()
+            .expect("openssl is installed");
+        assert!(out.status.success(), "openssl {args}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let cert = pki.join("ca.crt");
+    let (server_cert, key) = (pki.join("server.crt"), pki.join("server.key"));
+    let tls = Registry::start_with(
+        &d.tmp.path().join("reg-tls"),
+        None,
+        Some((&server_cert, &key)),
+    );
 
     // Restart the daemon with a config listing both registries as insecure (plain HTTP).
     d.kill9();
@@ -222,9 +266,11 @@ async fn pulls_from_a_real_registry() {
     std::fs::write(
         &config,
         format!(
-            "[registries.\"{}\"]\ninsecure = true\n[registries.\"{}\"]\ninsecure = true\n",
+            "[registries.\"{}\"]\ninsecure = true\n[registries.\"{}\"]\ninsecure = true\n[registries.\"{}\"]\nca_file = \"{}\"\n",
             open.host(),
-            locked.host()
+            locked.host(),
+            tls.host(),
+            cert.display()
         ),
     )
     .unwrap();
@@ -288,6 +334,8 @@ async fn pulls_from_a_real_registry() {
         .collect();
     let (_, share_config, _) = add_layer(&share, "share.bin", &noise);
     open.push(&share, "test/share:1", None);
+
+    tls.push(&base, "test/busybox:1", None);
 
     let reg = open.host();
     let images_dir = d.state.join("images");
@@ -394,6 +442,22 @@ async fn pulls_from_a_real_registry() {
         400,
     )
     .await;
+
+    // 5b. HTTPS, verified against the registry's configured CA; the same registry named
+    // `localhost:PORT` has no CA configured (and the certificate names 127.0.0.1): refused.
+    let lines = pull(&d, &format!("{}/test/busybox:1", tls.host()))
+        .await
+        .unwrap();
+    assert_eq!(lines.last().unwrap()["image"]["id"], dg.config, "{lines:?}");
+    let (status, code, message) = pull(&d, &format!("localhost:{}/test/busybox:1", tls.port))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status, code.as_str()),
+        (502, "registry_unreachable"),
+        "{message}"
+    );
+    assert!(message.contains("TLS handshake failed"), "{message}");
 
     // 6. A container from a pulled image; pull policies.
     let (code, out) = d

@@ -236,9 +236,10 @@ impl Client {
             if let (true, Some(a)) = (same_origin, authorization) {
                 headers.push((AUTHORIZATION, a.to_string()));
             }
+            let ca = self.settings(&url.authority()).ca_file;
             let resp = self
                 .http
-                .get(&url, &headers)
+                .get(&url, &headers, ca.as_deref())
                 .await
                 .map_err(|e| RegistryError::new(RegistryErrorKind::Unreachable, host, e.0))?;
             if !matches!(resp.status, 301 | 302 | 303 | 307 | 308) {
@@ -361,9 +362,10 @@ impl Client {
         if let Some(c) = creds {
             headers.push((AUTHORIZATION, auth::basic(&c.username, &c.password)));
         }
+        let ca = self.settings(&url.authority()).ca_file;
         let resp = self
             .http
-            .get(&url, &headers)
+            .get(&url, &headers, ca.as_deref())
             .await
             .map_err(|e| RegistryError::new(RegistryErrorKind::Unreachable, host, e.0))?;
         match resp.status {

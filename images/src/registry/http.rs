@@ -2,7 +2,9 @@
 //! or rustls (the system's trust store), one connection per request, every wait bounded by a
 //! timeout and every body read bounded by a byte limit the caller gives.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -249,11 +251,12 @@ trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 impl Http {
-    /// One GET, no redirects followed.
+    /// One GET, no redirects followed; HTTPS trusts the system's CAs and those of `ca_file`.
     pub async fn get(
         &self,
         url: &Url,
         headers: &[(HeaderName, String)],
+        ca_file: Option<&Path>,
     ) -> Result<Response, TransportError> {
         let t = self.timeouts;
         let fail = |what: &str, e: &dyn std::fmt::Display| {
@@ -271,7 +274,7 @@ impl Http {
                 .map_err(|e| fail("cannot connect to", &e))?;
         let _ = tcp.set_nodelay(true);
         let io: Box<dyn Io> = if url.https {
-            let config = tls_config().map_err(|e| fail("cannot set up TLS for", &e))?;
+            let config = tls_config(ca_file).map_err(|e| fail("cannot set up TLS for", &e))?;
             let name = rustls::pki_types::ServerName::try_from(url.host.clone())
                 .map_err(|e| fail("invalid TLS server name", &e))?;
             let tls = tokio_rustls::TlsConnector::from(config);
@@ -323,32 +326,71 @@ impl Http {
     }
 }
 
-/// The TLS client configuration: the system's trust store (`/etc/ssl/certs`), TLS 1.2 and 1.3.
-fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
-    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
-    CONFIG
-        .get_or_init(|| {
-            let mut roots = rustls::RootCertStore::empty();
-            let found = rustls_native_certs::load_native_certs();
-            for cert in found.certs {
-                let _ = roots.add(cert);
+/// The system's trust store (`/etc/ssl/certs`), loaded once.
+fn system_roots() -> &'static Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    static ROOTS: OnceLock<Result<Vec<rustls::pki_types::CertificateDer<'static>>, String>> =
+        OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let found = rustls_native_certs::load_native_certs();
+        if found.certs.is_empty() {
+            return Err(format!(
+                "no trusted CA certificates found on this node ({:?})",
+                found.errors.first().map(|e| e.to_string())
+            ));
+        }
+        Ok(found.certs)
+    })
+}
+
+/// The TLS client configuration (TLS 1.2 and 1.3): the system's CAs plus, for a registry with a
+/// `ca_file`, that file's certificates. Cached per CA file.
+fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    static CONFIGS: OnceLock<Mutex<HashMap<Option<PathBuf>, Arc<rustls::ClientConfig>>>> =
+        OnceLock::new();
+    let key = ca_file.map(Path::to_path_buf);
+    let configs = CONFIGS.get_or_init(Mutex::default);
+    if let Some(c) = configs.lock().expect("tls configs").get(&key) {
+        return Ok(c.clone());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    match system_roots() {
+        Ok(certs) => {
+            for cert in certs {
+                let _ = roots.add(cert.clone());
             }
-            if roots.is_empty() {
-                return Err(format!(
-                    "no trusted CA certificates found on this node ({:?})",
-                    found.errors.first().map(|e| e.to_string())
-                ));
-            }
-            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-            Ok(Arc::new(config))
-        })
-        .clone()
+        }
+        Err(e) if ca_file.is_none() => return Err(e.clone()),
+        Err(_) => {}
+    }
+    if let Some(path) = ca_file {
+        use rustls::pki_types::pem::PemObject;
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+        let mut n = 0;
+        for cert in certs {
+            let cert = cert.map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+            n += 1;
+        }
+        if n == 0 {
+            return Err(format!("ca_file {}: no certificate in it", path.display()));
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let config = Arc::new(config);
+    configs
+        .lock()
+        .expect("tls configs")
+        .insert(key, config.clone());
+    Ok(config)
 }
 
 #[cfg(test)]

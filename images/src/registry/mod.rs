@@ -33,6 +33,8 @@ pub struct RegistrySettings {
     pub insecure: bool,
     /// Registries (`host[:port]`) tried in order before this one, for the same repository.
     pub mirrors: Vec<String>,
+    /// PEM file of CA certificates trusted for this host besides the system's (a private CA).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// A user name and password (or token) for one registry. Never printed.

@@ -131,7 +131,7 @@ fn insecure(p: &Puller, hosts: &[String]) {
                     h.clone(),
                     RegistrySettings {
                         insecure: true,
-                        mirrors: vec![],
+                        ..Default::default()
                     },
                 )
             })
@@ -412,13 +412,14 @@ async fn unreachable_registry_and_mirrors() {
         RegistrySettings {
             insecure: true,
             mirrors: vec![mirror_host.clone()],
+            ..Default::default()
         },
     );
     settings.insert(
         mirror_host,
         RegistrySettings {
             insecure: true,
-            mirrors: vec![],
+            ..Default::default()
         },
     );
     p.set_settings(settings);

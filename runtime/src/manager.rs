@@ -495,13 +495,33 @@ impl Manager {
             }
             PullPolicy::Missing => match self.find_image(image).await {
                 Ok(_) => {}
-                Err(ManagerError::NotFound { .. }) if Reference::parse(image).is_ok() => {
+                // An image id (or id prefix) is never a registry reference.
+                Err(ManagerError::NotFound { .. })
+                    if !image.starts_with("sha256:") && Reference::parse(image).is_ok() =>
+                {
                     self.pull_image(image, None).await?;
                 }
                 Err(e) => return Err(e),
             },
         }
         Ok(())
+    }
+
+    /// The gc lock, exclusively. Never queued behind a long pull: a waiting writer would hold
+    /// up every new reader (container creates), so it is tried for up to 10 s, then refused.
+    async fn gc_exclusive(&self) -> Result<tokio::sync::RwLockWriteGuard<'_, ()>> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(guard) = self.inner.gc_lock.try_write() {
+                return Ok(guard);
+            }
+            if Instant::now() >= deadline {
+                return Err(ManagerError::Conflict(
+                    "an image import or pull is in progress; try again when it is over".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The image is in the store, pulled now if `policy` allows and it is missing (for checks
@@ -518,7 +538,7 @@ impl Manager {
     /// Removes every image no container (in any state) and no job references, then the blobs
     /// and layer directories nothing references any more. Imports and pulls wait meanwhile.
     pub async fn prune_images(&self) -> Result<PruneReport> {
-        let _exclusive = self.inner.gc_lock.write().await;
+        let _exclusive = self.gc_exclusive().await?;
         let mut in_use: HashSet<String> = self
             .inner
             .store
@@ -598,7 +618,7 @@ impl Manager {
                 users.join(", ")
             )));
         }
-        let _exclusive = self.inner.gc_lock.write().await;
+        let _exclusive = self.gc_exclusive().await?;
         self.inner.store.delete_image(&img.id).await?;
         self.gc_locked().await?;
         Ok(ImageRemoval::Deleted(img.id))

@@ -31,7 +31,8 @@ pub(crate) struct Registries {
 pub(crate) struct Client {
     pub http: Http,
     pub registries: RwLock<Registries>,
-    /// Bearer tokens by (registry host, repository).
+    /// The `Authorization` value that last worked (a Bearer token or Basic credentials), by
+    /// (registry host, repository): later requests send it at once instead of meeting a 401.
     tokens: Mutex<HashMap<(String, String), String>>,
 }
 
@@ -169,7 +170,7 @@ impl Client {
             .map_err(|e| RegistryError::new(RegistryErrorKind::Invalid, host, e))?;
         let key = (host.to_string(), repo.to_string());
         let cached = self.tokens.lock().expect("tokens").get(&key).cloned();
-        let mut authorization = cached.map(|t| format!("Bearer {t}"));
+        let mut authorization = cached;
         let mut retried = false;
         loop {
             let resp = self
@@ -187,12 +188,10 @@ impl Client {
                     let challenges = auth::parse_challenges(&header)
                         .map_err(|e| RegistryError::new(RegistryErrorKind::Protocol, host, e))?;
                     let value = self.answer(host, repo, &challenges).await?;
-                    if let Some(token) = value.strip_prefix("Bearer ") {
-                        self.tokens
-                            .lock()
-                            .expect("tokens")
-                            .insert(key.clone(), token.to_string());
-                    }
+                    self.tokens
+                        .lock()
+                        .expect("tokens")
+                        .insert(key.clone(), value.clone());
                     authorization = Some(value);
                 }
                 status => {

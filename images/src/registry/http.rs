@@ -24,6 +24,9 @@ pub(crate) struct Timeouts {
     pub headers: Duration,
     /// Longest silence while reading a body.
     pub idle: Duration,
+    /// Longest time to read a whole small document (manifest, token, error body): a server
+    /// dripping a byte now and then is cut off.
+    pub document: Duration,
 }
 
 impl Default for Timeouts {
@@ -32,6 +35,7 @@ impl Default for Timeouts {
             connect: Duration::from_secs(15),
             headers: Duration::from_secs(60),
             idle: Duration::from_secs(60),
+            document: Duration::from_secs(120),
         }
     }
 }
@@ -185,6 +189,7 @@ pub(crate) struct Response {
     pub headers: HeaderMap,
     body: Incoming,
     idle: Duration,
+    document: Duration,
 }
 
 impl Response {
@@ -226,14 +231,23 @@ impl Response {
                 return Err(BodyError::TooLarge(limit));
             }
         }
-        let mut out = Vec::new();
-        while let Some(chunk) = self.chunk().await? {
-            if out.len() as u64 + chunk.len() as u64 > limit {
-                return Err(BodyError::TooLarge(limit));
+        let deadline = self.document;
+        let read = async {
+            let mut out = Vec::new();
+            while let Some(chunk) = self.chunk().await? {
+                if out.len() as u64 + chunk.len() as u64 > limit {
+                    return Err(BodyError::TooLarge(limit));
+                }
+                out.extend_from_slice(&chunk);
             }
-            out.extend_from_slice(&chunk);
-        }
-        Ok(out)
+            Ok(out)
+        };
+        tokio::time::timeout(deadline, read).await.map_err(|_| {
+            BodyError::Failed(format!(
+                "the response took over {} s to arrive",
+                deadline.as_secs()
+            ))
+        })?
     }
 
     pub fn content_length(&self) -> Option<u64> {
@@ -322,6 +336,7 @@ impl Http {
             headers: parts.headers,
             body,
             idle: t.idle,
+            document: t.document,
         })
     }
 }

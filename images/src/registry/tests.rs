@@ -25,6 +25,8 @@ enum Reply {
     Endless(Vec<(String, String)>),
     /// Headers, then silence.
     Stall(Vec<(String, String)>),
+    /// Headers, then a byte now and then, forever.
+    Drip(Vec<(String, String)>),
 }
 
 fn ok(content_type: &str, body: &[u8]) -> Reply {
@@ -99,6 +101,16 @@ async fn serve(handler: Handler) -> Server {
                         let _ = sock.write_all(h.as_bytes()).await;
                         let junk = vec![b'x'; 64 * 1024];
                         while sock.write_all(&junk).await.is_ok() {}
+                    }
+                    Reply::Drip(headers) => {
+                        let h = head_of(200, &headers, Some(1000));
+                        let _ = sock.write_all(h.as_bytes()).await;
+                        loop {
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            if sock.write_all(b" ").await.is_err() {
+                                break;
+                            }
+                        }
                     }
                     Reply::Stall(headers) => {
                         let h = head_of(200, &headers, Some(1000));
@@ -444,6 +456,7 @@ async fn hostile_manifests_are_refused_bounded() {
             br#"{"schemaVersion":1}"#,
         ),
         "/v2/stall/manifests/1" => Reply::Stall(vec![("Content-Type".into(), OCI_MANIFEST.into())]),
+        "/v2/drip/manifests/1" => Reply::Drip(vec![("Content-Type".into(), OCI_MANIFEST.into())]),
         "/v2/loop/manifests/1" => Reply::Full(
             302,
             vec![("Location".into(), "/v2/loop/manifests/1".into())],
@@ -475,6 +488,7 @@ async fn hostile_manifests_are_refused_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let timeouts = Timeouts {
         idle: Duration::from_secs(1),
+        document: Duration::from_secs(2),
         ..Timeouts::default()
     };
     let p = puller(dir.path(), timeouts);
@@ -502,6 +516,11 @@ async fn hostile_manifests_are_refused_bounded() {
             "unsupported media type",
         ),
         ("stall", RegistryErrorKind::Invalid, "no data for 1 s"),
+        (
+            "drip",
+            RegistryErrorKind::Invalid,
+            "took over 2 s to arrive",
+        ),
         ("loop", RegistryErrorKind::Protocol, "more than 5 redirects"),
         (
             "elsewhere",

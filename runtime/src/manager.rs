@@ -100,6 +100,20 @@ struct Inner {
     config_credentials: Mutex<HashMap<String, Credentials>>,
 }
 
+/// Removes a pull from the in-flight map when dropped.
+struct Unregister {
+    manager: Manager,
+    key: String,
+}
+
+impl Drop for Unregister {
+    fn drop(&mut self) {
+        if let Ok(mut pulls) = self.manager.inner.pulls.lock() {
+            pulls.remove(&self.key);
+        }
+    }
+}
+
 struct SharedPull {
     events: broadcast::Sender<PullEvent>,
     done: watch::Receiver<Option<Result<ImageRow, RegistryError>>>,
@@ -416,8 +430,13 @@ impl Manager {
                     );
                     let this = self.clone();
                     tokio::spawn(async move {
+                        // Unregisters the pull even if it panics (joiners then see the end).
+                        let unregister = Unregister {
+                            manager: this.clone(),
+                            key,
+                        };
                         let result = this.pull_and_record(&r, etx).await;
-                        this.inner.pulls.lock().expect("pulls").remove(&key);
+                        drop(unregister);
                         let _ = dtx.send(Some(result));
                     });
                     (erx, drx)

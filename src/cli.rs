@@ -51,6 +51,9 @@ pub enum Command {
     /// Manage images.
     #[command(subcommand)]
     Image(ImageCmd),
+    /// Manage registry credentials.
+    #[command(subcommand)]
+    Registry(RegistryCmd),
     /// Create and start a container; attached by default (streams its output, exits with its code).
     Run(Box<RunOpts>),
     /// List containers.
@@ -134,6 +137,25 @@ pub enum ImageCmd {
     Ls,
     /// Remove an image.
     Rm { reference: String },
+    /// Pull an image from its registry, showing progress.
+    Pull { reference: String },
+    /// Remove every image no container or job uses, and their layers.
+    Prune,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RegistryCmd {
+    /// Store credentials for a registry (the password is read from standard input).
+    Login {
+        /// host[:port], or docker.io
+        registry: String,
+        #[arg(long, short)]
+        username: String,
+    },
+    /// Forget the credentials stored for a registry.
+    Logout { registry: String },
+    /// List registries with credentials (never the passwords).
+    Ls,
 }
 
 #[derive(Debug, clap::Args)]
@@ -246,6 +268,31 @@ pub async fn run(args: Args) -> Result<ExitCode> {
                 }
             }
         }
+        Command::Image(ImageCmd::Pull { reference }) => {
+            return crate::cli_pull::pull(&c, &reference, as_json).await;
+        }
+        Command::Image(ImageCmd::Prune) => {
+            let v = c.json(Method::POST, "/v1/images/prune", None).await?;
+            if as_json {
+                print(&v);
+            } else {
+                for i in v["images"].as_array().into_iter().flatten() {
+                    println!(
+                        "deleted {} {}",
+                        i["id"].as_str().unwrap_or(""),
+                        names(&i["names"])
+                    );
+                }
+                println!(
+                    "{} image(s), {} blob(s), {} layer(s) removed; {} freed",
+                    v["images"].as_array().map_or(0, Vec::len),
+                    v["blobs_removed"],
+                    v["layers_removed"],
+                    crate::cli_pull::human(v["bytes_freed"].as_u64().unwrap_or(0))
+                );
+            }
+        }
+        Command::Registry(cmd) => return crate::cli_pull::registry(&c, cmd, as_json).await,
         Command::Image(ImageCmd::Rm { reference }) => {
             let v = c
                 .json(Method::DELETE, &format!("/v1/images/{reference}"), None)

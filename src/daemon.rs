@@ -40,6 +40,40 @@ pub struct FileConfig {
     /// An I/O scheduler to set on the array's disk at start, e.g. "bfq" (the only one that
     /// enforces engines' io_weight on cgroup v1). Unset: the disk's scheduler is left alone.
     pub io_scheduler: Option<String>,
+    /// Registries by `host[:port]` (`docker.io` for Docker Hub): insecure, mirrors, credentials.
+    pub registries: Option<std::collections::HashMap<String, RegistryConfig>>,
+    /// Prune unused images every this many seconds (none when unset or 0).
+    pub image_prune_interval_seconds: Option<u64>,
+}
+
+/// One `[registries."host:port"]` table of the config file. Its Debug hides the password.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    #[serde(default)]
+    pub insecure: bool,
+    #[serde(default)]
+    pub mirrors: Vec<String>,
+    pub username: Option<String>,
+    /// The password inline (the config file should then be root-only) …
+    pub password: Option<String>,
+    /// … or in a file of its own (its first line; trailing newline ignored).
+    pub password_file: Option<PathBuf>,
+    /// PEM CA certificates trusted for this registry besides the system's.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for RegistryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryConfig")
+            .field("insecure", &self.insecure)
+            .field("mirrors", &self.mirrors)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("password_file", &self.password_file)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
 }
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/inarray";
@@ -83,6 +117,74 @@ struct Settings {
     limits: inarray_api::access::Limits,
     cgroups: inarray_runtime::engines::CgroupLayout,
     io_scheduler: Option<String>,
+    registries: std::collections::HashMap<String, inarray_images::RegistrySettings>,
+    registry_credentials: std::collections::HashMap<String, inarray_images::Credentials>,
+    image_prune_interval: Option<std::time::Duration>,
+}
+
+type RegistryMaps = (
+    std::collections::HashMap<String, inarray_images::RegistrySettings>,
+    std::collections::HashMap<String, inarray_images::Credentials>,
+);
+
+fn registry_settings(
+    file: Option<std::collections::HashMap<String, RegistryConfig>>,
+) -> Result<RegistryMaps> {
+    let mut settings = std::collections::HashMap::new();
+    let mut creds = std::collections::HashMap::new();
+    let is_host = |h: &str| {
+        inarray_images::Reference::parse(&format!("{h}/x"))
+            .is_ok_and(|r| inarray_images::registry::split_name(&r.name).0 == h)
+    };
+    for (host, r) in file.unwrap_or_default() {
+        if !is_host(&host) {
+            bail!(
+                "registries.{host:?}: not a registry host[:port] (e.g. \"registry.example:5000\")"
+            );
+        }
+        if let Some(ca) = &r.ca_file {
+            if !ca.is_file() {
+                bail!("registries.{host:?}.ca_file {}: no such file", ca.display());
+            }
+        }
+        if let Some(m) = r.mirrors.iter().find(|m| !is_host(m)) {
+            bail!("registries.{host:?}.mirrors: {m:?} is not a registry host[:port]");
+        }
+        let password = match (&r.password, &r.password_file) {
+            (Some(_), Some(_)) => {
+                bail!("registries.{host:?}: set password or password_file, not both")
+            }
+            (Some(p), None) => Some(p.clone()),
+            (None, Some(f)) => Some(
+                std::fs::read_to_string(f)
+                    .with_context(|| format!("registries.{host:?}.password_file {}", f.display()))?
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        match (r.username, password) {
+            (Some(username), Some(password)) => {
+                creds.insert(
+                    host.clone(),
+                    inarray_images::Credentials { username, password },
+                );
+            }
+            (None, None) => {}
+            _ => bail!("registries.{host:?}: username and a password go together"),
+        }
+        settings.insert(
+            host,
+            inarray_images::RegistrySettings {
+                insecure: r.insecure,
+                mirrors: r.mirrors,
+                ca_file: r.ca_file,
+            },
+        );
+    }
+    Ok((settings, creds))
 }
 
 fn settings(opts: ServeOpts) -> Result<Settings> {
@@ -94,6 +196,7 @@ fn settings(opts: ServeOpts) -> Result<Settings> {
         }
         None => FileConfig::default(),
     };
+    let (registries, registry_credentials) = registry_settings(file.registries)?;
     let Some(array) = opts.array.or(file.array) else {
         bail!("no array directory: pass --array DIR or set `array` in the config file");
     };
@@ -172,6 +275,12 @@ fn settings(opts: ServeOpts) -> Result<Settings> {
             None => inarray_runtime::engines::CgroupLayout::default(),
         },
         io_scheduler: file.io_scheduler,
+        image_prune_interval: file
+            .image_prune_interval_seconds
+            .filter(|s| *s > 0)
+            .map(std::time::Duration::from_secs),
+        registries,
+        registry_credentials,
     })
 }
 
@@ -272,6 +381,23 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
     // rmdir, which the kernel refuses while anything is still in it).
     for dir in inarray_runtime::cgroups::locations(&format!("/{}/storage", s.cgroups.root())) {
         let _ = std::fs::remove_dir(dir);
+    }
+    manager
+        .configure_registries(s.registries.clone(), s.registry_credentials.clone())
+        .await
+        .context("registries")?;
+    if let Some(every) = s.image_prune_interval {
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = manager.prune_images().await {
+                    tracing::warn!(error = %e, "periodic image prune failed");
+                }
+            }
+        });
     }
     let report = manager.reconcile().await.context("reconcile")?;
     // After reconcile: the scheduler re-adopts runs through the containers' reconciled rows.
@@ -481,6 +607,15 @@ impl Reloader {
         if !added.is_empty() || !removed.is_empty() {
             tracing::info!(?added, ?removed, "tokens re-read");
         }
+        if new.registries != self.current.registries
+            || new.registry_credentials != self.current.registry_credentials
+        {
+            self.manager
+                .configure_registries(new.registries.clone(), new.registry_credentials.clone())
+                .await
+                .context("registries")?;
+            tracing::info!(registries = ?new.registries.keys().collect::<Vec<_>>(), "registries applied");
+        }
         let c = &self.current;
         for (key, changed) in [
             ("array", new.array != c.array),
@@ -497,6 +632,10 @@ impl Reloader {
             ("api", new.api != c.api),
             ("cgroup_root", new.cgroups != c.cgroups),
             ("io_scheduler", new.io_scheduler != c.io_scheduler),
+            (
+                "image_prune_interval_seconds",
+                new.image_prune_interval != c.image_prune_interval,
+            ),
         ] {
             if changed {
                 tracing::warn!(
@@ -519,6 +658,9 @@ impl Reloader {
             limits: c.limits,
             cgroups: c.cgroups.clone(),
             io_scheduler: c.io_scheduler.clone(),
+            image_prune_interval: c.image_prune_interval,
+            registries: new.registries,
+            registry_credentials: new.registry_credentials,
             log: new.log,
             engines: new.engines,
             exports: new.exports,

@@ -5,6 +5,7 @@ mod cli;
 mod cli_engines;
 mod cli_exports;
 mod cli_jobs;
+mod cli_pull;
 mod cli_tokens;
 mod daemon;
 mod logging;

@@ -310,7 +310,7 @@ async fn failing_runs_are_retried_and_hung_runs_timed_out() {
         .fails(
             Method::POST,
             "/v1/jobs",
-            Some(json!({"name": "x", "schedule": "@daily", "container": {"image": "nope"}})),
+            Some(json!({"name": "x", "schedule": "@daily", "container": {"image": "nope", "pull": "never"}})),
             404,
         )
         .await;

@@ -259,7 +259,7 @@ async fn malformed_requests_get_clear_errors() {
     d.fails(
         Method::POST,
         "/v1/containers",
-        Some(json!({"image": "nope:1", "command": ["true"]})),
+        Some(json!({"image": "nope:1", "pull": "never", "command": ["true"]})),
         404,
     )
     .await;

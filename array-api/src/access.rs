@@ -87,7 +87,8 @@ impl Scope {
 /// The scope a request needs, from its method and matched route template.
 pub fn required_scope(method: &Method, route: &str) -> Scope {
     let under = |p: &str| route == p || route.starts_with(&format!("{p}/"));
-    if under("/v1/tokens") || under("/v1/audit") {
+    // Registry credentials (usernames; passwords are never returned) are the admin's business.
+    if under("/v1/tokens") || under("/v1/audit") || under("/v1/registries") {
         return Scope::Admin;
     }
     if method == Method::GET || method == Method::HEAD {

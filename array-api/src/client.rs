@@ -201,6 +201,40 @@ impl Client {
         decode(resp).await
     }
 
+    /// POSTs a JSON body and hands every line of a JSON-lines answer to `sink` as it arrives
+    /// (image pulls). A non-2xx answer is an error as with [`Client::json`].
+    pub async fn post_lines(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        mut sink: impl FnMut(serde_json::Value),
+    ) -> Result<(), ClientError> {
+        let bytes = serde_json::to_vec(body).expect("json");
+        let body = http_body_util::Full::new(hyper::body::Bytes::from(bytes))
+            .map_err(|e| match e {})
+            .boxed();
+        let resp = self
+            .send(Self::request(Method::POST, path, body, "application/json"))
+            .await?;
+        if !resp.status().is_success() {
+            return decode(resp).await.map(|_| ());
+        }
+        let mut body = resp.into_body();
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            if let Some(d) = frame?.data_ref() {
+                buf.extend_from_slice(d);
+                while let Some(i) = buf.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=i).collect();
+                    let v = serde_json::from_slice(&line)
+                        .map_err(|e| ClientError::Reply(e.to_string()))?;
+                    sink(v);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// GETs `path` and hands every chunk of the body to `sink` as it arrives (log following).
     pub async fn stream(&self, path: &str, mut sink: impl FnMut(&[u8])) -> Result<(), ClientError> {
         let body = http_body_util::Empty::new().map_err(|e| match e {}).boxed();

@@ -51,6 +51,21 @@ impl ApiError {
             "no space left on the daemon's state disk (No space left on device); free space there and retry",
         )
     }
+    /// A pull's failure: the registry's message, a status per class.
+    pub fn registry(e: inarray_images::RegistryError) -> Self {
+        use inarray_images::RegistryErrorKind as K;
+        let (status, code) = match e.kind {
+            K::NotFound => (StatusCode::NOT_FOUND, "image_not_found"),
+            K::NoPlatform => (StatusCode::NOT_FOUND, "platform_not_found"),
+            K::Denied => (StatusCode::FORBIDDEN, "registry_auth_refused"),
+            K::Unreachable => (StatusCode::BAD_GATEWAY, "registry_unreachable"),
+            K::Protocol => (StatusCode::BAD_GATEWAY, "registry_error"),
+            K::Corrupt => (StatusCode::BAD_GATEWAY, "digest_mismatch"),
+            K::Invalid => (StatusCode::UNPROCESSABLE_ENTITY, "unsupported_image"),
+            K::Internal => return Self::internal(e),
+        };
+        Self::new(status, code, e.to_string())
+    }
 }
 
 /// Whether an error's text says the disk is full: ENOSPC from any layer, or SQLite's
@@ -76,6 +91,7 @@ impl From<ManagerError> for ApiError {
             M::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
             M::Invalid(f) => Self::bad_request(f.to_string()),
             M::Volume(v) if v.is_client_error() => Self::bad_request(v.to_string()),
+            M::Image(inarray_images::ImageError::Registry(r)) => Self::registry(r),
             M::Image(i) if i.is_invalid_input() => {
                 Self::new(StatusCode::BAD_REQUEST, "invalid_image", i.to_string())
             }

@@ -8,6 +8,7 @@ pub mod exports;
 pub mod extract;
 pub mod jobs;
 pub mod metrics;
+pub mod registries;
 pub mod routes;
 pub mod serve;
 

@@ -56,6 +56,7 @@ pub fn router(manager: Manager) -> Router {
         .merge(crate::exports::routes())
         .merge(crate::jobs::routes())
         .merge(crate::access::routes())
+        .merge(crate::registries::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

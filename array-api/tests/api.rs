@@ -28,6 +28,10 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/openapi.json", &["get"]),
     ("/v1/images", &["get"]),
     ("/v1/images/import", &["post"]),
+    ("/v1/images/pull", &["post"]),
+    ("/v1/images/prune", &["post"]),
+    ("/v1/registries", &["get", "post"]),
+    ("/v1/registries/{registry}", &["delete"]),
     ("/v1/images/{reference}", &["get", "delete"]),
     ("/v1/containers", &["get", "post"]),
     ("/v1/containers/{id}", &["get", "delete", "patch"]),
@@ -64,6 +68,7 @@ const ROUTES_RS: &[&str] = &[
     include_str!("../src/exports.rs"),
     include_str!("../src/jobs.rs"),
     include_str!("../src/access.rs"),
+    include_str!("../src/registries.rs"),
 ];
 const JSON: Option<&str> = Some("application/json");
 
@@ -1255,8 +1260,12 @@ async fn malformed_bodies_are_refused_in_the_error_shape() {
                 .needle("volumes[0].target"),
             create("target twice", json!({"image": "x", "volumes": [{"source": "data", "target": "/d"}, {"source": "data", "target": "/d/"}]}), S::BAD_REQUEST, "invalid_request")
                 .needle("volumes[1].target"),
-            create("unknown image", json!({"image": "nope:1"}), S::NOT_FOUND, "not_found")
+            create("unknown image", json!({"image": "nope:1", "pull": "never"}), S::NOT_FOUND, "not_found")
                 .needle("no such image: nope:1"),
+            // `pull: missing` (the default) asks the image's registry; nothing listens there.
+            create("unknown image, registry unreachable", json!({"image": "127.0.0.1:1/nope:1"}), S::BAD_GATEWAY, "registry_unreachable")
+                .needle("cannot connect to 127.0.0.1:1"),
+            create("pull policy unknown", json!({"image": "x", "pull": "sometimes"}), S::UNPROCESSABLE_ENTITY, "invalid_field"),
         ],
     )
     .await;
@@ -2187,7 +2196,11 @@ async fn jobs_refuse_bad_definitions_naming_the_field() {
             "container.volumes[0].source: ",
         ),
         (
-            with("container.image", json!("nope:1")),
+            {
+                let mut b = with("container.image", json!("nope:1"));
+                b["container"]["pull"] = json!("never");
+                b
+            },
             S::NOT_FOUND,
             "not_found",
             "no such image: nope:1",
@@ -2298,7 +2311,7 @@ async fn jobs_refuse_bad_definitions_naming_the_field() {
             "time_zone: ",
         ),
         (
-            json!({"container": {"image": "nope:1"}}),
+            json!({"container": {"image": "nope:1", "pull": "never"}}),
             S::NOT_FOUND,
             "no such image",
         ),
@@ -2439,9 +2452,12 @@ async fn tcp_needs_a_token_with_the_right_scope() {
 
     // operate: containers, images, jobs; not engines, exports or tokens.
     env.over_tcp(Some(&format!("Bearer {operate}")));
-    env.post_json("/v1/containers", &json!({"image": "no-such-image"}))
-        .await
-        .expect(StatusCode::NOT_FOUND);
+    env.post_json(
+        "/v1/containers",
+        &json!({"image": "no-such-image", "pull": "never"}),
+    )
+    .await
+    .expect(StatusCode::NOT_FOUND);
     env.post("/v1/containers/nope/start")
         .await
         .expect(StatusCode::NOT_FOUND);

@@ -83,16 +83,20 @@ pub enum ImageError {
     /// A layer asked for by [`crate::ImageStore::layer_dirs`] is not unpacked in the store.
     #[error("layer {diff_id} is not in the image store")]
     MissingLayer { diff_id: String },
+    /// Pulling from a registry failed.
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
 }
 
 impl ImageError {
     /// True when the error is the image's (or the caller's input's) fault, false when the node
     /// itself failed (disk, permissions) or the store lacks something it should have.
     pub fn is_invalid_input(&self) -> bool {
-        !matches!(
-            self,
-            ImageError::Io { .. } | ImageError::MissingLayer { .. }
-        )
+        match self {
+            ImageError::Io { .. } | ImageError::MissingLayer { .. } => false,
+            ImageError::Registry(e) => e.kind != crate::registry::RegistryErrorKind::Internal,
+            _ => true,
+        }
     }
 
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {

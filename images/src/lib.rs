@@ -16,6 +16,10 @@
 //! unpacked, diff-id-verified tree, and nothing in a layer tar can create or change a file outside
 //! its own layer directory.
 //!
+//! [`Puller`] (module [`registry`]) pulls from OCI Distribution registries through the same
+//! import: the blobs the store lacks are fetched into staging while hashed, then verified and
+//! committed like an archive's.
+//!
 //! # Limitations an operator should know
 //! - Needs Linux 5.6+ (`openat2`) and root (whiteout devices, `trusted.overlay.*`, chown).
 //! - Each layer is unpacked on its own, not onto the layers below it. A tar that writes through a
@@ -43,6 +47,7 @@ mod fsutil;
 mod import;
 mod layer;
 mod reference;
+pub mod registry;
 mod source;
 mod store;
 mod tarstream;
@@ -55,6 +60,9 @@ mod testutil;
 
 pub use error::ImageError;
 pub use reference::Reference;
+pub use registry::{
+    Credentials, PullEvent, Puller, RegistryError, RegistryErrorKind, RegistrySettings,
+};
 pub use store::{GcReport, ImageStore, Limits};
 
 use serde::{Deserialize, Serialize};

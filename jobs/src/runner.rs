@@ -19,7 +19,7 @@ pub struct Exit {
 }
 
 pub trait Runner: Send + Sync + 'static {
-    /// Checks what can be checked before a job is saved (the image exists).
+    /// Checks what can be checked before a job is saved (the image exists or can be pulled).
     fn check<'a>(&'a self, cfg: &'a ContainerConfig) -> BoxFuture<'a, Result<(), JobsError>>;
     /// Creates and starts a container (named by `cfg.name`); its id. A failed start of a created
     /// container is [`JobsError::Start`] with the id.
@@ -42,7 +42,9 @@ pub trait Runner: Send + Sync + 'static {
 impl Runner for Manager {
     fn check<'a>(&'a self, cfg: &'a ContainerConfig) -> BoxFuture<'a, Result<(), JobsError>> {
         Box::pin(async move {
-            self.find_image(&cfg.image).await?;
+            // With a pull policy other than `never`, a missing image is pulled now, so a job
+            // naming an unknown image or tag is refused when it is saved, not at its first run.
+            self.ensure_image(&cfg.image, cfg.pull).await?;
             Ok(())
         })
     }

@@ -43,6 +43,28 @@ pub struct ContainerConfig {
     /// Start right away (default true).
     #[serde(default = "yes")]
     pub start: bool,
+    /// When to pull the image from its registry (default `missing`).
+    #[serde(default, skip_serializing_if = "PullPolicy::is_default")]
+    pub pull: PullPolicy,
+}
+
+/// When `create` pulls the container's image from its registry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PullPolicy {
+    /// Only when no image of that name is in the store.
+    #[default]
+    Missing,
+    /// Every time (a tag may have moved); the store's copy is used only if the pull succeeds.
+    Always,
+    /// Never: the image must already be in the store.
+    Never,
+}
+
+impl PullPolicy {
+    fn is_default(&self) -> bool {
+        *self == PullPolicy::Missing
+    }
 }
 
 fn yes() -> bool {

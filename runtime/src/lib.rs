@@ -16,7 +16,9 @@ pub mod supervisor;
 pub mod user;
 pub mod volumes;
 
-pub use config::{ContainerConfig, InvalidField, Network, RestartPolicy};
+pub use config::{ContainerConfig, InvalidField, Network, PullPolicy, RestartPolicy};
 pub use fsutil::write_atomic;
-pub use manager::{ImageRemoval, Manager, ManagerError, ManagerOptions, ReconcileReport};
+pub use manager::{
+    ImageRemoval, Manager, ManagerError, ManagerOptions, PruneReport, ReconcileReport,
+};
 pub use volumes::{Volume, VolumeError};

@@ -9,6 +9,7 @@ mod engines;
 mod exports;
 mod images;
 mod jobs;
+mod registries;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -23,6 +24,7 @@ pub use engines::EngineRow;
 pub use exports::{ExportClientRow, ExportRow, NewExport};
 pub use images::{ImageRow, NewImage};
 pub use jobs::{HistoryLimits, JobBatch, JobRow, NewRun, RunRow, RunState, RunTrigger, RunUpdate};
+pub use registries::RegistryCredentialRow;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -69,6 +71,13 @@ impl Store {
                 source,
             })?;
         sqlx::migrate!("./migrations").run(&pool).await?;
+        // Root-only: the database holds registry credentials.
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            let _ =
+                std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600));
+        }
         Ok(Self { pool })
     }
 

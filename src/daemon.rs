@@ -234,7 +234,7 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
         inarray_jobs::JobsOptions::default(),
     );
     jobs.start().await.context("job scheduler")?;
-    inarray_nfs::start(&s.exports, s.nfs_listen, &array, &store)
+    let nfs = inarray_nfs::start(&s.exports, s.nfs_listen, &array, &store)
         .await
         .context("nfs gateway")?;
     tracing::info!(
@@ -261,7 +261,10 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
             }
         });
     }
-    let app = inarray_api::jobs::attach(inarray_api::router(manager), jobs.clone());
+    let mut app = inarray_api::jobs::attach(inarray_api::router(manager), jobs.clone());
+    if let Some(nfs) = nfs {
+        app = inarray_api::exports::attach_metrics(app, nfs.metrics);
+    }
     serve(app, bound, shutdown_signal())
         .await
         .context("serving the API")?;

@@ -166,7 +166,10 @@ async fn container_stats(
 }
 
 /// Prometheus text exposition (format 0.0.4) for the daemon, engines and running containers.
-async fn metrics(State(m): State<Manager>) -> Result<Response, ApiError> {
+async fn metrics(
+    State(m): State<Manager>,
+    nfs: Option<axum::Extension<inarray_nfs::Metrics>>,
+) -> Result<Response, ApiError> {
     let mut out = crate::metrics::Exposition::default();
     out.gauge("inarray_up", "1 while the daemon serves", &[], 1.0);
     if let Some(rss) = self_rss_bytes() {
@@ -203,6 +206,9 @@ async fn metrics(State(m): State<Manager>) -> Result<Response, ApiError> {
                 &u,
             );
         }
+    }
+    if let Some(axum::Extension(nfs)) = nfs {
+        out.nfs(&nfs.snapshot());
     }
     Ok((
         [(

@@ -15,8 +15,9 @@ use std::time::Instant;
 
 use crate::exports::{Access, Ident};
 use crate::handle::{HandleKey, MAX_HANDLE};
+use crate::metrics::Stats;
 use crate::rpc::{self, Accept, AuthSys, CallHeader};
-use crate::server::{DirStream, Export, Shared, Stats, StreamKey};
+use crate::server::{DirStream, Export, Shared, StreamKey};
 use crate::sys;
 use crate::xdr::{Decoder, Encoder, Garbage};
 
@@ -171,7 +172,7 @@ pub fn call(shared: &Shared, call: &CallHeader, mut d: Decoder<'_>, peer: IpAddr
         Ok(()) => true,
         Err(Fail::Garbage) => {
             if let Some(s) = &stats {
-                s.record(false, started);
+                s.record(p, false, started);
             }
             return rpc::accepted(call.xid, Accept::GarbageArgs, 64);
         }
@@ -185,7 +186,7 @@ pub fn call(shared: &Shared, call: &CallHeader, mut d: Decoder<'_>, peer: IpAddr
         }
     };
     if let Some(s) = stats {
-        s.record(ok, started);
+        s.record(p, ok, started);
     }
     e
 }

@@ -1298,3 +1298,44 @@ async fn config_file_is_authoritative_for_the_exports_it_declares() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("declared twice"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_reads_at_any_offset_return_the_file_bytes() {
+    let n = Nfs::start().await;
+    n.export("big", "big", json!({})).await;
+    let data: Vec<u8> = (0..3 * 1024 * 1024 + 123)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
+    std::fs::write(n.d.array.join("big/f.bin"), &data).unwrap();
+    let mut c = n.rpc();
+    let root = c.mnt("/big").unwrap();
+    let (f, _) = c.lookup(&root, b"f.bin").unwrap();
+    // 1 MiB reads from an offset that is not page aligned, and odd lengths (XDR padding): short
+    // reads are allowed, wrong bytes are not.
+    for (start, count) in [
+        (1000u64, 1 << 20),
+        (4096, 1 << 20),
+        (3, 65_537),
+        (0, 20_001),
+    ] {
+        let mut off = start;
+        let end = (start + count as u64).min(data.len() as u64);
+        while off < end {
+            let got = c.read(&f, off, (end - off) as u32).unwrap();
+            assert!(!got.is_empty(), "no progress at {off}");
+            assert_eq!(
+                got[..],
+                data[off as usize..off as usize + got.len()],
+                "at {off}"
+            );
+            off += got.len() as u64;
+        }
+    }
+    // The tail: the last bytes and nothing past the end.
+    let tail = c.read(&f, data.len() as u64 - 5, 1 << 20).unwrap();
+    assert_eq!(tail[..], data[data.len() - 5..]);
+    assert!(c
+        .read(&f, data.len() as u64 + 10, 1 << 20)
+        .unwrap()
+        .is_empty());
+}

@@ -155,11 +155,22 @@ pub fn auth_error(xid: u32, why: AuthStat) -> Encoder {
     e
 }
 
-/// Fills in the record mark of a reply built by the functions above: one final fragment.
-pub fn finish(mut e: Encoder) -> Vec<u8> {
-    let len = (e.len() - 4) as u32;
+/// A reply ready to send: `head`, then (READ) `spliced` bytes waiting in the thread's splice
+/// pipe and their XDR padding.
+pub struct Reply {
+    pub head: Vec<u8>,
+    pub spliced: usize,
+}
+
+/// Fills in the record mark of a reply built by the functions above (one final fragment), which
+/// `spliced` bytes and their padding will follow.
+pub fn finish(mut e: Encoder, spliced: usize) -> Reply {
+    let len = (e.len() - 4 + spliced + crate::xdr::pad(spliced)) as u32;
     e.patch_u32(0, len | 0x8000_0000);
-    e.buf
+    Reply {
+        head: e.buf,
+        spliced,
+    }
 }
 
 /// Why a connection is dropped while reading a record.

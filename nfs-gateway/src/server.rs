@@ -324,6 +324,22 @@ pub async fn run(
     Ok(())
 }
 
+/// Writes a reply: its head, then the READ data waiting in the thread's splice pipe and its XDR
+/// padding.
+fn send(
+    sock: &std::net::TcpStream,
+    wr: &mut &std::net::TcpStream,
+    reply: &crate::rpc::Reply,
+) -> std::io::Result<()> {
+    if reply.spliced == 0 {
+        return wr.write_all(&reply.head);
+    }
+    let pad = crate::xdr::pad(reply.spliced);
+    sys::send_more(sock, &reply.head)?;
+    sys::splice_out(sock, pad > 0)?;
+    wr.write_all(&[0u8; 3][..pad])
+}
+
 /// Stack of a connection thread: procedures keep their buffers on the heap.
 const CONNECTION_STACK: usize = 512 * 1024;
 
@@ -388,8 +404,8 @@ fn connection(
             tracing::debug!(%peer, "nfs record is not an rpc call; connection dropped");
             break;
         };
-        let sent = wr.write_all(&reply);
-        crate::xdr::recycle(reply);
+        let sent = send(&sock, &mut wr, &reply);
+        crate::xdr::recycle(reply.head);
         if let Err(e) = sent {
             tracing::debug!(%peer, error = %e, "nfs reply not sent; connection dropped");
             break;

@@ -231,7 +231,14 @@ impl RecordReader {
                     self.buf.resize(cap, 0);
                 }
             }
-            match r.read(&mut self.buf[self.end..]) {
+            // At most one read-ahead past what is needed: cutting a later fragment's mark out
+            // then moves at most that much.
+            let stop = self
+                .buf
+                .len()
+                .min(self.start + want + READ_AHEAD)
+                .max(self.end + 1);
+            match r.read(&mut self.buf[self.end..stop]) {
                 Ok(0) if boundary && self.end == self.start => return Err(RecordError::Closed),
                 Ok(0) => {
                     return Err(RecordError::Io(std::io::ErrorKind::UnexpectedEof.into()));

@@ -623,6 +623,26 @@ pub fn private_umask() -> io::Result<()> {
     Ok(())
 }
 
+/// Asks the scheduler for a short time slice for the calling thread (`sched_setattr` with
+/// SCHED_OTHER, nice unchanged, `sched_runtime` = `slice_ns`; EEVDF kernels, 6.12 and later):
+/// its CPU share is unchanged, but a call that wakes it is run sooner (an earlier deadline) rather
+/// than queued behind CPU-bound work. Older kernels ignore the value.
+pub fn short_slice(slice_ns: u64) -> io::Result<()> {
+    // SAFETY: sched_attr is plain data; all-zero is a valid start.
+    let mut a: libc::sched_attr = unsafe { std::mem::zeroed() };
+    a.size = std::mem::size_of::<libc::sched_attr>() as u32;
+    a.sched_policy = libc::SCHED_OTHER as u32;
+    // SAFETY: plain syscall on the calling thread (pid 0).
+    a.sched_nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+    a.sched_runtime = slice_ns;
+    // SAFETY: `a` is a valid sched_attr of the size it declares; pid 0 is the calling thread.
+    let rc = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &a as *const libc::sched_attr, 0) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 thread_local! {
     static CURRENT: RefCell<Ident> = const { RefCell::new(Ident::ROOT) };
 }

@@ -731,6 +731,39 @@ mod tests {
     }
 
     #[test]
+    fn short_slice_applies_to_the_calling_thread_only() {
+        let slice = |s: &str| -> Option<u64> {
+            s.lines()
+                .find(|l| l.starts_with("se.slice"))?
+                .split(':')
+                .nth(1)?
+                .trim()
+                .parse()
+                .ok()
+        };
+        let before = std::fs::read_to_string("/proc/thread-self/sched").ok();
+        std::thread::spawn(move || {
+            short_slice(100_000).unwrap();
+            // Kernels with EEVDF slices and scheduler statistics show it.
+            if let Some(v) = std::fs::read_to_string("/proc/thread-self/sched")
+                .ok()
+                .as_deref()
+                .and_then(slice)
+            {
+                assert_eq!(v, 100_000);
+            }
+        })
+        .join()
+        .unwrap();
+        let after = std::fs::read_to_string("/proc/thread-self/sched").ok();
+        assert_eq!(
+            before.as_deref().and_then(slice),
+            after.as_deref().and_then(slice),
+            "this thread is unchanged"
+        );
+    }
+
+    #[test]
     fn identity_switch_is_per_thread() {
         assert!(
             is_root(),

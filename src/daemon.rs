@@ -408,7 +408,7 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
         inarray_jobs::JobsOptions::default(),
     );
     jobs.start().await.context("job scheduler")?;
-    let nfs_bound = inarray_nfs::start(&s.exports, s.nfs_listen, &array, &store)
+    let nfs = inarray_nfs::start(&s.exports, s.nfs_listen, &array, &store)
         .await
         .context("nfs gateway")?;
     let access = inarray_api::access::Access::new(
@@ -420,7 +420,7 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
             state_dir: state.clone(),
             cgroup_mode: cgroup_mode(Path::new("/sys/fs/cgroup")).into(),
             listen: s.listen.iter().map(ToString::to_string).collect(),
-            nfs_listen: nfs_bound.map(|a| a.to_string()),
+            nfs_listen: nfs.as_ref().map(|n| n.addr.to_string()),
         },
     )
     .await
@@ -450,10 +450,11 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
             }
         });
     }
-    let app = inarray_api::access::attach(
-        inarray_api::jobs::attach(inarray_api::router(manager.clone()), jobs.clone()),
-        access.clone(),
-    );
+    let mut app = inarray_api::jobs::attach(inarray_api::router(manager.clone()), jobs.clone());
+    if let Some(nfs) = &nfs {
+        app = inarray_api::exports::attach_metrics(app, nfs.metrics.clone());
+    }
+    let app = inarray_api::access::attach(app, access.clone());
     if let Some(path) = opts.config.clone() {
         let reloader = Reloader {
             opts,

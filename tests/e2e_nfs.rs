@@ -20,6 +20,8 @@ use serde_json::json;
 struct Nfs {
     d: TestDaemon,
     port: u16,
+    /// A config file passed with `--config` at every launch.
+    config: Option<std::path::PathBuf>,
 }
 
 fn free_port() -> u16 {
@@ -38,9 +40,30 @@ impl Nfs {
         let mut n = Nfs {
             d,
             port: free_port(),
+            config: None,
         };
         n.launch().await;
         n
+    }
+
+    /// Like `start`, with a config file (kept in the test's directory; rewrite it with
+    /// `write_config` and restart).
+    async fn start_with_config(toml: &str) -> Self {
+        let mut d = TestDaemon::start().await;
+        d.kill9();
+        let config = d.tmp.path().join("config.toml");
+        std::fs::write(&config, toml).unwrap();
+        let mut n = Nfs {
+            d,
+            port: free_port(),
+            config: Some(config),
+        };
+        n.launch().await;
+        n
+    }
+
+    fn write_config(&self, toml: &str) {
+        std::fs::write(self.config.as_ref().unwrap(), toml).unwrap();
     }
 
     async fn launch(&mut self) {
@@ -49,9 +72,11 @@ impl Nfs {
             .append(true)
             .open(self.d.tmp.path().join("daemon.log"))
             .unwrap();
-        let child = self
-            .d
-            .serve_command()
+        let mut cmd = self.d.serve_command();
+        if let Some(c) = &self.config {
+            cmd.arg("--config").arg(c);
+        }
+        let child = cmd
             .arg("--nfs-listen")
             .arg(format!("127.0.0.1:{}", self.port))
             .stdin(std::process::Stdio::null())
@@ -1098,4 +1123,219 @@ async fn exports_api_and_cli() {
     let (ok, _, err) = cli(&["export", "rm", "a"]);
     assert!(!ok && err.contains("no such export: a"), "{err}");
     assert_eq!(n.d.ok(Method::GET, "/v1/exports", None).await, json!([]));
+}
+
+/// `/metrics` as `name{labels}` → value.
+async fn scrape(n: &Nfs) -> std::collections::HashMap<String, f64> {
+    let mut body = Vec::new();
+    n.d.client()
+        .stream("/metrics", |b| body.extend_from_slice(b))
+        .await
+        .unwrap();
+    let text = String::from_utf8(body).unwrap();
+    let mut out = std::collections::HashMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (k, v) = line.rsplit_once(' ').unwrap();
+        out.insert(k.to_owned(), v.parse().unwrap());
+    }
+    assert!(
+        text.contains("# TYPE inarray_nfs_operation_duration_seconds histogram"),
+        "{text}"
+    );
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_calls_bytes_errors_and_latency_per_export() {
+    let n = Nfs::start().await;
+    n.export("m", "m", json!({"squash": "none"})).await;
+    n.export("quiet", "q", json!({})).await;
+    std::fs::write(n.d.array.join("m/f.txt"), vec![7u8; 1000]).unwrap();
+    let mut c = n.rpc();
+    let root = c.mnt("/m").unwrap();
+    c.getattr(&root).unwrap();
+    let before = scrape(&n).await;
+    let get =
+        |m: &std::collections::HashMap<String, f64>, k: &str| m.get(k).copied().unwrap_or(0.0);
+    let delta =
+        |after: &std::collections::HashMap<String, f64>, k: &str| get(after, k) - get(&before, k);
+
+    for _ in 0..3 {
+        c.getattr(&root).unwrap();
+    }
+    let (f, _) = c.lookup(&root, b"f.txt").unwrap();
+    assert_eq!(c.lookup(&root, b"missing"), Err(2));
+    assert_eq!(c.read(&f, 0, 4096).unwrap().len(), 1000);
+    let w = c.create(&root, b"w.txt").unwrap();
+    c.write(&w, 0, &[1u8; 300], 2);
+    c.write(&w, 300, &[2u8; 200], 0);
+    // A forged handle of export "m" is refused and counted as an error of that export.
+    let mut forged = f.clone();
+    *forged.last_mut().unwrap() ^= 1;
+    assert_eq!(c.getattr(&forged), Err(ERR_BADHANDLE));
+
+    let after = scrape(&n).await;
+    let op = |p: &str| format!("inarray_nfs_operations_total{{export=\"m\",procedure=\"{p}\"}}");
+    let err = |p: &str| format!("inarray_nfs_errors_total{{export=\"m\",procedure=\"{p}\"}}");
+    assert_eq!(delta(&after, &op("getattr")), 4.0);
+    assert_eq!(delta(&after, &err("getattr")), 1.0);
+    assert_eq!(delta(&after, &op("lookup")), 2.0);
+    assert_eq!(delta(&after, &err("lookup")), 1.0);
+    assert_eq!(delta(&after, &op("read")), 1.0);
+    assert_eq!(delta(&after, &err("read")), 0.0);
+    assert_eq!(delta(&after, &op("create")), 1.0);
+    assert_eq!(delta(&after, &op("write")), 2.0);
+    assert_eq!(
+        delta(&after, "inarray_nfs_read_bytes_total{export=\"m\"}"),
+        1000.0
+    );
+    assert_eq!(
+        delta(&after, "inarray_nfs_written_bytes_total{export=\"m\"}"),
+        500.0
+    );
+    // The latency histogram counts every call once; buckets are cumulative up to +Inf.
+    let h = |s: &str, p: &str, more: &str| {
+        format!(
+            "inarray_nfs_operation_duration_seconds_{s}{{export=\"m\",procedure=\"{p}\"{more}}}"
+        )
+    };
+    assert_eq!(delta(&after, &h("count", "getattr", "")), 4.0);
+    assert_eq!(delta(&after, &h("bucket", "getattr", ",le=\"+Inf\"")), 4.0);
+    assert!(
+        get(&after, &h("bucket", "getattr", ",le=\"0.00005\""))
+            <= get(&after, &h("bucket", "getattr", ",le=\"1\""))
+    );
+    assert!(delta(&after, &h("sum", "write", "")) > 0.0);
+    assert_eq!(delta(&after, &h("count", "write", "")), 2.0);
+    // The other export saw nothing.
+    assert!(after
+        .keys()
+        .filter(|k| k.contains("export=\"quiet\""))
+        .all(|k| after[k] == 0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_file_is_authoritative_for_the_exports_it_declares() {
+    let export = |name: &str, path: &str, access: &str| {
+        format!("[[exports]]\nname = \"{name}\"\npath = \"{path}\"\nclients = [{{ match = \"127.0.0.1\", access = \"{access}\" }}]\n")
+    };
+    let first = format!("{}{}", export("c1", "c1", "rw"), export("c2", "c2", "rw"));
+    // The directories are made after the start: the gateway opens an export's root when it
+    // is first mounted.
+    let mut n = Nfs::start_with_config(&first).await;
+    for p in ["c1", "c2", "a1"] {
+        std::fs::create_dir_all(n.d.array.join(p)).unwrap();
+    }
+    std::fs::write(n.d.array.join("c2/f.txt"), "two").unwrap();
+    n.export("a1", "a1", json!({})).await;
+    let names = |v: serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        names(n.d.ok(Method::GET, "/v1/exports", None).await),
+        ["a1", "c1", "c2"]
+    );
+    let mut c = n.rpc();
+    let c2 = c.mnt("/c2").unwrap();
+    let (f, _) = c.lookup(&c2, b"f.txt").unwrap();
+    assert_eq!(c.read(&f, 0, 10).unwrap(), b"two");
+    let c1 = c.mnt("/c1").unwrap();
+
+    // c2 leaves the file and c1 becomes read-only: after a restart c2 is gone (its handles are
+    // stale, MNT finds nothing), c1 follows the file and keeps its handles, a1 (made through the
+    // API) stays.
+    n.write_config(&export("c1", "c1", "ro"));
+    n.restart().await;
+    assert_eq!(
+        names(n.d.ok(Method::GET, "/v1/exports", None).await),
+        ["a1", "c1"]
+    );
+    let mut c = n.rpc();
+    assert_eq!(c.mnt("/c2"), Err(2));
+    assert_eq!(c.getattr(&f), Err(ERR_STALE));
+    assert!(c.getattr(&c1).is_ok(), "c1's handles survive");
+    assert_eq!(
+        c.status(9, X::default().bytes(&c1).bytes(b"d").mode(0o755)),
+        ERR_ROFS,
+        "c1 is read-only now"
+    );
+    assert!(c.mnt("/a1").is_ok());
+
+    // An export deleted through the API but still in the file comes back at the next start; one
+    // declared in the file under the name of an API export is taken over by the file.
+    n.d.ok(Method::DELETE, "/v1/exports/c1", None).await;
+    n.write_config(&format!(
+        "{}{}",
+        export("c1", "c1", "ro"),
+        export("a1", "a1", "ro")
+    ));
+    n.restart().await;
+    assert_eq!(
+        names(n.d.ok(Method::GET, "/v1/exports", None).await),
+        ["a1", "c1"]
+    );
+    n.write_config("");
+    n.restart().await;
+    assert_eq!(n.d.ok(Method::GET, "/v1/exports", None).await, json!([]));
+    // A file declaring one export twice is refused at start, and nothing changes.
+    n.d.kill9();
+    n.write_config(&format!(
+        "{}{}",
+        export("x", "c1", "rw"),
+        export("x", "c2", "rw")
+    ));
+    let out = {
+        let mut cmd = n.d.serve_command();
+        cmd.arg("--config").arg(n.config.as_ref().unwrap());
+        cmd.arg("--nfs-listen").arg(format!("127.0.0.1:{}", n.port));
+        cmd.output().unwrap()
+    };
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("declared twice"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_reads_at_any_offset_return_the_file_bytes() {
+    let n = Nfs::start().await;
+    n.export("big", "big", json!({})).await;
+    let data: Vec<u8> = (0..3 * 1024 * 1024 + 123)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
+    std::fs::write(n.d.array.join("big/f.bin"), &data).unwrap();
+    let mut c = n.rpc();
+    let root = c.mnt("/big").unwrap();
+    let (f, _) = c.lookup(&root, b"f.bin").unwrap();
+    // 1 MiB reads from an offset that is not page aligned, and odd lengths (XDR padding): short
+    // reads are allowed, wrong bytes are not.
+    for (start, count) in [
+        (1000u64, 1 << 20),
+        (4096, 1 << 20),
+        (3, 65_537),
+        (0, 20_001),
+    ] {
+        let mut off = start;
+        let end = (start + count as u64).min(data.len() as u64);
+        while off < end {
+            let got = c.read(&f, off, (end - off) as u32).unwrap();
+            assert!(!got.is_empty(), "no progress at {off}");
+            assert_eq!(
+                got[..],
+                data[off as usize..off as usize + got.len()],
+                "at {off}"
+            );
+            off += got.len() as u64;
+        }
+    }
+    // The tail: the last bytes and nothing past the end.
+    let tail = c.read(&f, data.len() as u64 - 5, 1 << 20).unwrap();
+    assert_eq!(tail[..], data[data.len() - 5..]);
+    assert!(c
+        .read(&f, data.len() as u64 + 10, 1 << 20)
+        .unwrap()
+        .is_empty());
 }

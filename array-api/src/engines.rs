@@ -168,6 +168,7 @@ async fn container_stats(
 async fn metrics(
     State(m): State<Manager>,
     access: Option<axum::Extension<crate::access::Access>>,
+    nfs: Option<axum::Extension<inarray_nfs::Metrics>>,
 ) -> Result<Response, ApiError> {
     let mut out = crate::metrics::Exposition::default();
     out.gauge("inarray_up", "1 while the daemon serves", &[], 1.0);
@@ -208,6 +209,9 @@ async fn metrics(
                 &u,
             );
         }
+    }
+    if let Some(axum::Extension(nfs)) = nfs {
+        out.nfs(&nfs.snapshot());
     }
     Ok((
         [(

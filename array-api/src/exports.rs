@@ -36,6 +36,11 @@ fn invalid(e: Invalid) -> ApiError {
     ApiError::bad_request(e.to_string())
 }
 
+/// Makes the running NFS gateway's counters reachable from `/metrics`.
+pub fn attach_metrics(router: axum::Router, metrics: inarray_nfs::Metrics) -> axum::Router {
+    router.layer(axum::Extension(metrics))
+}
+
 pub fn routes() -> Router<Manager> {
     Router::new()
         .route("/v1/exports", get(list_exports).post(create_export))

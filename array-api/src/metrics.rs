@@ -28,7 +28,20 @@ impl Exposition {
         labels: &[(&str, &str)],
         value: f64,
     ) {
-        let mut line = name.to_owned();
+        self.line(kind, name, name, help, labels, value);
+    }
+
+    /// A sample line `sample{labels} value` in family `family` (they differ for histograms).
+    fn line(
+        &mut self,
+        kind: &'static str,
+        family: &str,
+        sample: &str,
+        help: &'static str,
+        labels: &[(&str, &str)],
+        value: f64,
+    ) {
+        let mut line = sample.to_owned();
         if !labels.is_empty() {
             let l: Vec<String> = labels
                 .iter()
@@ -37,14 +50,90 @@ impl Exposition {
             let _ = write!(line, "{{{}}}", l.join(","));
         }
         let _ = write!(line, " {value}");
-        if !self.families.contains_key(name) {
-            self.order.push(name.to_owned());
+        if !self.families.contains_key(family) {
+            self.order.push(family.to_owned());
         }
         self.families
-            .entry(name.to_owned())
+            .entry(family.to_owned())
             .or_insert((kind, help, Vec::new()))
             .2
             .push(line);
+    }
+
+    /// A histogram: `bounds[i]` with the cumulative count `cumulative[i]`, then `+Inf` with the
+    /// last count (which is also `_count`).
+    pub fn histogram_cumulative(
+        &mut self,
+        name: &str,
+        help: &'static str,
+        labels: &[(&str, &str)],
+        bounds: &[f64],
+        cumulative: &[u64],
+        sum: f64,
+    ) {
+        let bucket = format!("{name}_bucket");
+        for (i, count) in cumulative.iter().enumerate() {
+            let le = bounds.get(i).map_or("+Inf".to_owned(), |b| b.to_string());
+            let mut l = labels.to_vec();
+            l.push(("le", &le));
+            self.line("histogram", name, &bucket, help, &l, *count as f64);
+        }
+        let total = cumulative.last().copied().unwrap_or(0);
+        self.line("histogram", name, &format!("{name}_sum"), help, labels, sum);
+        self.line(
+            "histogram",
+            name,
+            &format!("{name}_count"),
+            help,
+            labels,
+            total as f64,
+        );
+    }
+
+    /// The NFS gateway's per-export figures as `inarray_nfs_…` families.
+    pub fn nfs(&mut self, exports: &[inarray_nfs::ExportMetrics]) {
+        let bounds: Vec<f64> = inarray_nfs::LATENCY_BOUNDS_US
+            .iter()
+            .map(|us| *us as f64 / 1e6)
+            .collect();
+        for e in exports {
+            let l = [("export", e.export.as_str())];
+            self.counter(
+                "inarray_nfs_read_bytes_total",
+                "bytes read by nfs clients",
+                &l,
+                e.bytes_read as f64,
+            );
+            self.counter(
+                "inarray_nfs_written_bytes_total",
+                "bytes written by nfs clients",
+                &l,
+                e.bytes_written as f64,
+            );
+            for p in &e.procedures {
+                let l = [("export", e.export.as_str()), ("procedure", p.procedure)];
+                self.counter(
+                    "inarray_nfs_operations_total",
+                    "nfs calls answered, errors included",
+                    &l,
+                    p.count as f64,
+                );
+                self.counter(
+                    "inarray_nfs_errors_total",
+                    "nfs calls answered with an error",
+                    &l,
+                    p.errors as f64,
+                );
+                self.histogram_cumulative(
+                    "inarray_nfs_operation_duration_seconds",
+                    "time to serve an nfs call, from the decoded call to the encoded reply",
+                    &l,
+                    &bounds,
+                    &p.latency_buckets,
+                    p.latency_seconds_sum,
+                );
+            }
+        }
     }
 
     pub fn gauge(&mut self, name: &str, help: &'static str, labels: &[(&str, &str)], value: f64) {
@@ -284,6 +373,23 @@ mod tests {
         assert!(
             text.contains("_count{method=\"GET\",route=\"/v1/info\",status=\"200\"} 3\n"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn histograms_have_buckets_sum_and_count() {
+        let mut e = Exposition::default();
+        e.histogram_cumulative(
+            "h",
+            "help h",
+            &[("p", "read")],
+            &[0.001, 0.5],
+            &[1, 3, 4],
+            0.75,
+        );
+        assert_eq!(
+            e.finish(),
+            "# HELP h help h\n# TYPE h histogram\nh_bucket{p=\"read\",le=\"0.001\"} 1\nh_bucket{p=\"read\",le=\"0.5\"} 3\nh_bucket{p=\"read\",le=\"+Inf\"} 4\nh_sum{p=\"read\"} 0.75\nh_count{p=\"read\"} 4\n"
         );
     }
 }

@@ -8,6 +8,7 @@
 mod dispatch;
 pub mod exports;
 mod handle;
+mod metrics;
 mod mount;
 mod nfs3;
 mod rpc;
@@ -24,6 +25,7 @@ use inarray_store::{ExportRow, Store, StoreError};
 use tokio::net::TcpListener;
 
 pub use exports::{Access, ClientRule, ExportPatch, ExportSpec, Invalid, Squash};
+pub use metrics::{ExportMetrics, Metrics, ProcedureMetrics, LATENCY_BOUNDS_US, PROCEDURES};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NfsError {
@@ -39,12 +41,12 @@ pub enum NfsError {
     },
     #[error("cannot read random bytes: {0}")]
     Random(std::io::Error),
-    #[error("cannot start an nfs worker thread: {0}")]
-    Thread(std::io::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("export {name}: {source}")]
     Config { name: String, source: Invalid },
+    #[error("export {0} is declared twice in the config file")]
+    DuplicateExport(String),
 }
 
 /// Resource limits against hostile or broken clients.
@@ -52,14 +54,9 @@ pub enum NfsError {
 pub struct Limits {
     /// Largest RPC record (all fragments): a 1 MiB WRITE plus its headers.
     pub max_record: usize,
-    /// Requests of one connection being served at once; past it the connection is not read
-    /// (TCP pushes back on the client).
-    pub in_flight: usize,
-    /// Requests waiting for a worker, all connections together.
-    pub queue: usize,
-    pub threads: usize,
+    /// Connections served at once (a thread each); more are refused.
     pub max_connections: usize,
-    /// A connection that sends no complete record for this long is closed.
+    /// A connection that sends nothing, or takes none of its reply, for this long is closed.
     pub idle_timeout: Duration,
 }
 
@@ -67,9 +64,6 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_record: nfs3::MAX_IO as usize + 16 * 1024,
-            in_flight: 16,
-            queue: 256,
-            threads: 8,
             max_connections: 512,
             idle_timeout: Duration::from_secs(600),
         }
@@ -89,7 +83,6 @@ pub fn exports_changed() {
 pub struct Gateway {
     shared: Arc<server::Shared>,
     listener: TcpListener,
-    pool: server::Pool,
 }
 
 impl Gateway {
@@ -115,16 +108,16 @@ impl Gateway {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| NfsError::Bind { addr, source })?;
-        let pool = server::Pool::start(limits.threads, limits.queue)?;
-        Ok(Self {
-            shared,
-            listener,
-            pool,
-        })
+        Ok(Self { shared, listener })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The per-export counters, for `/metrics`.
+    pub fn metrics(&self) -> Metrics {
+        self.shared.metrics.clone()
     }
 
     /// Serves until `shutdown` resolves.
@@ -132,42 +125,66 @@ impl Gateway {
         self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), NfsError> {
-        server::run(self.shared, self.listener, self.pool, shutdown).await
+        server::run(self.shared, self.listener, shutdown).await
     }
 }
 
-/// Makes the exports of the config file true in SQL: missing ones are added, differing ones are
-/// replaced (keeping their id, so clients' handles stay valid). Exports made through the API and
-/// absent from the file are left alone.
+/// Makes the exports of the config file true in SQL. The file is authoritative for the exports
+/// it declares: missing ones are added, differing ones are replaced (keeping their id, so clients'
+/// handles stay valid), and an export that an earlier start took from the file but that the file
+/// no longer declares is deleted (its handles become stale). Exports made through the API and
+/// never declared in the file are left alone. Every export is validated before anything changes.
 pub async fn apply_config(store: &Store, specs: &[ExportSpec]) -> Result<(), NfsError> {
+    let mut valid = Vec::with_capacity(specs.len());
     for spec in specs {
-        let spec = spec.clone().validate().map_err(|source| NfsError::Config {
+        let v = spec.clone().validate().map_err(|source| NfsError::Config {
             name: spec.name.clone(),
             source,
         })?;
+        if valid.iter().any(|s: &ExportSpec| s.name == v.name) {
+            return Err(NfsError::DuplicateExport(v.name));
+        }
+        valid.push(v);
+    }
+    for spec in &valid {
         let rows = spec.client_rows();
         match store.export(&spec.name).await? {
             None => {
                 store.insert_export(spec.as_new(&rows)).await?;
+                tracing::info!(export = %spec.name, "nfs export added from the config file");
             }
-            Some(row) if ExportSpec::try_from(&row).ok().as_ref() != Some(&spec) => {
+            Some(row) if ExportSpec::try_from(&row).ok().as_ref() != Some(spec) => {
                 store.update_export(spec.as_new(&rows)).await?;
+                tracing::info!(export = %spec.name, "nfs export updated from the config file");
             }
             Some(_) => {}
+        }
+        store.set_export_from_config(&spec.name, true).await?;
+    }
+    for row in store.list_exports().await? {
+        if row.from_config && !valid.iter().any(|s| s.name == row.name) {
+            store.delete_export(&row.name).await?;
+            tracing::info!(export = %row.name, "nfs export removed from the config file: deleted");
         }
     }
     exports_changed();
     Ok(())
 }
 
+/// A running gateway, as the daemon sees it.
+pub struct Serving {
+    pub addr: SocketAddr,
+    pub metrics: Metrics,
+}
+
 /// The daemon's wiring: makes the config file's exports true in SQL and, when `listen` is set,
-/// binds the gateway and serves it for the life of the process. Returns the bound address.
+/// binds the gateway and serves it for the life of the process.
 pub async fn start(
     exports: &[ExportSpec],
     listen: Option<SocketAddr>,
     array: &Path,
     store: &Store,
-) -> Result<Option<SocketAddr>, NfsError> {
+) -> Result<Option<Serving>, NfsError> {
     apply_config(store, exports).await?;
     let Some(addr) = listen else {
         return Ok(None);
@@ -176,13 +193,17 @@ pub async fn start(
     let bound = gw
         .local_addr()
         .map_err(|source| NfsError::Bind { addr, source })?;
+    let metrics = gw.metrics();
     tracing::info!(listen = %bound, "nfs gateway serving (NFSv3 and MOUNT on one port)");
     tokio::spawn(async move {
         if let Err(e) = gw.serve(std::future::pending()).await {
             tracing::error!(error = %e, "nfs gateway stopped");
         }
     });
-    Ok(Some(bound))
+    Ok(Some(Serving {
+        addr: bound,
+        metrics,
+    }))
 }
 
 /// The API's view of a stored export.

@@ -15,13 +15,16 @@ use std::time::Instant;
 
 use crate::exports::{Access, Ident};
 use crate::handle::{HandleKey, MAX_HANDLE};
+use crate::metrics::Stats;
 use crate::rpc::{self, Accept, AuthSys, CallHeader};
-use crate::server::{DirStream, Export, Shared, Stats, StreamKey};
+use crate::server::{DirStream, Export, Shared, StreamKey};
 use crate::sys;
 use crate::xdr::{Decoder, Encoder, Garbage};
 
 /// Largest READ and WRITE payload (FSINFO rtmax/wtmax).
 pub const MAX_IO: u32 = 1024 * 1024;
+/// READs of at least this many bytes are spliced from the file to the socket.
+const SPLICE_MIN: usize = 16 * 1024;
 const MAX_DIR_REPLY: u32 = 1024 * 1024;
 const NAME_MAX: usize = 255;
 
@@ -122,17 +125,23 @@ fn writes(proc_: u32) -> bool {
     matches!(proc_, 2 | 7 | 8 | 9 | 10 | 11 | 12 | 13 | 14 | 15)
 }
 
-pub fn call(shared: &Shared, call: &CallHeader, mut d: Decoder<'_>, peer: IpAddr) -> Encoder {
+/// Runs one NFS call: the reply, and how many bytes of READ data wait in the thread's splice pipe
+/// to be sent after it (they belong at the end of the reply; see `sys::splice_out`).
+pub fn call(
+    shared: &Shared,
+    call: &CallHeader,
+    mut d: Decoder<'_>,
+    peer: IpAddr,
+) -> (Encoder, usize) {
     let p = call.proc_;
     if p == 0 {
-        return rpc::accepted(call.xid, Accept::Success, 64);
+        return (rpc::accepted(call.xid, Accept::Success, 64), 0);
     }
     if p > 21 {
-        return rpc::accepted(call.xid, Accept::ProcUnavail, 64);
+        return (rpc::accepted(call.xid, Accept::ProcUnavail, 64), 0);
     }
     let started = Instant::now();
-    let cap = if p == 6 { MAX_IO as usize + 256 } else { 512 };
-    let mut e = rpc::accepted(call.xid, Accept::Success, cap);
+    let mut e = rpc::accepted(call.xid, Accept::Success, 512);
     let mark = e.len();
     let mut op = Op {
         shared,
@@ -142,6 +151,7 @@ pub fn call(shared: &Shared, call: &CallHeader, mut d: Decoder<'_>, peer: IpAddr
         e: &mut e,
         stats: None,
         ident: Ident::ROOT,
+        spliced: 0,
     };
     let r = match p {
         1 => op.getattr(&mut d),
@@ -167,13 +177,17 @@ pub fn call(shared: &Shared, call: &CallHeader, mut d: Decoder<'_>, peer: IpAddr
         _ => op.commit(&mut d),
     };
     let stats = op.stats.take();
+    let spliced = op.spliced;
+    if r.is_err() && spliced > 0 {
+        sys::splice_discard();
+    }
     let ok = match r {
         Ok(()) => true,
         Err(Fail::Garbage) => {
             if let Some(s) = &stats {
-                s.record(false, started);
+                s.record(p, false, started);
             }
-            return rpc::accepted(call.xid, Accept::GarbageArgs, 64);
+            return (rpc::accepted(call.xid, Accept::GarbageArgs, 64), 0);
         }
         Err(Fail::Stat(s)) => {
             e.buf.truncate(mark);
@@ -185,9 +199,9 @@ pub fn call(shared: &Shared, call: &CallHeader, mut d: Decoder<'_>, peer: IpAddr
         }
     };
     if let Some(s) = stats {
-        s.record(ok, started);
+        s.record(p, ok, started);
     }
-    e
+    (e, if ok { spliced } else { 0 })
 }
 
 /// A resolved handle.
@@ -324,6 +338,8 @@ struct Op<'a> {
     e: &'a mut Encoder,
     stats: Option<Arc<Stats>>,
     ident: Ident,
+    /// Bytes of READ data waiting in the thread's splice pipe, sent after the reply.
+    spliced: usize,
 }
 
 impl Op<'_> {
@@ -571,12 +587,28 @@ impl Op<'_> {
         self.e.u32(0); // count
         self.e.u32(0); // eof
         self.e.u32(0); // data length
-        let n = sys::pread_append(&f, &mut self.e.buf, count, offset)?;
-        self.e
-            .buf
-            .extend_from_slice(&[0u8; 3][..crate::xdr::pad(n)]);
+                       // Large reads: the file's pages go to the socket through a pipe after this header, never
+                       // copied through our memory; small ones (or when splicing fails) are read into the reply.
+        let spliced = if count >= SPLICE_MIN {
+            sys::splice_in(&f, offset, count).ok()
+        } else {
+            None
+        };
+        let n = match spliced {
+            Some(n) => {
+                self.spliced = n;
+                n
+            }
+            None => {
+                let n = sys::pread_append(&f, &mut self.e.buf, count, offset)?;
+                self.e
+                    .buf
+                    .extend_from_slice(&[0u8; 3][..crate::xdr::pad(n)]);
+                n
+            }
+        };
         let size = sys::fstat(&f).map(|s| s.st_size as u64).unwrap_or(0);
-        let eof = n < count || offset + n as u64 >= size;
+        let eof = offset + n as u64 >= size;
         self.e.patch_u32(count_at, n as u32);
         self.e.patch_u32(count_at + 4, u32::from(eof));
         self.e.patch_u32(count_at + 8, n as u32);

@@ -1,7 +1,7 @@
 //! ONC RPC v2 (RFC 5531) over TCP: record marking with hard limits, call headers, AUTH_SYS
 //! credentials, and reply headers.
 
-use tokio::io::{AsyncRead, AsyncReadExt};
+use std::io::Read;
 
 use crate::xdr::{Decoder, Encoder, Garbage, XdrResult};
 
@@ -155,11 +155,22 @@ pub fn auth_error(xid: u32, why: AuthStat) -> Encoder {
     e
 }
 
-/// Fills in the record mark of a reply built by the functions above: one final fragment.
-pub fn finish(mut e: Encoder) -> Vec<u8> {
-    let len = (e.len() - 4) as u32;
+/// A reply ready to send: `head`, then (READ) `spliced` bytes waiting in the thread's splice
+/// pipe and their XDR padding.
+pub struct Reply {
+    pub head: Vec<u8>,
+    pub spliced: usize,
+}
+
+/// Fills in the record mark of a reply built by the functions above (one final fragment), which
+/// `spliced` bytes and their padding will follow.
+pub fn finish(mut e: Encoder, spliced: usize) -> Reply {
+    let len = (e.len() - 4 + spliced + crate::xdr::pad(spliced)) as u32;
     e.patch_u32(0, len | 0x8000_0000);
-    e.buf
+    Reply {
+        head: e.buf,
+        spliced,
+    }
 }
 
 /// Why a connection is dropped while reading a record.
@@ -174,54 +185,117 @@ pub enum RecordError {
     TooManyFragments,
 }
 
-/// Reads one RPC record (all its fragments) of at most `max` bytes: a mark (or a sum of marks) over
-/// `max` ends the connection before anything is allocated for it.
-pub async fn read_record<R: AsyncRead + Unpin>(
-    r: &mut R,
+/// Fragments one record may have: endless empty non-final fragments end the connection too.
+pub const MAX_FRAGMENTS: usize = 1024;
+
+/// Bytes asked of the socket at least per read: small calls pipelined by a client are read many
+/// at a time.
+const READ_AHEAD: usize = 64 * 1024;
+
+/// Reads RPC records (all their fragments) of at most `max` bytes from a byte stream, into one
+/// buffer that the connection keeps: a record is handed out as a slice of it (no copy), the bytes
+/// read ahead stay for the next call, and fragment marks are cut out in place. A mark (or a sum of
+/// marks) over `max` ends the connection before anything is allocated for it; the buffer never
+/// holds more than `max` plus one read-ahead.
+pub struct RecordReader {
+    buf: Vec<u8>,
+    /// `buf[start..end]` is received and not yet handed out.
+    start: usize,
+    end: usize,
     max: usize,
-) -> Result<Vec<u8>, RecordError> {
-    let mut record: Vec<u8> = Vec::new();
-    let mut first = true;
-    for _ in 0..MAX_FRAGMENTS {
-        let mut mark = [0u8; 4];
-        match r.read_exact(&mut mark).await {
-            Ok(_) => {}
-            Err(e) if first && e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                return Err(RecordError::Closed)
+}
+
+impl RecordReader {
+    pub fn new(max: usize) -> Self {
+        Self {
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            max,
+        }
+    }
+
+    /// Makes `buf[start..start + want]` received (`want` bytes past `start`), reading as much as
+    /// the buffer takes at each read. `boundary`: nothing of the current record is read yet, so
+    /// an end of stream is a clean close.
+    fn fill<R: Read>(&mut self, r: &mut R, want: usize, boundary: bool) -> Result<(), RecordError> {
+        while self.end - self.start < want {
+            if self.start + want > self.buf.len() {
+                // Move what is left to the front, then grow (at most to one record plus one
+                // read-ahead).
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+                let cap = want.max(READ_AHEAD).min(self.max + 8 + READ_AHEAD);
+                if self.buf.len() < cap {
+                    self.buf.resize(cap, 0);
+                }
             }
-            Err(e) => return Err(RecordError::Io(e)),
-        }
-        first = false;
-        let mark = u32::from_be_bytes(mark);
-        let last = mark & 0x8000_0000 != 0;
-        let len = (mark & 0x7fff_ffff) as usize;
-        let total = record.len() as u64 + len as u64;
-        if total > max as u64 {
-            return Err(RecordError::TooLarge(total));
-        }
-        // Capacity is reserved for what the mark announces (never more than `max`) without
-        // touching it; pages become resident only as bytes arrive, and nothing is zero-filled.
-        record.reserve(len);
-        let end = record.len() + len;
-        while record.len() < end {
-            let want = (end - record.len()) as u64;
-            match (&mut *r).take(want).read_buf(&mut record).await {
+            // At most one read-ahead past what is needed: cutting a later fragment's mark out
+            // then moves at most that much.
+            let stop = self
+                .buf
+                .len()
+                .min(self.start + want + READ_AHEAD)
+                .max(self.end + 1);
+            match r.read(&mut self.buf[self.end..stop]) {
+                Ok(0) if boundary && self.end == self.start => return Err(RecordError::Closed),
                 Ok(0) => {
                     return Err(RecordError::Io(std::io::ErrorKind::UnexpectedEof.into()));
                 }
-                Ok(_) => {}
+                Ok(n) => self.end += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(RecordError::Io(e)),
             }
         }
-        if last {
-            return Ok(record);
-        }
+        Ok(())
     }
-    Err(RecordError::TooManyFragments)
-}
 
-/// Fragments one record may have: endless empty non-final fragments end the connection too.
-pub const MAX_FRAGMENTS: usize = 1024;
+    /// The next record, borrowed from the reader until the next call.
+    pub fn next<R: Read>(&mut self, r: &mut R) -> Result<&[u8], RecordError> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        // Positions are relative to `start`: `fill` may move the bytes to the front.
+        self.fill(r, 4, true)?;
+        let mut len = 0usize;
+        let mut at = 0usize; // where the next mark is
+        for _ in 0..MAX_FRAGMENTS {
+            self.fill(r, at + 4, false)?;
+            let m = self.start + at;
+            let mark = u32::from_be_bytes([
+                self.buf[m],
+                self.buf[m + 1],
+                self.buf[m + 2],
+                self.buf[m + 3],
+            ]);
+            let last = mark & 0x8000_0000 != 0;
+            let flen = (mark & 0x7fff_ffff) as usize;
+            let total = len as u64 + flen as u64;
+            if total > self.max as u64 {
+                return Err(RecordError::TooLarge(total));
+            }
+            if at == 0 {
+                // The first mark stays in front of the record and is skipped below.
+                at = 4;
+            } else {
+                // A later mark is cut out: the fragment's bytes join the previous ones.
+                self.buf.copy_within(m + 4..self.end, m);
+                self.end -= 4;
+            }
+            len += flen;
+            at += flen;
+            self.fill(r, at, false)?;
+            if last {
+                let rec = self.start + 4..self.start + at;
+                self.start += at;
+                return Ok(&self.buf[rec]);
+            }
+        }
+        Err(RecordError::TooManyFragments)
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -280,25 +354,52 @@ mod tests {
         assert_eq!(parse_call(&mut Decoder::new(&rec)).unwrap().cred, None);
     }
 
-    #[tokio::test]
-    async fn record_limits() {
+    /// A stream that hands out one byte per read.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let Some((first, rest)) = self.0.split_first() else {
+                return Ok(0);
+            };
+            buf[0] = *first;
+            self.0 = rest;
+            Ok(1)
+        }
+    }
+
+    #[test]
+    fn record_limits() {
         // Two fragments make one record.
         let mut data = Vec::new();
         data.extend_from_slice(&3u32.to_be_bytes());
         data.extend_from_slice(b"abc");
         data.extend_from_slice(&(0x8000_0000u32 | 2).to_be_bytes());
         data.extend_from_slice(b"de");
+        // Followed by a one-fragment record: both come out whole, however the bytes arrive.
+        data.extend_from_slice(&(0x8000_0000u32 | 4).to_be_bytes());
+        data.extend_from_slice(b"wxyz");
+        let mut rd = RecordReader::new(16);
         let mut r = &data[..];
-        assert_eq!(read_record(&mut r, 16).await.unwrap(), b"abcde");
+        assert_eq!(rd.next(&mut r).unwrap(), b"abcde");
+        assert_eq!(rd.next(&mut r).unwrap(), b"wxyz");
+        assert!(matches!(rd.next(&mut r), Err(RecordError::Closed)));
+        let mut rd = RecordReader::new(16);
+        let mut r = Trickle(&data);
+        assert_eq!(rd.next(&mut r).unwrap(), b"abcde");
+        assert_eq!(rd.next(&mut r).unwrap(), b"wxyz");
+        assert!(matches!(rd.next(&mut r), Err(RecordError::Closed)));
+        // Cut short inside a record: an error, not a clean close.
+        let mut r = &data[..9];
         assert!(matches!(
-            read_record(&mut r, 16).await,
-            Err(RecordError::Closed)
+            RecordReader::new(16).next(&mut r),
+            Err(RecordError::Io(_))
         ));
         // A mark claiming 2 GiB is refused before anything is read or allocated.
         let huge = (0x8000_0000u32 | 0x7fff_ffff).to_be_bytes();
         let mut r = &huge[..];
         assert!(matches!(
-            read_record(&mut r, 1 << 20).await,
+            RecordReader::new(1 << 20).next(&mut r),
             Err(RecordError::TooLarge(_))
         ));
         // Endless non-final fragments hit the same limit.
@@ -309,13 +410,13 @@ mod tests {
         }
         let mut r = &many[..];
         assert!(matches!(
-            read_record(&mut r, 64).await,
+            RecordReader::new(64).next(&mut r),
             Err(RecordError::TooLarge(_))
         ));
         let empty = vec![0u8; 4 * (MAX_FRAGMENTS + 1)];
         let mut r = &empty[..];
         assert!(matches!(
-            read_record(&mut r, 64).await,
+            RecordReader::new(64).next(&mut r),
             Err(RecordError::TooManyFragments)
         ));
     }

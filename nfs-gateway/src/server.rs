@@ -1,48 +1,25 @@
 //! The gateway's shared state (the export table, the handle key, the fd cache), the TCP listener,
-//! per-connection reading and writing with limits, and the worker threads that run procedures.
+//! and the connection threads: each connection is served by a thread of its own that reads a
+//! record, runs the procedure as the caller's mapped identity and writes the reply, in turn.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::ffi::CString;
-use std::net::{IpAddr, SocketAddr};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use inarray_store::Store;
-use tokio::io::BufReader;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::exports::{ExportSpec, Policy};
 use crate::handle::HandleKey;
-use crate::rpc::{self, RecordError};
+use crate::metrics::{Metrics, Stats};
+use crate::rpc::{RecordError, RecordReader};
 use crate::sys::{self, KernelHandle};
 use crate::{Limits, NfsError};
-
-/// Per-export counters (logged every minute while they move; for `/metrics` once it exists).
-#[derive(Default, Debug)]
-pub struct Stats {
-    pub ops: AtomicU64,
-    pub errors: AtomicU64,
-    pub bytes_read: AtomicU64,
-    pub bytes_written: AtomicU64,
-    pub latency_us_total: AtomicU64,
-    pub latency_us_max: AtomicU64,
-}
-
-impl Stats {
-    pub fn record(&self, ok: bool, started: Instant) {
-        let us = started.elapsed().as_micros() as u64;
-        self.ops.fetch_add(1, Ordering::Relaxed);
-        if !ok {
-            self.errors.fetch_add(1, Ordering::Relaxed);
-        }
-        self.latency_us_total.fetch_add(us, Ordering::Relaxed);
-        self.latency_us_max.fetch_max(us, Ordering::Relaxed);
-    }
-}
 
 /// The export's root directory, opened beneath the array root without following any symlink.
 pub struct Root {
@@ -135,7 +112,7 @@ pub struct Shared {
     pub table: RwLock<Arc<Table>>,
     pub fds: Mutex<HashMap<Vec<u8>, Arc<OwnedFd>>>,
     streams: Mutex<HashMap<StreamKey, DirStream>>,
-    stats: Mutex<HashMap<u32, Arc<Stats>>>,
+    pub metrics: Metrics,
     /// Changes at every start: clients resend UNSTABLE writes not yet committed.
     pub write_verifier: [u8; 8],
     pub limits: Limits,
@@ -153,7 +130,7 @@ impl Shared {
             table: RwLock::new(Arc::new(Table::default())),
             fds: Mutex::new(HashMap::new()),
             streams: Mutex::new(HashMap::new()),
-            stats: Mutex::new(HashMap::new()),
+            metrics: Metrics::default(),
             write_verifier,
             limits,
             rt: tokio::runtime::Handle::current(),
@@ -187,13 +164,7 @@ impl Shared {
                     None
                 }
             };
-            let stats = self
-                .stats
-                .lock()
-                .expect("stats lock")
-                .entry(id)
-                .or_default()
-                .clone();
+            let stats = self.metrics.stats(id, &spec.name);
             let e = Arc::new(Export {
                 id,
                 policy: Policy::new(&spec),
@@ -204,6 +175,7 @@ impl Shared {
             t.by_name.insert(e.spec.name.clone(), e.clone());
             t.by_id.insert(id, e);
         }
+        self.metrics.retain(|id| t.by_id.contains_key(&id));
         *self.table.write().expect("table lock") = Arc::new(t);
         Ok(())
     }
@@ -264,184 +236,36 @@ impl Shared {
         self.fds.lock().expect("fd cache").remove(fh);
     }
 
-    fn log_stats(&self, last: &mut HashMap<u32, u64>) {
-        let t = self.table();
-        for e in t.by_id.values() {
-            let ops = e.stats.ops.load(Ordering::Relaxed);
-            if last.get(&e.id) == Some(&ops) {
+    fn log_stats(&self, last: &mut HashMap<String, u64>) {
+        for e in self.metrics.snapshot() {
+            let ops: u64 = e.procedures.iter().map(|p| p.count).sum();
+            if last.get(&e.export) == Some(&ops) {
                 continue;
             }
-            last.insert(e.id, ops);
-            let total = e.stats.latency_us_total.load(Ordering::Relaxed);
+            last.insert(e.export.clone(), ops);
+            let errors: u64 = e.procedures.iter().map(|p| p.errors).sum();
+            let secs: f64 = e.procedures.iter().map(|p| p.latency_seconds_sum).sum();
             tracing::info!(
-                export = %e.spec.name,
+                export = %e.export,
                 ops,
-                errors = e.stats.errors.load(Ordering::Relaxed),
-                bytes_read = e.stats.bytes_read.load(Ordering::Relaxed),
-                bytes_written = e.stats.bytes_written.load(Ordering::Relaxed),
-                mean_latency_us = total.checked_div(ops).unwrap_or(0),
-                max_latency_us = e.stats.latency_us_max.swap(0, Ordering::Relaxed),
+                errors,
+                bytes_read = e.bytes_read,
+                bytes_written = e.bytes_written,
+                mean_latency_us = if ops > 0 { (secs * 1e6 / ops as f64) as u64 } else { 0 },
                 "nfs export statistics"
             );
         }
     }
 }
 
-/// A request on its way to a worker thread.
-struct Job {
-    shared: Arc<Shared>,
-    record: Vec<u8>,
-    peer: IpAddr,
-    out: Arc<Out>,
-    conn_permit: OwnedSemaphorePermit,
-    _queue_permit: OwnedSemaphorePermit,
-}
-
-/// A reply being sent: the bytes, how many are written, and the connection's in-flight permit,
-/// released once the reply is out.
-type Queued = (Vec<u8>, usize, OwnedSemaphorePermit);
-
-/// The sending side of a connection, shared by the worker threads and a writer task. A worker
-/// writes its reply straight to the socket when nothing is queued and the socket takes it all
-/// without blocking (no hand-off, one context switch less per call); otherwise the rest is queued
-/// for the writer task, so a client that does not read its replies never blocks a worker.
-struct Out {
-    half: OwnedWriteHalf,
-    queue: Mutex<VecDeque<Queued>>,
-    wake: Notify,
-    /// The reader is done and every reply is queued or sent.
-    finished: AtomicBool,
-    /// The writer gave up (socket error, or a peer that reads nothing): replies are dropped.
-    dead: AtomicBool,
-}
-
-impl Out {
-    fn send(&self, buf: Vec<u8>, permit: OwnedSemaphorePermit) {
-        let mut q = self.queue.lock().expect("reply queue");
-        if self.dead.load(Ordering::Relaxed) {
-            return;
-        }
-        let mut off = 0;
-        if q.is_empty() {
-            while off < buf.len() {
-                match self.half.try_write(&buf[off..]) {
-                    Ok(n) => off += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    // A dead connection: the reply is dropped, the reader sees the end.
-                    Err(_) => return,
-                }
-            }
-            if off == buf.len() {
-                return;
-            }
-        }
-        q.push_back((buf, off, permit));
-        drop(q);
-        self.wake.notify_one();
-    }
-
-    fn give_up(&self) {
-        let mut q = self.queue.lock().expect("reply queue");
-        self.dead.store(true, Ordering::Relaxed);
-        q.clear();
-    }
-
-    /// The writer task: sends what workers could not, until the connection is finished.
-    async fn drain(&self, idle: Duration) {
-        loop {
-            loop {
-                if self.queue.lock().expect("reply queue").is_empty() {
-                    break;
-                }
-                match tokio::time::timeout(idle, self.half.writable()).await {
-                    Ok(Ok(())) => {}
-                    // The peer reads nothing for this long, or the socket failed: give up.
-                    _ => return self.give_up(),
-                }
-                let mut q = self.queue.lock().expect("reply queue");
-                while let Some((buf, off, _)) = q.front_mut() {
-                    match self.half.try_write(&buf[*off..]) {
-                        Ok(n) => {
-                            *off += n;
-                            if *off == buf.len() {
-                                q.pop_front();
-                            }
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                        Err(_) => {
-                            drop(q);
-                            return self.give_up();
-                        }
-                    }
-                }
-            }
-            if self.finished.load(Ordering::Acquire) {
-                return;
-            }
-            self.wake.notified().await;
-        }
-    }
-}
-
-/// Worker threads: each has its own filesystem identity (fsuid, fsgid, groups) and umask, so
-/// procedures run as the mapped NFS user without affecting the rest of the daemon.
-pub struct Pool {
-    tx: std::sync::mpsc::SyncSender<Job>,
-    queue: Arc<Semaphore>,
-}
-
-impl Pool {
-    pub fn start(threads: usize, queue: usize) -> Result<Self, NfsError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(queue);
-        let rx = Arc::new(Mutex::new(rx));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        for i in 0..threads {
-            let rx = rx.clone();
-            let ready = ready_tx.clone();
-            std::thread::Builder::new()
-                .name(format!("nfs-worker-{i}"))
-                .spawn(move || {
-                    let init = sys::private_umask();
-                    let failed = init.is_err();
-                    let _ = ready.send(init);
-                    if failed {
-                        return;
-                    }
-                    loop {
-                        let job = match rx.lock().expect("job queue").recv() {
-                            Ok(j) => j,
-                            Err(_) => return,
-                        };
-                        let reply = crate::dispatch::handle(&job.shared, &job.record, job.peer);
-                        if let Some(r) = reply {
-                            job.out.send(r, job.conn_permit);
-                        }
-                    }
-                })
-                .map_err(NfsError::Thread)?;
-        }
-        for _ in 0..threads {
-            ready_rx
-                .recv()
-                .map_err(|_| NfsError::Thread(std::io::Error::other("worker died at start")))?
-                .map_err(NfsError::Thread)?;
-        }
-        Ok(Self {
-            tx,
-            queue: Arc::new(Semaphore::new(queue)),
-        })
-    }
-}
-
-/// Serves NFSv3 and MOUNT on `listener` until `shutdown` resolves.
+/// Serves NFSv3 and MOUNT on `listener` until `shutdown` resolves: each accepted connection gets a
+/// thread of its own (at most `max_connections`).
 pub async fn run(
     shared: Arc<Shared>,
     listener: TcpListener,
-    pool: Pool,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), NfsError> {
     let limits = shared.limits;
-    let pool = Arc::new(pool);
     let conns = Arc::new(Semaphore::new(limits.max_connections));
     let refresher = {
         let shared = shared.clone();
@@ -480,88 +304,118 @@ pub async fn run(
             tracing::warn!(%peer, "nfs connection refused: too many connections");
             continue;
         };
-        let _ = stream.set_nodelay(true);
-        let (shared, pool) = (shared.clone(), pool.clone());
-        tokio::spawn(async move {
-            connection(shared, pool, stream, peer).await;
-            drop(permit);
-        });
+        let sock = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "nfs connection dropped");
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("nfs-conn".into())
+            .stack_size(CONNECTION_STACK)
+            .spawn(move || connection(shared, sock, peer, permit));
+        if let Err(e) = spawned {
+            tracing::error!(%peer, error = %e, "cannot start an nfs connection thread");
+        }
     }
     refresher.abort();
     Ok(())
 }
 
-async fn connection(
+/// Writes a reply: its head, then the READ data waiting in the thread's splice pipe and its XDR
+/// padding.
+fn send(
+    sock: &std::net::TcpStream,
+    wr: &mut &std::net::TcpStream,
+    reply: &crate::rpc::Reply,
+) -> std::io::Result<()> {
+    if reply.spliced == 0 {
+        return wr.write_all(&reply.head);
+    }
+    let pad = crate::xdr::pad(reply.spliced);
+    sys::send_more(sock, &reply.head)?;
+    sys::splice_out(sock, pad > 0)?;
+    wr.write_all(&[0u8; 3][..pad])
+}
+
+/// Time slice asked for connection threads (the kernel's minimum is 0.1 ms).
+const CALL_SLICE_NS: u64 = 100_000;
+
+/// Stack of a connection thread: procedures keep their buffers on the heap.
+const CONNECTION_STACK: usize = 512 * 1024;
+
+/// One connection, on its own thread: read a record, run it, write the reply, in turn. The thread
+/// is the daemon's own (never a tokio thread), has a private umask of 0, and switches its
+/// filesystem identity to each call's mapped user. One request is served at a time: while it runs
+/// the connection is not read, so a client pipelining calls is held back by TCP. Memory: the
+/// record buffer (at most one record plus one read-ahead) and one reply.
+fn connection(
     shared: Arc<Shared>,
-    pool: Arc<Pool>,
-    stream: tokio::net::TcpStream,
+    sock: std::net::TcpStream,
     peer: SocketAddr,
+    _permit: OwnedSemaphorePermit,
 ) {
     let limits = shared.limits;
-    let (rd, wr) = stream.into_split();
-    let mut rd = BufReader::with_capacity(64 * 1024, rd);
-    let out = Arc::new(Out {
-        half: wr,
-        queue: Mutex::new(VecDeque::new()),
-        wake: Notify::new(),
-        finished: AtomicBool::new(false),
-        dead: AtomicBool::new(false),
-    });
-    let writer = {
-        let out = out.clone();
-        tokio::spawn(async move { out.drain(limits.idle_timeout).await })
-    };
-    let in_flight = Arc::new(Semaphore::new(limits.in_flight));
+    if let Err(e) = sys::private_umask() {
+        tracing::error!(%peer, error = %e, "nfs connection thread cannot get a private umask");
+        return;
+    }
+    // The listener's sockets are non-blocking (tokio's); this thread blocks, with time limits: a
+    // client that sends nothing, or reads none of its replies, for `idle_timeout` is dropped.
+    let setup = sock
+        .set_nonblocking(false)
+        .and_then(|()| sock.set_nodelay(true))
+        .and_then(|()| sock.set_read_timeout(Some(limits.idle_timeout)))
+        .and_then(|()| sock.set_write_timeout(Some(limits.idle_timeout)));
+    if let Err(e) = setup {
+        tracing::debug!(%peer, error = %e, "nfs connection dropped");
+        return;
+    }
+    // Calls are short and a client waits for each: run them as soon as they arrive.
+    if let Err(e) = sys::short_slice(CALL_SLICE_NS) {
+        tracing::debug!(error = %e, "nfs connection thread keeps the default time slice");
+    }
     let peer_ip = peer.ip().to_canonical();
+    let mut reader = RecordReader::new(limits.max_record);
+    let mut rd = &sock;
+    let mut wr = &sock;
     loop {
-        // Throttle: with `in_flight` requests unanswered, stop reading (TCP pushes back).
-        let Ok(conn_permit) = in_flight.clone().acquire_owned().await else {
-            break;
-        };
-        let record = match tokio::time::timeout(
-            limits.idle_timeout,
-            rpc::read_record(&mut rd, limits.max_record),
-        )
-        .await
-        {
-            Ok(Ok(r)) => r,
-            Ok(Err(RecordError::Closed)) => break,
-            Ok(Err(RecordError::TooLarge(n))) => {
+        let record = match reader.next(&mut rd) {
+            Ok(r) => r,
+            Err(RecordError::Closed) => break,
+            Err(RecordError::TooLarge(n)) => {
                 tracing::warn!(%peer, bytes = n, "nfs record over the limit; connection dropped");
                 break;
             }
-            Ok(Err(RecordError::TooManyFragments)) => {
+            Err(RecordError::TooManyFragments) => {
                 tracing::warn!(%peer, "nfs record with too many fragments; connection dropped");
                 break;
             }
-            Ok(Err(RecordError::Io(e))) => {
-                tracing::debug!(%peer, error = %e, "nfs connection read failed");
-                break;
-            }
-            Err(_) => {
+            Err(RecordError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
                 tracing::debug!(%peer, "idle nfs connection closed");
                 break;
             }
+            Err(RecordError::Io(e)) => {
+                tracing::debug!(%peer, error = %e, "nfs connection read failed");
+                break;
+            }
         };
-        let Ok(queue_permit) = pool.queue.clone().acquire_owned().await else {
+        let Some(reply) = crate::dispatch::handle(&shared, record, peer_ip) else {
+            tracing::debug!(%peer, "nfs record is not an rpc call; connection dropped");
             break;
         };
-        let job = Job {
-            shared: shared.clone(),
-            record,
-            peer: peer_ip,
-            out: out.clone(),
-            conn_permit,
-            _queue_permit: queue_permit,
-        };
-        if pool.tx.try_send(job).is_err() {
-            tracing::error!("nfs worker queue unexpectedly full");
+        let sent = send(&sock, &mut wr, &reply);
+        crate::xdr::recycle(reply.head);
+        if let Err(e) = sent {
+            tracing::debug!(%peer, error = %e, "nfs reply not sent; connection dropped");
             break;
         }
     }
-    // Every reply is out (or dropped with a dead connection) once all in-flight permits are back.
-    let _ = in_flight.acquire_many(limits.in_flight as u32).await;
-    out.finished.store(true, Ordering::Release);
-    out.wake.notify_one();
-    let _ = writer.await;
 }

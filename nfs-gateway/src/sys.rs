@@ -375,6 +375,155 @@ pub fn pread_append(
     Ok(done)
 }
 
+/// A pipe used to move file data to a socket without copying it through user memory.
+struct Pipe {
+    rd: OwnedFd,
+    wr: OwnedFd,
+    /// Bytes in the pipe, not yet moved out.
+    held: usize,
+}
+
+/// Room asked for in a splice pipe: one largest READ (the kernel's default pipe-max-size).
+const PIPE_SIZE: usize = 1024 * 1024;
+
+thread_local! {
+    /// The calling thread's splice pipe (made on first use, dropped after any failure).
+    static PIPE: RefCell<Option<Pipe>> = const { RefCell::new(None) };
+}
+
+fn new_pipe(size: usize) -> io::Result<Pipe> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` has room for the two fds pipe2 returns.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: pipe2 succeeded: both fds are ours.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: plain fcntl on a pipe we own. Smaller than asked (a lower pipe-max-size) is fine:
+    // reads are then short, and clients continue them.
+    unsafe { libc::fcntl(wr.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int) };
+    Ok(Pipe { rd, wr, held: 0 })
+}
+
+/// Moves up to `count` bytes of `file` at `offset` into the thread's pipe (page references, no
+/// copy), for [`splice_out`] to send after the reply's header; returns how many (fewer only at
+/// the end of the file). An error leaves nothing held: the caller may read the data instead.
+pub fn splice_in(file: &impl AsRawFd, offset: u64, count: usize) -> io::Result<usize> {
+    PIPE.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.as_ref().is_some_and(|p| p.held != 0) {
+            *p = None;
+        }
+        if p.is_none() {
+            *p = Some(new_pipe(PIPE_SIZE)?);
+        }
+        let pipe = p.as_mut().expect("made above");
+        let mut off = offset as libc::off64_t;
+        while pipe.held < count {
+            // SAFETY: valid fds; `off` is a valid in/out offset for the file.
+            let n = unsafe {
+                libc::splice(
+                    file.as_raw_fd(),
+                    &mut off,
+                    pipe.wr.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    count - pipe.held,
+                    libc::SPLICE_F_NONBLOCK,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::Interrupted => continue,
+                    // The pipe is full (a read not aligned to pages needs one slot more): a
+                    // short read, which NFS clients continue.
+                    io::ErrorKind::WouldBlock if pipe.held > 0 => break,
+                    _ => {}
+                }
+                *p = None;
+                return Err(e);
+            }
+            if n == 0 {
+                break;
+            }
+            pipe.held += n as usize;
+        }
+        Ok(pipe.held)
+    })
+}
+
+/// Sends everything [`splice_in`] put in the thread's pipe to `sock` (blocking, with the
+/// socket's send timeout); `more`: further bytes of the same reply follow.
+pub fn splice_out(sock: &impl AsRawFd, more: bool) -> io::Result<()> {
+    PIPE.with(|p| {
+        let mut p = p.borrow_mut();
+        let Some(pipe) = p.as_mut() else {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        };
+        let flags = if more { libc::SPLICE_F_MORE } else { 0 };
+        while pipe.held > 0 {
+            // SAFETY: valid fds; no offsets for a pipe and a socket.
+            let n = unsafe {
+                libc::splice(
+                    pipe.rd.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    sock.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    pipe.held,
+                    flags,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                *p = None;
+                return Err(e);
+            }
+            if n == 0 {
+                *p = None;
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            pipe.held -= n as usize;
+        }
+        Ok(())
+    })
+}
+
+/// Drops whatever the thread's pipe holds (a reply that will not be sent).
+pub fn splice_discard() {
+    PIPE.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.as_ref().is_some_and(|p| p.held != 0) {
+            *p = None;
+        }
+    });
+}
+
+/// `send(sock, data, MSG_MORE)` until all is sent: more of the same reply follows.
+pub fn send_more(sock: &impl AsRawFd, data: &[u8]) -> io::Result<()> {
+    let mut done = 0;
+    while done < data.len() {
+        // SAFETY: the pointer and length describe the unsent tail of `data`.
+        let n = unsafe {
+            libc::send(
+                sock.as_raw_fd(),
+                data[done..].as_ptr().cast(),
+                data.len() - done,
+                libc::MSG_MORE | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
 pub fn pwrite(fd: &impl AsRawFd, data: &[u8], offset: u64) -> io::Result<usize> {
     let mut done = 0;
     while done < data.len() {
@@ -474,6 +623,26 @@ pub fn private_umask() -> io::Result<()> {
     Ok(())
 }
 
+/// Asks the scheduler for a short time slice for the calling thread (`sched_setattr` with
+/// SCHED_OTHER, nice unchanged, `sched_runtime` = `slice_ns`; EEVDF kernels, 6.12 and later):
+/// its CPU share is unchanged, but a call that wakes it is run sooner (an earlier deadline) rather
+/// than queued behind CPU-bound work. Older kernels ignore the value.
+pub fn short_slice(slice_ns: u64) -> io::Result<()> {
+    // SAFETY: sched_attr is plain data; all-zero is a valid start.
+    let mut a: libc::sched_attr = unsafe { std::mem::zeroed() };
+    a.size = std::mem::size_of::<libc::sched_attr>() as u32;
+    a.sched_policy = libc::SCHED_OTHER as u32;
+    // SAFETY: plain syscall on the calling thread (pid 0).
+    a.sched_nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+    a.sched_runtime = slice_ns;
+    // SAFETY: `a` is a valid sched_attr of the size it declares; pid 0 is the calling thread.
+    let rc = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &a as *const libc::sched_attr, 0) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 thread_local! {
     static CURRENT: RefCell<Ident> = const { RefCell::new(Ident::ROOT) };
 }
@@ -559,6 +728,39 @@ mod tests {
     fn is_root() -> bool {
         // SAFETY: geteuid has no preconditions.
         unsafe { libc::geteuid() == 0 }
+    }
+
+    #[test]
+    fn short_slice_applies_to_the_calling_thread_only() {
+        let slice = |s: &str| -> Option<u64> {
+            s.lines()
+                .find(|l| l.starts_with("se.slice"))?
+                .split(':')
+                .nth(1)?
+                .trim()
+                .parse()
+                .ok()
+        };
+        let before = std::fs::read_to_string("/proc/thread-self/sched").ok();
+        std::thread::spawn(move || {
+            short_slice(100_000).unwrap();
+            // Kernels with EEVDF slices and scheduler statistics show it.
+            if let Some(v) = std::fs::read_to_string("/proc/thread-self/sched")
+                .ok()
+                .as_deref()
+                .and_then(slice)
+            {
+                assert_eq!(v, 100_000);
+            }
+        })
+        .join()
+        .unwrap();
+        let after = std::fs::read_to_string("/proc/thread-self/sched").ok();
+        assert_eq!(
+            before.as_deref().and_then(slice),
+            after.as_deref().and_then(slice),
+            "this thread is unchanged"
+        );
     }
 
     #[test]

@@ -76,11 +76,30 @@ pub struct Encoder {
     pub buf: Vec<u8>,
 }
 
+thread_local! {
+    /// The reply buffer of the thread's last call, kept for the next one: a 1 MiB READ reply is
+    /// then neither allocated nor faulted in again at every call.
+    static SPARE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Largest reply buffer kept for reuse.
+const MAX_SPARE: usize = 2 * 1024 * 1024;
+
+/// Gives a sent reply's buffer back for the thread's next reply.
+pub fn recycle(mut buf: Vec<u8>) {
+    if buf.capacity() <= MAX_SPARE {
+        buf.clear();
+        SPARE.set(buf);
+    }
+}
+
 impl Encoder {
+    /// An empty reply buffer with room for `n` bytes (the thread's spare one when there is).
     pub fn with_capacity(n: usize) -> Self {
-        Self {
-            buf: Vec::with_capacity(n),
-        }
+        let mut buf = SPARE.take();
+        buf.clear();
+        buf.reserve(n);
+        Self { buf }
     }
 
     pub fn len(&self) -> usize {

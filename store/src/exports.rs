@@ -25,6 +25,8 @@ pub struct ExportRow {
     pub squash: String,
     pub anon_uid: i64,
     pub anon_gid: i64,
+    /// Declared in the config file (which then decides whether it exists), not made by the API.
+    pub from_config: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -39,7 +41,8 @@ pub struct NewExport<'a> {
     pub anon_gid: i64,
 }
 
-const COLUMNS: &str = "id, name, path, clients, squash, anon_uid, anon_gid, created_at, updated_at";
+const COLUMNS: &str =
+    "id, name, path, clients, squash, anon_uid, anon_gid, from_config, created_at, updated_at";
 
 fn row_from(r: &sqlx::sqlite::SqliteRow) -> Result<ExportRow> {
     use sqlx::Row;
@@ -52,6 +55,7 @@ fn row_from(r: &sqlx::sqlite::SqliteRow) -> Result<ExportRow> {
         squash: r.try_get("squash")?,
         anon_uid: r.try_get("anon_uid")?,
         anon_gid: r.try_get("anon_gid")?,
+        from_config: r.try_get("from_config")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
     })
@@ -134,6 +138,17 @@ impl Store {
         rows.iter().map(row_from).collect()
     }
 
+    /// Marks the export named `name` as declared in the config file (or not); false when there is
+    /// no such export.
+    pub async fn set_export_from_config(&self, name: &str, from_config: bool) -> Result<bool> {
+        let done = sqlx::query("UPDATE exports SET from_config = ? WHERE name = ?")
+            .bind(from_config)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     pub async fn delete_export(&self, name: &str) -> Result<bool> {
         let done = sqlx::query("DELETE FROM exports WHERE name = ?")
             .bind(name)
@@ -203,6 +218,12 @@ mod tests {
         assert_eq!((upd.id, upd.squash.as_str()), (a.id, "all"));
         assert_eq!(upd.clients, ro);
         assert!(store.update_export(new("zz")).await.unwrap().is_none());
+        // The config-file mark: off for API exports, kept by updates.
+        assert!(!upd.from_config);
+        assert!(store.set_export_from_config("a", true).await.unwrap());
+        assert!(!store.set_export_from_config("zz", true).await.unwrap());
+        let upd = store.update_export(new("a")).await.unwrap().unwrap();
+        assert!(upd.from_config);
         assert!(store.delete_export("a").await.unwrap());
         assert!(!store.delete_export("a").await.unwrap());
         let again = store.insert_export(new("a")).await.unwrap();

@@ -85,6 +85,12 @@ pub enum Command {
     /// Manage scheduled jobs.
     #[command(subcommand)]
     Job(crate::cli_jobs::JobCmd),
+    /// Manage file watches.
+    #[command(subcommand)]
+    Watch(crate::cli_events::WatchCmd),
+    /// Follow file events.
+    #[command(subcommand)]
+    Events(crate::cli_events::EventsCmd),
     /// Change a container's limits live.
     Update {
         #[command(flatten)]
@@ -305,6 +311,8 @@ pub async fn run(host: String, as_json: bool, command: Command) -> Result<ExitCo
         Command::Engine(cmd) => return crate::cli_engines::engine(&c, as_json, cmd).await,
         Command::Export(cmd) => return crate::cli_exports::export(&c, as_json, cmd).await,
         Command::Job(cmd) => return crate::cli_jobs::job(&c, as_json, cmd).await,
+        Command::Watch(cmd) => return crate::cli_events::watch(&c, as_json, cmd).await,
+        Command::Events(cmd) => return crate::cli_events::events(&c, cmd).await,
         Command::Update { limits, container } => {
             return crate::cli_engines::update(&c, &container, &limits).await
         }

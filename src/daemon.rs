@@ -30,6 +30,50 @@ pub struct FileConfig {
     pub nfs_listen: Option<String>,
     /// NFS exports made true in SQL at start (see docs/operator-guide.md).
     pub exports: Option<Vec<inarray_nfs::ExportSpec>>,
+    /// File events: coalescing and retention of the event log.
+    pub events: Option<EventsConfig>,
+}
+
+/// `[events]` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Repeated close_write/attrib of one file within this many milliseconds become one event
+    /// (default 0: off; at most 10000).
+    pub coalesce_ms: Option<u64>,
+    /// Events older than this many hours are removed (default 168 = 7 days; 0 = no age limit).
+    pub retention_hours: Option<u64>,
+    /// At most this many events are kept, the oldest removed first (default 10000000; 0 = no
+    /// limit).
+    pub retention_max_events: Option<u64>,
+}
+
+impl EventsConfig {
+    fn options(&self) -> Result<inarray_events::EventsOptions> {
+        let mut o = inarray_events::EventsOptions::default();
+        if let Some(c) = self.coalesce_ms {
+            if c > 10_000 {
+                bail!("events.coalesce_ms: {c} is more than 10000");
+            }
+            o.coalesce = std::time::Duration::from_millis(c);
+        }
+        match self.retention_hours {
+            Some(0) => o.retention_age = None,
+            Some(h) => {
+                o.retention_age = Some(std::time::Duration::from_secs(h.saturating_mul(3600)))
+            }
+            None => {}
+        }
+        match self.retention_max_events {
+            Some(0) => o.retention_max_events = None,
+            Some(n) => {
+                o.retention_max_events =
+                    Some(i64::try_from(n).context("events.retention_max_events")?)
+            }
+            None => {}
+        }
+        Ok(o)
+    }
 }
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/inarray";
@@ -65,6 +109,7 @@ struct Settings {
     engines: Vec<inarray_runtime::engines::EngineDef>,
     nfs_listen: Option<std::net::SocketAddr>,
     exports: Vec<inarray_nfs::ExportSpec>,
+    events: inarray_events::EventsOptions,
 }
 
 fn settings(opts: ServeOpts) -> Result<Settings> {
@@ -134,6 +179,7 @@ fn settings(opts: ServeOpts) -> Result<Settings> {
             None => None,
         },
         exports: file.exports.unwrap_or_default(),
+        events: file.events.unwrap_or_default().options()?,
     })
 }
 
@@ -215,7 +261,7 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
         inarray_runtime::ManagerOptions {
             state_dir: state.clone(),
             array_dir: array.clone(),
-            protected,
+            protected: protected.clone(),
             shim_exe: sealed.path(),
             container_memory: s.container_memory,
         },
@@ -234,6 +280,17 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
         inarray_jobs::JobsOptions::default(),
     );
     jobs.start().await.context("job scheduler")?;
+    // File events: watches restored from SQL; triggers start containers through the manager.
+    let array_root = inarray_runtime::volumes::ArrayRoot::open(&array, &protected)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let events = inarray_events::Events::start(
+        store.clone(),
+        Arc::new(array_root),
+        Some(manager.clone()),
+        s.events.clone(),
+    )
+    .await
+    .context("file events")?;
     inarray_nfs::start(&s.exports, s.nfs_listen, &array, &store)
         .await
         .context("nfs gateway")?;
@@ -261,11 +318,15 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
             }
         });
     }
-    let app = inarray_api::jobs::attach(inarray_api::router(manager), jobs.clone());
+    let app = inarray_api::events::attach(
+        inarray_api::jobs::attach(inarray_api::router(manager), jobs.clone()),
+        events.clone(),
+    );
     serve(app, bound, shutdown_signal())
         .await
         .context("serving the API")?;
     jobs.stop();
+    events.stop().await;
     store.close().await;
     tracing::info!("stopped; containers keep running under their shims");
     drop(sealed);
@@ -344,6 +405,21 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("no such group"), "{e}");
+        std::fs::write(&cfg, "array = \"/a\"\n[events]\ncoalesce_ms = 20000\n").unwrap();
+        let e = settings(opts(Some(cfg.clone()), None, &[]))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("events.coalesce_ms"), "{e}");
+        std::fs::write(
+            &cfg,
+            "array = \"/a\"\n[events]\ncoalesce_ms = 50\nretention_hours = 0\nretention_max_events = 1000\n",
+        )
+        .unwrap();
+        let s = settings(opts(Some(cfg.clone()), None, &[])).unwrap();
+        assert_eq!(s.events.coalesce, std::time::Duration::from_millis(50));
+        assert_eq!(s.events.retention_age, None);
+        assert_eq!(s.events.retention_max_events, Some(1000));
         std::fs::write(&cfg, "array = \"/a\"\nsocket_mode = \"rw\"\n").unwrap();
         let e = settings(opts(Some(cfg), None, &[]))
             .err()

@@ -3,6 +3,7 @@
 pub mod client;
 pub mod engines;
 pub mod error;
+pub mod events;
 pub mod exports;
 pub mod extract;
 pub mod jobs;

@@ -55,6 +55,7 @@ pub fn router(manager: Manager) -> Router {
         .merge(crate::engines::routes())
         .merge(crate::exports::routes())
         .merge(crate::jobs::routes())
+        .merge(crate::events::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -53,7 +53,8 @@ pub struct WatchView {
     pub watched_dirs: usize,
     pub known_entries: usize,
     pub resyncs: u64,
-    pub events: u64,
+    /// Events this watch has reported since the daemon started.
+    pub events_seen: u64,
     pub error: Option<String>,
     pub created_at: DateTime<Utc>,
 }
@@ -619,7 +620,7 @@ fn view(e: &WatchEntry) -> WatchView {
         watched_dirs: s.watched_dirs,
         known_entries: s.known_entries,
         resyncs: s.resyncs,
-        events: s.events,
+        events_seen: s.events,
         error: s.error,
         created_at: e.created_at,
     }

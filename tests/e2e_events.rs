@@ -1,0 +1,491 @@
+//! End-to-end: file events on the real daemon, as root, over its socket. `inotifywait` (Debian's
+//! inotify-tools) is the reference for which changes the kernel reports.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::daemon::{Method, TestDaemon};
+use serde_json::{json, Value};
+
+/// Polls a subscription (acknowledging) until `quiet` passes without an event.
+async fn drain(d: &TestDaemon, sub: &str, quiet_secs: u64) -> Vec<Value> {
+    let mut all = Vec::new();
+    loop {
+        let v = d
+            .ok(
+                Method::GET,
+                &format!("/v1/subscriptions/{sub}/events?wait={quiet_secs}&max=10000"),
+                None,
+            )
+            .await;
+        let evs = v["events"].as_array().unwrap().clone();
+        let Some(last) = evs.last().map(|e| e["seq"].as_i64().unwrap()) else {
+            return all;
+        };
+        d.ok(
+            Method::POST,
+            &format!("/v1/subscriptions/{sub}/ack"),
+            Some(json!({"seq": last})),
+        )
+        .await;
+        all.extend(evs);
+    }
+}
+
+/// Our events as (change, path) pairs: a move is its two halves, like inotify's.
+fn changes(events: &[Value]) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    for e in events {
+        let path = e["path"].as_str().unwrap().to_owned();
+        match e["kind"].as_str().unwrap() {
+            "move" => {
+                if let Some(old) = e["old_path"].as_str() {
+                    out.insert(("moved_from".into(), old.to_owned()));
+                }
+                out.insert(("moved_to".into(), path));
+            }
+            "resync" => {}
+            k => {
+                out.insert((k.to_owned(), path));
+            }
+        }
+    }
+    out
+}
+
+fn sh(script: &str, dir: &Path) {
+    let st = Command::new("sh")
+        .arg("-ec")
+        .arg(script)
+        .current_dir(dir)
+        .status()
+        .unwrap();
+    assert!(st.success(), "{script}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_changes_as_inotifywait_on_a_scripted_workload() {
+    let d = TestDaemon::start().await;
+    let w = d.array.join("w");
+    std::fs::create_dir_all(w.join("a")).unwrap();
+    std::fs::create_dir_all(w.join("b")).unwrap();
+    d.ok(
+        Method::POST,
+        "/v1/watches",
+        Some(json!({"name": "w", "path": "w"})),
+    )
+    .await;
+    d.ok(
+        Method::POST,
+        "/v1/subscriptions",
+        Some(json!({"name": "s", "watches": ["w"]})),
+    )
+    .await;
+    let mut iw = Command::new("inotifywait")
+        .args([
+            "-m",
+            "-r",
+            "-q",
+            "-e",
+            "create,close_write,delete,moved_from,moved_to",
+            "--format",
+            "%e|%w%f",
+        ])
+        .arg(&w)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("inotifywait (apt-get install inotify-tools)");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Creates, renames across directories, deletes, mkdir -p deep then files in it.
+    sh(
+        "for i in 1 2 3 4 5; do echo $i > a/f$i; done
+         mv a/f1 b/f1
+         mv a/f2 b/renamed
+         rm a/f3
+         mkdir -p deep/x/y/z
+         for i in 1 2 3; do echo $i > deep/x/y/z/g$i; done
+         mv deep/x b/x
+         echo late > b/x/y/late
+         rm b/f1
+         mkdir c && rmdir c",
+        &w,
+    );
+    let ours = changes(&drain(&d, "s", 2).await);
+    let _ = iw.kill();
+    let out = iw.stdout.take().unwrap();
+    let _ = iw.wait();
+    let prefix = format!("{}/", d.array.display());
+    let mut theirs = BTreeSet::new();
+    for line in BufReader::new(out).lines().map_while(Result::ok) {
+        let (ev, path) = line.split_once('|').unwrap();
+        let path = path.strip_prefix(&prefix).unwrap().to_owned();
+        let is_dir = ev.contains("ISDIR");
+        let kind = if ev.contains("CLOSE_WRITE") {
+            "close_write"
+        } else if ev.contains("CREATE") {
+            if is_dir {
+                "mkdir"
+            } else {
+                "create"
+            }
+        } else if ev.contains("MOVED_FROM") {
+            "moved_from"
+        } else if ev.contains("MOVED_TO") {
+            "moved_to"
+        } else if ev.contains("DELETE") {
+            "delete"
+        } else {
+            continue;
+        };
+        theirs.insert((kind.to_owned(), path));
+    }
+    // What the script did, written out.
+    let mut truth = BTreeSet::new();
+    let mut add = |k: &str, p: &str| truth.insert((k.to_owned(), format!("w/{p}")));
+    for i in 1..=5 {
+        add("create", &format!("a/f{i}"));
+        add("close_write", &format!("a/f{i}"));
+    }
+    add("moved_from", "a/f1");
+    add("moved_to", "b/f1");
+    add("moved_from", "a/f2");
+    add("moved_to", "b/renamed");
+    add("delete", "a/f3");
+    for p in ["deep", "deep/x", "deep/x/y", "deep/x/y/z"] {
+        add("mkdir", p);
+    }
+    for i in 1..=3 {
+        add("create", &format!("deep/x/y/z/g{i}"));
+        add("close_write", &format!("deep/x/y/z/g{i}"));
+    }
+    add("moved_from", "deep/x");
+    add("moved_to", "b/x");
+    add("create", "b/x/y/late");
+    add("close_write", "b/x/y/late");
+    add("delete", "b/f1");
+    add("mkdir", "c");
+    add("delete", "c");
+    assert_eq!(ours, truth, "inarray vs the script");
+    let missed: Vec<_> = truth.difference(&theirs).collect();
+    let extra: Vec<_> = theirs.difference(&truth).collect();
+    assert!(
+        extra.is_empty(),
+        "inotifywait saw changes the script did not make: {extra:?}"
+    );
+    // inotifywait has no scan after it watches a new directory: files created in `mkdir -p`
+    // trees before its watch lands are missed by it, never by us.
+    for (k, p) in &missed {
+        assert!(
+            p.starts_with("w/deep/"),
+            "inotifywait missed {k} {p}, outside the mkdir -p tree"
+        );
+    }
+    eprintln!(
+        "inotifywait: {} of {} changes ({} missed in the mkdir -p tree); inarray: {}",
+        theirs.len(),
+        truth.len(),
+        missed.len(),
+        ours.len()
+    );
+}
+
+/// Restores a /proc/sys value when dropped.
+struct Sysctl {
+    path: &'static str,
+    old: String,
+}
+
+impl Sysctl {
+    fn set(path: &'static str, value: &str) -> Self {
+        let old = std::fs::read_to_string(path).unwrap();
+        std::fs::write(path, value).unwrap();
+        Self { path, old }
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        std::fs::write(self.path, self.old.trim()).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_overflow_is_resynced_without_loss() {
+    let d = TestDaemon::start().await;
+    let w = d.array.join("flood");
+    std::fs::create_dir_all(&w).unwrap();
+    std::fs::write(w.join("before"), b"x").unwrap();
+    {
+        // The kernel sizes an inotify queue when the instance is made: lower the limit only
+        // while the watch is created.
+        let _q = Sysctl::set("/proc/sys/fs/inotify/max_queued_events", "64");
+        d.ok(
+            Method::POST,
+            "/v1/watches",
+            Some(json!({"name": "flood", "path": "flood"})),
+        )
+        .await;
+    }
+    d.ok(
+        Method::POST,
+        "/v1/subscriptions",
+        Some(json!({"name": "s", "watches": ["flood"], "from": "beginning"})),
+    )
+    .await;
+    // Tens of thousands of changes at once.
+    let dir = w.clone();
+    tokio::task::spawn_blocking(move || {
+        for k in 0..4 {
+            let sub = dir.join(format!("d{k}"));
+            std::fs::create_dir(&sub).unwrap();
+            for i in 0..5000 {
+                std::fs::write(sub.join(format!("f{i}")), b"data").unwrap();
+            }
+        }
+        for i in 0..1000 {
+            std::fs::remove_file(dir.join(format!("d0/f{i}"))).unwrap();
+        }
+        std::fs::remove_file(dir.join("before")).unwrap();
+    })
+    .await
+    .unwrap();
+    let events = drain(&d, "s", 3).await;
+    let resyncs = events.iter().filter(|e| e["kind"] == "resync").count();
+    assert!(resyncs >= 1, "no resync event in {} events", events.len());
+    // Replaying the events over the state at the start gives the tree as it is.
+    let mut state: BTreeSet<String> = ["flood/before".to_string()].into();
+    for e in &events {
+        let p = e["path"].as_str().unwrap().to_owned();
+        match e["kind"].as_str().unwrap() {
+            "create" | "mkdir" | "close_write" => {
+                state.insert(p);
+            }
+            "delete" => {
+                state.retain(|x| x != &p && !x.starts_with(&format!("{p}/")));
+            }
+            "move" => {
+                if let Some(o) = e["old_path"].as_str() {
+                    state.remove(o);
+                }
+                state.insert(p);
+            }
+            _ => {}
+        }
+    }
+    let mut scan = BTreeSet::new();
+    for k in 0..4 {
+        scan.insert(format!("flood/d{k}"));
+        for f in std::fs::read_dir(w.join(format!("d{k}"))).unwrap() {
+            scan.insert(format!(
+                "flood/d{k}/{}",
+                f.unwrap().file_name().to_string_lossy()
+            ));
+        }
+    }
+    assert_eq!(scan.len(), 4 + 19_000);
+    let lost: Vec<_> = scan.difference(&state).take(10).collect();
+    let ghosts: Vec<_> = state.difference(&scan).take(10).collect();
+    assert!(
+        lost.is_empty() && ghosts.is_empty(),
+        "lost {lost:?}, ghosts {ghosts:?}"
+    );
+    let watch = d.ok(Method::GET, "/v1/watches/flood", None).await;
+    assert!(watch["resyncs"].as_u64().unwrap() >= 1, "{watch}");
+    eprintln!("{} events, {resyncs} resync(s)", events.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacknowledged_events_are_redelivered_and_survive_kill_9() {
+    let mut d = TestDaemon::start().await;
+    let w = d.array.join("inbox");
+    std::fs::create_dir_all(&w).unwrap();
+    d.ok(
+        Method::POST,
+        "/v1/watches",
+        Some(json!({"name": "inbox", "path": "inbox", "events": ["close_write"]})),
+    )
+    .await;
+    d.ok(
+        Method::POST,
+        "/v1/subscriptions",
+        Some(json!({"name": "c", "ack_deadline_seconds": 1})),
+    )
+    .await;
+    std::fs::write(w.join("one"), b"1").unwrap();
+    // A consumer takes the event and dies without acknowledging it.
+    let first = d
+        .ok(
+            Method::GET,
+            "/v1/subscriptions/c/events?wait=10&max=10",
+            None,
+        )
+        .await;
+    assert_eq!(first["events"].as_array().unwrap().len(), 1, "{first}");
+    assert_eq!(first["redelivery"], false);
+    let again = d
+        .ok(
+            Method::GET,
+            "/v1/subscriptions/c/events?wait=10&max=10",
+            None,
+        )
+        .await;
+    assert_eq!(again["redelivery"], true, "{again}");
+    assert_eq!(again["events"], first["events"]);
+    let seq1 = first["events"][0]["seq"].as_i64().unwrap();
+    d.ok(
+        Method::POST,
+        "/v1/subscriptions/c/ack",
+        Some(json!({"seq": seq1})),
+    )
+    .await;
+
+    // Events in the log when the daemon is killed are delivered after the restart.
+    for n in ["two", "three"] {
+        std::fs::write(w.join(n), n).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = d
+            .ok(Method::GET, &format!("/v1/events?after={seq1}"), None)
+            .await;
+        if log.as_array().unwrap().len() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "events not logged: {log}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    d.kill9();
+    d.launch().await;
+    let after = drain(&d, "c", 2).await;
+    let paths: Vec<&str> = after.iter().map(|e| e["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["inbox/two", "inbox/three"], "{after:?}");
+    // The watch was restored from SQL.
+    std::fs::write(w.join("four"), b"4").unwrap();
+    let more = drain(&d, "c", 2).await;
+    assert_eq!(more.len(), 1, "{more:?}");
+    assert_eq!(more[0]["path"], "inbox/four");
+    assert!(more[0]["seq"].as_i64().unwrap() > after[1]["seq"].as_i64().unwrap());
+}
+
+async fn containers_named(d: &TestDaemon, prefix: &str) -> Vec<Value> {
+    let all = d.ok(Method::GET, "/v1/containers?all=true", None).await;
+    all.as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["name"].as_str().unwrap_or("").starts_with(prefix))
+        .cloned()
+        .collect()
+}
+
+async fn until_count(d: &TestDaemon, prefix: &str, n: usize, secs: u64) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let c = containers_named(d, prefix).await;
+        if c.len() >= n {
+            return c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{prefix}: {} containers, want {n}\n{}",
+            c.len(),
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_runs_one_container_per_new_file_and_a_self_writing_one_does_not_loop() {
+    let d = TestDaemon::start().await;
+    d.with_busybox().await;
+    std::fs::create_dir_all(d.array.join("trig/in")).unwrap();
+    std::fs::create_dir_all(d.array.join("trig/self")).unwrap();
+    // Reads the new file (read-only volume); the event comes as environment variables.
+    d.ok(
+        Method::POST,
+        "/v1/watches",
+        Some(json!({"name": "per-file", "path": "trig/in", "trigger": {"container": {
+            "image": "busybox",
+            "command": ["sh", "-c", "echo \"got $INARRAY_EVENT_KIND $INARRAY_EVENT_PATH\"; cat \"/in/${INARRAY_EVENT_PATH##*/}\""],
+            "volumes": [{"source": "trig/in", "target": "/in", "read_only": true}],
+        }}})),
+    )
+    .await;
+    for i in 0..3 {
+        // A name that would be dangerous in a shell command line: it stays data.
+        std::fs::write(
+            d.array.join(format!("trig/in/f{i};$(id)")),
+            format!("body{i}"),
+        )
+        .unwrap();
+    }
+    let runs = until_count(&d, "per-file.ev-", 3, 60).await;
+    for c in &runs {
+        let id = c["id"].as_str().unwrap();
+        d.wait_for(id, 60, |c| c["state"] == "exited").await;
+        let logs = d.logs(id).await;
+        assert!(logs.contains("got close_write trig/in/f"), "{logs}");
+        assert!(logs.contains("body"), "{logs}");
+        assert!(
+            !logs.contains("uid="),
+            "the name was run as a command: {logs}"
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        containers_named(&d, "per-file.ev-").await.len(),
+        3,
+        "one per file"
+    );
+
+    // Writes its output next to its input, inside the watched directory.
+    d.ok(
+        Method::POST,
+        "/v1/watches",
+        Some(
+            json!({"name": "selfw", "path": "trig/self", "trigger": {"container": {
+                "image": "busybox",
+                "command": ["sh", "-c", "echo done > \"/data/${INARRAY_EVENT_PATH##*/}.out\""],
+                "volumes": [{"source": "trig/self", "target": "/data"}],
+            }}}),
+        ),
+    )
+    .await;
+    std::fs::write(d.array.join("trig/self/input"), b"x").unwrap();
+    let first = until_count(&d, "selfw.ev-", 1, 60).await;
+    d.wait_for(first[0]["id"].as_str().unwrap(), 60, |c| {
+        c["state"] == "exited"
+    })
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(d.array.join("trig/self/input.out")).unwrap(),
+        "done\n"
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let runs = containers_named(&d, "selfw.ev-").await;
+    assert_eq!(
+        runs.len(),
+        1,
+        "the container's own write retriggered it: {runs:?}"
+    );
+    // The output's event was still logged (and delivered to subscribers).
+    let log = d.ok(Method::GET, "/v1/events?max=10000", None).await;
+    assert!(
+        log.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["path"] == "trig/self/input.out"),
+        "{log}"
+    );
+    // A user's new file after the settle time triggers again: the watch is not switched off.
+    std::fs::write(d.array.join("trig/self/second"), b"y").unwrap();
+    until_count(&d, "selfw.ev-", 2, 60).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(containers_named(&d, "selfw.ev-").await.len(), 2);
+}

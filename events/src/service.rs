@@ -250,15 +250,14 @@ impl Events {
 
     pub async fn create_watch(&self, spec: WatchSpec) -> Result<WatchView, EventsError> {
         spec.validate()?;
-        if spec.trigger.is_some() {
+        if let Some(t) = &spec.trigger {
             let Some(m) = &self.inner.manager else {
                 return Err(invalid(
                     "trigger",
                     "triggers are not available on this daemon",
                 ));
             };
-            let image = &spec.trigger.as_ref().expect("trigger").container.image;
-            m.find_image(image)
+            m.find_image(&t.container.image)
                 .await
                 .map_err(|e| invalid("trigger.container.image", e.to_string()))?;
         }

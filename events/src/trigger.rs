@@ -109,7 +109,7 @@ pub(crate) async fn run(ev: Events, watch: String) {
         seq_rx.borrow_and_update();
         let rows = match ev
             .store()
-            .events_after(cursor, &[watch.clone()], 1000)
+            .events_after(cursor, std::slice::from_ref(&watch), 1000)
             .await
         {
             Ok(r) => r,
@@ -156,7 +156,7 @@ pub(crate) async fn run(ev: Events, watch: String) {
                 .collect(),
         };
         for group in groups {
-            fire(&ev, &manager, &watch, &spec, group, &windows).await;
+            fire(&manager, &watch, &spec, group, &windows).await;
         }
         cursor = last;
         if let Err(e) = ev.store().set_trigger_cursor(&watch, cursor).await {
@@ -166,7 +166,6 @@ pub(crate) async fn run(ev: Events, watch: String) {
 }
 
 async fn fire(
-    ev: &Events,
     manager: &inarray_runtime::Manager,
     watch: &str,
     spec: &TriggerSpec,
@@ -197,18 +196,14 @@ async fn fire(
             ));
         }
     }
-    let window = Window {
+    let start = now_us();
+    windows.lock().expect("windows").push(Window {
         writable: writable_dirs(&cfg),
-        start: now_us(),
+        start,
         end: None,
-    };
-    let index = {
-        let mut w = windows.lock().expect("windows");
-        w.push(window);
-        w.len() - 1
-    };
-    let start = window_start(windows, index);
-    let close = |windows: &Arc<Mutex<Vec<Window>>>| {
+    });
+    // Closes this container's window (matched by its start instant).
+    let close = move |windows: &Mutex<Vec<Window>>| {
         let mut w = windows.lock().expect("windows");
         if let Some(x) = w.iter_mut().find(|x| x.start == start && x.end.is_none()) {
             x.end = Some(now_us());
@@ -217,13 +212,10 @@ async fn fire(
     match manager.create(cfg).await {
         Ok(row) => {
             tracing::info!(watch, container = %name, id = %row.id, "trigger: container started");
-            let (m, w, id) = (manager.clone(), windows.clone(), row.id.clone());
+            let (m, w) = (manager.clone(), windows.clone());
             tokio::spawn(async move {
-                let _ = m.wait(&id).await;
-                let mut ws = w.lock().expect("windows");
-                if let Some(x) = ws.iter_mut().find(|x| x.start == start && x.end.is_none()) {
-                    x.end = Some(now_us());
-                }
+                let _ = m.wait(&row.id).await;
+                close(&w);
             });
         }
         Err(e) => {
@@ -231,11 +223,6 @@ async fn fire(
             close(windows);
         }
     }
-    let _ = ev;
-}
-
-fn window_start(windows: &Arc<Mutex<Vec<Window>>>, index: usize) -> i64 {
-    windows.lock().expect("windows")[index].start
 }
 
 #[cfg(test)]

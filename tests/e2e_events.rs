@@ -102,7 +102,9 @@ async fn the_same_changes_as_inotifywait_on_a_scripted_workload() {
         .spawn()
         .expect("inotifywait (apt-get install inotify-tools)");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    // Creates, renames across directories, deletes, mkdir -p deep then files in it.
+    // Creates, renames across directories, deletes, mkdir -p deep then files in it. The pause
+    // before moving the new tree makes what is reported where independent of the timing (a
+    // directory moved before its creation is processed is reported at its new place).
     sh(
         "for i in 1 2 3 4 5; do echo $i > a/f$i; done
          mv a/f1 b/f1
@@ -110,6 +112,7 @@ async fn the_same_changes_as_inotifywait_on_a_scripted_workload() {
          rm a/f3
          mkdir -p deep/x/y/z
          for i in 1 2 3; do echo $i > deep/x/y/z/g$i; done
+         sleep 0.3
          mv deep/x b/x
          echo late > b/x/y/late
          rm b/f1

@@ -741,6 +741,19 @@ impl Watcher {
                         self.known.insert(rel.clone(), mm);
                     }
                     self.emit(Kind::Move, &rel, Some(&old), is_dir, meta);
+                    // A directory that moved before its creation was processed was never
+                    // watched: watch and scan it now, at its new place.
+                    if is_dir
+                        && self.cfg.recursive
+                        && meta.is_some()
+                        && !self.dir_wd.contains_key(&rel)
+                    {
+                        for (child, m) in self.walk_from(&rel)? {
+                            if self.known.insert(child.clone(), m).is_none() {
+                                self.discovered(&child, m);
+                            }
+                        }
+                    }
                 }
                 None => self.appeared(&rel, is_dir, true)?,
             }

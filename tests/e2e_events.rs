@@ -492,3 +492,96 @@ async fn a_trigger_runs_one_container_per_new_file_and_a_self_writing_one_does_n
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(containers_named(&d, "selfw.ev-").await.len(), 2);
 }
+
+/// A WebSocket client just big enough for the test: handshake, one server frame, masked frames.
+mod ws {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixStream;
+
+    pub async fn connect(socket: &std::path::Path, path: &str) -> UnixStream {
+        let mut s = UnixStream::connect(socket).await.unwrap();
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(s.read_u8().await.unwrap());
+        }
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+            "{head}"
+        );
+        s
+    }
+
+    /// A server frame's (opcode, payload).
+    pub async fn read(s: &mut UnixStream) -> (u8, Vec<u8>) {
+        let b0 = s.read_u8().await.unwrap();
+        let b1 = s.read_u8().await.unwrap();
+        assert_eq!(b1 & 0x80, 0, "server frames are not masked");
+        let len = match b1 & 0x7f {
+            126 => s.read_u16().await.unwrap() as usize,
+            127 => s.read_u64().await.unwrap() as usize,
+            n => n as usize,
+        };
+        let mut p = vec![0; len];
+        s.read_exact(&mut p).await.unwrap();
+        (b0 & 0x0f, p)
+    }
+
+    pub async fn send_text(s: &mut UnixStream, text: &str) {
+        let mask = [7u8, 1, 9, 3];
+        let mut f = vec![0x81, 0x80 | text.len() as u8];
+        f.extend_from_slice(&mask);
+        f.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        s.write_all(&f).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_over_a_websocket_delivers_and_takes_acks() {
+    let d = TestDaemon::start().await;
+    std::fs::create_dir_all(d.array.join("wsin")).unwrap();
+    d.ok(
+        Method::POST,
+        "/v1/watches",
+        Some(json!({"name": "wsin", "path": "wsin", "events": ["close_write"]})),
+    )
+    .await;
+    d.ok(
+        Method::POST,
+        "/v1/subscriptions",
+        Some(json!({"name": "ws", "watches": ["wsin"]})),
+    )
+    .await;
+    let mut s = ws::connect(&d.socket, "/v1/subscriptions/ws/ws").await;
+    std::fs::write(d.array.join("wsin/hello"), b"hi").unwrap();
+    let (op, payload) = tokio::time::timeout(Duration::from_secs(10), ws::read(&mut s))
+        .await
+        .expect("a delivery within 10 s");
+    assert_eq!(op, 1);
+    let v: Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(v["events"][0]["path"], "wsin/hello", "{v}");
+    let seq = v["events"][0]["seq"].as_i64().unwrap();
+    ws::send_text(&mut s, &format!("{{\"ack\": {seq}}}")).await;
+    let (_, reply) = ws::read(&mut s).await;
+    assert_eq!(
+        serde_json::from_slice::<Value>(&reply).unwrap()["acked"],
+        seq
+    );
+    ws::send_text(&mut s, "{\"nack\": 1}").await;
+    let (_, reply) = ws::read(&mut s).await;
+    assert!(String::from_utf8_lossy(&reply).contains("error"));
+    let sub = d.ok(Method::GET, "/v1/subscriptions/ws", None).await;
+    assert_eq!(sub["acked"], seq, "{sub}");
+    // Unknown subscription: 404 before any upgrade.
+    let msg = d
+        .fails(Method::GET, "/v1/subscriptions/nope/ws", None, 404)
+        .await;
+    assert!(msg.contains("no such subscription"), "{msg}");
+}

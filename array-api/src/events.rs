@@ -32,6 +32,7 @@ pub fn routes() -> Router<Manager> {
         )
         .route("/v1/subscriptions/{name}/events", get(poll_events))
         .route("/v1/subscriptions/{name}/stream", get(stream_events))
+        .route("/v1/subscriptions/{name}/ws", get(ws_events))
         .route("/v1/subscriptions/{name}/ack", post(ack))
         .route("/v1/events", get(read_events))
 }
@@ -191,6 +192,23 @@ async fn stream_events(
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
+}
+
+/// A WebSocket: see [`crate::events_ws`].
+async fn ws_events(
+    Svc(e): Svc,
+    Path(name): Path<String>,
+    Query(q): Query<StreamQuery>,
+    req: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    let max = q.max.unwrap_or(1000);
+    if !(1..=inarray_events::service::MAX_EVENTS_PER_POLL).contains(&max) {
+        return Err(ApiError::bad_request(format!(
+            "max: must be between 1 and {}",
+            inarray_events::service::MAX_EVENTS_PER_POLL
+        )));
+    }
+    crate::events_ws::upgrade(e, name, max, req).await
 }
 
 #[derive(Deserialize)]

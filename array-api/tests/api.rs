@@ -55,6 +55,7 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/subscriptions/{name}", &["get", "delete"]),
     ("/v1/subscriptions/{name}/events", &["get"]),
     ("/v1/subscriptions/{name}/stream", &["get"]),
+    ("/v1/subscriptions/{name}/ws", &["get"]),
     ("/v1/subscriptions/{name}/ack", &["post"]),
     ("/v1/events", &["get"]),
 ];

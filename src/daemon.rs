@@ -46,6 +46,9 @@ pub struct EventsConfig {
     /// At most this many events are kept, the oldest removed first (default 10000000; 0 = no
     /// limit).
     pub retention_max_events: Option<u64>,
+    /// Publish the events to NATS JetStream: `url`, `subject`, `stream`, `subscription`,
+    /// `watches` (docs/operator-guide.md, "File events").
+    pub nats: Option<inarray_events::nats::NatsConfig>,
 }
 
 impl EventsConfig {
@@ -110,6 +113,7 @@ struct Settings {
     nfs_listen: Option<std::net::SocketAddr>,
     exports: Vec<inarray_nfs::ExportSpec>,
     events: inarray_events::EventsOptions,
+    nats: Option<inarray_events::nats::NatsConfig>,
 }
 
 fn settings(opts: ServeOpts) -> Result<Settings> {
@@ -179,6 +183,14 @@ fn settings(opts: ServeOpts) -> Result<Settings> {
             None => None,
         },
         exports: file.exports.unwrap_or_default(),
+        nats: match file.events.as_ref().and_then(|e| e.nats.clone()) {
+            Some(n) => {
+                n.validate()
+                    .map_err(|e| anyhow::anyhow!("events.nats: {e}"))?;
+                Some(n)
+            }
+            None => None,
+        },
         events: file.events.unwrap_or_default().options()?,
     })
 }
@@ -291,6 +303,9 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
     )
     .await
     .context("file events")?;
+    if let Some(n) = s.nats.clone() {
+        events.start_nats(n).await.context("events.nats")?;
+    }
     inarray_nfs::start(&s.exports, s.nfs_listen, &array, &store)
         .await
         .context("nfs gateway")?;

@@ -585,3 +585,155 @@ async fn a_subscription_over_a_websocket_delivers_and_takes_acks() {
         .await;
     assert!(msg.contains("no such subscription"), "{msg}");
 }
+
+/// Debian's nats-server with JetStream, on a loopback port of its own; killed when dropped.
+struct NatsServer {
+    child: std::process::Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl NatsServer {
+    fn start(dir: &Path, port: u16) -> Self {
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server (apt-get install nats-server)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child,
+            port,
+            dir: dir.to_owned(),
+        }
+    }
+
+    fn restart(&mut self) {
+        self.stop();
+        *self = Self::start(&self.dir.clone(), self.port);
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    async fn stream_messages(&self, stream: &str) -> u64 {
+        let url = format!("nats://127.0.0.1:{}", self.port);
+        let mut c = inarray_events::nats::Conn::connect(&url).await.unwrap();
+        let r = c
+            .request(&format!("$JS.API.STREAM.INFO.{stream}"), b"")
+            .await
+            .unwrap();
+        let v: Value = serde_json::from_slice(&r).unwrap();
+        v["state"]["messages"].as_u64().unwrap_or(0)
+    }
+
+    async fn message(&self, stream: &str, seq: u64) -> (String, Value) {
+        let url = format!("nats://127.0.0.1:{}", self.port);
+        let mut c = inarray_events::nats::Conn::connect(&url).await.unwrap();
+        let r = c
+            .request(
+                &format!("$JS.API.STREAM.MSG.GET.{stream}"),
+                json!({"seq": seq}).to_string().as_bytes(),
+            )
+            .await
+            .unwrap();
+        let v: Value = serde_json::from_slice(&r).unwrap();
+        let data = v["message"]["data"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{v}"));
+        let out = Command::new("base64")
+            .arg("-d")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .and_then(|mut p| {
+                use std::io::Write;
+                p.stdin.take().unwrap().write_all(data.as_bytes())?;
+                p.wait_with_output()
+            })
+            .unwrap();
+        (
+            v["message"]["subject"].as_str().unwrap().to_owned(),
+            serde_json::from_slice(&out.stdout).unwrap(),
+        )
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn until_messages(n: &NatsServer, want: u64, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let got = n.stream_messages("INARRAY").await;
+        if got >= want {
+            assert_eq!(got, want, "duplicates in the stream");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{got} of {want} messages in the stream"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_published_to_nats_jetstream_and_survive_its_restart() {
+    let mut d = TestDaemon::start().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut nats = NatsServer::start(&d.tmp.path().join("jetstream"), port);
+    let cfg = d.tmp.path().join("inarray.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[events.nats]\nurl = \"nats://127.0.0.1:{port}\"\nsubject = \"inarray.ev\"\nstream = \"INARRAY\"\n"
+        ),
+    )
+    .unwrap();
+    d.kill9();
+    d.config = Some(cfg);
+    d.launch().await;
+    std::fs::create_dir_all(d.array.join("natsin")).unwrap();
+    d.ok(
+        Method::POST,
+        "/v1/watches",
+        Some(json!({"name": "nw", "path": "natsin", "events": ["close_write"]})),
+    )
+    .await;
+    for i in 0..5 {
+        std::fs::write(d.array.join(format!("natsin/f{i}")), b"x").unwrap();
+    }
+    until_messages(&nats, 5, 20).await;
+    let (subject, ev) = nats.message("INARRAY", 1).await;
+    assert_eq!(subject, "inarray.ev.nw");
+    assert_eq!(ev["path"], "natsin/f0", "{ev}");
+    assert_eq!(ev["kind"], "close_write");
+    // The server goes away; events wait in the log and are published when it is back.
+    nats.stop();
+    for i in 5..8 {
+        std::fs::write(d.array.join(format!("natsin/f{i}")), b"x").unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    nats.restart();
+    until_messages(&nats, 8, 60).await;
+    let (_, last) = nats.message("INARRAY", 8).await;
+    assert_eq!(last["path"], "natsin/f7", "{last}");
+    let sub = d.ok(Method::GET, "/v1/subscriptions/nats", None).await;
+    assert_eq!(sub["acked"], last["seq"], "{sub}");
+}

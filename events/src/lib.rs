@@ -7,8 +7,10 @@
 //!   pairing, new-directory pickup with a scan, overflow and lost-watch resync.
 //! - [`service`]: [`Events`], the service the daemon starts: the batch writer, retention,
 //!   subscriptions (long-poll, ack, redelivery), triggers and webhooks.
+//! - [`nats`]: optional publishing to NATS JetStream.
 
 pub mod glob;
+pub mod nats;
 pub mod service;
 pub mod spec;
 pub mod trigger;

@@ -199,6 +199,13 @@ impl Events {
         }
     }
 
+    /// Starts publishing to NATS JetStream (see [`crate::nats`]).
+    pub async fn start_nats(&self, cfg: crate::nats::NatsConfig) -> Result<(), EventsError> {
+        let task = crate::nats::start(self, cfg).await?;
+        self.inner.tasks.lock().expect("tasks").push(task);
+        Ok(())
+    }
+
     pub fn store(&self) -> &Store {
         &self.inner.store
     }

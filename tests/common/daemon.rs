@@ -28,6 +28,8 @@ pub struct TestDaemon {
     pub state: PathBuf,
     pub socket: PathBuf,
     pub child: Option<Child>,
+    /// A config file passed with `--config` at the next launch.
+    pub config: Option<PathBuf>,
 }
 
 impl TestDaemon {
@@ -50,6 +52,7 @@ impl TestDaemon {
             socket: tmp.path().join("run/api.sock"),
             tmp,
             child: None,
+            config: None,
         };
         d.launch().await;
         d
@@ -65,6 +68,9 @@ impl TestDaemon {
             .arg("--listen")
             .arg(format!("unix:{}", self.socket.display()))
             .env("INARRAY_LOG", "info");
+        if let Some(c) = &self.config {
+            cmd.arg("--config").arg(c);
+        }
         cmd
     }
 

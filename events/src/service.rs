@@ -828,6 +828,83 @@ mod tests {
         ev.stop().await;
     }
 
+    /// A webhook that fails once gets the same batch again, signed; a 2xx acknowledges it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn webhooks_retry_until_taken_and_are_signed() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (dir, ev) = setup().await;
+        let mut w = spec("w1", "w");
+        w.events = vec![crate::Kind::CloseWrite];
+        ev.create_watch(w).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Vec<u8>)>();
+        tokio::spawn(async move {
+            let mut n = 0;
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Read the head, then the body by its content-length.
+                let (head, body) = loop {
+                    let k = s.read(&mut chunk).await.unwrap();
+                    buf.extend_from_slice(&chunk[..k]);
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..i]).to_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        while buf.len() < i + 4 + len {
+                            let k = s.read(&mut chunk).await.unwrap();
+                            buf.extend_from_slice(&chunk[..k]);
+                        }
+                        break (head, buf[i + 4..i + 4 + len].to_vec());
+                    }
+                };
+                n += 1;
+                let status = if n == 1 {
+                    "500 Internal Server Error"
+                } else {
+                    "200 OK"
+                };
+                let _ = s
+                    .write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").as_bytes())
+                    .await;
+                tx.send((head, body)).unwrap();
+            }
+        });
+        ev.create_subscription(
+            serde_json::from_value(serde_json::json!({"name": "hook", "webhook": {
+                "url": format!("http://127.0.0.1:{port}/in"), "secret": "s3cret"}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+        std::fs::write(dir.path().join("array/w/a"), b"1").unwrap();
+        let (h1, b1) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let (h2, b2) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(b1, b2, "the refused batch comes again");
+        let sig = crate::webhook::signature("s3cret", &b2);
+        assert!(h1.contains(&format!("x-inarray-signature: {sig}")), "{h1}");
+        assert!(h2.starts_with("post /in http/1.1"), "{h2}");
+        let events: Vec<Event> = serde_json::from_slice(&b2).unwrap();
+        assert_eq!(events[0].path, "w/a");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while ev.subscription("hook").unwrap().acked < events[0].seq {
+            assert!(Instant::now() < deadline, "not acknowledged");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        ev.stop().await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn watch_paths_cannot_leave_the_array() {
         let (dir, ev) = setup().await;

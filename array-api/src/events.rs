@@ -120,6 +120,18 @@ struct PollQuery {
     max: Option<u32>,
 }
 
+/// Events per answer: 1-10000, default 1000.
+fn max_of(max: Option<u32>) -> Result<u32, ApiError> {
+    let m = max.unwrap_or(1000);
+    if !(1..=inarray_events::service::MAX_EVENTS_PER_POLL).contains(&m) {
+        return Err(ApiError::bad_request(format!(
+            "max: must be between 1 and {}",
+            inarray_events::service::MAX_EVENTS_PER_POLL
+        )));
+    }
+    Ok(m)
+}
+
 fn wait_of(wait: Option<u64>) -> Result<Duration, ApiError> {
     let w = wait.unwrap_or(0);
     if w > inarray_events::service::MAX_WAIT_SECONDS {
@@ -156,15 +168,9 @@ async fn stream_events(
     Path(name): Path<String>,
     Query(q): Query<StreamQuery>,
 ) -> Result<Response, ApiError> {
-    let max = q.max.unwrap_or(1000);
-    // Refuse a bad name or max before the stream starts.
+    let max = max_of(q.max)?;
+    // Refuse a bad name before the stream starts.
     e.subscription(&name)?;
-    if !(1..=inarray_events::service::MAX_EVENTS_PER_POLL).contains(&max) {
-        return Err(ApiError::bad_request(format!(
-            "max: must be between 1 and {}",
-            inarray_events::service::MAX_EVENTS_PER_POLL
-        )));
-    }
     let stream = futures_util::stream::unfold(
         (e, name, std::collections::VecDeque::<SseEvent>::new()),
         move |(e, name, mut queue)| async move {
@@ -201,13 +207,7 @@ async fn ws_events(
     Query(q): Query<StreamQuery>,
     req: axum::extract::Request,
 ) -> Result<Response, ApiError> {
-    let max = q.max.unwrap_or(1000);
-    if !(1..=inarray_events::service::MAX_EVENTS_PER_POLL).contains(&max) {
-        return Err(ApiError::bad_request(format!(
-            "max: must be between 1 and {}",
-            inarray_events::service::MAX_EVENTS_PER_POLL
-        )));
-    }
+    let max = max_of(q.max)?;
     crate::events_ws::upgrade(e, name, max, req).await
 }
 

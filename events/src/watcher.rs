@@ -151,6 +151,15 @@ fn under(path: &str, prefix: &str) -> bool {
             && path.as_bytes()[prefix.len()] == b'/')
 }
 
+/// The keys of `map` that are `prefix` or below it (a range scan of the sorted keys).
+fn keys_under<V>(map: &BTreeMap<String, V>, prefix: &str) -> Vec<String> {
+    map.range(prefix.to_owned()..)
+        .take_while(|(k, _)| k.starts_with(prefix))
+        .filter(|(k, _)| under(k, prefix))
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
 fn meta_of(st: &nix::sys::stat::FileStat) -> Meta {
     let fmt = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
     Meta {
@@ -482,23 +491,11 @@ impl Watcher {
 
     /// Forgets `rel` and everything below it (watches removed when `unwatch`).
     fn forget_tree(&mut self, rel: &str, unwatch: bool) {
-        let keys: Vec<String> = self
-            .known
-            .range(rel.to_owned()..)
-            .take_while(|(k, _)| k.starts_with(rel))
-            .filter(|(k, _)| under(k, rel))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let keys = keys_under(&self.known, rel);
         for k in keys {
             self.known.remove(&k);
         }
-        let dirs: Vec<String> = self
-            .dir_wd
-            .range(rel.to_owned()..)
-            .take_while(|(k, _)| k.starts_with(rel))
-            .filter(|(k, _)| under(k, rel))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let dirs = keys_under(&self.dir_wd, rel);
         for d in dirs {
             if let Some(wd) = self.dir_wd.remove(&d) {
                 self.wd_dir.remove(&wd);
@@ -513,13 +510,7 @@ impl Watcher {
     /// Renames `old` (and everything below it) to `new` in the known state and the watch table.
     fn rename_tree(&mut self, old: &str, new: &str) {
         let rename = |k: &str| format!("{new}{}", &k[old.len()..]);
-        let keys: Vec<String> = self
-            .known
-            .range(old.to_owned()..)
-            .take_while(|(k, _)| k.starts_with(old))
-            .filter(|(k, _)| under(k, old))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let keys = keys_under(&self.known, old);
         // A replaced destination disappears first.
         self.forget_tree(new, false);
         for k in keys {
@@ -527,13 +518,7 @@ impl Watcher {
                 self.known.insert(rename(&k), m);
             }
         }
-        let dirs: Vec<String> = self
-            .dir_wd
-            .range(old.to_owned()..)
-            .take_while(|(k, _)| k.starts_with(old))
-            .filter(|(k, _)| under(k, old))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let dirs = keys_under(&self.dir_wd, old);
         for d in dirs {
             if let Some(wd) = self.dir_wd.remove(&d) {
                 let n = rename(&d);

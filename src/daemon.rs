@@ -337,7 +337,13 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
         inarray_api::jobs::attach(inarray_api::router(manager), jobs.clone()),
         events.clone(),
     );
-    serve(app, bound, shutdown_signal())
+    let closing = events.clone();
+    let shutdown = async move {
+        shutdown_signal().await;
+        // Long-polls, SSE and WebSocket streams end, so in-flight requests can finish.
+        closing.begin_shutdown();
+    };
+    serve(app, bound, shutdown)
         .await
         .context("serving the API")?;
     jobs.stop();

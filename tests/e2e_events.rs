@@ -737,3 +737,49 @@ async fn events_are_published_to_nats_jetstream_and_survive_its_restart() {
     let sub = d.ok(Method::GET, "/v1/subscriptions/nats", None).await;
     assert_eq!(sub["acked"], last["seq"], "{sub}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_waiting_polls_and_streams() {
+    let mut d = TestDaemon::start().await;
+    std::fs::create_dir_all(d.array.join("q")).unwrap();
+    d.ok(
+        Method::POST,
+        "/v1/watches",
+        Some(json!({"name": "q", "path": "q"})),
+    )
+    .await;
+    d.ok(
+        Method::POST,
+        "/v1/subscriptions",
+        Some(json!({"name": "q"})),
+    )
+    .await;
+    // A long-poll, a log read and a WebSocket, all waiting.
+    let c1 = d.client();
+    let poll = tokio::spawn(async move {
+        c1.json(Method::GET, "/v1/subscriptions/q/events?wait=120", None)
+            .await
+    });
+    let c2 = d.client();
+    let read = tokio::spawn(async move { c2.json(Method::GET, "/v1/events?wait=120", None).await });
+    let _ws = ws::connect(&d.socket, "/v1/subscriptions/q/ws").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut child = d.child.take().unwrap();
+    let t0 = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status}\n{}", d.log());
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "shutdown took {:?}",
+        t0.elapsed()
+    );
+    let _ = poll.await.unwrap();
+    assert_eq!(read.await.unwrap().unwrap(), json!([]));
+}

@@ -241,12 +241,20 @@ async fn read_events(Svc(e): Svc, Query(q): Query<ReadQuery>) -> Result<Response
     let max = q.max.unwrap_or(1000);
     let deadline = tokio::time::Instant::now() + wait;
     let mut rx = e.subscribe_seq();
+    let mut closing = e.closing();
     loop {
         rx.borrow_and_update();
         let events = e.read(after, max).await?;
-        if !events.is_empty() || tokio::time::Instant::now() >= deadline {
+        if !events.is_empty()
+            || tokio::time::Instant::now() >= deadline
+            || *closing.borrow_and_update()
+        {
             return Ok(axum::Json(events).into_response());
         }
-        let _ = tokio::time::timeout_at(deadline, rx.changed()).await;
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = rx.changed() => {}
+            _ = closing.changed() => {}
+        }
     }
 }

@@ -111,6 +111,8 @@ pub(crate) struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Serializes watch creation and deletion.
     admin: tokio::sync::Mutex<()>,
+    /// Set when the daemon begins to shut down: waiting polls and streams end.
+    closing: watch::Sender<bool>,
 }
 
 /// The file-events service; cheap to clone.
@@ -146,6 +148,7 @@ impl Events {
                 subs: Mutex::default(),
                 tasks: Mutex::default(),
                 admin: tokio::sync::Mutex::new(()),
+                closing: watch::channel(false).0,
             }),
         };
         let writer = tokio::spawn(writer(ev.clone(), rx));
@@ -171,6 +174,17 @@ impl Events {
             }
         }
         Ok(ev)
+    }
+
+    /// Ends waiting polls and open streams (SSE, WebSocket) so the API can shut down; new polls
+    /// are refused (409) from now on.
+    pub fn begin_shutdown(&self) {
+        self.inner.closing.send_replace(true);
+    }
+
+    /// True once [`Events::begin_shutdown`] was called (a receiver to wait on).
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.inner.closing.subscribe()
     }
 
     /// Stops every watch and task (the log keeps what was appended).
@@ -505,7 +519,11 @@ impl Events {
         }
         let deadline = Instant::now() + wait;
         let mut seq_rx = self.inner.last_seq.subscribe();
+        let mut closing = self.inner.closing.subscribe();
         loop {
+            if *closing.borrow_and_update() {
+                return Err(EventsError::Conflict("the daemon is shutting down".into()));
+            }
             let lock = {
                 let subs = self.inner.subs.lock().expect("subs");
                 subs.get(name)
@@ -561,7 +579,11 @@ impl Events {
             }
             // Wake for a new event, the end of the wait, or an ack deadline.
             let until = deadline.min(now + ack_deadline);
-            let _ = tokio::time::timeout(until - now, seq_rx.changed()).await;
+            tokio::select! {
+                _ = tokio::time::sleep(until - now) => {}
+                _ = seq_rx.changed() => {}
+                _ = closing.changed() => {}
+            }
         }
     }
 

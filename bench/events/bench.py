@@ -105,6 +105,7 @@ def latency(api, array, n):
     est = []
     iw, iw_lines = inotifywait(["-m", "-e", "close_write", "--format", "%w%f", d], est)
     recv = {}
+    seen = {}
     stop = threading.Event()
 
     def subscriber():
@@ -114,6 +115,7 @@ def latency(api, array, n):
             t = time.perf_counter()
             for e in v["events"]:
                 recv.setdefault(e["path"], t)
+                seen.setdefault(e["path"], e["time"])
             if v["events"]:
                 sub.call("POST", "/v1/subscriptions/lat/ack", {"seq": v["events"][-1]["seq"]})
 
@@ -121,12 +123,14 @@ def latency(api, array, n):
     th.start()
     time.sleep(0.5)
     sent = {}
+    wall = {}
     for i in range(n):
         name = f"f{i}"
         fd = os.open(os.path.join(d, name), os.O_CREAT | os.O_WRONLY, 0o644)
         os.write(fd, b"payload\n")
         # close_write happens inside close(): the latency is measured from just before it.
         sent[f"lat/{name}"] = time.perf_counter()
+        wall[f"lat/{name}"] = time.time()
         os.close(fd)
         time.sleep(0.005)
     deadline = time.time() + 30
@@ -137,6 +141,11 @@ def latency(api, array, n):
     iw.send_signal(signal.SIGTERM)
     iw.wait()
     ours = [(recv[p] - t) * 1000 for p, t in sent.items() if p in recv]
+    # Where the time goes: close → the daemon's watcher saw it (the event's `time`).
+    import datetime
+    def ts(x):
+        return datetime.datetime.fromisoformat(x.replace("Z", "+00:00")).timestamp()
+    to_watcher = [(ts(seen[p]) - wall[p]) * 1000 for p in sent if p in seen]
     theirs_t = {}
     for t, line in iw_lines:
         theirs_t.setdefault(os.path.relpath(line, array), t)
@@ -144,6 +153,7 @@ def latency(api, array, n):
     return {
         "n": n,
         "ours": (pct(ours, 50), pct(ours, 99), max(ours) if ours else float("nan"), len(ours)),
+        "to_watcher": (pct(to_watcher, 50), pct(to_watcher, 99)),
         "theirs": (pct(theirs, 50), pct(theirs, 99), max(theirs) if theirs else float("nan"), len(theirs)),
     }
 

@@ -113,7 +113,12 @@ pub(crate) struct Inner {
     admin: tokio::sync::Mutex<()>,
     /// Set when the daemon begins to shut down: waiting polls and streams end.
     closing: watch::Sender<bool>,
+    /// Acks not yet written to SQL (subscription → seq).
+    dirty_acks: Mutex<HashMap<String, i64>>,
 }
+
+/// How often acknowledgements are written to SQL.
+pub const ACK_FLUSH: Duration = Duration::from_millis(100);
 
 /// The file-events service; cheap to clone.
 #[derive(Clone)]
@@ -149,15 +154,17 @@ impl Events {
                 tasks: Mutex::default(),
                 admin: tokio::sync::Mutex::new(()),
                 closing: watch::channel(false).0,
+                dirty_acks: Mutex::default(),
             }),
         };
         let writer = tokio::spawn(writer(ev.clone(), rx));
         let retention = tokio::spawn(retention(ev.clone()));
+        let acks = tokio::spawn(ack_flusher(ev.clone()));
         ev.inner
             .tasks
             .lock()
             .expect("tasks")
-            .extend([writer, retention]);
+            .extend([writer, retention, acks]);
         for row in ev.inner.store.list_subscriptions().await? {
             ev.install_subscription(row);
         }
@@ -208,6 +215,7 @@ impl Events {
         }
         // Let the writer drain what the watches flushed.
         tokio::time::sleep(Duration::from_millis(50)).await;
+        self.flush_acks().await;
         for t in self.inner.tasks.lock().expect("tasks").drain(..) {
             t.abort();
         }
@@ -378,18 +386,21 @@ impl Events {
                 .ok()
         });
         let name = row.name.clone();
-        let task =
-            webhook.map(|w| tokio::spawn(crate::webhook::run(self.clone(), name.clone(), w)));
-        self.inner.subs.lock().expect("subs").insert(
-            name,
+        // In the table first: the webhook task ends when it finds no subscription.
+        let mut subs = self.inner.subs.lock().expect("subs");
+        subs.insert(
+            name.clone(),
             SubState {
                 delivered: row.acked,
                 row,
                 delivered_at: None,
                 lock: Arc::default(),
-                webhook: task,
+                webhook: None,
             },
         );
+        if let (Some(w), Some(s)) = (webhook, subs.get_mut(&name)) {
+            s.webhook = Some(tokio::spawn(crate::webhook::run(self.clone(), name, w)));
+        }
     }
 
     pub async fn create_subscription(
@@ -452,6 +463,7 @@ impl Events {
     }
 
     pub async fn delete_subscription(&self, name: &str) -> Result<(), EventsError> {
+        self.inner.dirty_acks.lock().expect("acks").remove(name);
         let removed = self.inner.subs.lock().expect("subs").remove(name);
         if let Some(t) = removed.and_then(|s| s.webhook) {
             t.abort();
@@ -599,12 +611,17 @@ impl Events {
                 format!("{seq} is beyond the newest event ({last})"),
             ));
         }
-        if !self.inner.subs.lock().expect("subs").contains_key(name) {
-            return Err(not_found_sub(name));
-        }
-        self.inner.store.ack_subscription(name, seq).await?;
         let mut subs = self.inner.subs.lock().expect("subs");
         let s = subs.get_mut(name).ok_or_else(|| not_found_sub(name))?;
+        // Written to SQL by the ack flusher within ACK_FLUSH: an ack lost in a crash only means
+        // a redelivery (at-least-once), and the log's writer does not wait behind every ack.
+        if seq > s.row.acked {
+            self.inner
+                .dirty_acks
+                .lock()
+                .expect("acks")
+                .insert(name.to_owned(), seq);
+        }
         s.row.acked = s.row.acked.max(seq);
         s.delivered = s.delivered.max(s.row.acked);
         s.delivered_at = if s.delivered > s.row.acked {
@@ -613,6 +630,19 @@ impl Events {
             None
         };
         Ok(self.sub_view(s))
+    }
+
+    /// Writes the pending acknowledgements to SQL.
+    pub async fn flush_acks(&self) {
+        let acks = std::mem::take(&mut *self.inner.dirty_acks.lock().expect("acks"));
+        for (name, seq) in acks {
+            if let Err(e) = self.inner.store.ack_subscription(&name, seq).await {
+                tracing::error!(subscription = %name, error = %e, "cannot save an ack; retrying");
+                let mut d = self.inner.dirty_acks.lock().expect("acks");
+                let v = d.entry(name).or_insert(seq);
+                *v = (*v).max(seq);
+            }
+        }
     }
 
     /// Events with seq > `after` (for `inarray events tail` without a subscription).
@@ -680,6 +710,14 @@ async fn writer(ev: Events, mut rx: mpsc::Receiver<Vec<NewEvent>>) {
                 }
             }
         }
+    }
+}
+
+async fn ack_flusher(ev: Events) {
+    let mut tick = tokio::time::interval(ACK_FLUSH);
+    loop {
+        tick.tick().await;
+        ev.flush_acks().await;
     }
 }
 

@@ -291,6 +291,7 @@ reads the same directory's events from the kernel directly (no log, no HTTP) as 
 |---|---:|---:|---:|---:|
 | inarray (inotify → SQL log, fsync'd → long-poll) | {o[0]:.2f} ms | {o[1]:.2f} ms | {o[2]:.2f} ms | {o[3]}/{lat['n']} |
 | inotifywait (reference) | {t[0]:.2f} ms | {t[1]:.2f} ms | {t[2]:.2f} ms | {t[3]}/{lat['n']} |
+| of which: close → inarray's watcher saw it (the event's `time`) | {lat['to_watcher'][0]:.2f} ms | {lat['to_watcher'][1]:.2f} ms | | |
 
 Targets: p50 ≤ 5 ms, p99 ≤ 50 ms.
 

@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 use common::daemon::{Method, TestDaemon};
 use serde_json::{json, Value};
 
+/// Held while `max_queued_events` is lowered, and while other tests make the inotify instances
+/// whose queue size matters (the kernel sizes a queue when the instance is made).
+static INOTIFY_SYSCTL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Polls a subscription (acknowledging) until `quiet` passes without an event.
 async fn drain(d: &TestDaemon, sub: &str, quiet_secs: u64) -> Vec<Value> {
     let mut all = Vec::new();
@@ -74,6 +78,7 @@ async fn the_same_changes_as_inotifywait_on_a_scripted_workload() {
     let w = d.array.join("w");
     std::fs::create_dir_all(w.join("a")).unwrap();
     std::fs::create_dir_all(w.join("b")).unwrap();
+    let sysctl = INOTIFY_SYSCTL.lock().await;
     d.ok(
         Method::POST,
         "/v1/watches",
@@ -102,6 +107,7 @@ async fn the_same_changes_as_inotifywait_on_a_scripted_workload() {
         .spawn()
         .expect("inotifywait (apt-get install inotify-tools)");
     tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(sysctl);
     // Creates, renames across directories, deletes, mkdir -p deep then files in it. The pause
     // before moving the new tree makes what is reported where independent of the timing (a
     // directory moved before its creation is processed is reported at its new place).
@@ -227,6 +233,7 @@ async fn a_queue_overflow_is_resynced_without_loss() {
     {
         // The kernel sizes an inotify queue when the instance is made: lower the limit only
         // while the watch is created.
+        let _lock = INOTIFY_SYSCTL.lock().await;
         let _q = Sysctl::set("/proc/sys/fs/inotify/max_queued_events", "16");
         d.ok(
             Method::POST,

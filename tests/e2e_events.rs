@@ -801,3 +801,63 @@ async fn sigterm_ends_waiting_polls_and_streams() {
     let _ = poll.await.unwrap();
     assert_eq!(read.await.unwrap().unwrap(), json!([]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_adds_lists_removes_watches_and_tails_events() {
+    let d = TestDaemon::start().await;
+    std::fs::create_dir_all(d.array.join("cli/in")).unwrap();
+    let host = format!("unix:{}", d.socket.display());
+    let cli = |args: &[&str]| {
+        let out = Command::new(TestDaemon::bin())
+            .arg("--host")
+            .arg(&host)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = cli(&["watch", "add", "cw", "cli/in", "--include", "*.txt"]);
+    assert!(ok, "{out} {err}");
+    assert!(out.contains("cw watching 1 directories"), "{out}");
+    let (ok, _, err) = cli(&["watch", "add", "bad", "../etc"]);
+    assert!(!ok && err.contains("path"), "{err}");
+    let (ok, out, _) = cli(&["watch", "ls"]);
+    assert!(ok && out.contains("cw") && out.contains("cli/in"), "{out}");
+    d.ok(
+        Method::POST,
+        "/v1/subscriptions",
+        Some(json!({"name": "cs", "watches": ["cw"]})),
+    )
+    .await;
+    std::fs::write(d.array.join("cli/in/a.txt"), b"x").unwrap();
+    // `events tail --subscription` prints the events as JSON lines and acknowledges them.
+    let mut tail = Command::new(TestDaemon::bin())
+        .arg("--host")
+        .arg(&host)
+        .args(["events", "tail", "--subscription", "cs"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(tail.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["path"], "cli/in/a.txt", "{first}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = d.ok(Method::GET, "/v1/subscriptions/cs", None).await;
+        if s["acked"].as_i64().unwrap() >= first["seq"].as_i64().unwrap() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not acknowledged: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = tail.kill();
+    let _ = tail.wait();
+    let (ok, out, _) = cli(&["watch", "rm", "cw"]);
+    assert!(ok && out.trim() == "cw", "{out}");
+    let (ok, out, _) = cli(&["watch", "ls"]);
+    assert!(ok && !out.contains("cli/in"), "{out}");
+}

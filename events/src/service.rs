@@ -888,6 +888,44 @@ mod tests {
         ev.stop().await;
     }
 
+    /// The watch root removed: its entries are reported deleted, then `resync`, and the watch
+    /// shows an error; when the path comes back it is watched again (rescan, `resync`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_vanished_root_is_reported_and_watched_again_when_it_returns() {
+        let (dir, ev) = setup().await;
+        let w = dir.path().join("array/w");
+        std::fs::write(w.join("old"), b"1").unwrap();
+        ev.create_watch(spec("w1", "w")).await.unwrap();
+        ev.create_subscription(serde_json::from_value(serde_json::json!({"name": "s"})).unwrap())
+            .await
+            .unwrap();
+        std::fs::remove_dir_all(&w).unwrap();
+        // The root's identity is checked every second.
+        let got = drain(&ev, "s", Duration::from_millis(2500)).await;
+        let kinds: Vec<(&str, &str)> = got
+            .iter()
+            .map(|e| (e.kind.as_str(), e.path.as_str()))
+            .collect();
+        assert!(kinds.contains(&("delete", "w/old")), "{kinds:?}");
+        assert!(kinds.contains(&("resync", "w")), "{kinds:?}");
+        let view = ev.watch("w1").unwrap();
+        assert!(view.error.is_some(), "{view:?}");
+        std::fs::create_dir(&w).unwrap();
+        std::fs::write(w.join("new"), b"2").unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        std::fs::write(w.join("later"), b"3").unwrap();
+        let got = drain(&ev, "s", Duration::from_millis(700)).await;
+        let kinds: Vec<(&str, &str)> = got
+            .iter()
+            .map(|e| (e.kind.as_str(), e.path.as_str()))
+            .collect();
+        assert!(kinds.contains(&("create", "w/new")), "{kinds:?}");
+        assert!(kinds.contains(&("resync", "w")), "{kinds:?}");
+        assert!(kinds.contains(&("close_write", "w/later")), "{kinds:?}");
+        assert!(ev.watch("w1").unwrap().error.is_none());
+        ev.stop().await;
+    }
+
     /// A webhook that fails once gets the same batch again, signed; a 2xx acknowledges it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn webhooks_retry_until_taken_and_are_signed() {

@@ -657,6 +657,38 @@ impl Watcher {
         self.known = new;
     }
 
+    /// Forgets the root and its watches, then resyncs (which reports everything as deleted and
+    /// retries every second until the path is back).
+    fn lose_root(&mut self, why: &str) {
+        self.root = None;
+        self.parent_cache = None;
+        for (_, wd) in std::mem::take(&mut self.dir_wd) {
+            let _ = self.ino.rm_watch(wd);
+        }
+        self.wd_dir.clear();
+        self.resync(why);
+    }
+
+    /// Our fd keeps the root's dentry alive, so the kernel sends neither IN_DELETE_SELF nor
+    /// IN_IGNORED when it is removed or moved away: check its identity now and then instead.
+    fn check_root(&mut self) {
+        let Some(fd) = self.root.as_ref() else {
+            return;
+        };
+        let Ok(st) = nix::sys::stat::fstat(fd.as_raw_fd()) else {
+            return;
+        };
+        let moved = match self.array.resolve("path", &self.cfg.path, false) {
+            Ok(now) => nix::sys::stat::fstat(now.as_raw_fd())
+                .map(|n| (n.st_dev, n.st_ino) != (st.st_dev, st.st_ino))
+                .unwrap_or(true),
+            Err(_) => true,
+        };
+        if st.st_nlink == 0 || moved {
+            self.lose_root("the watch root was removed or moved");
+        }
+    }
+
     fn handle(&mut self, ev: InotifyEvent) -> Result<(), EventsError> {
         let m = ev.mask;
         if m.contains(AddWatchFlags::IN_Q_OVERFLOW) {
@@ -684,7 +716,10 @@ impl Watcher {
             return Ok(());
         }
         if m.intersects(AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF) {
-            return Ok(()); // the parent reports it; IN_IGNORED follows
+            if dir.is_empty() {
+                self.lose_root("the watch root was removed or moved");
+            }
+            return Ok(()); // a directory below: its parent reports it
         }
         let Some(name) = ev.name.as_ref() else {
             return Ok(());
@@ -787,11 +822,13 @@ impl Watcher {
                 self.flush_moves(false);
             } else {
                 self.flush_moves(true);
-                if self.root_lost && self.last_retry.elapsed() >= Duration::from_secs(1) {
-                    self.last_retry = Instant::now();
-                    if self.array.resolve("path", &self.cfg.path, false).is_ok() {
-                        self.resync("the watch root is back");
-                    }
+            }
+            if self.last_retry.elapsed() >= Duration::from_secs(1) {
+                self.last_retry = Instant::now();
+                if !self.root_lost {
+                    self.check_root();
+                } else if self.array.resolve("path", &self.cfg.path, false).is_ok() {
+                    self.resync("the watch root is back");
                 }
             }
             if !self.flush(false) {

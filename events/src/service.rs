@@ -115,6 +115,8 @@ pub(crate) struct Inner {
     closing: watch::Sender<bool>,
     /// Acks not yet written to SQL (subscription → seq).
     dirty_acks: Mutex<HashMap<String, i64>>,
+    /// Where the watches' tree states go to be saved.
+    snaps: watcher::SnapSink,
 }
 
 /// How often acknowledgements are written to SQL.
@@ -139,6 +141,7 @@ impl Events {
         opts: EventsOptions,
     ) -> Result<Self, EventsError> {
         let (sink, rx) = mpsc::channel(1024);
+        let (snaps, snap_rx) = mpsc::channel(16);
         let last = store.last_event_seq().await?;
         let (last_seq, _) = watch::channel(last);
         let ev = Events {
@@ -155,16 +158,18 @@ impl Events {
                 admin: tokio::sync::Mutex::new(()),
                 closing: watch::channel(false).0,
                 dirty_acks: Mutex::default(),
+                snaps,
             }),
         };
         let writer = tokio::spawn(writer(ev.clone(), rx));
         let retention = tokio::spawn(retention(ev.clone()));
         let acks = tokio::spawn(ack_flusher(ev.clone()));
+        let states = tokio::spawn(state_saver(ev.inner.store.clone(), snap_rx));
         ev.inner
             .tasks
             .lock()
             .expect("tasks")
-            .extend([writer, retention, acks]);
+            .extend([writer, retention, acks, states]);
         for row in ev.inner.store.list_subscriptions().await? {
             ev.install_subscription(row);
         }
@@ -176,7 +181,7 @@ impl Events {
                     continue;
                 }
             };
-            if let Err(e) = ev.install_watch(spec, row.created_at).await {
+            if let Err(e) = ev.install_watch(spec, row.created_at, true).await {
                 tracing::error!(watch = %row.name, error = %e, "cannot restore the watch");
             }
         }
@@ -213,8 +218,9 @@ impl Events {
                 t.abort();
             }
         }
-        // Let the writer drain what the watches flushed.
+        // Let the writer drain what the watches flushed, and their states be saved.
         tokio::time::sleep(Duration::from_millis(50)).await;
+        self.states_saved().await;
         self.flush_acks().await;
         for t in self.inner.tasks.lock().expect("tasks").drain(..) {
             t.abort();
@@ -247,14 +253,22 @@ impl Events {
         &self,
         spec: WatchSpec,
         created_at: DateTime<Utc>,
+        restore: bool,
     ) -> Result<(), EventsError> {
         let filter = spec.validate()?;
+        let baseline = if restore {
+            self.inner.store.load_watch_state(&spec.name).await?
+        } else {
+            None
+        };
         let cfg = WatchConfig {
             name: spec.name.clone(),
             path: spec.path.clone(),
             recursive: spec.recursive,
             filter,
             coalesce: self.inner.opts.coalesce,
+            baseline,
+            snapshots: Some(self.inner.snaps.clone()),
         };
         let array = self.inner.array.clone();
         let sink = self.inner.sink.clone();
@@ -304,7 +318,7 @@ impl Events {
             )));
         }
         let now = Utc::now();
-        self.install_watch(spec.clone(), now).await?;
+        self.install_watch(spec.clone(), now, false).await?;
         let json =
             serde_json::to_string(&spec).map_err(|e| EventsError::Internal(e.to_string()))?;
         // Triggers start with the events that come after the watch.
@@ -336,8 +350,10 @@ impl Events {
 
     pub async fn delete_watch(&self, name: &str) -> Result<(), EventsError> {
         let _admin = self.inner.admin.lock().await;
-        let in_sql = self.inner.store.delete_watch(name).await?;
         let running = self.remove_running(name).await;
+        // Its last state may still be on its way to SQL: delete after it.
+        self.states_saved().await;
+        let in_sql = self.inner.store.delete_watch(name).await?;
         if !in_sql && !running {
             return Err(EventsError::NotFound {
                 kind: "watch",
@@ -632,6 +648,20 @@ impl Events {
         Ok(self.sub_view(s))
     }
 
+    /// Returns once every state sent so far is saved (at most 10 s).
+    async fn states_saved(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self
+            .inner
+            .snaps
+            .send(watcher::SnapMsg::Barrier(tx))
+            .await
+            .is_ok()
+        {
+            let _ = tokio::time::timeout(Duration::from_secs(10), rx).await;
+        }
+    }
+
     /// Writes the pending acknowledgements to SQL.
     pub async fn flush_acks(&self) {
         let acks = std::mem::take(&mut *self.inner.dirty_acks.lock().expect("acks"));
@@ -708,6 +738,21 @@ async fn writer(ev: Events, mut rx: mpsc::Receiver<Vec<NewEvent>>) {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
+            }
+        }
+    }
+}
+
+async fn state_saver(store: Store, mut rx: mpsc::Receiver<watcher::SnapMsg>) {
+    while let Some(m) = rx.recv().await {
+        match m {
+            watcher::SnapMsg::State(watch, entries) => {
+                if let Err(e) = store.save_watch_state(&watch, &entries).await {
+                    tracing::error!(watch, error = %e, "cannot save the watch's state");
+                }
+            }
+            watcher::SnapMsg::Barrier(done) => {
+                let _ = done.send(());
             }
         }
     }
@@ -923,6 +968,56 @@ mod tests {
         assert!(kinds.contains(&("resync", "w")), "{kinds:?}");
         assert!(kinds.contains(&("close_write", "w/later")), "{kinds:?}");
         assert!(ev.watch("w1").unwrap().error.is_none());
+        ev.stop().await;
+    }
+
+    /// What changed while the service was stopped is reported at the next start, then `resync`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn changes_while_stopped_are_reported_at_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let array = dir.path().join("array");
+        let w = array.join("w");
+        std::fs::create_dir_all(w.join("sub")).unwrap();
+        std::fs::write(w.join("stays"), b"1").unwrap();
+        std::fs::write(w.join("goes"), b"1").unwrap();
+        std::fs::write(w.join("changes"), b"1").unwrap();
+        let db = dir.path().join("state.db");
+        let open = || async {
+            let store = Store::open(&db).await.unwrap();
+            let root = Arc::new(ArrayRoot::open(&array, &[]).unwrap());
+            Events::start(store, root, None, EventsOptions::default())
+                .await
+                .unwrap()
+        };
+        let ev = open().await;
+        ev.create_watch(spec("w1", "w")).await.unwrap();
+        ev.create_subscription(serde_json::from_value(serde_json::json!({"name": "s"})).unwrap())
+            .await
+            .unwrap();
+        ev.stop().await;
+        ev.store().close().await;
+        drop(ev);
+        // While down.
+        std::fs::remove_file(w.join("goes")).unwrap();
+        std::fs::write(w.join("changes"), b"22").unwrap();
+        std::fs::write(w.join("sub/new"), b"3").unwrap();
+        let ev = open().await;
+        let got = drain(&ev, "s", Duration::from_millis(700)).await;
+        let kinds: BTreeSet<(String, String)> = got
+            .iter()
+            .map(|e| (e.kind.as_str().to_owned(), e.path.clone()))
+            .collect();
+        let want: BTreeSet<(String, String)> = [
+            ("delete", "w/goes"),
+            ("close_write", "w/changes"),
+            ("create", "w/sub/new"),
+            ("close_write", "w/sub/new"),
+            ("resync", "w"),
+        ]
+        .iter()
+        .map(|(k, p)| (k.to_string(), p.to_string()))
+        .collect();
+        assert_eq!(kinds, want, "{got:#?}");
         ev.stop().await;
     }
 

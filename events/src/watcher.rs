@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use inarray_runtime::volumes::ArrayRoot;
-use inarray_store::NewEvent;
+use inarray_store::{NewEvent, StateEntry};
 use nix::errno::Errno;
 use nix::fcntl::{openat2, AtFlags, OFlag, OpenHow, ResolveFlag};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent, WatchDescriptor};
@@ -56,6 +56,18 @@ pub struct Status {
 /// Where a watch sends its events (batches, in order).
 pub type Sink = tokio::sync::mpsc::Sender<Vec<NewEvent>>;
 
+/// What a watch sends to be saved: its tree's state, so a restart can report what changed while
+/// the daemon was down; or a barrier (answered once everything sent before it is saved).
+pub enum SnapMsg {
+    State(String, Vec<StateEntry>),
+    Barrier(tokio::sync::oneshot::Sender<()>),
+}
+
+pub type SnapSink = tokio::sync::mpsc::Sender<SnapMsg>;
+
+/// How often a changed tree's state is saved.
+pub const SNAPSHOT_EVERY: Duration = Duration::from_secs(5);
+
 #[derive(Clone, Debug)]
 pub struct WatchConfig {
     pub name: String,
@@ -65,6 +77,10 @@ pub struct WatchConfig {
     pub filter: Filter,
     /// Repeated close_write/attrib of one path within this window become one event.
     pub coalesce: Duration,
+    /// The state saved by the previous run (restoring a watch): differences are reported.
+    pub baseline: Option<Vec<StateEntry>>,
+    /// Where the tree's state is saved.
+    pub snapshots: Option<SnapSink>,
 }
 
 /// A running watch; dropping it stops the thread.
@@ -97,8 +113,37 @@ pub fn start(
     sink: Sink,
 ) -> Result<WatchHandle, EventsError> {
     let status = Arc::new(Mutex::new(Status::default()));
+    let baseline = cfg.baseline.clone();
     let mut w = Watcher::new(cfg, array, sink, status.clone())?;
-    w.establish(false)?;
+    match baseline {
+        Some(b) => {
+            // Restored: what changed while the daemon was down becomes events, then `resync`.
+            w.known = b
+                .into_iter()
+                .map(|(p, is_dir, is_file, size, mtime)| {
+                    (
+                        p,
+                        Meta {
+                            is_dir,
+                            is_file,
+                            size,
+                            mtime,
+                        },
+                    )
+                })
+                .collect();
+            let before = w.out.len();
+            w.establish(true)?;
+            if w.out.len() > before {
+                w.resyncs += 1;
+                w.emit(Kind::Resync, "", None, true, None);
+            }
+            w.flush(true);
+        }
+        None => w.establish(false)?,
+    }
+    w.dirty = true;
+    w.snapshot(false);
     w.publish_status();
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
@@ -226,6 +271,8 @@ struct Watcher {
     error: Option<String>,
     root_lost: bool,
     last_retry: Instant,
+    dirty: bool,
+    last_snapshot: Instant,
 }
 
 impl Watcher {
@@ -267,6 +314,8 @@ impl Watcher {
             error: None,
             root_lost: false,
             last_retry: Instant::now(),
+            dirty: false,
+            last_snapshot: Instant::now(),
         })
     }
 
@@ -689,7 +738,34 @@ impl Watcher {
         }
     }
 
+    /// Sends the tree's state to be saved, when it changed since the last time. Periodic saves
+    /// are skipped while the saver is busy (never blocking the reading of events); the last one,
+    /// at stop, waits.
+    fn snapshot(&mut self, wait: bool) {
+        self.last_snapshot = Instant::now();
+        if !self.dirty || self.root_lost {
+            return;
+        }
+        let Some(snaps) = self.cfg.snapshots.clone() else {
+            return;
+        };
+        let mut entries = Vec::with_capacity(self.known.len() + 1);
+        entries.push((String::new(), true, false, 0, 0));
+        entries.extend(
+            self.known
+                .iter()
+                .map(|(p, m)| (p.clone(), m.is_dir, m.is_file, m.size, m.mtime)),
+        );
+        let msg = SnapMsg::State(self.cfg.name.clone(), entries);
+        self.dirty = if wait {
+            snaps.blocking_send(msg).is_err()
+        } else {
+            snaps.try_send(msg).is_err()
+        };
+    }
+
     fn handle(&mut self, ev: InotifyEvent) -> Result<(), EventsError> {
+        self.dirty = true;
         let m = ev.mask;
         if m.contains(AddWatchFlags::IN_Q_OVERFLOW) {
             self.resync("the kernel's inotify queue overflowed");
@@ -834,9 +910,13 @@ impl Watcher {
             if !self.flush(false) {
                 return;
             }
+            if self.last_snapshot.elapsed() >= SNAPSHOT_EVERY {
+                self.snapshot(false);
+            }
         }
         self.flush_moves(true);
         self.flush(true);
+        self.snapshot(true);
     }
 }
 

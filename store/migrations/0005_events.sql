@@ -34,3 +34,15 @@ CREATE TABLE subscriptions (
     webhook         TEXT,            -- JSON {url, secret, max_batch} or NULL
     created_at      TEXT NOT NULL
 );
+
+-- The last known state of each watch's tree (saved every few seconds and at stop), so that a
+-- restart reports what changed while the daemon was down (as events, then `resync`).
+CREATE TABLE watch_state (
+    watch   TEXT NOT NULL,
+    path    TEXT NOT NULL,   -- relative to the watch root
+    is_dir  INTEGER NOT NULL,
+    is_file INTEGER NOT NULL,
+    size    INTEGER NOT NULL,
+    mtime   INTEGER NOT NULL,
+    PRIMARY KEY (watch, path)
+) WITHOUT ROWID;

@@ -50,6 +50,10 @@ pub struct SubscriptionRow {
     pub created_at: DateTime<Utc>,
 }
 
+/// One entry of a watch's saved state: (path, is_dir, is_file, size, mtime). The row with the
+/// empty path marks that a state was saved (even an empty one).
+pub type StateEntry = (String, bool, bool, i64, i64);
+
 /// Rows per INSERT statement (9 parameters each; SQLite allows 32766).
 const ROWS_PER_STATEMENT: usize = 1000;
 
@@ -118,8 +122,56 @@ impl Store {
             .collect()
     }
 
-    /// Deletes a watch; false when there was none.
+    /// Replaces the saved state of a watch's tree: (path, is_dir, is_file, size, mtime).
+    pub async fn save_watch_state(&self, watch: &str, entries: &[StateEntry]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM watch_state WHERE watch = ?")
+            .bind(watch)
+            .execute(&mut *tx)
+            .await?;
+        for chunk in entries.chunks(ROWS_PER_STATEMENT) {
+            let mut qb = QueryBuilder::new(
+                "INSERT INTO watch_state (watch, path, is_dir, is_file, size, mtime) ",
+            );
+            qb.push_values(chunk, |mut b, e| {
+                b.push_bind(watch)
+                    .push_bind(&e.0)
+                    .push_bind(e.1)
+                    .push_bind(e.2)
+                    .push_bind(e.3)
+                    .push_bind(e.4);
+            });
+            qb.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The saved state of a watch's tree; None when none was ever saved.
+    pub async fn load_watch_state(&self, watch: &str) -> Result<Option<Vec<StateEntry>>> {
+        let saved: (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM watch_state WHERE watch = ? AND path = ''")
+                .bind(watch)
+                .fetch_one(&self.pool)
+                .await?;
+        if saved.0 == 0 {
+            return Ok(None);
+        }
+        let rows: Vec<StateEntry> = sqlx::query_as(
+            "SELECT path, is_dir, is_file, size, mtime FROM watch_state WHERE watch = ? AND path <> ''",
+        )
+        .bind(watch)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(Some(rows))
+    }
+
+    /// Deletes a watch (and its saved state); false when there was none.
     pub async fn delete_watch(&self, name: &str) -> Result<bool> {
+        sqlx::query("DELETE FROM watch_state WHERE watch = ?")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
         let r = sqlx::query("DELETE FROM watches WHERE name = ?")
             .bind(name)
             .execute(&self.pool)

@@ -19,7 +19,7 @@ use sqlx::SqlitePool;
 
 pub use containers::{ContainerRow, ContainerState, ExitUpdate, NewContainer};
 pub use engines::EngineRow;
-pub use events::{EventRow, NewEvent, SubscriptionRow, WatchRow};
+pub use events::{EventRow, NewEvent, StateEntry, SubscriptionRow, WatchRow};
 pub use exports::{ExportClientRow, ExportRow, NewExport};
 pub use images::{ImageRow, NewImage};
 pub use jobs::{HistoryLimits, JobBatch, JobRow, NewRun, RunRow, RunState, RunTrigger, RunUpdate};

@@ -868,3 +868,64 @@ async fn the_cli_adds_lists_removes_watches_and_tails_events() {
     let (ok, out, _) = cli(&["watch", "ls"]);
     assert!(ok && !out.contains("cli/in"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_as_server_sent_events() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let d = TestDaemon::start().await;
+    std::fs::create_dir_all(d.array.join("sse")).unwrap();
+    d.ok(
+        Method::POST,
+        "/v1/watches",
+        Some(json!({"name": "sse", "path": "sse", "events": ["close_write"]})),
+    )
+    .await;
+    d.ok(
+        Method::POST,
+        "/v1/subscriptions",
+        Some(json!({"name": "es"})),
+    )
+    .await;
+    let mut s = tokio::net::UnixStream::connect(&d.socket).await.unwrap();
+    s.write_all(b"GET /v1/subscriptions/es/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    std::fs::write(d.array.join("sse/a"), b"x").unwrap();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(&got).contains("\"path\":\"sse/a\"") {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "stream closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("content-type: text/event-stream"),
+        "{text}"
+    );
+    assert!(text.contains("event: close_write"), "{text}");
+    let seq: i64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("id: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no id line: {text}"));
+    let sub = d
+        .ok(
+            Method::POST,
+            "/v1/subscriptions/es/ack",
+            Some(json!({"seq": seq})),
+        )
+        .await;
+    assert_eq!(sub["acked"], seq);
+}

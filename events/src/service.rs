@@ -1021,6 +1021,37 @@ mod tests {
         ev.stop().await;
     }
 
+    /// With a coalescing window, a burst of writes to one file is one close_write.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_writes_to_one_file_is_coalesced() {
+        let dir = tempfile::tempdir().unwrap();
+        let array = dir.path().join("array");
+        std::fs::create_dir_all(array.join("w")).unwrap();
+        let store = Store::open(&dir.path().join("state.db")).await.unwrap();
+        let root = Arc::new(ArrayRoot::open(&array, &[]).unwrap());
+        let opts = EventsOptions {
+            coalesce: Duration::from_millis(300),
+            ..EventsOptions::default()
+        };
+        let ev = Events::start(store, root, None, opts).await.unwrap();
+        let mut w = spec("w1", "w");
+        w.events = vec![crate::Kind::CloseWrite, crate::Kind::Delete];
+        ev.create_watch(w).await.unwrap();
+        ev.create_subscription(serde_json::from_value(serde_json::json!({"name": "s"})).unwrap())
+            .await
+            .unwrap();
+        for i in 0..20 {
+            std::fs::write(array.join("w/hot"), format!("{i}")).unwrap();
+        }
+        std::fs::write(array.join("w/other"), b"x").unwrap();
+        let got = drain(&ev, "s", Duration::from_millis(800)).await;
+        let hot: Vec<&Event> = got.iter().filter(|e| e.path == "w/hot").collect();
+        assert_eq!(hot.len(), 1, "{got:#?}");
+        assert_eq!(hot[0].size, Some(2), "the last write's size");
+        assert!(got.iter().any(|e| e.path == "w/other"));
+        ev.stop().await;
+    }
+
     /// A webhook that fails once gets the same batch again, signed; a 2xx acknowledges it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn webhooks_retry_until_taken_and_are_signed() {

@@ -115,6 +115,12 @@ pub enum Command {
         #[arg(long)]
         before: Option<i64>,
     },
+    /// Manage file watches.
+    #[command(subcommand)]
+    Watch(crate::cli_events::WatchCmd),
+    /// Follow file events.
+    #[command(subcommand)]
+    Events(crate::cli_events::EventsCmd),
     /// Change a container's limits live.
     Update {
         #[command(flatten)]
@@ -424,6 +430,8 @@ pub async fn run(args: Args) -> Result<ExitCode> {
             }
         }
         Command::Job(cmd) => return crate::cli_jobs::job(&c, as_json, cmd).await,
+        Command::Watch(cmd) => return crate::cli_events::watch(&c, as_json, cmd).await,
+        Command::Events(cmd) => return crate::cli_events::events(&c, cmd).await,
         Command::Update { limits, container } => {
             return crate::cli_engines::update(&c, &container, &limits).await
         }

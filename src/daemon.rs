@@ -44,6 +44,8 @@ pub struct FileConfig {
     pub registries: Option<std::collections::HashMap<String, RegistryConfig>>,
     /// Prune unused images every this many seconds (none when unset or 0).
     pub image_prune_interval_seconds: Option<u64>,
+    /// File events: coalescing and retention of the event log.
+    pub events: Option<EventsConfig>,
 }
 
 /// One `[registries."host:port"]` table of the config file. Its Debug hides the password.
@@ -73,6 +75,51 @@ impl std::fmt::Debug for RegistryConfig {
             .field("password_file", &self.password_file)
             .field("ca_file", &self.ca_file)
             .finish()
+    }
+}
+
+/// `[events]` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Repeated close_write/attrib of one file within this many milliseconds become one event
+    /// (default 0: off; at most 10000).
+    pub coalesce_ms: Option<u64>,
+    /// Events older than this many hours are removed (default 168 = 7 days; 0 = no age limit).
+    pub retention_hours: Option<u64>,
+    /// At most this many events are kept, the oldest removed first (default 10000000; 0 = no
+    /// limit).
+    pub retention_max_events: Option<u64>,
+    /// Publish the events to NATS JetStream: `url`, `subject`, `stream`, `subscription`,
+    /// `watches` (docs/operator-guide.md, "File events").
+    pub nats: Option<inarray_events::nats::NatsConfig>,
+}
+
+impl EventsConfig {
+    fn options(&self) -> Result<inarray_events::EventsOptions> {
+        let mut o = inarray_events::EventsOptions::default();
+        if let Some(c) = self.coalesce_ms {
+            if c > 10_000 {
+                bail!("events.coalesce_ms: {c} is more than 10000");
+            }
+            o.coalesce = std::time::Duration::from_millis(c);
+        }
+        match self.retention_hours {
+            Some(0) => o.retention_age = None,
+            Some(h) => {
+                o.retention_age = Some(std::time::Duration::from_secs(h.saturating_mul(3600)))
+            }
+            None => {}
+        }
+        match self.retention_max_events {
+            Some(0) => o.retention_max_events = None,
+            Some(n) => {
+                o.retention_max_events =
+                    Some(i64::try_from(n).context("events.retention_max_events")?)
+            }
+            None => {}
+        }
+        Ok(o)
     }
 }
 
@@ -120,6 +167,8 @@ struct Settings {
     registries: std::collections::HashMap<String, inarray_images::RegistrySettings>,
     registry_credentials: std::collections::HashMap<String, inarray_images::Credentials>,
     image_prune_interval: Option<std::time::Duration>,
+    events: inarray_events::EventsOptions,
+    nats: Option<inarray_events::nats::NatsConfig>,
 }
 
 type RegistryMaps = (
@@ -281,6 +330,15 @@ fn settings(opts: ServeOpts) -> Result<Settings> {
             .map(std::time::Duration::from_secs),
         registries,
         registry_credentials,
+        nats: match file.events.as_ref().and_then(|e| e.nats.clone()) {
+            Some(n) => {
+                n.validate()
+                    .map_err(|e| anyhow::anyhow!("events.nats: {e}"))?;
+                Some(n)
+            }
+            None => None,
+        },
+        events: file.events.unwrap_or_default().options()?,
     })
 }
 
@@ -360,7 +418,7 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
         inarray_runtime::ManagerOptions {
             state_dir: state.clone(),
             array_dir: array.clone(),
-            protected,
+            protected: protected.clone(),
             shim_exe: sealed.path(),
             container_memory: s.container_memory,
             cgroups: s.cgroups.clone(),
@@ -408,6 +466,20 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
         inarray_jobs::JobsOptions::default(),
     );
     jobs.start().await.context("job scheduler")?;
+    // File events: watches restored from SQL; triggers start containers through the manager.
+    let array_root = inarray_runtime::volumes::ArrayRoot::open(&array, &protected)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let events = inarray_events::Events::start(
+        store.clone(),
+        Arc::new(array_root),
+        Some(manager.clone()),
+        s.events.clone(),
+    )
+    .await
+    .context("file events")?;
+    if let Some(n) = s.nats.clone() {
+        events.start_nats(n).await.context("events.nats")?;
+    }
     let nfs = inarray_nfs::start(&s.exports, s.nfs_listen, &array, &store)
         .await
         .context("nfs gateway")?;
@@ -450,7 +522,10 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
             }
         });
     }
-    let mut app = inarray_api::jobs::attach(inarray_api::router(manager.clone()), jobs.clone());
+    let mut app = inarray_api::events::attach(
+        inarray_api::jobs::attach(inarray_api::router(manager.clone()), jobs.clone()),
+        events.clone(),
+    );
     if let Some(nfs) = &nfs {
         app = inarray_api::exports::attach_metrics(app, nfs.metrics.clone());
     }
@@ -467,10 +542,17 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
         };
         tokio::spawn(reloader.run());
     }
-    serve(app, bound, limits, shutdown_signal())
+    let closing = events.clone();
+    let shutdown = async move {
+        shutdown_signal().await;
+        // Long-polls, SSE and WebSocket streams end, so in-flight requests can finish.
+        closing.begin_shutdown();
+    };
+    serve(app, bound, limits, shutdown)
         .await
         .context("serving the API")?;
     jobs.stop();
+    events.stop().await;
     store.close().await;
     tracing::info!("stopped; containers keep running under their shims");
     drop(sealed);
@@ -660,6 +742,8 @@ impl Reloader {
             cgroups: c.cgroups.clone(),
             io_scheduler: c.io_scheduler.clone(),
             image_prune_interval: c.image_prune_interval,
+            events: c.events.clone(),
+            nats: c.nats.clone(),
             registries: new.registries,
             registry_credentials: new.registry_credentials,
             log: new.log,
@@ -837,6 +921,21 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("no such group"), "{e}");
+        std::fs::write(&cfg, "array = \"/a\"\n[events]\ncoalesce_ms = 20000\n").unwrap();
+        let e = settings(opts(Some(cfg.clone()), None, &[]))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("events.coalesce_ms"), "{e}");
+        std::fs::write(
+            &cfg,
+            "array = \"/a\"\n[events]\ncoalesce_ms = 50\nretention_hours = 0\nretention_max_events = 1000\n",
+        )
+        .unwrap();
+        let s = settings(opts(Some(cfg.clone()), None, &[])).unwrap();
+        assert_eq!(s.events.coalesce, std::time::Duration::from_millis(50));
+        assert_eq!(s.events.retention_age, None);
+        assert_eq!(s.events.retention_max_events, Some(1000));
         std::fs::write(&cfg, "array = \"/a\"\nsocket_mode = \"rw\"\n").unwrap();
         let e = settings(opts(Some(cfg), None, &[]))
             .err()

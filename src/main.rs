@@ -3,6 +3,7 @@
 
 mod cli;
 mod cli_engines;
+mod cli_events;
 mod cli_exports;
 mod cli_jobs;
 mod cli_pull;

@@ -4,6 +4,8 @@ pub mod access;
 pub mod client;
 pub mod engines;
 pub mod error;
+pub mod events;
+pub mod events_ws;
 pub mod exports;
 pub mod extract;
 pub mod jobs;

@@ -57,6 +57,7 @@ pub fn router(manager: Manager) -> Router {
         .merge(crate::jobs::routes())
         .merge(crate::access::routes())
         .merge(crate::registries::routes())
+        .merge(crate::events::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -58,6 +58,15 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/tokens/{name}", &["delete"]),
     ("/v1/audit", &["get"]),
     ("/v1/info", &["get"]),
+    ("/v1/watches", &["get", "post"]),
+    ("/v1/watches/{name}", &["get", "delete"]),
+    ("/v1/subscriptions", &["get", "post"]),
+    ("/v1/subscriptions/{name}", &["get", "delete"]),
+    ("/v1/subscriptions/{name}/events", &["get"]),
+    ("/v1/subscriptions/{name}/stream", &["get"]),
+    ("/v1/subscriptions/{name}/ws", &["get"]),
+    ("/v1/subscriptions/{name}/ack", &["post"]),
+    ("/v1/events", &["get"]),
 ];
 
 const SPEC_FILE: &str = include_str!("../../docs/openapi.json");
@@ -69,6 +78,7 @@ const ROUTES_RS: &[&str] = &[
     include_str!("../src/jobs.rs"),
     include_str!("../src/access.rs"),
     include_str!("../src/registries.rs"),
+    include_str!("../src/events.rs"),
 ];
 const JSON: Option<&str> = Some("application/json");
 
@@ -151,6 +161,16 @@ impl Env {
         )
         .await
         .unwrap();
+        let events = inarray_events::Events::start(
+            store.clone(),
+            Arc::new(
+                inarray_runtime::volumes::ArrayRoot::open(&array, &[array.join("admin")]).unwrap(),
+            ),
+            Some(manager.clone()),
+            inarray_events::EventsOptions::default(),
+        )
+        .await
+        .unwrap();
         let jobs = inarray_jobs::Jobs::new(
             store,
             Arc::new(manager.clone()),
@@ -159,7 +179,10 @@ impl Env {
         );
         Self {
             app: inarray_api::access::attach(
-                inarray_api::jobs::attach(inarray_api::router(manager), jobs),
+                inarray_api::events::attach(
+                    inarray_api::jobs::attach(inarray_api::router(manager), jobs),
+                    events,
+                ),
                 access,
             ),
             spec: serde_json::from_str(SPEC_FILE).expect("docs/openapi.json is JSON"),
@@ -991,6 +1014,10 @@ async fn spec_and_router_agree() {
             // Bodies that are valid, so the handler gets to look the object up.
             ("PATCH", "/v1/exports/{name}") => env.call(&method, &uri, JSON, b"{}".to_vec()).await,
             ("PATCH", "/v1/jobs/{name}") => env.call(&method, &uri, JSON, b"{}".to_vec()).await,
+            ("POST", "/v1/subscriptions/{name}/ack") => {
+                env.call(&method, &uri, JSON, b"{\"seq\": 0}".to_vec())
+                    .await
+            }
             ("PATCH", _) => {
                 let body = serde_json::to_vec(&json!({"resources": {}})).unwrap();
                 env.call(&method, &uri, JSON, body).await
@@ -2855,4 +2882,145 @@ fn every_operation_documents_access_errors() {
         }
     }
     assert!(missing.is_empty(), "undocumented: {missing:#?}");
+}
+
+// ---------------------------------------------------------------------------------- events
+
+/// Watches and subscriptions over the API, and the hostile inputs of SECURITY.md that apply:
+/// paths escaping the array, protected paths, malformed and huge bodies, absurd wait/max values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_watches_subscriptions_and_hostile_inputs() {
+    let env = Env::new().await;
+    std::fs::create_dir_all(env.array().join("data/in")).unwrap();
+    let w = env
+        .post_json(
+            "/v1/watches",
+            &json!({"name": "in", "path": "data/in", "include": ["*.csv"]}),
+        )
+        .await;
+    w.expect(StatusCode::CREATED);
+    assert_eq!(w.json()["watched_dirs"], 1, "{}", w.text());
+    env.post_json("/v1/watches", &json!({"name": "in", "path": "data"}))
+        .await
+        .expect_error(StatusCode::CONFLICT, "conflict", "already exists");
+    for (path, needle) in [
+        ("../../etc", "\"..\""),
+        ("/etc", "absolute"),
+        ("data/../../x", "\"..\""),
+        ("data/escape", "does not exist"), // a symlink to /etc, resolved inside the array
+        ("admin", "protected"),
+        ("nope", "does not exist"),
+        ("data/in\u{0}x", "NUL"),
+    ] {
+        env.post_json("/v1/watches", &json!({"name": "x", "path": path}))
+            .await
+            .expect_error(StatusCode::BAD_REQUEST, "invalid_request", needle);
+    }
+    env.post_json(
+        "/v1/watches",
+        &json!({"name": "x", "path": "data", "bogus": 1}),
+    )
+    .await
+    .expect_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", "bogus");
+    let many: Vec<String> = (0..10_000).map(|i| format!("*.{i}")).collect();
+    env.post_json(
+        "/v1/watches",
+        &json!({"name": "x", "path": "data", "exclude": many}),
+    )
+    .await
+    .expect_error(StatusCode::BAD_REQUEST, "invalid_request", "at most 256");
+    let huge = vec![b' '; 2 * 1024 * 1024];
+    let r = env.call("POST", "/v1/watches", JSON, huge).await;
+    r.expect(StatusCode::PAYLOAD_TOO_LARGE);
+    env.post_json(
+        "/v1/watches",
+        &json!({"name": "t", "path": "data", "trigger": {"container": {"image": "no-such:1"}}}),
+    )
+    .await
+    .expect_error(
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        "trigger.container.image",
+    );
+
+    // Subscriptions.
+    env.post_json(
+        "/v1/subscriptions",
+        &json!({"name": "s", "watches": ["nope"]}),
+    )
+    .await
+    .expect_error(StatusCode::BAD_REQUEST, "invalid_request", "watches[0]");
+    env.post_json("/v1/subscriptions", &json!({"name": "s", "from": "later"}))
+        .await
+        .expect_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", "from");
+    env.post_json(
+        "/v1/subscriptions",
+        &json!({"name": "s", "webhook": {"url": "https://example.com/"}}),
+    )
+    .await
+    .expect_error(StatusCode::BAD_REQUEST, "invalid_request", "webhook.url");
+    env.post_json(
+        "/v1/subscriptions",
+        &json!({"name": "s", "watches": ["in"], "from": "beginning"}),
+    )
+    .await
+    .expect(StatusCode::CREATED);
+    for q in [
+        "wait=301",
+        "wait=-1",
+        "wait=99999999999999999999",
+        "max=0",
+        "max=10001",
+        "max=x",
+        "bogus=1",
+    ] {
+        env.get(&format!("/v1/subscriptions/s/events?{q}"))
+            .await
+            .expect_error(StatusCode::BAD_REQUEST, "invalid_request", "");
+    }
+    std::fs::write(env.array().join("data/in/a.csv"), b"1,2").unwrap();
+    std::fs::write(env.array().join("data/in/skip.txt"), b"x").unwrap();
+    let d = env
+        .get("/v1/subscriptions/s/events?wait=10&max=10")
+        .await
+        .expect(StatusCode::OK)
+        .json();
+    let evs = d["events"].as_array().unwrap();
+    assert!(!evs.is_empty(), "{d}");
+    assert!(evs.iter().all(|e| e["path"] == "data/in/a.csv"), "{d}");
+    let last = evs.last().unwrap()["seq"].as_i64().unwrap();
+    env.post_json("/v1/subscriptions/s/ack", &json!({"seq": last + 1_000_000}))
+        .await
+        .expect_error(StatusCode::BAD_REQUEST, "invalid_request", "beyond");
+    env.post_json("/v1/subscriptions/s/ack", &json!({"seq": "x"}))
+        .await
+        .expect_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", "seq");
+    let s = env
+        .post_json("/v1/subscriptions/s/ack", &json!({"seq": last}))
+        .await
+        .expect(StatusCode::OK)
+        .json();
+    assert_eq!(s["acked"], last);
+    let all = env
+        .get("/v1/events?after=0&max=100")
+        .await
+        .expect(StatusCode::OK)
+        .json();
+    assert!(!all.as_array().unwrap().is_empty());
+    env.get("/v1/events?max=0").await.expect_error(
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        "max",
+    );
+    env.delete("/v1/subscriptions/s")
+        .await
+        .expect(StatusCode::NO_CONTENT);
+    env.delete("/v1/watches/in")
+        .await
+        .expect(StatusCode::NO_CONTENT);
+    env.delete("/v1/watches/in").await.expect_error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such watch: in",
+    );
 }

@@ -6,6 +6,7 @@
 mod access;
 mod containers;
 mod engines;
+mod events;
 mod exports;
 mod images;
 mod jobs;
@@ -21,6 +22,7 @@ use sqlx::SqlitePool;
 pub use access::{AuditRow, NewAudit, TokenRow};
 pub use containers::{ContainerRow, ContainerState, ExitUpdate, NewContainer};
 pub use engines::EngineRow;
+pub use events::{EventRow, NewEvent, StateEntry, SubscriptionRow, WatchRow};
 pub use exports::{ExportClientRow, ExportRow, NewExport};
 pub use images::{ImageRow, NewImage};
 pub use jobs::{HistoryLimits, JobBatch, JobRow, NewRun, RunRow, RunState, RunTrigger, RunUpdate};

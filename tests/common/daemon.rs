@@ -33,6 +33,8 @@ pub struct TestDaemon {
     /// This daemon's own cgroup root (`--cgroup-root`): concurrent test daemons never share an
     /// engine's cgroup, and dropping the daemon removes them all.
     pub cgroup_root: String,
+    /// A config file passed with `--config` at the next launch.
+    pub config: Option<PathBuf>,
 }
 
 impl TestDaemon {
@@ -65,6 +67,7 @@ impl TestDaemon {
                 .collect(),
             tmp,
             cgroup_root: unique_cgroup_root(),
+            config: None,
         };
         d.launch().await;
         d
@@ -83,6 +86,9 @@ impl TestDaemon {
             .arg("--cgroup-root")
             .arg(&self.cgroup_root)
             .env("INARRAY_LOG", "info");
+        if let Some(c) = &self.config {
+            cmd.arg("--config").arg(c);
+        }
         cmd
     }
 

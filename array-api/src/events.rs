@@ -1,0 +1,260 @@
+//! `/v1/watches`, `/v1/subscriptions`, `/v1/events`: file events. Each handler is one call on
+//! [`inarray_events::Events`], which the daemon attaches with [`attach`] (a request extension).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use inarray_events::{Events, EventsError, SubscriptionSpec, WatchSpec};
+use inarray_runtime::Manager;
+use serde::Deserialize;
+
+use crate::error::ApiError;
+use crate::extract::{Json, Path, Query};
+
+pub fn routes() -> Router<Manager> {
+    Router::new()
+        .route("/v1/watches", get(list_watches).post(create_watch))
+        .route("/v1/watches/{name}", get(get_watch).delete(delete_watch))
+        .route(
+            "/v1/subscriptions",
+            get(list_subscriptions).post(create_subscription),
+        )
+        .route(
+            "/v1/subscriptions/{name}",
+            get(get_subscription).delete(delete_subscription),
+        )
+        .route("/v1/subscriptions/{name}/events", get(poll_events))
+        .route("/v1/subscriptions/{name}/stream", get(stream_events))
+        .route("/v1/subscriptions/{name}/ws", get(ws_events))
+        .route("/v1/subscriptions/{name}/ack", post(ack))
+        .route("/v1/events", get(read_events))
+}
+
+/// Makes the events service reachable from these routes.
+pub fn attach(router: Router, events: Events) -> Router {
+    router.layer(axum::Extension(events))
+}
+
+struct Svc(Events);
+
+impl<S: Send + Sync> FromRequestParts<S> for Svc {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<Events>()
+            .cloned()
+            .map(Svc)
+            .ok_or_else(|| ApiError::internal("the events service is not attached to the router"))
+    }
+}
+
+impl From<EventsError> for ApiError {
+    fn from(e: EventsError) -> Self {
+        match e {
+            EventsError::Invalid { .. } => Self::bad_request(e.to_string()),
+            EventsError::NotFound { .. } => Self::not_found(e.to_string()),
+            EventsError::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
+            EventsError::Limit(m) => Self::new(StatusCode::INSUFFICIENT_STORAGE, "limit", m),
+            EventsError::Store(s) => s.into(),
+            EventsError::Internal(m) => Self::internal(m),
+        }
+    }
+}
+
+async fn list_watches(Svc(e): Svc) -> Response {
+    axum::Json(e.watches()).into_response()
+}
+
+async fn create_watch(Svc(e): Svc, Json(spec): Json<WatchSpec>) -> Result<Response, ApiError> {
+    let w = e.create_watch(spec).await?;
+    Ok((StatusCode::CREATED, axum::Json(w)).into_response())
+}
+
+async fn get_watch(Svc(e): Svc, Path(name): Path<String>) -> Result<Response, ApiError> {
+    Ok(axum::Json(e.watch(&name)?).into_response())
+}
+
+async fn delete_watch(Svc(e): Svc, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    e.delete_watch(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_subscriptions(Svc(e): Svc) -> Response {
+    axum::Json(e.subscriptions()).into_response()
+}
+
+async fn create_subscription(
+    Svc(e): Svc,
+    Json(spec): Json<SubscriptionSpec>,
+) -> Result<Response, ApiError> {
+    let s = e.create_subscription(spec).await?;
+    Ok((StatusCode::CREATED, axum::Json(s)).into_response())
+}
+
+async fn get_subscription(Svc(e): Svc, Path(name): Path<String>) -> Result<Response, ApiError> {
+    Ok(axum::Json(e.subscription(&name)?).into_response())
+}
+
+async fn delete_subscription(
+    Svc(e): Svc,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    e.delete_subscription(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PollQuery {
+    /// Seconds to wait for an event when there is none (0-300, default 0).
+    wait: Option<u64>,
+    /// Events per answer (1-10000, default 1000).
+    max: Option<u32>,
+}
+
+/// Events per answer: 1-10000, default 1000.
+fn max_of(max: Option<u32>) -> Result<u32, ApiError> {
+    let m = max.unwrap_or(1000);
+    if !(1..=inarray_events::service::MAX_EVENTS_PER_POLL).contains(&m) {
+        return Err(ApiError::bad_request(format!(
+            "max: must be between 1 and {}",
+            inarray_events::service::MAX_EVENTS_PER_POLL
+        )));
+    }
+    Ok(m)
+}
+
+fn wait_of(wait: Option<u64>) -> Result<Duration, ApiError> {
+    let w = wait.unwrap_or(0);
+    if w > inarray_events::service::MAX_WAIT_SECONDS {
+        return Err(ApiError::bad_request(format!(
+            "wait: {w} is more than {} seconds",
+            inarray_events::service::MAX_WAIT_SECONDS
+        )));
+    }
+    Ok(Duration::from_secs(w))
+}
+
+async fn poll_events(
+    Svc(e): Svc,
+    Path(name): Path<String>,
+    Query(q): Query<PollQuery>,
+) -> Result<Response, ApiError> {
+    let d = e
+        .next(&name, wait_of(q.wait)?, q.max.unwrap_or(1000))
+        .await?;
+    Ok(axum::Json(d).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamQuery {
+    max: Option<u32>,
+}
+
+/// Server-sent events: each event is `id: <seq>`, `event: <kind>`, `data: <the event as JSON>`.
+/// Acknowledge with `POST …/ack` as with polling; unacknowledged events come again after the
+/// ack deadline.
+async fn stream_events(
+    Svc(e): Svc,
+    Path(name): Path<String>,
+    Query(q): Query<StreamQuery>,
+) -> Result<Response, ApiError> {
+    let max = max_of(q.max)?;
+    // Refuse a bad name before the stream starts.
+    e.subscription(&name)?;
+    let stream = futures_util::stream::unfold(
+        (e, name, std::collections::VecDeque::<SseEvent>::new()),
+        move |(e, name, mut queue)| async move {
+            loop {
+                if let Some(ev) = queue.pop_front() {
+                    return Some((Ok::<_, Infallible>(ev), (e, name, queue)));
+                }
+                match e.next(&name, Duration::from_secs(15), max).await {
+                    Ok(d) => {
+                        for ev in d.events {
+                            let data = serde_json::to_string(&ev).unwrap_or_default();
+                            queue.push_back(
+                                SseEvent::default()
+                                    .id(ev.seq.to_string())
+                                    .event(ev.kind.as_str())
+                                    .data(data),
+                            );
+                        }
+                    }
+                    Err(_) => return None,
+                }
+            }
+        },
+    );
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+/// A WebSocket: see [`crate::events_ws`].
+async fn ws_events(
+    Svc(e): Svc,
+    Path(name): Path<String>,
+    Query(q): Query<StreamQuery>,
+    req: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    let max = max_of(q.max)?;
+    crate::events_ws::upgrade(e, name, max, req).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AckBody {
+    seq: i64,
+}
+
+async fn ack(
+    Svc(e): Svc,
+    Path(name): Path<String>,
+    Json(b): Json<AckBody>,
+) -> Result<Response, ApiError> {
+    Ok(axum::Json(e.ack(&name, b.seq).await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadQuery {
+    /// Events with a seq above this (default: 0).
+    after: Option<i64>,
+    max: Option<u32>,
+    wait: Option<u64>,
+}
+
+/// The log itself, without a subscription (for `inarray events tail`): no cursor is kept.
+async fn read_events(Svc(e): Svc, Query(q): Query<ReadQuery>) -> Result<Response, ApiError> {
+    let wait = wait_of(q.wait)?;
+    let after = q.after.unwrap_or(0);
+    let max = q.max.unwrap_or(1000);
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut rx = e.subscribe_seq();
+    let mut closing = e.closing();
+    loop {
+        rx.borrow_and_update();
+        let events = e.read(after, max).await?;
+        if !events.is_empty()
+            || tokio::time::Instant::now() >= deadline
+            || *closing.borrow_and_update()
+        {
+            return Ok(axum::Json(events).into_response());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = rx.changed() => {}
+            _ = closing.changed() => {}
+        }
+    }
+}

@@ -1,0 +1,1155 @@
+//! [`Events`]: the service the daemon starts. It owns the running watches, the batch writer that
+//! appends their events to the log, retention, the subscriptions' delivery state, and the
+//! trigger and webhook tasks.
+//!
+//! Delivery is at-least-once: a subscription's cursor (`acked`) is in SQL and moves only on an
+//! ack; what was delivered past it is remembered in memory with the time of delivery, and is
+//! delivered again once the ack deadline passes — or after a daemon restart.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use inarray_runtime::volumes::ArrayRoot;
+use inarray_runtime::Manager;
+use inarray_store::{NewEvent, Store, SubscriptionRow};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::spec::{Event, From, SubscriptionSpec, WatchSpec, WebhookSpec};
+use crate::watcher::{self, WatchConfig, WatchHandle};
+use crate::{invalid, EventsError};
+
+#[derive(Clone, Debug)]
+pub struct EventsOptions {
+    /// Repeated close_write/attrib of one path within this window become one event (0: off).
+    pub coalesce: Duration,
+    /// Events older than this are removed.
+    pub retention_age: Option<Duration>,
+    /// At most this many events are kept (the oldest go first).
+    pub retention_max_events: Option<i64>,
+    /// Events appended per transaction, at most.
+    pub batch_max: usize,
+}
+
+impl Default for EventsOptions {
+    fn default() -> Self {
+        Self {
+            coalesce: Duration::ZERO,
+            retention_age: Some(Duration::from_secs(7 * 24 * 3600)),
+            retention_max_events: Some(10_000_000),
+            batch_max: 20_000,
+        }
+    }
+}
+
+/// A watch as the API shows it: the definition, then live figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct WatchView {
+    #[serde(flatten)]
+    pub spec: WatchSpec,
+    pub watched_dirs: usize,
+    pub known_entries: usize,
+    pub resyncs: u64,
+    /// Events this watch has reported since the daemon started.
+    pub events_seen: u64,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SubscriptionView {
+    pub name: String,
+    pub watches: Vec<String>,
+    pub ack_deadline_seconds: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookSpec>,
+    /// Every event up to this seq is acknowledged.
+    pub acked: i64,
+    /// Delivered up to this seq (acked or not).
+    pub delivered: i64,
+    /// The newest seq in the log.
+    pub last_seq: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One answer to a poll.
+#[derive(Clone, Debug, Serialize)]
+pub struct Delivery {
+    pub events: Vec<Event>,
+    /// True when these events were delivered before and not acknowledged in time.
+    pub redelivery: bool,
+}
+
+struct WatchEntry {
+    spec: WatchSpec,
+    handle: WatchHandle,
+    trigger: Option<JoinHandle<()>>,
+    created_at: DateTime<Utc>,
+}
+
+struct SubState {
+    row: SubscriptionRow,
+    delivered: i64,
+    /// When the oldest unacknowledged delivery was made.
+    delivered_at: Option<Instant>,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    webhook: Option<JoinHandle<()>>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) store: Store,
+    array: Arc<ArrayRoot>,
+    pub(crate) manager: Option<Manager>,
+    opts: EventsOptions,
+    sink: watcher::Sink,
+    pub(crate) last_seq: watch::Sender<i64>,
+    watches: Mutex<BTreeMap<String, WatchEntry>>,
+    subs: Mutex<HashMap<String, SubState>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Serializes watch creation and deletion.
+    admin: tokio::sync::Mutex<()>,
+    /// Set when the daemon begins to shut down: waiting polls and streams end.
+    closing: watch::Sender<bool>,
+    /// Acks not yet written to SQL (subscription → seq).
+    dirty_acks: Mutex<HashMap<String, i64>>,
+    /// Where the watches' tree states go to be saved.
+    snaps: watcher::SnapSink,
+}
+
+/// How often acknowledgements are written to SQL.
+pub const ACK_FLUSH: Duration = Duration::from_millis(100);
+
+/// The file-events service; cheap to clone.
+#[derive(Clone)]
+pub struct Events {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub const MAX_WAIT_SECONDS: u64 = 300;
+pub const MAX_EVENTS_PER_POLL: u32 = 10_000;
+
+impl Events {
+    /// Starts the writer and retention tasks, restores the watches and subscriptions from SQL.
+    /// `manager` runs trigger containers (none: triggers are refused).
+    pub async fn start(
+        store: Store,
+        array: Arc<ArrayRoot>,
+        manager: Option<Manager>,
+        opts: EventsOptions,
+    ) -> Result<Self, EventsError> {
+        let (sink, rx) = mpsc::channel(1024);
+        let (snaps, snap_rx) = mpsc::channel(16);
+        let last = store.last_event_seq().await?;
+        let (last_seq, _) = watch::channel(last);
+        let ev = Events {
+            inner: Arc::new(Inner {
+                store,
+                array,
+                manager,
+                opts,
+                sink,
+                last_seq,
+                watches: Mutex::default(),
+                subs: Mutex::default(),
+                tasks: Mutex::default(),
+                admin: tokio::sync::Mutex::new(()),
+                closing: watch::channel(false).0,
+                dirty_acks: Mutex::default(),
+                snaps,
+            }),
+        };
+        let writer = tokio::spawn(writer(ev.clone(), rx));
+        let retention = tokio::spawn(retention(ev.clone()));
+        let acks = tokio::spawn(ack_flusher(ev.clone()));
+        let states = tokio::spawn(state_saver(ev.inner.store.clone(), snap_rx));
+        ev.inner
+            .tasks
+            .lock()
+            .expect("tasks")
+            .extend([writer, retention, acks, states]);
+        for row in ev.inner.store.list_subscriptions().await? {
+            ev.install_subscription(row);
+        }
+        for row in ev.inner.store.list_watches().await? {
+            let spec: WatchSpec = match serde_json::from_str(&row.spec) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(watch = %row.name, error = %e, "corrupt watch definition; skipped");
+                    continue;
+                }
+            };
+            if let Err(e) = ev.install_watch(spec, row.created_at, true).await {
+                tracing::error!(watch = %row.name, error = %e, "cannot restore the watch");
+            }
+        }
+        Ok(ev)
+    }
+
+    /// Ends waiting polls and open streams (SSE, WebSocket) so the API can shut down; new polls
+    /// are refused (409) from now on.
+    pub fn begin_shutdown(&self) {
+        self.inner.closing.send_replace(true);
+    }
+
+    /// True once [`Events::begin_shutdown`] was called (a receiver to wait on).
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.inner.closing.subscribe()
+    }
+
+    /// Stops every watch and task (the log keeps what was appended).
+    pub async fn stop(&self) {
+        let entries: Vec<WatchEntry> = std::mem::take(&mut *self.inner.watches.lock().expect("w"))
+            .into_values()
+            .collect();
+        let _ = tokio::task::spawn_blocking(move || {
+            for mut e in entries {
+                if let Some(t) = e.trigger.take() {
+                    t.abort();
+                }
+                e.handle.stop();
+            }
+        })
+        .await;
+        for s in self.inner.subs.lock().expect("subs").values_mut() {
+            if let Some(t) = s.webhook.take() {
+                t.abort();
+            }
+        }
+        // Let the writer drain what the watches flushed, and their states be saved.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        self.states_saved().await;
+        self.flush_acks().await;
+        for t in self.inner.tasks.lock().expect("tasks").drain(..) {
+            t.abort();
+        }
+    }
+
+    /// Starts publishing to NATS JetStream (see [`crate::nats`]).
+    pub async fn start_nats(&self, cfg: crate::nats::NatsConfig) -> Result<(), EventsError> {
+        let task = crate::nats::start(self, cfg).await?;
+        self.inner.tasks.lock().expect("tasks").push(task);
+        Ok(())
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn last_seq(&self) -> i64 {
+        *self.inner.last_seq.borrow()
+    }
+
+    /// Notified with the newest seq after each appended batch.
+    pub fn subscribe_seq(&self) -> watch::Receiver<i64> {
+        self.inner.last_seq.subscribe()
+    }
+
+    // ------------------------------------------------------------------ watches
+
+    async fn install_watch(
+        &self,
+        spec: WatchSpec,
+        created_at: DateTime<Utc>,
+        restore: bool,
+    ) -> Result<(), EventsError> {
+        let filter = spec.validate()?;
+        let baseline = if restore {
+            self.inner.store.load_watch_state(&spec.name).await?
+        } else {
+            None
+        };
+        let cfg = WatchConfig {
+            name: spec.name.clone(),
+            path: spec.path.clone(),
+            recursive: spec.recursive,
+            filter,
+            coalesce: self.inner.opts.coalesce,
+            baseline,
+            snapshots: Some(self.inner.snaps.clone()),
+        };
+        let array = self.inner.array.clone();
+        let sink = self.inner.sink.clone();
+        let handle = tokio::task::spawn_blocking(move || watcher::start(cfg, array, sink))
+            .await
+            .map_err(|e| EventsError::Internal(format!("watch setup panicked: {e}")))??;
+        let trigger = spec
+            .trigger
+            .as_ref()
+            .map(|_| tokio::spawn(crate::trigger::run(self.clone(), spec.name.clone())));
+        self.inner.watches.lock().expect("watches").insert(
+            spec.name.clone(),
+            WatchEntry {
+                spec,
+                handle,
+                trigger,
+                created_at,
+            },
+        );
+        Ok(())
+    }
+
+    pub async fn create_watch(&self, spec: WatchSpec) -> Result<WatchView, EventsError> {
+        spec.validate()?;
+        if let Some(t) = &spec.trigger {
+            let Some(m) = &self.inner.manager else {
+                return Err(invalid(
+                    "trigger",
+                    "triggers are not available on this daemon",
+                ));
+            };
+            m.find_image(&t.container.image)
+                .await
+                .map_err(|e| invalid("trigger.container.image", e.to_string()))?;
+        }
+        let _admin = self.inner.admin.lock().await;
+        if self
+            .inner
+            .watches
+            .lock()
+            .expect("watches")
+            .contains_key(&spec.name)
+        {
+            return Err(EventsError::Conflict(format!(
+                "watch {} already exists",
+                spec.name
+            )));
+        }
+        let now = Utc::now();
+        self.install_watch(spec.clone(), now, false).await?;
+        let json =
+            serde_json::to_string(&spec).map_err(|e| EventsError::Internal(e.to_string()))?;
+        // Triggers start with the events that come after the watch.
+        if let Err(e) = self
+            .inner
+            .store
+            .insert_watch(&spec.name, &json, self.last_seq())
+            .await
+        {
+            self.remove_running(&spec.name).await;
+            return Err(e.into());
+        }
+        self.watch(&spec.name)
+    }
+
+    async fn remove_running(&self, name: &str) -> bool {
+        let entry = self.inner.watches.lock().expect("watches").remove(name);
+        match entry {
+            Some(mut e) => {
+                if let Some(t) = e.trigger.take() {
+                    t.abort();
+                }
+                let _ = tokio::task::spawn_blocking(move || e.handle.stop()).await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub async fn delete_watch(&self, name: &str) -> Result<(), EventsError> {
+        let _admin = self.inner.admin.lock().await;
+        let running = self.remove_running(name).await;
+        // Its last state may still be on its way to SQL: delete after it.
+        self.states_saved().await;
+        let in_sql = self.inner.store.delete_watch(name).await?;
+        if !in_sql && !running {
+            return Err(EventsError::NotFound {
+                kind: "watch",
+                name: name.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn watch(&self, name: &str) -> Result<WatchView, EventsError> {
+        let w = self.inner.watches.lock().expect("watches");
+        let e = w.get(name).ok_or_else(|| EventsError::NotFound {
+            kind: "watch",
+            name: name.to_owned(),
+        })?;
+        Ok(view(e))
+    }
+
+    pub fn watches(&self) -> Vec<WatchView> {
+        self.inner
+            .watches
+            .lock()
+            .expect("watches")
+            .values()
+            .map(view)
+            .collect()
+    }
+
+    pub(crate) fn watch_spec(&self, name: &str) -> Option<WatchSpec> {
+        self.inner
+            .watches
+            .lock()
+            .expect("watches")
+            .get(name)
+            .map(|e| e.spec.clone())
+    }
+
+    // ------------------------------------------------------------------ subscriptions
+
+    fn install_subscription(&self, row: SubscriptionRow) {
+        let webhook = row.webhook.as_deref().and_then(|w| {
+            serde_json::from_str::<WebhookSpec>(w)
+                .map_err(
+                    |e| tracing::error!(subscription = %row.name, error = %e, "corrupt webhook"),
+                )
+                .ok()
+        });
+        let name = row.name.clone();
+        // In the table first: the webhook task ends when it finds no subscription.
+        let mut subs = self.inner.subs.lock().expect("subs");
+        subs.insert(
+            name.clone(),
+            SubState {
+                delivered: row.acked,
+                row,
+                delivered_at: None,
+                lock: Arc::default(),
+                webhook: None,
+            },
+        );
+        if let (Some(w), Some(s)) = (webhook, subs.get_mut(&name)) {
+            s.webhook = Some(tokio::spawn(crate::webhook::run(self.clone(), name, w)));
+        }
+    }
+
+    pub async fn create_subscription(
+        &self,
+        spec: SubscriptionSpec,
+    ) -> Result<SubscriptionView, EventsError> {
+        spec.validate()?;
+        {
+            let w = self.inner.watches.lock().expect("watches");
+            for (i, name) in spec.watches.iter().enumerate() {
+                if !w.contains_key(name) {
+                    return Err(invalid(
+                        format!("watches[{i}]"),
+                        format!("no such watch: {name}"),
+                    ));
+                }
+            }
+        }
+        if self
+            .inner
+            .subs
+            .lock()
+            .expect("subs")
+            .contains_key(&spec.name)
+        {
+            return Err(EventsError::Conflict(format!(
+                "subscription {} already exists",
+                spec.name
+            )));
+        }
+        let last = self.last_seq();
+        let acked = match spec.from {
+            From::Now => last,
+            From::Beginning => 0,
+            From::Seq(n) => n - 1,
+        };
+        let row = SubscriptionRow {
+            name: spec.name.clone(),
+            watches: spec.watches.clone(),
+            acked,
+            ack_deadline_ms: (spec.ack_deadline_seconds * 1000) as i64,
+            webhook: spec
+                .webhook
+                .as_ref()
+                .map(|w| serde_json::to_string(w).unwrap_or_default()),
+            created_at: Utc::now(),
+        };
+        self.inner
+            .store
+            .insert_subscription(&row)
+            .await
+            .map_err(|e| match e {
+                inarray_store::StoreError::Conflict { .. } => {
+                    EventsError::Conflict(format!("subscription {} already exists", spec.name))
+                }
+                e => e.into(),
+            })?;
+        self.install_subscription(row);
+        self.subscription(&spec.name)
+    }
+
+    pub async fn delete_subscription(&self, name: &str) -> Result<(), EventsError> {
+        self.inner.dirty_acks.lock().expect("acks").remove(name);
+        let removed = self.inner.subs.lock().expect("subs").remove(name);
+        if let Some(t) = removed.and_then(|s| s.webhook) {
+            t.abort();
+        }
+        if !self.inner.store.delete_subscription(name).await? {
+            return Err(not_found_sub(name));
+        }
+        Ok(())
+    }
+
+    pub fn subscription(&self, name: &str) -> Result<SubscriptionView, EventsError> {
+        let subs = self.inner.subs.lock().expect("subs");
+        let s = subs.get(name).ok_or_else(|| not_found_sub(name))?;
+        Ok(self.sub_view(s))
+    }
+
+    pub fn subscriptions(&self) -> Vec<SubscriptionView> {
+        let subs = self.inner.subs.lock().expect("subs");
+        let mut v: Vec<_> = subs.values().map(|s| self.sub_view(s)).collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    fn sub_view(&self, s: &SubState) -> SubscriptionView {
+        SubscriptionView {
+            name: s.row.name.clone(),
+            watches: s.row.watches.clone(),
+            ack_deadline_seconds: (s.row.ack_deadline_ms / 1000) as u64,
+            webhook: s
+                .row
+                .webhook
+                .as_deref()
+                .and_then(|w| serde_json::from_str::<WebhookSpec>(w).ok())
+                .map(|mut w| {
+                    w.secret = w.secret.map(|_| "(set)".into());
+                    w
+                }),
+            acked: s.row.acked,
+            delivered: s.delivered,
+            last_seq: self.last_seq(),
+            created_at: s.row.created_at,
+        }
+    }
+
+    /// The next events for a subscription: those past what was delivered, or — once the ack
+    /// deadline of an unacknowledged delivery has passed — again from the acknowledged cursor.
+    /// Waits up to `wait` for an event when there is none.
+    pub async fn next(
+        &self,
+        name: &str,
+        wait: Duration,
+        max: u32,
+    ) -> Result<Delivery, EventsError> {
+        if wait > Duration::from_secs(MAX_WAIT_SECONDS) {
+            return Err(invalid(
+                "wait",
+                format!("at most {MAX_WAIT_SECONDS} seconds"),
+            ));
+        }
+        if !(1..=MAX_EVENTS_PER_POLL).contains(&max) {
+            return Err(invalid(
+                "max",
+                format!("must be between 1 and {MAX_EVENTS_PER_POLL}"),
+            ));
+        }
+        let deadline = Instant::now() + wait;
+        let mut seq_rx = self.inner.last_seq.subscribe();
+        let mut closing = self.inner.closing.subscribe();
+        loop {
+            if *closing.borrow_and_update() {
+                return Err(EventsError::Conflict("the daemon is shutting down".into()));
+            }
+            let lock = {
+                let subs = self.inner.subs.lock().expect("subs");
+                subs.get(name)
+                    .ok_or_else(|| not_found_sub(name))?
+                    .lock
+                    .clone()
+            };
+            let guard = lock.lock().await;
+            let (start, watches, redelivery, ack_deadline) = {
+                let mut subs = self.inner.subs.lock().expect("subs");
+                let s = subs.get_mut(name).ok_or_else(|| not_found_sub(name))?;
+                let ack_deadline = Duration::from_millis(s.row.ack_deadline_ms as u64);
+                let mut redelivery = false;
+                if s.delivered > s.row.acked
+                    && s.delivered_at.is_some_and(|t| t.elapsed() >= ack_deadline)
+                {
+                    tracing::info!(subscription = %name, from = s.row.acked + 1, to = s.delivered, "ack deadline passed: redelivering");
+                    s.delivered = s.row.acked;
+                    s.delivered_at = None;
+                    redelivery = true;
+                }
+                (
+                    s.delivered.max(s.row.acked),
+                    s.row.watches.clone(),
+                    redelivery,
+                    ack_deadline,
+                )
+            };
+            seq_rx.borrow_and_update();
+            let rows = self.inner.store.events_after(start, &watches, max).await?;
+            if let Some(last) = rows.last().map(|r| r.seq) {
+                let mut subs = self.inner.subs.lock().expect("subs");
+                if let Some(s) = subs.get_mut(name) {
+                    s.delivered = s.delivered.max(last);
+                    if s.delivered_at.is_none() {
+                        s.delivered_at = Some(Instant::now());
+                    }
+                }
+                drop(guard);
+                return Ok(Delivery {
+                    events: rows.into_iter().map(Event::from_row).collect(),
+                    // A redelivery starts at or below what was delivered before.
+                    redelivery,
+                });
+            }
+            drop(guard);
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(Delivery {
+                    events: Vec::new(),
+                    redelivery: false,
+                });
+            }
+            // Wake for a new event, the end of the wait, or an ack deadline.
+            let until = deadline.min(now + ack_deadline);
+            tokio::select! {
+                _ = tokio::time::sleep(until - now) => {}
+                _ = seq_rx.changed() => {}
+                _ = closing.changed() => {}
+            }
+        }
+    }
+
+    /// Acknowledges every event up to `seq` (cumulative).
+    pub async fn ack(&self, name: &str, seq: i64) -> Result<SubscriptionView, EventsError> {
+        if seq < 0 {
+            return Err(invalid("seq", "must be >= 0"));
+        }
+        let last = self.last_seq();
+        if seq > last {
+            return Err(invalid(
+                "seq",
+                format!("{seq} is beyond the newest event ({last})"),
+            ));
+        }
+        let mut subs = self.inner.subs.lock().expect("subs");
+        let s = subs.get_mut(name).ok_or_else(|| not_found_sub(name))?;
+        // Written to SQL by the ack flusher within ACK_FLUSH: an ack lost in a crash only means
+        // a redelivery (at-least-once), and the log's writer does not wait behind every ack.
+        if seq > s.row.acked {
+            self.inner
+                .dirty_acks
+                .lock()
+                .expect("acks")
+                .insert(name.to_owned(), seq);
+        }
+        s.row.acked = s.row.acked.max(seq);
+        s.delivered = s.delivered.max(s.row.acked);
+        s.delivered_at = if s.delivered > s.row.acked {
+            Some(Instant::now())
+        } else {
+            None
+        };
+        Ok(self.sub_view(s))
+    }
+
+    /// Returns once every state sent so far is saved (at most 10 s).
+    async fn states_saved(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self
+            .inner
+            .snaps
+            .send(watcher::SnapMsg::Barrier(tx))
+            .await
+            .is_ok()
+        {
+            let _ = tokio::time::timeout(Duration::from_secs(10), rx).await;
+        }
+    }
+
+    /// Writes the pending acknowledgements to SQL.
+    pub async fn flush_acks(&self) {
+        let acks = std::mem::take(&mut *self.inner.dirty_acks.lock().expect("acks"));
+        for (name, seq) in acks {
+            if let Err(e) = self.inner.store.ack_subscription(&name, seq).await {
+                tracing::error!(subscription = %name, error = %e, "cannot save an ack; retrying");
+                let mut d = self.inner.dirty_acks.lock().expect("acks");
+                let v = d.entry(name).or_insert(seq);
+                *v = (*v).max(seq);
+            }
+        }
+    }
+
+    /// Events with seq > `after` (for `inarray events tail` without a subscription).
+    pub async fn read(&self, after: i64, max: u32) -> Result<Vec<Event>, EventsError> {
+        if !(1..=MAX_EVENTS_PER_POLL).contains(&max) {
+            return Err(invalid(
+                "max",
+                format!("must be between 1 and {MAX_EVENTS_PER_POLL}"),
+            ));
+        }
+        Ok(self
+            .inner
+            .store
+            .events_after(after, &[], max)
+            .await?
+            .into_iter()
+            .map(Event::from_row)
+            .collect())
+    }
+}
+
+fn not_found_sub(name: &str) -> EventsError {
+    EventsError::NotFound {
+        kind: "subscription",
+        name: name.to_owned(),
+    }
+}
+
+fn view(e: &WatchEntry) -> WatchView {
+    let s = e.handle.status.lock().expect("status").clone();
+    WatchView {
+        spec: e.spec.clone(),
+        watched_dirs: s.watched_dirs,
+        known_entries: s.known_entries,
+        resyncs: s.resyncs,
+        events_seen: s.events,
+        error: s.error,
+        created_at: e.created_at,
+    }
+}
+
+/// Appends the watches' batches: one transaction per batch (what has queued up meanwhile is
+/// merged in, up to `batch_max`), then tells the subscribers.
+async fn writer(ev: Events, mut rx: mpsc::Receiver<Vec<NewEvent>>) {
+    let max = ev.inner.opts.batch_max;
+    while let Some(mut batch) = rx.recv().await {
+        while batch.len() < max {
+            match rx.try_recv() {
+                Ok(more) => batch.extend(more),
+                Err(_) => break,
+            }
+        }
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match ev.inner.store.append_events(&batch).await {
+                Ok(last) => {
+                    ev.inner.last_seq.send_replace(last);
+                    break;
+                }
+                Err(e) => {
+                    // Never dropped: the watches block behind us (and resync on overflow).
+                    tracing::error!(error = %e, events = batch.len(), "cannot append events; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+async fn state_saver(store: Store, mut rx: mpsc::Receiver<watcher::SnapMsg>) {
+    while let Some(m) = rx.recv().await {
+        match m {
+            watcher::SnapMsg::State(watch, entries) => {
+                if let Err(e) = store.save_watch_state(&watch, &entries).await {
+                    tracing::error!(watch, error = %e, "cannot save the watch's state");
+                }
+            }
+            watcher::SnapMsg::Barrier(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+async fn ack_flusher(ev: Events) {
+    let mut tick = tokio::time::interval(ACK_FLUSH);
+    loop {
+        tick.tick().await;
+        ev.flush_acks().await;
+    }
+}
+
+async fn retention(ev: Events) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        let before = ev
+            .inner
+            .opts
+            .retention_age
+            .map(|a| crate::spec::now_us() - a.as_micros() as i64);
+        match ev
+            .inner
+            .store
+            .prune_events(before, ev.inner.opts.retention_max_events)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "event retention"),
+            Err(e) => tracing::error!(error = %e, "event retention failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    async fn setup() -> (tempfile::TempDir, Events) {
+        let dir = tempfile::tempdir().unwrap();
+        let array = dir.path().join("array");
+        std::fs::create_dir_all(array.join("w")).unwrap();
+        let store = Store::open(&dir.path().join("state.db")).await.unwrap();
+        let root = Arc::new(ArrayRoot::open(&array, &[]).unwrap());
+        let ev = Events::start(store, root, None, EventsOptions::default())
+            .await
+            .unwrap();
+        (dir, ev)
+    }
+
+    fn spec(name: &str, path: &str) -> WatchSpec {
+        serde_json::from_value(serde_json::json!({"name": name, "path": path})).unwrap()
+    }
+
+    async fn drain(ev: &Events, sub: &str, quiet: Duration) -> Vec<Event> {
+        let mut all = Vec::new();
+        loop {
+            let d = ev.next(sub, quiet, 1000).await.unwrap();
+            let Some(last) = d.events.last().map(|e| e.seq) else {
+                return all;
+            };
+            ev.ack(sub, last).await.unwrap();
+            all.extend(d.events);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn recursive_watch_reports_creates_moves_deletes_and_deep_directories() {
+        let (dir, ev) = setup().await;
+        let w = dir.path().join("array/w");
+        std::fs::create_dir_all(w.join("pre/a")).unwrap();
+        ev.create_watch(spec("w1", "w")).await.unwrap();
+        ev.create_subscription(
+            serde_json::from_value(serde_json::json!({"name": "s", "watches": ["w1"]})).unwrap(),
+        )
+        .await
+        .unwrap();
+        std::fs::write(w.join("f1"), b"x").unwrap();
+        std::fs::create_dir_all(w.join("d1/d2/d3/d4")).unwrap();
+        for i in 0..20 {
+            std::fs::write(w.join(format!("d1/d2/d3/d4/g{i}")), b"yy").unwrap();
+        }
+        // Phases apart, so that what is reported where does not depend on the timing (a
+        // directory moved before its creation is processed is reported at its new place).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        std::fs::rename(w.join("f1"), w.join("pre/a/f1")).unwrap();
+        std::fs::rename(w.join("d1"), w.join("pre/d1")).unwrap();
+        std::fs::write(w.join("pre/d1/d2/after-move"), b"z").unwrap();
+        std::fs::remove_file(w.join("pre/d1/d2/d3/d4/g0")).unwrap();
+        // In from outside the watch, and out of it.
+        std::fs::write(dir.path().join("array/x"), b"x").unwrap();
+        std::fs::rename(dir.path().join("array/x"), w.join("pre/x")).unwrap();
+        std::fs::rename(w.join("pre/a/f1"), dir.path().join("array/f1")).unwrap();
+        let got = drain(&ev, "s", Duration::from_millis(500)).await;
+        let set: BTreeSet<(String, String, Option<String>)> = got
+            .iter()
+            .filter(|e| e.kind != crate::Kind::CloseWrite)
+            .map(|e| {
+                (
+                    e.kind.as_str().to_owned(),
+                    e.path.clone(),
+                    e.old_path.clone(),
+                )
+            })
+            .collect();
+        let mut want: BTreeSet<(String, String, Option<String>)> = BTreeSet::new();
+        let s =
+            |k: &str, p: &str, o: Option<&str>| (k.to_owned(), p.to_owned(), o.map(String::from));
+        want.insert(s("create", "w/f1", None));
+        for d in ["w/d1", "w/d1/d2", "w/d1/d2/d3", "w/d1/d2/d3/d4"] {
+            want.insert(s("mkdir", d, None));
+        }
+        for i in 0..20 {
+            want.insert(s("create", &format!("w/d1/d2/d3/d4/g{i}"), None));
+        }
+        want.insert(s("move", "w/pre/a/f1", Some("w/f1")));
+        want.insert(s("move", "w/pre/d1", Some("w/d1")));
+        want.insert(s("create", "w/pre/d1/d2/after-move", None));
+        want.insert(s("delete", "w/pre/d1/d2/d3/d4/g0", None));
+        want.insert(s("move", "w/pre/x", None));
+        want.insert(s("delete", "w/pre/a/f1", None));
+        assert_eq!(
+            set,
+            want,
+            "extra {:?} missing {:?}",
+            set.difference(&want).collect::<Vec<_>>(),
+            want.difference(&set).collect::<Vec<_>>()
+        );
+        // Seqs increase; every file's close_write came.
+        assert!(got.windows(2).all(|p| p[0].seq < p[1].seq));
+        let writes = got
+            .iter()
+            .filter(|e| e.kind == crate::Kind::CloseWrite)
+            .count();
+        assert!(writes >= 21, "{writes}");
+        ev.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unacknowledged_events_are_delivered_again_after_the_deadline() {
+        let (dir, ev) = setup().await;
+        let mut w = spec("w1", "w");
+        // One event per file: the first poll takes all there is.
+        w.events = vec![crate::Kind::CloseWrite];
+        ev.create_watch(w).await.unwrap();
+        ev.create_subscription(
+            serde_json::from_value(serde_json::json!({"name": "s", "ack_deadline_seconds": 1}))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        std::fs::write(dir.path().join("array/w/a"), b"1").unwrap();
+        let first = ev.next("s", Duration::from_secs(5), 10).await.unwrap();
+        assert!(!first.events.is_empty() && !first.redelivery);
+        // Nothing new before the deadline.
+        let none = ev.next("s", Duration::from_millis(300), 10).await.unwrap();
+        assert!(none.events.is_empty());
+        let again = ev.next("s", Duration::from_secs(5), 10).await.unwrap();
+        assert!(again.redelivery);
+        assert_eq!(again.events, first.events);
+        let last = again.events.last().unwrap().seq;
+        ev.ack("s", last).await.unwrap();
+        assert!(ev.ack("s", last + 1000).await.is_err());
+        let after = ev.next("s", Duration::from_millis(1500), 10).await.unwrap();
+        assert!(after.events.is_empty());
+        for (wait, max) in [
+            (Duration::from_secs(301), 10),
+            (Duration::ZERO, 0),
+            (Duration::ZERO, 10_001),
+        ] {
+            assert!(matches!(
+                ev.next("s", wait, max).await,
+                Err(EventsError::Invalid { .. })
+            ));
+        }
+        ev.stop().await;
+    }
+
+    /// The watch root removed: its entries are reported deleted, then `resync`, and the watch
+    /// shows an error; when the path comes back it is watched again (rescan, `resync`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_vanished_root_is_reported_and_watched_again_when_it_returns() {
+        let (dir, ev) = setup().await;
+        let w = dir.path().join("array/w");
+        std::fs::write(w.join("old"), b"1").unwrap();
+        ev.create_watch(spec("w1", "w")).await.unwrap();
+        ev.create_subscription(serde_json::from_value(serde_json::json!({"name": "s"})).unwrap())
+            .await
+            .unwrap();
+        std::fs::remove_dir_all(&w).unwrap();
+        // The root's identity is checked every second.
+        let got = drain(&ev, "s", Duration::from_millis(2500)).await;
+        let kinds: Vec<(&str, &str)> = got
+            .iter()
+            .map(|e| (e.kind.as_str(), e.path.as_str()))
+            .collect();
+        assert!(kinds.contains(&("delete", "w/old")), "{kinds:?}");
+        assert!(kinds.contains(&("resync", "w")), "{kinds:?}");
+        let view = ev.watch("w1").unwrap();
+        assert!(view.error.is_some(), "{view:?}");
+        std::fs::create_dir(&w).unwrap();
+        std::fs::write(w.join("new"), b"2").unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        std::fs::write(w.join("later"), b"3").unwrap();
+        let got = drain(&ev, "s", Duration::from_millis(700)).await;
+        let kinds: Vec<(&str, &str)> = got
+            .iter()
+            .map(|e| (e.kind.as_str(), e.path.as_str()))
+            .collect();
+        assert!(kinds.contains(&("create", "w/new")), "{kinds:?}");
+        assert!(kinds.contains(&("resync", "w")), "{kinds:?}");
+        assert!(kinds.contains(&("close_write", "w/later")), "{kinds:?}");
+        assert!(ev.watch("w1").unwrap().error.is_none());
+        ev.stop().await;
+    }
+
+    /// What changed while the service was stopped is reported at the next start, then `resync`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn changes_while_stopped_are_reported_at_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let array = dir.path().join("array");
+        let w = array.join("w");
+        std::fs::create_dir_all(w.join("sub")).unwrap();
+        std::fs::write(w.join("stays"), b"1").unwrap();
+        std::fs::write(w.join("goes"), b"1").unwrap();
+        std::fs::write(w.join("changes"), b"1").unwrap();
+        let db = dir.path().join("state.db");
+        let open = || async {
+            let store = Store::open(&db).await.unwrap();
+            let root = Arc::new(ArrayRoot::open(&array, &[]).unwrap());
+            Events::start(store, root, None, EventsOptions::default())
+                .await
+                .unwrap()
+        };
+        let ev = open().await;
+        ev.create_watch(spec("w1", "w")).await.unwrap();
+        ev.create_subscription(serde_json::from_value(serde_json::json!({"name": "s"})).unwrap())
+            .await
+            .unwrap();
+        ev.stop().await;
+        ev.store().close().await;
+        drop(ev);
+        // While down.
+        std::fs::remove_file(w.join("goes")).unwrap();
+        std::fs::write(w.join("changes"), b"22").unwrap();
+        std::fs::write(w.join("sub/new"), b"3").unwrap();
+        let ev = open().await;
+        let got = drain(&ev, "s", Duration::from_millis(700)).await;
+        let kinds: BTreeSet<(String, String)> = got
+            .iter()
+            .map(|e| (e.kind.as_str().to_owned(), e.path.clone()))
+            .collect();
+        let want: BTreeSet<(String, String)> = [
+            ("delete", "w/goes"),
+            ("close_write", "w/changes"),
+            ("create", "w/sub/new"),
+            ("close_write", "w/sub/new"),
+            ("resync", "w"),
+        ]
+        .iter()
+        .map(|(k, p)| (k.to_string(), p.to_string()))
+        .collect();
+        assert_eq!(kinds, want, "{got:#?}");
+        ev.stop().await;
+    }
+
+    /// With a coalescing window, a burst of writes to one file is one close_write.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_writes_to_one_file_is_coalesced() {
+        let dir = tempfile::tempdir().unwrap();
+        let array = dir.path().join("array");
+        std::fs::create_dir_all(array.join("w")).unwrap();
+        let store = Store::open(&dir.path().join("state.db")).await.unwrap();
+        let root = Arc::new(ArrayRoot::open(&array, &[]).unwrap());
+        let opts = EventsOptions {
+            coalesce: Duration::from_millis(300),
+            ..EventsOptions::default()
+        };
+        let ev = Events::start(store, root, None, opts).await.unwrap();
+        let mut w = spec("w1", "w");
+        w.events = vec![crate::Kind::CloseWrite, crate::Kind::Delete];
+        ev.create_watch(w).await.unwrap();
+        ev.create_subscription(serde_json::from_value(serde_json::json!({"name": "s"})).unwrap())
+            .await
+            .unwrap();
+        for i in 0..20 {
+            std::fs::write(array.join("w/hot"), format!("{i}")).unwrap();
+        }
+        std::fs::write(array.join("w/other"), b"x").unwrap();
+        let got = drain(&ev, "s", Duration::from_millis(800)).await;
+        let hot: Vec<&Event> = got.iter().filter(|e| e.path == "w/hot").collect();
+        assert_eq!(hot.len(), 1, "{got:#?}");
+        assert_eq!(hot[0].size, Some(2), "the last write's size");
+        assert!(got.iter().any(|e| e.path == "w/other"));
+        ev.stop().await;
+    }
+
+    /// A webhook that fails once gets the same batch again, signed; a 2xx acknowledges it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn webhooks_retry_until_taken_and_are_signed() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (dir, ev) = setup().await;
+        let mut w = spec("w1", "w");
+        w.events = vec![crate::Kind::CloseWrite];
+        ev.create_watch(w).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Vec<u8>)>();
+        tokio::spawn(async move {
+            let mut n = 0;
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Read the head, then the body by its content-length.
+                let (head, body) = loop {
+                    let k = s.read(&mut chunk).await.unwrap();
+                    buf.extend_from_slice(&chunk[..k]);
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..i]).to_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        while buf.len() < i + 4 + len {
+                            let k = s.read(&mut chunk).await.unwrap();
+                            buf.extend_from_slice(&chunk[..k]);
+                        }
+                        break (head, buf[i + 4..i + 4 + len].to_vec());
+                    }
+                };
+                n += 1;
+                let status = if n == 1 {
+                    "500 Internal Server Error"
+                } else {
+                    "200 OK"
+                };
+                let _ = s
+                    .write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").as_bytes())
+                    .await;
+                tx.send((head, body)).unwrap();
+            }
+        });
+        ev.create_subscription(
+            serde_json::from_value(serde_json::json!({"name": "hook", "webhook": {
+                "url": format!("http://127.0.0.1:{port}/in"), "secret": "s3cret"}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+        std::fs::write(dir.path().join("array/w/a"), b"1").unwrap();
+        let (h1, b1) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let (h2, b2) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(b1, b2, "the refused batch comes again");
+        let sig = crate::webhook::signature("s3cret", &b2);
+        assert!(h1.contains(&format!("x-inarray-signature: {sig}")), "{h1}");
+        assert!(h2.starts_with("post /in http/1.1"), "{h2}");
+        let events: Vec<Event> = serde_json::from_slice(&b2).unwrap();
+        assert_eq!(events[0].path, "w/a");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while ev.subscription("hook").unwrap().acked < events[0].seq {
+            assert!(Instant::now() < deadline, "not acknowledged");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        ev.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn watch_paths_cannot_leave_the_array() {
+        let (dir, ev) = setup().await;
+        std::os::unix::fs::symlink("/etc", dir.path().join("array/w/etc-link")).unwrap();
+        std::os::unix::fs::symlink("../..", dir.path().join("array/w/up")).unwrap();
+        for bad in ["../", "/etc", "w/../../x", "nope"] {
+            let e = ev.create_watch(spec("x", bad)).await.unwrap_err();
+            assert!(matches!(e, EventsError::Invalid { .. }), "{bad}: {e}");
+        }
+        // A symlink is resolved inside the array: /etc → <array>/etc, which does not exist.
+        let e = ev.create_watch(spec("x", "w/etc-link")).await.unwrap_err();
+        assert!(e.to_string().contains("does not exist"), "{e}");
+        // `up` → the array root itself, never above it.
+        ev.create_watch(spec("up", "w/up")).await.unwrap();
+        std::fs::write(dir.path().join("outside"), b"").unwrap();
+        std::fs::write(dir.path().join("array/inside"), b"").unwrap();
+        let all = ev.read(0, 100).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let all2 = ev.read(0, 100).await.unwrap();
+        assert!(all2.len() >= all.len());
+        assert!(all2.iter().all(|e| !e.path.contains("outside")), "{all2:?}");
+        ev.stop().await;
+    }
+}

@@ -19,9 +19,12 @@
 mod image_builder;
 
 mod daemon;
+mod nfsc;
+mod plot;
 mod procs;
 mod qos;
 mod report;
+mod scan;
 mod stats;
 
 use std::path::{Path, PathBuf};
@@ -38,7 +41,7 @@ use daemon::{call, Daemon};
 use stats::{share, Samples};
 
 /// The name inarray knows the image by.
-const IMAGE: &str = "busybox:latest";
+pub const IMAGE: &str = "busybox:latest";
 /// Noisy containers in the QoS bench.
 const NOISE: usize = 2;
 
@@ -72,6 +75,19 @@ enum Cmd {
         socket: PathBuf,
         #[arg(short, default_value_t = 20)]
         n: usize,
+    },
+    /// Only the inside-vs-NFS benchmark (after `prepare` in the same WORK); prints its section.
+    Scan {
+        #[arg(long)]
+        bin: PathBuf,
+        #[arg(long)]
+        work: PathBuf,
+        #[arg(long)]
+        quick: bool,
+        #[arg(long)]
+        scan_dirs: Option<usize>,
+        #[arg(long)]
+        job_dirs: Option<usize>,
     },
     /// Only the QoS benchmark (after `prepare` in the same WORK); prints its report section.
     Qos {
@@ -139,6 +155,12 @@ pub struct RunOpts {
     /// QoS bench: noisy containers (each spins every CPU and reads the array with direct I/O).
     #[arg(long)]
     noise: Option<usize>,
+    /// Inside-vs-NFS: directories of 100 files in the scan's tree (full 1000, quick 50).
+    #[arg(long)]
+    scan_dirs: Option<usize>,
+    /// Inside-vs-NFS: directories of 100 files for the chmod and archive jobs (full 200, quick 50).
+    #[arg(long)]
+    job_dirs: Option<usize>,
 }
 
 /// How much of everything, after presets and overrides.
@@ -160,6 +182,48 @@ pub struct Plan {
 }
 
 impl RunOpts {
+    /// Defaults for the single-benchmark subcommands.
+    fn bare(bin: PathBuf, work: PathBuf, quick: bool) -> Self {
+        RunOpts {
+            bin,
+            work,
+            quick,
+            podman_image: String::new(),
+            out: PathBuf::new(),
+            command: String::new(),
+            notes: None,
+            runs: None,
+            runc_runs: None,
+            podman_runs: None,
+            profile_runs: None,
+            rounds: None,
+            containers: None,
+            concurrency: 8,
+            qos_rounds: None,
+            qos_secs: None,
+            noise: None,
+            scan_dirs: None,
+            job_dirs: None,
+        }
+    }
+
+    fn scan_plan(&self) -> scan::ScanPlan {
+        let (scan_dirs, job_dirs, loop_runs) = if self.quick {
+            (50, 50, 1)
+        } else {
+            (1000, 200, 3)
+        };
+        scan::ScanPlan {
+            scan_dirs: self.scan_dirs.unwrap_or(scan_dirs).max(1),
+            job_dirs: self.job_dirs.unwrap_or(job_dirs).max(1),
+            files_per_dir: 100,
+            container_runs: 3,
+            loop_runs,
+            delay_runs: 1,
+            one_way: Duration::from_micros(500),
+        }
+    }
+
     fn plan(&self) -> Plan {
         let (runs, podman, profile, rounds, containers) = if self.quick {
             (100, 20, 20, 5, 50)
@@ -197,6 +261,28 @@ fn main() -> Result<()> {
                 .build()?;
             rt.block_on(run(o))
         }
+        Cmd::Scan {
+            bin,
+            work,
+            quick,
+            scan_dirs,
+            job_dirs,
+        } => {
+            let o = RunOpts {
+                scan_dirs,
+                job_dirs,
+                ..RunOpts::bare(bin, work, quick)
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let work = o.work.canonicalize()?;
+                let s = scan::bench(&o.bin, &work, o.scan_plan()).await;
+                println!("{}", scan::render(&s, o.quick, None));
+                Ok(())
+            })
+        }
         Cmd::Qos {
             bin,
             work,
@@ -207,23 +293,10 @@ fn main() -> Result<()> {
             noise_kind,
         } => {
             let o = RunOpts {
-                bin,
-                work,
-                quick,
-                podman_image: String::new(),
-                out: PathBuf::new(),
-                command: String::new(),
-                notes: None,
-                runs: None,
-                runc_runs: None,
-                podman_runs: None,
-                profile_runs: None,
-                rounds: None,
-                containers: None,
-                concurrency: 8,
                 qos_rounds,
                 qos_secs,
                 noise,
+                ..RunOpts::bare(bin, work, quick)
             };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

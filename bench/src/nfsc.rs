@@ -23,7 +23,6 @@ pub type Fh = Vec<u8>;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Attr {
     pub ftype: u32,
-    pub mode: u32,
     pub size: u64,
     pub mtime: u32,
 }
@@ -57,18 +56,12 @@ impl<'a> Dec<'a> {
     /// fattr3 (84 bytes).
     fn fattr(&mut self) -> Result<Attr> {
         let ftype = self.u32()?;
-        let mode = self.u32()?;
-        self.skip(12); // nlink, uid, gid
+        self.skip(16); // mode, nlink, uid, gid
         let size = self.u64()?;
         self.skip(8 + 8 + 8 + 8 + 8); // used, rdev, fsid, fileid, atime
         let mtime = self.u32()?;
         self.skip(4 + 8); // mtime nsec, ctime
-        Ok(Attr {
-            ftype,
-            mode,
-            size,
-            mtime,
-        })
+        Ok(Attr { ftype, size, mtime })
     }
     fn post_op_attr(&mut self) -> Result<Option<Attr>> {
         if self.bool()? {

@@ -389,7 +389,11 @@ fn nfs_scan(addr: SocketAddr, tree: &str) -> Result<(u64, u64)> {
             let (fh, _) = c.lookup(&dh, &f)?;
             let a = c.getattr(&fh)?;
             if a.ftype == 1 {
-                bytes += c.read_all(&fh)?;
+                let n = c.read_all(&fh)?;
+                if n != a.size {
+                    bail!("{dn}/{f}: read {n} bytes, GETATTR said {}", a.size);
+                }
+                bytes += n;
             }
         }
     }
@@ -510,16 +514,17 @@ pub fn render(s: &Scan, quick: bool, plot: Option<&str>) -> String {
     }
     let _ = writeln!(
         o,
-        "| job | files | container (s) | NFS loopback (s) | ratio | target | NFS + 1 ms (s) | ratio | target | NFS calls per run |"
+        "| job | files (MB) | container (s) | NFS loopback (s) | ratio | target | NFS + 1 ms (s) | ratio | target | NFS calls per run |"
     );
     let _ = writeln!(o, "|---|---:|---:|---:|---:|---|---:|---:|---|---:|");
     for j in &s.jobs {
         let (r1, r2) = (j.ratio(1), j.ratio(2));
         let _ = writeln!(
             o,
-            "| {} | {} | {} | {} | {} | ≥ {TARGET_LOOP:.0}× {} | {} | {} | ≥ {TARGET_DELAY:.0}× {} | {} |",
+            "| {} | {} ({:.0}) | {} | {} | {} | ≥ {TARGET_LOOP:.0}× {} | {} | {} | ≥ {TARGET_DELAY:.0}× {} | {} |",
             j.name,
             j.files,
+            j.bytes as f64 / 1e6,
             secs(j.secs[0].p50()),
             secs(j.secs[1].p50()),
             ratio(r1),

@@ -171,7 +171,7 @@ fn write_file(p: &Path, bytes: u64) -> Result<()> {
 /// The script every container runs: read its input, write its files, live a little.
 pub fn script(files: usize) -> String {
     format!(
-        "set -e; wc -c < \"/s/in/$IN\" > /dev/null; d=/s/out/$NAME; mkdir -p $d; i=0; \
+        "set -e; dd if=\"/s/in/$IN\" of=/dev/null bs=1M 2>/dev/null; d=/s/out/$NAME; mkdir -p $d; i=0; \
          while [ $i -lt {files} ]; do echo \"$NAME $i\" > $d/f$i; i=$((i+1)); done; sleep $LIFE"
     )
 }
@@ -181,6 +181,7 @@ async fn inner(bin: &Path, work: &Path, plan: LoadPlan, res: &mut Load) -> Resul
     if dir.join("state").exists() {
         std::fs::remove_dir_all(&dir)?;
     }
+    let _fs = crate::scan::LoopFs::mount(&work.join("d5.img"), &dir.join("array"), 8)?;
     let port = free_port()?;
     let d = Daemon::start_with(
         bin,
@@ -369,7 +370,6 @@ async fn inner(bin: &Path, work: &Path, plan: LoadPlan, res: &mut Load) -> Resul
         res.files_written += std::fs::read_dir(e?.path())?.count() as u64;
     }
     d.stop();
-    let _ = std::fs::remove_dir_all(&base);
     Ok(())
 }
 
@@ -383,7 +383,7 @@ pub fn render(l: &Load, quick: bool, plot: Option<&str>) -> String {
     let _ = writeln!(
         o,
         "{} containers in all, {} at a time (a new one started as soon as one ends), on a fresh \
-         daemon with its NFS gateway. Each runs `sh -c '{}'` in the busybox image with the \
+         daemon with its NFS gateway, its array a scratch ext4 on a loop device. Each runs `sh -c '{}'` in the busybox image with the \
          array's `load/` at `/s`: it reads one of {} input files (1–100 MB: {} MB), writes {} \
          output files, then sleeps 0–{} s (lifetimes scaled down from hours). Meanwhile the \
          bench's NFS client reads a 64 MiB file of the array over and over (READ of 1 MiB, one \

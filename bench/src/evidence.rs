@@ -177,3 +177,29 @@ pub fn update_readme(path: &Path, block: &str) -> std::io::Result<bool> {
     std::fs::write(path, new)?;
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readme_block_is_replaced_between_its_markers_only() {
+        let dir = std::env::temp_dir().join(format!("inarray-bench-readme-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("README.md");
+        std::fs::write(
+            &p,
+            "a\n<!-- headline:begin x -->\nold\n<!-- headline:end -->\nb\n",
+        )
+        .unwrap();
+        assert!(update_readme(&p, "<!-- headline:begin -->\nnew\n<!-- headline:end -->").unwrap());
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            "a\n<!-- headline:begin -->\nnew\n<!-- headline:end -->\nb\n"
+        );
+        std::fs::write(&p, "no markers\n").unwrap();
+        assert!(!update_readme(&p, "x").unwrap());
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "no markers\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -174,7 +174,7 @@ pub struct RunOpts {
     /// is rewritten from this run's figures.
     #[arg(long)]
     readme: Option<PathBuf>,
-    /// The seed's load: containers in all (full 3000, quick 150).
+    /// The seed's load: containers in all (full 3000, quick 120).
     #[arg(long)]
     load_total: Option<usize>,
     /// The seed's load: containers at a time (full 250, quick 30).
@@ -183,7 +183,7 @@ pub struct RunOpts {
     /// Inside-vs-NFS: directories of 100 files in the scan's tree (full 1000, quick 50).
     #[arg(long)]
     scan_dirs: Option<usize>,
-    /// Inside-vs-NFS: directories of 100 files for the chmod and archive jobs (full 200, quick 50).
+    /// Inside-vs-NFS: directories of 100 files for the chmod and archive jobs (full 200, quick 20).
     #[arg(long)]
     job_dirs: Option<usize>,
 }
@@ -237,7 +237,7 @@ impl RunOpts {
 
     fn load_plan(&self) -> load::LoadPlan {
         let (total, conc, inputs, idle) = if self.quick {
-            (150, 30, 4, 5.0)
+            (120, 30, 4, 5.0)
         } else {
             (3000, 250, 8, 10.0)
         };
@@ -253,7 +253,7 @@ impl RunOpts {
 
     fn scan_plan(&self) -> scan::ScanPlan {
         let (scan_dirs, job_dirs, loop_runs) = if self.quick {
-            (50, 50, 1)
+            (50, 20, 1)
         } else {
             (1000, 200, 3)
         };

@@ -370,3 +370,49 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
         let _ = to.shutdown(std::net::Shutdown::Both);
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The proxy passes bytes through unchanged, and a round trip through it takes at least
+    /// twice its one-way delay.
+    #[test]
+    fn proxy_adds_its_delay_both_ways() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let up = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut b = [0u8; 5];
+            while s.read_exact(&mut b).is_ok() {
+                s.write_all(&b).unwrap();
+            }
+        });
+        let p = DelayProxy::start(up, Duration::from_millis(20)).unwrap();
+        let mut c = TcpStream::connect(p.addr).unwrap();
+        for _ in 0..3 {
+            let t = Instant::now();
+            c.write_all(b"hello").unwrap();
+            let mut b = [0u8; 5];
+            c.read_exact(&mut b).unwrap();
+            assert_eq!(&b, b"hello");
+            assert!(
+                t.elapsed() >= Duration::from_millis(40),
+                "{:?}",
+                t.elapsed()
+            );
+        }
+    }
+
+    #[test]
+    fn xdr_opaque_is_padded_and_read_back() {
+        let mut b = Vec::new();
+        put_opaque(&mut b, b"abcde");
+        put_u32(&mut b, 7);
+        assert_eq!(b.len(), 4 + 8 + 4);
+        let mut d = Dec { b: &b, p: 0 };
+        assert_eq!(d.opaque().unwrap(), b"abcde");
+        assert_eq!(d.u32().unwrap(), 7);
+        assert!(d.u32().is_err());
+    }
+}

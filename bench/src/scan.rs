@@ -504,7 +504,7 @@ pub fn render(s: &Scan, quick: bool, plot: Option<&str>) -> String {
         p.job_dirs,
         p.files_per_dir,
         if quick {
-            " — `--quick` sizes; the full run (`bench/run`) uses the issue's 1000 × 100 for the scan"
+            " — `--quick` sizes; the full run (`bench/run`) uses the issue's 1000 × 100 for the scan and 200 × 100 for the others"
         } else {
             ""
         }
@@ -647,7 +647,14 @@ impl LoopFs {
         };
         // One inode per 4 KiB (the trees are small files); no discard, no lazy init.
         run(std::process::Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-i", "4096", "-E", "nodiscard,lazy_itable_init=1"])
+            .args([
+                "-q",
+                "-F",
+                "-i",
+                "4096",
+                "-E",
+                "nodiscard,lazy_itable_init=1",
+            ])
             .arg(image))?;
         run(std::process::Command::new("mount")
             .args(["-o", "loop"])

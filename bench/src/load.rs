@@ -1,9 +1,9 @@
-//! 5. The seed's load, compressed: `concurrency` containers at a time (a new one started as soon
-//! as one finishes), `total` in all, each reading one input file of 1–100 MB from the array and
-//! writing `files` output files back, then living a little (lifetimes scaled down to seconds),
-//! while an NFS client reads a file from the array over and over; NFS throughput is measured
-//! idle first, for comparison. A file-events subscriber follows the output tree when the daemon
-//! has file events (`GET /v1/watches`); otherwise that figure is "not measured".
+//! Section 5, the seed's load, compressed: `concurrency` containers at a time (a new one started as
+//! soon as one finishes), `total` in all, each reading one input file of 1–100 MB from the array
+//! and writing `files` output files back, then living a little (lifetimes scaled down to seconds),
+//! while an NFS client reads a file from the array over and over; NFS throughput is measured idle
+//! first, for comparison. A file-events subscriber follows the output tree when the daemon has file
+//! events (`GET /v1/watches`); otherwise that figure is "not measured".
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -1,5 +1,5 @@
-//! 4. The headline: work next to the data (a container in the array, through its bind mount)
-//! against the same work by a remote client over the NFS gateway, on loopback and through a
+//! Section 4, the headline: work next to the data (a container in the array, through its bind
+//! mount) against the same work by a remote client over the NFS gateway, on loopback and through a
 //! delay proxy that adds a simulated 1 ms round trip.
 //!
 //! Three jobs, each on a tree of small files created for it in the array:

@@ -104,7 +104,7 @@ pub fn headline(
     );
     let _ = write!(
         o,
-        "Headline figures (`{command}`, {date}, load average {load} on 2 shared CPUs; \
+        "Headline figures (`{command}`, {date}, load average {load}, 2 shared CPUs; \
          [docs/benchmarks.md](docs/benchmarks.md)):"
     );
     if let Some(j) = s.jobs.first() {

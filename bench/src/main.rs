@@ -526,7 +526,11 @@ async fn run(o: RunOpts) -> Result<()> {
         let block = evidence::headline(
             &o.command,
             &started.format("%Y-%m-%d %H:%M UTC").to_string(),
-            &scan::loadavg(),
+            &format!(
+                "{} when the scan started, {} at the end",
+                b4.load_start,
+                scan::loadavg()
+            ),
             &b1,
             &b4,
             &b5,

@@ -19,9 +19,14 @@
 mod image_builder;
 
 mod daemon;
+mod evidence;
+mod load;
+mod nfsc;
+mod plot;
 mod procs;
 mod qos;
 mod report;
+mod scan;
 mod stats;
 
 use std::path::{Path, PathBuf};
@@ -38,7 +43,7 @@ use daemon::{call, Daemon};
 use stats::{share, Samples};
 
 /// The name inarray knows the image by.
-const IMAGE: &str = "busybox:latest";
+pub const IMAGE: &str = "busybox:latest";
 /// Noisy containers in the QoS bench.
 const NOISE: usize = 2;
 
@@ -72,6 +77,32 @@ enum Cmd {
         socket: PathBuf,
         #[arg(short, default_value_t = 20)]
         n: usize,
+    },
+    /// Only the inside-vs-NFS benchmark (after `prepare` in the same WORK); prints its section.
+    Scan {
+        #[arg(long)]
+        bin: PathBuf,
+        #[arg(long)]
+        work: PathBuf,
+        #[arg(long)]
+        quick: bool,
+        #[arg(long)]
+        scan_dirs: Option<usize>,
+        #[arg(long)]
+        job_dirs: Option<usize>,
+    },
+    /// Only the seed's load (after `prepare` in the same WORK); prints its section.
+    Load {
+        #[arg(long)]
+        bin: PathBuf,
+        #[arg(long)]
+        work: PathBuf,
+        #[arg(long)]
+        quick: bool,
+        #[arg(long)]
+        load_total: Option<usize>,
+        #[arg(long)]
+        load_concurrency: Option<usize>,
     },
     /// Only the QoS benchmark (after `prepare` in the same WORK); prints its report section.
     Qos {
@@ -139,6 +170,22 @@ pub struct RunOpts {
     /// QoS bench: noisy containers (each spins every CPU and reads the array with direct I/O).
     #[arg(long)]
     noise: Option<usize>,
+    /// The README whose headline block (between `<!-- headline:begin` and `<!-- headline:end -->`)
+    /// is rewritten from this run's figures.
+    #[arg(long)]
+    readme: Option<PathBuf>,
+    /// The seed's load: containers in all (full 3000, quick 120).
+    #[arg(long)]
+    load_total: Option<usize>,
+    /// The seed's load: containers at a time (full 250, quick 30).
+    #[arg(long)]
+    load_concurrency: Option<usize>,
+    /// Inside-vs-NFS: directories of 100 files in the scan's tree (full 1000, quick 50).
+    #[arg(long)]
+    scan_dirs: Option<usize>,
+    /// Inside-vs-NFS: directories of 100 files for the chmod and archive jobs (full 200, quick 20).
+    #[arg(long)]
+    job_dirs: Option<usize>,
 }
 
 /// How much of everything, after presets and overrides.
@@ -160,6 +207,67 @@ pub struct Plan {
 }
 
 impl RunOpts {
+    /// Defaults for the single-benchmark subcommands.
+    fn bare(bin: PathBuf, work: PathBuf, quick: bool) -> Self {
+        RunOpts {
+            bin,
+            work,
+            quick,
+            podman_image: String::new(),
+            out: PathBuf::new(),
+            command: String::new(),
+            notes: None,
+            runs: None,
+            runc_runs: None,
+            podman_runs: None,
+            profile_runs: None,
+            rounds: None,
+            containers: None,
+            concurrency: 8,
+            qos_rounds: None,
+            qos_secs: None,
+            noise: None,
+            scan_dirs: None,
+            job_dirs: None,
+            readme: None,
+            load_total: None,
+            load_concurrency: None,
+        }
+    }
+
+    fn load_plan(&self) -> load::LoadPlan {
+        let (total, conc, inputs, idle) = if self.quick {
+            (120, 30, 4, 5.0)
+        } else {
+            (3000, 250, 8, 10.0)
+        };
+        load::LoadPlan {
+            concurrency: self.load_concurrency.unwrap_or(conc).max(1),
+            total: self.load_total.unwrap_or(total),
+            files: 200,
+            inputs,
+            max_sleep: 2,
+            idle_secs: idle,
+        }
+    }
+
+    fn scan_plan(&self) -> scan::ScanPlan {
+        let (scan_dirs, job_dirs, loop_runs) = if self.quick {
+            (50, 20, 1)
+        } else {
+            (1000, 200, 3)
+        };
+        scan::ScanPlan {
+            scan_dirs: self.scan_dirs.unwrap_or(scan_dirs).max(1),
+            job_dirs: self.job_dirs.unwrap_or(job_dirs).max(1),
+            files_per_dir: 100,
+            container_runs: 3,
+            loop_runs,
+            delay_runs: 1,
+            one_way: Duration::from_micros(500),
+        }
+    }
+
     fn plan(&self) -> Plan {
         let (runs, podman, profile, rounds, containers) = if self.quick {
             (100, 20, 20, 5, 50)
@@ -197,6 +305,51 @@ fn main() -> Result<()> {
                 .build()?;
             rt.block_on(run(o))
         }
+        Cmd::Scan {
+            bin,
+            work,
+            quick,
+            scan_dirs,
+            job_dirs,
+        } => {
+            let o = RunOpts {
+                scan_dirs,
+                job_dirs,
+                ..RunOpts::bare(bin, work, quick)
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let work = o.work.canonicalize()?;
+                let s = scan::bench(&o.bin, &work, o.scan_plan()).await;
+                println!("{}", scan::render(&s, o.quick, None));
+                Ok(())
+            })
+        }
+        Cmd::Load {
+            bin,
+            work,
+            quick,
+            load_total,
+            load_concurrency,
+        } => {
+            let o = RunOpts {
+                load_total,
+                load_concurrency,
+                ..RunOpts::bare(bin, work, quick)
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let work = o.work.canonicalize()?;
+                let l = load::bench(&o.bin, &work, o.load_plan()).await;
+                println!("{}", load::render(&l, o.quick, None));
+                println!("{}", evidence::render_events(&l));
+                Ok(())
+            })
+        }
         Cmd::Qos {
             bin,
             work,
@@ -207,23 +360,10 @@ fn main() -> Result<()> {
             noise_kind,
         } => {
             let o = RunOpts {
-                bin,
-                work,
-                quick,
-                podman_image: String::new(),
-                out: PathBuf::new(),
-                command: String::new(),
-                notes: None,
-                runs: None,
-                runc_runs: None,
-                podman_runs: None,
-                profile_runs: None,
-                rounds: None,
-                containers: None,
-                concurrency: 8,
                 qos_rounds,
                 qos_secs,
                 noise,
+                ..RunOpts::bare(bin, work, quick)
             };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -330,6 +470,28 @@ async fn run(o: RunOpts) -> Result<()> {
     let b1 = bench_run_to_exit(&o, &work, &plan).await?;
     let b2 = bench_many(&o, &work, &plan).await?;
     let b3 = qos::bench(&o.bin, &work, &plan).await?;
+    let b4 = scan::bench(&o.bin, &work, o.scan_plan()).await;
+    if let Some(e) = &b4.error {
+        eprintln!("4. failed: {e}");
+    }
+    let b5 = load::bench(&o.bin, &work, o.load_plan()).await;
+    if let Some(e) = &b5.error {
+        eprintln!("5. failed: {e}");
+    }
+    let docs = o
+        .out
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let [p_scan, p_rte, p_load] = evidence::plots(&docs, &b1, &b4, &b5);
+    let mut extra = scan::render(&b4, o.quick, p_scan.as_deref());
+    extra.push_str(&load::render(&b5, o.quick, p_load.as_deref()));
+    extra.push_str(&evidence::render_events(&b5));
+    if let Some(p) = &p_rte {
+        extra.push_str(&format!(
+            "The run-to-exit distributions of section 1: ![run-to-exit]({p})\n"
+        ));
+    }
 
     let meta = report::Meta {
         command: o.command.clone(),
@@ -349,7 +511,7 @@ async fn run(o: RunOpts) -> Result<()> {
         .notes
         .as_ref()
         .and_then(|p| std::fs::read_to_string(p).ok());
-    let mut md = report::render(&machine, &meta, &b1, &b2, &b3, notes.as_deref());
+    let mut md = report::render(&machine, &meta, &b1, &b2, &b3, &extra, notes.as_deref());
     // Other generators (bench/nfs/run, …) keep their sections in the same file, between
     // markers: carry them over.
     let old = std::fs::read_to_string(&o.out).unwrap_or_default();
@@ -360,6 +522,25 @@ async fn run(o: RunOpts) -> Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(&o.out, &md).with_context(|| format!("{}", o.out.display()))?;
+    if let Some(readme) = &o.readme {
+        let block = evidence::headline(
+            &o.command,
+            &started.format("%Y-%m-%d %H:%M UTC").to_string(),
+            &format!(
+                "{} when the scan started, {} at the end",
+                b4.load_start,
+                scan::loadavg()
+            ),
+            &b1,
+            &b4,
+            &b5,
+        );
+        match evidence::update_readme(readme, &block) {
+            Ok(true) => println!("updated the headline of {}", readme.display()),
+            Ok(false) => eprintln!("{}: no headline markers, left alone", readme.display()),
+            Err(e) => eprintln!("{}: {e}", readme.display()),
+        }
+    }
     println!("{}", report::summary(&b1, &b2, &b3));
     println!("wrote {}", o.out.display());
     Ok(())

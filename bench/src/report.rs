@@ -119,6 +119,7 @@ pub fn render(
     b1: &RunToExit,
     b2: &Many,
     b3: &Qos,
+    extra: &str,
     notes: Option<&str>,
 ) -> String {
     let mut o = String::new();
@@ -544,6 +545,8 @@ pub fn render(
     );
 
     render_qos(&mut o, b3);
+    let _ = writeln!(o, "{}", extra.trim_end());
+    let _ = writeln!(o);
 
     if let Some(n) = notes {
         let _ = writeln!(o, "{}", n.trim_end());

@@ -62,3 +62,17 @@ blob = lambda b: ("blobs/sha256/" + hashlib.sha256(b).hexdigest(), b)
 put("image_archive", "seed-oci", tar_bytes([
     ("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'), ("index.json", index),
     blob(manifest), blob(config), blob(layer_gz)]))
+
+# An NFS NULL call and a GETATTR with AUTH_SYS, each one record (last-fragment bit set).
+import struct
+def record(body):
+    return struct.pack(">I", 0x80000000 | len(body)) + body
+def xdr_opaque(b):
+    return struct.pack(">I", len(b)) + b + b"\0" * ((4 - len(b) % 4) % 4)
+auth_sys = struct.pack(">I", 0) + xdr_opaque(b"client") + struct.pack(">III", 1000, 1000, 1) + struct.pack(">I", 1000)
+null_call = struct.pack(">IIIIII", 1, 0, 2, 100003, 3, 0) + struct.pack(">I", 0) + xdr_opaque(b"") + struct.pack(">I", 0) + xdr_opaque(b"")
+getattr_call = struct.pack(">IIIIII", 2, 0, 2, 100003, 3, 1) + struct.pack(">I", 1) + xdr_opaque(auth_sys) + struct.pack(">I", 0) + xdr_opaque(b"") + xdr_opaque(b"\1" * 32)
+put("nfs_rpc", "seed-null", record(null_call))
+put("nfs_rpc", "seed-two", record(null_call) + record(getattr_call))
+# The same call split over two fragments.
+put("nfs_rpc", "seed-frag", struct.pack(">I", 20) + getattr_call[:20] + struct.pack(">I", 0x80000000 | (len(getattr_call) - 20)) + getattr_call[20:])

@@ -16,6 +16,27 @@ mod server;
 mod sys;
 mod xdr;
 
+/// Entry points for the fuzz targets (fuzz/): the transport and call-header decoding the gateway
+/// owns, on bytes as a hostile client would send them. Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Reads records (record marking, fragments) from `stream` as a connection does, with a
+    /// record limit of `max` bytes, and parses each record's RPC call header and AUTH_SYS
+    /// credential. Returns how many calls parsed; never panics.
+    pub fn records_and_calls(stream: &[u8], max: usize) -> usize {
+        let mut r = std::io::Cursor::new(stream);
+        let mut reader = crate::rpc::RecordReader::new(max);
+        let mut calls = 0;
+        while let Ok(record) = reader.next(&mut r) {
+            let mut d = crate::xdr::Decoder::new(record);
+            if crate::rpc::parse_call(&mut d).is_ok() {
+                calls += 1;
+            }
+        }
+        calls
+    }
+}
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

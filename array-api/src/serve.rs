@@ -392,7 +392,9 @@ async fn drive<I>(
         .header_read_timeout(limits.header_timeout)
         .max_header_size(32 * 1024)
         .max_buf_size(64 * 1024)
-        .serve_connection(io, svc);
+        .serve_connection(io, svc)
+        // WebSocket subscriptions (GET /v1/subscriptions/{name}/ws) take the connection over.
+        .with_upgrades();
     tokio::pin!(conn);
     let stopping = async move {
         let _ = stop.wait_for(|v| *v).await;

@@ -370,7 +370,14 @@ impl Watcher {
                 | ResolveFlag::RESOLVE_NO_SYMLINKS
                 | ResolveFlag::RESOLVE_NO_MAGICLINKS,
         );
-        openat2(self.root_fd()?, path, how).map(owned)
+        // EAGAIN: a concurrent rename raced the resolution (openat2(2)); retry, bounded.
+        let mut tries = 0;
+        loop {
+            match openat2(self.root_fd()?, path, how) {
+                Err(Errno::EAGAIN) if tries < 64 => tries += 1,
+                other => return other.map(owned),
+            }
+        }
     }
 
     /// Watches the directory `rel`; its open fd (for the scan that follows).

@@ -127,17 +127,26 @@ pub fn openat2(dir: &impl AsRawFd, path: &CStr, flags: u64, resolve: u64) -> io:
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = flags | libc::O_CLOEXEC as u64;
     how.resolve = resolve;
-    // SAFETY: `how` is a valid open_how of the size passed; `path` is NUL-terminated.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir.as_raw_fd(),
-            path.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    owned(fd)
+    // EAGAIN: a concurrent rename raced a resolution confined by RESOLVE_BENEATH/IN_ROOT
+    // (openat2(2)); retry, bounded, then report it.
+    let mut tries = 0;
+    loop {
+        // SAFETY: `how` is a valid open_how of the size passed; `path` is NUL-terminated.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dir.as_raw_fd(),
+                path.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        let r = owned(fd);
+        match &r {
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) && tries < 64 => tries += 1,
+            _ => return r,
+        }
+    }
 }
 
 /// The `/proc/self/fd/N` path of an fd: reopening an O_PATH fd through it checks permissions

@@ -34,7 +34,16 @@ pub(crate) fn open_beneath(
     let how = OpenHow::new()
         .flags(flags | extra)
         .resolve(resolve | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    openat2(root.as_raw_fd(), rel, how).map(owned)
+    // With RESOLVE_IN_ROOT/RESOLVE_BENEATH the kernel answers EAGAIN when a rename anywhere on
+    // the filesystem raced a `..` step (it cannot prove the walk stayed inside): retry, as
+    // openat2(2) says; bounded, then the error is reported.
+    let mut tries = 0;
+    loop {
+        match openat2(root.as_raw_fd(), rel, how) {
+            Err(nix::errno::Errno::EAGAIN) if tries < 64 => tries += 1,
+            other => return other.map(owned),
+        }
+    }
 }
 
 /// Opens `rel` (relative, no `..`) beneath `root` as an O_PATH fd, creating missing directories

@@ -175,6 +175,20 @@ impl Schedule {
             ));
         }
         check_names(&fields).map_err(|m| bad("schedule", m))?;
+        // croner accepts an empty list item (`,`, `1,`, `,5`) as a field that matches nothing,
+        // and then searches for the next match without end (found by fuzz/api_bodies).
+        if let Some(f) = fields
+            .iter()
+            .find(|f| f.split(',').any(|item| item.is_empty()))
+        {
+            return Err(bad(
+                "schedule",
+                format!(
+                    "{:?}: the field {f:?} has an empty list item",
+                    truncate(trimmed)
+                ),
+            ));
+        }
         let cron = CronParser::builder()
             .seconds(Seconds::Optional)
             .year(Year::Disallowed)
@@ -586,6 +600,8 @@ mod tests {
             ("* * * * * * *", "has 7 fields"),
             ("61 * * * *", "is not a valid cron expression"),
             ("* 24 * * *", "is not a valid cron expression"),
+            ("*/1 , * * * *", "empty list item"),
+            ("0 1, * * *", "empty list item"),
             ("0 0 31 2 *", "never fires"),
             ("0 0 30 2 *", "never fires"),
             ("@reboot", "not a supported shorthand"),

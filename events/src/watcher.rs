@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use inarray_runtime::volumes::ArrayRoot;
 use inarray_store::{NewEvent, StateEntry};
 use nix::errno::Errno;
-use nix::fcntl::{openat2, AtFlags, OFlag, OpenHow, ResolveFlag};
+use nix::fcntl::{AtFlags, OFlag, ResolveFlag};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent, WatchDescriptor};
 use nix::sys::stat::{fstatat, SFlag};
 
@@ -215,11 +215,6 @@ fn meta_of(st: &nix::sys::stat::FileStat) -> Meta {
     }
 }
 
-fn owned(fd: std::os::fd::RawFd) -> OwnedFd {
-    // SAFETY: `fd` was just returned by a successful open call and nothing else owns it.
-    unsafe { OwnedFd::from_raw_fd(fd) }
-}
-
 /// Raises `fs.inotify.max_user_watches` (doubling it) when the kernel lets us; the clear error
 /// naming the limit otherwise.
 fn raise_watch_limit() -> Result<(), EventsError> {
@@ -355,29 +350,16 @@ impl Watcher {
         Ok(())
     }
 
-    fn root_fd(&self) -> Result<std::os::fd::RawFd, Errno> {
-        self.root
-            .as_ref()
-            .map(|f| f.as_raw_fd())
-            .ok_or(Errno::ENOENT)
-    }
-
     /// Opens `rel` (relative to the watch root) without following any symlink.
     fn open_rel(&self, rel: &str, flags: OFlag) -> Result<OwnedFd, Errno> {
-        let path = if rel.is_empty() { "." } else { rel };
-        let how = OpenHow::new().flags(flags | OFlag::O_CLOEXEC).resolve(
-            ResolveFlag::RESOLVE_BENEATH
-                | ResolveFlag::RESOLVE_NO_SYMLINKS
-                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
-        );
-        // EAGAIN: a concurrent rename raced the resolution (openat2(2)); retry, bounded.
-        let mut tries = 0;
-        loop {
-            match openat2(self.root_fd()?, path, how) {
-                Err(Errno::EAGAIN) if tries < 64 => tries += 1,
-                other => return other.map(owned),
-            }
-        }
+        // The runtime's confined open (no magic links, CLOEXEC, retried on EAGAIN).
+        let root = self.root.as_ref().ok_or(Errno::ENOENT)?;
+        inarray_runtime::open_beneath(
+            root,
+            std::path::Path::new(rel),
+            flags,
+            ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS,
+        )
     }
 
     /// Watches the directory `rel`; its open fd (for the scan that follows).

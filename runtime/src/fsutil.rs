@@ -14,7 +14,7 @@ pub(crate) fn owned(fd: RawFd) -> OwnedFd {
 }
 
 /// Opens `rel` beneath `root` with `resolve` rules (always at least RESOLVE_NO_MAGICLINKS).
-pub(crate) fn open_beneath(
+pub fn open_beneath(
     root: &impl AsRawFd,
     rel: &Path,
     flags: OFlag,

@@ -17,7 +17,7 @@ pub mod user;
 pub mod volumes;
 
 pub use config::{ContainerConfig, InvalidField, Network, PullPolicy, RestartPolicy};
-pub use fsutil::write_atomic;
+pub use fsutil::{open_beneath, write_atomic};
 pub use manager::{
     ImageRemoval, Manager, ManagerError, ManagerOptions, PruneReport, ReconcileReport,
 };

@@ -642,9 +642,12 @@ impl Reloader {
         for e in &new.engines {
             inarray_runtime::engines::validate_name(&e.name)
                 .map_err(|m| anyhow::anyhow!("engines: {m}"))?;
-            e.resources
-                .validate(&format!("engines.{}", e.name))
-                .map_err(anyhow::Error::msg)?;
+            inarray_runtime::engines::validate_engine(
+                &e.name,
+                &e.resources,
+                &format!("engines.{}", e.name),
+            )
+            .map_err(anyhow::Error::msg)?;
         }
         let mut all = self.manager.engines().await?;
         for e in &new.engines {

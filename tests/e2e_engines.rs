@@ -255,6 +255,70 @@ async fn a_cpu_quota_caps_a_spinner() {
     );
 }
 
+/// Parses a `?stream=true` body: one JSON document per line.
+fn stats_lines(body: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(body)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_stream_a_sample_a_second_until_the_container_ends() {
+    let d = TestDaemon::start().await;
+    d.with_busybox().await;
+    // Spins for about 3 s (a busy loop, so the CPU time grows), then exits.
+    let c = d.run(json!({"image": "busybox", "command": ["sh", "-c", "end=$(($(date +%s) + 3)); while [ $(date +%s) -lt $end ]; do :; done"]})).await;
+    let id = c["id"].as_str().unwrap().to_owned();
+    let mut body = Vec::new();
+    let t0 = Instant::now();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        d.client()
+            .stream(&format!("/v1/containers/{id}/stats?stream=true"), |b| {
+                body.extend_from_slice(b)
+            }),
+    )
+    .await
+    .expect("the stream ends when the container does")
+    .unwrap();
+    let took = t0.elapsed();
+    let lines = stats_lines(&body);
+    // A sample at once, then one a second while it runs (wide bounds: a loaded machine starts
+    // the loop late or ends the stream a sample late).
+    assert!(
+        (2..=8).contains(&lines.len()),
+        "{} samples in {took:?}",
+        lines.len()
+    );
+    let cpu: Vec<u64> = lines
+        .iter()
+        .map(|l| l["cpu"]["usage_ns"].as_u64().unwrap())
+        .collect();
+    assert!(
+        cpu.windows(2).all(|w| w[0] <= w[1]) && cpu[cpu.len() - 1] > cpu[0],
+        "CPU time grows from sample to sample: {cpu:?}"
+    );
+    assert!(lines.iter().all(|l| l["pids"]["current"].is_u64()));
+
+    // An engine's stream goes on while the client stays: read ~2.5 s of it, then hang up.
+    let mut body = Vec::new();
+    let r = tokio::time::timeout(
+        Duration::from_millis(2500),
+        d.client()
+            .stream("/v1/engines/default/stats?stream=true", |b| {
+                body.extend_from_slice(b)
+            }),
+    )
+    .await;
+    assert!(r.is_err(), "an engine stream only ends with its client");
+    let lines = stats_lines(&body);
+    assert!((2..=4).contains(&lines.len()), "{} samples", lines.len());
+    assert!(lines.iter().all(|l| l["memory"]["current"].is_u64()));
+    // The daemon is still fine after the client went away mid-stream.
+    d.ok(Method::GET, "/v1/engines/default/stats", None).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_bps_limit_caps_a_direct_io_reader() {
     let d = TestDaemon::start().await;

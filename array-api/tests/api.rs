@@ -3024,3 +3024,58 @@ async fn events_watches_subscriptions_and_hostile_inputs() {
         "no such watch: in",
     );
 }
+
+#[tokio::test]
+async fn the_storage_engine_takes_shares_not_hard_caps() {
+    let env = Env::new().await;
+    // The conformance run's find: `write_bps: 1710` on storage throttled the daemon's own
+    // database writes to a crawl (requests timed out). Every hard cap is refused, naming it.
+    for (field, value) in [
+        ("write_bps", json!(1710)),
+        ("read_bps", json!("1m")),
+        ("read_iops", json!(10)),
+        ("write_iops", json!(10)),
+        ("memory", json!("1g")),
+        ("cpus", json!(0.1)),
+        ("pids", json!(20)),
+    ] {
+        let r = patch_json(
+            &env,
+            "/v1/engines/storage",
+            &json!({"resources": {field: value}}),
+        )
+        .await;
+        r.expect(StatusCode::BAD_REQUEST);
+        let v = r.json();
+        let msg = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            msg.starts_with(&format!("resources.{field}")) && msg.contains("storage engine"),
+            "{field}: {v}"
+        );
+    }
+    let storage = env
+        .get("/v1/engines/storage")
+        .await
+        .expect(StatusCode::OK)
+        .json();
+    assert!(
+        storage["resources"]["write_bps"].is_null() && storage["resources"]["pids"].is_null(),
+        "nothing changed: {storage}"
+    );
+    // Shares, the reservation and the cpuset are fine.
+    patch_json(
+        &env,
+        "/v1/engines/storage",
+        &json!({"resources": {"cpu_weight": 2000, "io_weight": 900, "memory_reservation": "256m", "cpuset": "0"}}),
+    )
+    .await
+    .expect(StatusCode::OK);
+    // Other engines take hard caps as before.
+    patch_json(
+        &env,
+        "/v1/engines/default",
+        &json!({"resources": {"write_bps": "10m", "pids": 500}}),
+    )
+    .await
+    .expect(StatusCode::OK);
+}

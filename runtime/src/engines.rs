@@ -115,6 +115,24 @@ pub fn builtin() -> Vec<EngineDef> {
     ]
 }
 
+/// Checks an engine's limits (`field` names them in messages: "resources", "engines.NAME").
+/// `storage` holds the daemon and the NFS gateway themselves: it takes shares (cpu_weight,
+/// io_weight), memory_reservation and cpuset, never a hard cap — a `write_bps` of a few KB/s or a
+/// small `pids` on it would throttle the service it protects (the daemon's own database writes
+/// stalled for seconds when the conformance run set one).
+pub fn validate_engine(name: &str, r: &Resources, field: &str) -> Result<(), String> {
+    r.validate(field)?;
+    if name == STORAGE {
+        if let Some(cap) = r.hard_caps().first() {
+            return Err(format!(
+                "{field}.{cap}: the storage engine holds the daemon and the NFS gateway; it takes \
+                 shares (cpu_weight, io_weight), memory_reservation and cpuset, not hard caps"
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub fn is_builtin(name: &str) -> bool {
     name == STORAGE || name == DEFAULT
 }

@@ -1318,8 +1318,7 @@ impl Manager {
         let builtin = engines::builtin();
         for e in builtin.iter().chain(configured) {
             engines::validate_name(&e.name).map_err(|m| internal("engine in the config", m))?;
-            e.resources
-                .validate(&format!("engines.{}", e.name))
+            engines::validate_engine(&e.name, &e.resources, &format!("engines.{}", e.name))
                 .map_err(|m| internal("engine in the config", m))?;
         }
         for e in &builtin {
@@ -1357,7 +1356,7 @@ impl Manager {
             field: "name".into(),
             reason: m.trim_start_matches("name: ").into(),
         })?;
-        validate_resources(&def.resources)?;
+        validate_engine_resources(&def.name, &def.resources)?;
         let mut all = self.engines().await?;
         if all.iter().any(|e| e.name == def.name) {
             return Err(ManagerError::Conflict(format!(
@@ -1395,7 +1394,7 @@ impl Manager {
             name: name.to_owned(),
             resources: current.resources.merged(patch),
         };
-        validate_resources(&updated.resources)?;
+        validate_engine_resources(name, &updated.resources)?;
         let mut all: Vec<EngineDef> = self
             .engines()
             .await?
@@ -1509,7 +1508,16 @@ impl Manager {
 }
 
 fn validate_resources(r: &Resources) -> Result<()> {
-    r.validate("resources").map_err(|m| {
+    invalid_resources(r.validate("resources"))
+}
+
+fn validate_engine_resources(name: &str, r: &Resources) -> Result<()> {
+    invalid_resources(engines::validate_engine(name, r, "resources"))
+}
+
+/// "resources.FIELD: reason" → 400 naming the field.
+fn invalid_resources(r: std::result::Result<(), String>) -> Result<()> {
+    r.map_err(|m| {
         let (field, reason) = m.split_once(": ").unwrap_or(("resources", &m));
         ManagerError::Invalid(InvalidField {
             field: field.into(),

@@ -85,6 +85,10 @@ pub struct Resources {
     pub write_iops: Option<u64>,
 }
 
+/// The most pids a cgroup can be limited to: the kernel's PID_MAX_LIMIT on 64-bit (a larger
+/// `pids.max` is refused with EINVAL; leave `pids` out for no limit).
+pub const PID_MAX_LIMIT: i64 = 4 << 20;
+
 /// The smallest memory limit we accept: below it, a runtime cannot even start a process.
 pub const MIN_MEMORY: u64 = 4 << 20;
 
@@ -126,8 +130,10 @@ impl Resources {
             parse_cpuset(s, nproc as usize).map_err(|e| format!("{field}.cpuset: {e}"))?;
         }
         if let Some(p) = self.pids {
-            if p < 1 {
-                return Err(format!("{field}.pids: {p} must be at least 1"));
+            if !(1..=PID_MAX_LIMIT).contains(&p) {
+                return Err(format!(
+                    "{field}.pids: {p} must be between 1 and {PID_MAX_LIMIT} (the kernel's limit)"
+                ));
             }
         }
         if let Some(w) = self.io_weight {
@@ -150,6 +156,23 @@ impl Resources {
             }
         }
         Ok(())
+    }
+
+    /// The hard caps set (as opposed to shares, reservation and cpuset): memory, cpus, pids and
+    /// the block-device limits, by field name.
+    pub fn hard_caps(&self) -> Vec<&'static str> {
+        [
+            ("memory", self.memory.is_some()),
+            ("cpus", self.cpus.is_some()),
+            ("pids", self.pids.is_some()),
+            ("read_bps", self.read_bps.is_some()),
+            ("write_bps", self.write_bps.is_some()),
+            ("read_iops", self.read_iops.is_some()),
+            ("write_iops", self.write_iops.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(f, set)| set.then_some(f))
+        .collect()
     }
 
     /// Where `self` (a container's limits) asks for more than `outer` (its engine's) allows:
@@ -367,6 +390,9 @@ mod tests {
             (r#"{"cpus":100000}"#, "resources.cpus"),
             (r#"{"cpu_weight":0}"#, "resources.cpu_weight"),
             (r#"{"pids":0}"#, "resources.pids"),
+            // Above PID_MAX_LIMIT the kernel refuses pids.max (EINVAL): was a 500 (found by
+            // the conformance run).
+            (r#"{"pids":10289152}"#, "resources.pids"),
             (r#"{"io_weight":5}"#, "resources.io_weight"),
             (r#"{"cpuset":"0-99"}"#, "resources.cpuset"),
             (r#"{"cpuset":"x"}"#, "resources.cpuset"),
@@ -379,6 +405,8 @@ mod tests {
         }
         let ok: Resources = serde_json::from_str(r#"{"memory":"64m","cpus":0.5,"cpu_weight":200,"cpuset":"0","pids":50,"io_weight":500,"read_bps":"10m"}"#).unwrap();
         ok.validate("resources").unwrap();
+        let most: Resources = serde_json::from_str(r#"{"pids":4194304}"#).unwrap();
+        most.validate("resources").unwrap();
     }
 
     #[test]

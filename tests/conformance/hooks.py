@@ -13,3 +13,18 @@ def no_server_bug(ctx, response, case):
         raise AssertionError(
             f"server error {response.status_code}: {response.text[:300]}"
         )
+
+
+# Streams that only end when the client goes away: `?stream=true` stats send a sample every
+# second and `?follow=true` logs of a running container wait for more output, so a generated
+# request would never finish (the request timeout counts the time between chunks, not the
+# whole response) — the run hung on them. They are sent as one-shot requests here; the
+# streaming forms are tested end to end (tests/e2e_engines.rs, tests/e2e_containers.rs).
+ENDLESS = {"/stats": "stream", "/logs": "follow"}
+
+
+@schemathesis.hook
+def before_call(ctx, case, kwargs):
+    for suffix, param in ENDLESS.items():
+        if case.operation.path.endswith(suffix) and case.query and param in case.query:
+            case.query[param] = "false"

@@ -6,7 +6,7 @@
 //! events (`GET /v1/watches`); otherwise that figure is "not measured".
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,8 +50,14 @@ pub struct Load {
     pub nfs_idle: f64,
     pub nfs_load: f64,
     pub nfs_error: Option<String>,
-    /// Events: Ok(delivered) or Err(why not measured).
+    /// Events: Ok(distinct output files named by a delivered `close_write` event) or Err(why not
+    /// measured).
     pub events: Result<u64, String>,
+    /// Events delivered in all (a file may be named more than once: at-least-once delivery, and
+    /// a file found by a new directory's scan and then closed).
+    pub events_delivered: u64,
+    /// From the end of the load until the subscriber had them all (or gave up).
+    pub events_catch_up: Duration,
     /// Memory at the sample with the most containers (shims) running.
     pub peak_running: usize,
     pub daemon: Mem,
@@ -77,12 +83,63 @@ impl Default for Load {
             nfs_load: 0.0,
             nfs_error: None,
             events: Err("not tried".into()),
+            events_delivered: 0,
+            events_catch_up: Duration::ZERO,
             peak_running: 0,
             daemon: Mem::default(),
             shims: Mem::default(),
             load_start: String::new(),
             load_end: String::new(),
             error: None,
+        }
+    }
+}
+
+/// The file-events subscriber: long-polls subscription `load` (`GET …/events?wait=1&max=10000`)
+/// over its own connection, acks every batch, and keeps the distinct paths of `close_write`
+/// events. Once told how many files were written (`want`), it stops when it has seen them all,
+/// or after 60 s without a new event.
+#[derive(Clone, Default)]
+struct Follower {
+    seen: std::rc::Rc<std::cell::RefCell<std::collections::HashSet<String>>>,
+    delivered: std::rc::Rc<std::cell::Cell<u64>>,
+    want: std::rc::Rc<std::cell::Cell<Option<u64>>>,
+}
+
+impl Follower {
+    async fn run(self, socket: PathBuf) -> Result<()> {
+        let c = inarray_api::client::Client::new(inarray_api::serve::Listen::Unix(socket));
+        let mut last_new = Instant::now();
+        loop {
+            let v = call(
+                &c,
+                Method::GET,
+                "/v1/subscriptions/load/events?wait=1&max=10000",
+                None,
+            )
+            .await?;
+            let evs = v["events"].as_array().context("no events array")?;
+            if let Some(last) = evs.last() {
+                for e in evs {
+                    self.delivered.set(self.delivered.get() + 1);
+                    if e["kind"] == "close_write" && e["is_dir"] == false {
+                        if let Some(p) = e["path"].as_str() {
+                            if self.seen.borrow_mut().insert(p.to_owned()) {
+                                last_new = Instant::now();
+                            }
+                        }
+                    }
+                }
+                let ack = json!({"seq": last["seq"]});
+                call(&c, Method::POST, "/v1/subscriptions/load/ack", Some(&ack)).await?;
+            }
+            if let Some(want) = self.want.get() {
+                if self.seen.borrow().len() as u64 >= want
+                    || last_new.elapsed() > Duration::from_secs(60)
+                {
+                    return Ok(());
+                }
+            }
         }
     }
 }
@@ -192,11 +249,7 @@ async fn inner(bin: &Path, work: &Path, plan: LoadPlan, res: &mut Load) -> Resul
     d.import(&work.join("busybox-oci.tar"), IMAGE).await?;
     // File events: present when the API knows /v1/watches.
     res.events = match d.call(Method::GET, "/v1/watches", None).await {
-        Ok(_) => Err(
-            "the daemon has /v1/watches, but this driver has no events subscriber yet \
-             (bench/events/run measures event latency on its own)"
-                .into(),
-        ),
+        Ok(_) => Ok(0),
         Err(e)
             if format!("{e:#}").contains("404") || format!("{e:#}").contains("no such route") =>
         {
@@ -207,6 +260,14 @@ async fn inner(bin: &Path, work: &Path, plan: LoadPlan, res: &mut Load) -> Resul
     let base = dir.join("array/load");
     std::fs::create_dir_all(base.join("in"))?;
     std::fs::create_dir_all(base.join("out"))?;
+    // The subscriber's watch and subscription: every finished file of the output tree.
+    let events_on = res.events.is_ok();
+    if events_on {
+        let w = json!({"name": "out", "path": "load/out", "events": ["close_write"]});
+        d.call(Method::POST, "/v1/watches", Some(&w)).await?;
+        let s = json!({"name": "load", "watches": ["out"]});
+        d.call(Method::POST, "/v1/subscriptions", Some(&s)).await?;
+    }
     eprintln!("5. writing {} input files (1–100 MB)", plan.inputs);
     for k in 0..plan.inputs {
         let mb = if plan.inputs > 1 {
@@ -247,6 +308,8 @@ async fn inner(bin: &Path, work: &Path, plan: LoadPlan, res: &mut Load) -> Resul
     let socket = d.socket.clone();
     let next = std::rc::Rc::new(std::cell::Cell::new(0usize));
     let local = tokio::task::LocalSet::new();
+    let follower = Follower::default();
+    let following = events_on.then(|| local.spawn_local(follower.clone().run(socket.clone())));
     let t0 = Instant::now();
     let mut handles = Vec::new();
     for _ in 0..plan.concurrency.min(plan.total) {
@@ -352,15 +415,23 @@ async fn inner(bin: &Path, work: &Path, plan: LoadPlan, res: &mut Load) -> Resul
             }
         }
     }
-    let p = peak.borrow();
-    res.peak_running = p.0;
-    res.daemon = p.1;
-    res.shims = p.2;
-    drop(p);
+    (res.peak_running, res.daemon, res.shims) = *peak.borrow();
     eprintln!("5. counting the output files");
     res.files_expected = (plan.total * plan.files) as u64;
     for e in std::fs::read_dir(base.join("out"))? {
         res.files_written += std::fs::read_dir(e?.path())?.count() as u64;
+    }
+    if let Some(h) = following {
+        eprintln!("5. waiting for the subscriber to catch up");
+        follower.want.set(Some(res.files_written));
+        let t = Instant::now();
+        res.events = match local.run_until(h).await {
+            Ok(Ok(())) => Ok(follower.seen.borrow().len() as u64),
+            Ok(Err(e)) => Err(format!("the subscriber failed: {e:#}")),
+            Err(e) => Err(format!("the subscriber panicked: {e}")),
+        };
+        res.events_delivered = follower.delivered.get();
+        res.events_catch_up = t.elapsed();
     }
     d.stop();
     Ok(())
@@ -380,7 +451,10 @@ pub fn render(l: &Load, quick: bool, plot: Option<&str>) -> String {
          array's `load/` at `/s`: it reads one of {} input files (1–100 MB: {} MB), writes {} \
          output files, then sleeps 0–{} s (lifetimes scaled down from hours). Meanwhile the \
          bench's NFS client reads a 64 MiB file of the array over and over (READ of 1 MiB, one \
-         call in flight), first {:.0} s with the daemon idle, then during the whole load. \
+         call in flight), first {:.0} s with the daemon idle, then during the whole load; and a \
+         file-events subscriber follows the output tree (a watch on `load/out` for \
+         `close_write`, a subscription long-polled with `wait=1&max=10000` and acked, over its \
+         own connection), counting the distinct files its events name. \
          Memory is sampled every 2 s; the sample with the most containers running (counted by their shims) is shown{}.\n",
         p.total,
         p.concurrency,
@@ -442,8 +516,10 @@ pub fn render(l: &Load, quick: bool, plot: Option<&str>) -> String {
         Ok(n) => {
             let _ = writeln!(
                 o,
-                "| file events delivered / files written | {n} / {} | equal | {} |",
+                "| file events: output files named by a delivered `close_write` / files written | {n} / {} ({} events delivered; the subscriber had them {:.1} s after the last container ended) | equal | {} |",
                 l.files_written,
+                l.events_delivered,
+                l.events_catch_up.as_secs_f64(),
                 verdict(*n == l.files_written)
             );
         }

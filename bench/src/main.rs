@@ -44,6 +44,8 @@ use stats::{share, Samples};
 
 /// The name inarray knows the image by.
 pub const IMAGE: &str = "busybox:latest";
+/// The busybox image with `inarray-walk` added (section 4).
+pub const WALK_IMAGE: &str = "walk:latest";
 /// Noisy containers in the QoS bench.
 const NOISE: usize = 2;
 
@@ -406,10 +408,53 @@ fn main() -> Result<()> {
 
 // ------------------------------------------------------------------------------------- prepare
 
+/// The headline's in-array tool (`bench/walk/main.rs`), built static with the toolchain's
+/// `rustc` (`$RUSTC` if set) and added to a copy of the busybox image as `/bin/inarray-walk`:
+/// WORK/walk-oci.tar, imported as [`WALK_IMAGE`].
+fn write_walk_image(work: &Path) -> Result<()> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("walk/main.rs");
+    let bin = work.join("inarray-walk");
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let out = Command::new(&rustc)
+        .args([
+            "--edition",
+            "2021",
+            "-O",
+            "-C",
+            "target-feature=+crt-static",
+            "-C",
+        ])
+        .arg("strip=symbols")
+        .arg(&src)
+        .arg("-o")
+        .arg(&bin)
+        .output()
+        .with_context(|| format!("running {rustc:?} for {}", src.display()))?;
+    if !out.status.success() {
+        bail!(
+            "building {}: {}",
+            src.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let data = std::fs::read(&bin)?;
+    image_builder::write_oci_archive_with(&work.join("walk-oci.tar"), WALK_IMAGE, &|tar| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o755);
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        tar.append_data(&mut h, "bin/inarray-walk", &data[..])
+            .expect("append to an in-memory archive");
+    });
+    Ok(())
+}
+
 fn prepare(work: &Path, podman_image: &str) -> Result<()> {
     std::fs::create_dir_all(work)?;
     let work = work.canonicalize()?;
     image_builder::write_oci_archive(&work.join("busybox-oci.tar"), IMAGE);
+    write_walk_image(&work)?;
     let docker = work.join("busybox-docker.tar");
     image_builder::write_docker_archive(&docker, podman_image);
 

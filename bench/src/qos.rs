@@ -246,8 +246,7 @@ pub async fn bench(bin: &Path, work: &Path, plan: &Plan) -> Result<Qos> {
         let p = free_port()?;
         let mut args = config_args.to_vec();
         args.extend(["--nfs-listen".into(), format!("127.0.0.1:{p}")]);
-        match Daemon::start_with(bin, &dir, &args).await
-        {
+        match Daemon::start_with(bin, &dir, &args).await {
             Ok(d) => {
                 port = Some(p);
                 d
@@ -261,7 +260,8 @@ pub async fn bench(bin: &Path, work: &Path, plan: &Plan) -> Result<Qos> {
             }
         }
     } else {
-        res.nfs = Err("this build of `inarray serve` has no `--nfs-listen` (no NFS gateway)".into());
+        res.nfs =
+            Err("this build of `inarray serve` has no `--nfs-listen` (no NFS gateway)".into());
         Daemon::start_with(bin, &dir, &config_args).await?
     };
     res.scheduler = format!(
@@ -308,8 +308,11 @@ pub async fn bench(bin: &Path, work: &Path, plan: &Plan) -> Result<Qos> {
 
     // The bench client and nfs-cat stand in for clients on other machines: in a cpu cgroup of
     // their own with a large weight, so that the noise does not slow the client itself.
-    let client_cg = TopCgroup::create(&format!("inarray-bench-client-{}", std::process::id()), 1000)
-        .context("a cpu cgroup for the bench client")?;
+    let client_cg = TopCgroup::create(
+        &format!("inarray-bench-client-{}", std::process::id()),
+        1000,
+    )
+    .context("a cpu cgroup for the bench client")?;
     client_cg.add(std::process::id() as i32)?;
     res.facts_client = format!(
         "`{}` (cpu weight 1000, i.e. cpu.shares 10240 on v1)",
@@ -344,8 +347,10 @@ pub async fn bench(bin: &Path, work: &Path, plan: &Plan) -> Result<Qos> {
     res.env_end = procs::pressure();
     let left = d.container_ids();
     if !left.is_empty() {
-        res.errors
-            .push(format!("{} container(s) left after the QoS bench", left.len()));
+        res.errors.push(format!(
+            "{} container(s) left after the QoS bench",
+            left.len()
+        ));
     }
     d.stop();
     if let Some(a) = &active {
@@ -369,7 +374,9 @@ async fn rounds(
 ) -> Result<()> {
     let d = cx.d;
     // Warm-up: one of each measurement, not counted.
-    rest_once(&d.client(), &body_true()).await.context("warm-up run")?;
+    rest_once(&d.client(), &body_true())
+        .await
+        .context("warm-up run")?;
     if let Some(url) = &cx.nfs_url {
         nfs_read(url).context("warm-up NFS read")?;
     }
@@ -391,7 +398,9 @@ async fn rounds(
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
         for id in noise_ids.iter() {
-            let v = d.call(Method::GET, &format!("/v1/containers/{id}"), None).await?;
+            let v = d
+                .call(Method::GET, &format!("/v1/containers/{id}"), None)
+                .await?;
             if v["state"] != "running" {
                 bail!("noise container {id} is not running: {v}");
             }
@@ -406,7 +415,8 @@ async fn rounds(
             eprintln!("3. QoS: round {}/{}: {}", r + 1, plan.qos_rounds, PHASES[p]);
             if p == OFF {
                 save_weights(restore_file)?;
-                let body = json!({"resources": {"cpu_weight": OFF_WEIGHT, "io_weight": OFF_WEIGHT}});
+                let body =
+                    json!({"resources": {"cpu_weight": OFF_WEIGHT, "io_weight": OFF_WEIGHT}});
                 d.call(Method::PATCH, "/v1/engines/storage", Some(&body))
                     .await
                     .context("PATCH /v1/engines/storage (QoS off)")?;
@@ -449,11 +459,13 @@ async fn rounds(
 }
 
 /// One busy loop per CPU, and direct-I/O reads of the 1 GiB file over and over.
-const NOISE_SCRIPT: &str = "n=$(nproc); i=0; while [ $i -lt $n ]; do (while :; do :; done) & i=$((i+1)); done; \
+const NOISE_SCRIPT: &str =
+    "n=$(nproc); i=0; while [ $i -lt $n ]; do (while :; do :; done) & i=$((i+1)); done; \
      while :; do dd if=/d/big of=/dev/null bs=1M iflag=direct 2>/dev/null; done";
 /// For taking the noise apart by hand (`inarray-bench qos --noise-kind`): only the CPU part, or
 /// only the I/O part.
-const NOISE_CPU: &str = "n=$(nproc); i=1; while [ $i -lt $n ]; do (while :; do :; done) & i=$((i+1)); done; \
+const NOISE_CPU: &str =
+    "n=$(nproc); i=1; while [ $i -lt $n ]; do (while :; do :; done) & i=$((i+1)); done; \
      while :; do :; done";
 const NOISE_IO: &str = "while :; do dd if=/d/big of=/dev/null bs=1M iflag=direct 2>/dev/null; done";
 
@@ -510,7 +522,10 @@ async fn stint(cx: &Ctx<'_>, round: usize, phase: usize, secs: f64) -> Stint {
     if let Some(url) = &cx.nfs_url {
         let until = Instant::now() + Duration::from_secs_f64(secs * SPLIT[2]);
         let mut cold = true;
-        while Instant::now() < until || s.nfs_cold.n() + s.nfs_cold.errors == 0 || s.nfs_warm.n() + s.nfs_warm.errors == 0 {
+        while Instant::now() < until
+            || s.nfs_cold.n() + s.nfs_cold.errors == 0
+            || s.nfs_warm.n() + s.nfs_warm.errors == 0
+        {
             let out = if cold {
                 &mut s.nfs_cold
             } else {
@@ -578,9 +593,9 @@ fn usage(daemon: i32) -> [u64; 4] {
         (cpu, read)
     } else {
         let cpu = num(root.join(format!("cpuacct/{ROOT_CG}/default/cpuacct.usage")));
-        let read = std::fs::read_to_string(
-            root.join(format!("blkio/{ROOT_CG}/default/blkio.throttle.io_service_bytes_recursive")),
-        )
+        let read = std::fs::read_to_string(root.join(format!(
+            "blkio/{ROOT_CG}/default/blkio.throttle.io_service_bytes_recursive"
+        )))
         .unwrap_or_default()
         .lines()
         .filter_map(|l| {
@@ -720,7 +735,10 @@ fn move_back_to_storage(pid: i32) -> Result<()> {
 /// (from what `save_weights` recorded). Removes the record once done.
 async fn restore(d: &Daemon, orig: &Value, restore_file: &Path, res: &mut Qos) {
     let body = json!({ "resources": orig });
-    match d.call(Method::PATCH, "/v1/engines/storage", Some(&body)).await {
+    match d
+        .call(Method::PATCH, "/v1/engines/storage", Some(&body))
+        .await
+    {
         Ok(_) => {
             res.restored = format!(
                 "`PATCH /v1/engines/storage {body}` after each QoS-off stint; the kernel then showed {}",
@@ -729,7 +747,8 @@ async fn restore(d: &Daemon, orig: &Value, restore_file: &Path, res: &mut Qos) {
         }
         Err(e) => {
             let n = restore_files(restore_file);
-            res.restored = format!("the PATCH back failed ({e}); {n} cgroup file(s) rewritten directly");
+            res.restored =
+                format!("the PATCH back failed ({e}); {n} cgroup file(s) rewritten directly");
             res.errors.push(res.restored.clone());
         }
     }
@@ -964,7 +983,12 @@ fn facts(d: &Daemon, noise_pid: i32, array_file: &Path) -> Vec<(String, String)>
     let engine_of_noise = parent(&ncpu);
     // `storage` at the top: the daemon's cgroup is a sibling of the containers' root.
     let siblings = parent(&dcpu).is_some()
-        && parent(&dcpu) == engine_of_noise.as_deref().and_then(parent).as_deref().and_then(parent);
+        && parent(&dcpu)
+            == engine_of_noise
+                .as_deref()
+                .and_then(parent)
+                .as_deref()
+                .and_then(parent);
     out.push((
         "cgroups (cpu; blkio)".into(),
         format!(
@@ -991,31 +1015,36 @@ fn facts(d: &Daemon, noise_pid: i32, array_file: &Path) -> Vec<(String, String)>
             ),
         ));
         let b = root.join("blkio").join(STORAGE_CG);
-        let files: Vec<String> = ["blkio.weight", "blkio.bfq.weight", "blkio.weight_device", "blkio.bfq.weight_device"]
-            .iter()
-            .map(|f| {
-                if b.join(f).exists() {
-                    format!("`{f}` = {}", read_trim(&b.join(f)))
-                } else {
-                    format!("`{f}` absent")
-                }
-            })
-            .collect();
+        let files: Vec<String> = [
+            "blkio.weight",
+            "blkio.bfq.weight",
+            "blkio.weight_device",
+            "blkio.bfq.weight_device",
+        ]
+        .iter()
+        .map(|f| {
+            if b.join(f).exists() {
+                format!("`{f}` = {}", read_trim(&b.join(f)))
+            } else {
+                format!("`{f}` absent")
+            }
+        })
+        .collect();
         out.push(("storage's blkio weight files".into(), files.join(", ")));
     } else {
         out.push(("cgroup v2 weights".into(), weights_text()));
     }
     // The CPU scheduler's tick and autogroups: what a wakeup that does not preempt waits for, and
     // how processes outside any cgroup compete.
-    let hz = std::fs::File::open("/proc/config.gz")
-        .ok()
-        .and_then(|f| {
-            let mut text = String::new();
-            flate2::read::GzDecoder::new(f).read_to_string(&mut text).ok()?;
-            text.lines()
-                .find_map(|l| l.strip_prefix("CONFIG_HZ="))
-                .and_then(|v| v.parse::<u64>().ok())
-        });
+    let hz = std::fs::File::open("/proc/config.gz").ok().and_then(|f| {
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(f)
+            .read_to_string(&mut text)
+            .ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("CONFIG_HZ="))
+            .and_then(|v| v.parse::<u64>().ok())
+    });
     out.push((
         "CPU scheduler".into(),
         format!(
@@ -1050,6 +1079,12 @@ fn first_line_of(cmd: &str, args: &[&str]) -> String {
         .args(args)
         .output()
         .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_owned())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        })
         .unwrap_or_default()
 }

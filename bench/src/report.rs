@@ -561,7 +561,8 @@ pub fn marked_sections(text: &str) -> Vec<String> {
     let mut rest = text;
     while let Some(b) = rest.find("<!-- ") {
         let tail = &rest[b..];
-        let name_end = tail[5..].find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        let name_end =
+            tail[5..].find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'));
         let Some(n) = name_end else { break };
         let name = &tail[5..5 + n];
         if !name.is_empty() && tail[5 + n..].starts_with(":begin") {
@@ -654,21 +655,56 @@ fn qos_rows(q: &Qos) -> Vec<QosRow> {
     let ph: Vec<Stint> = (0..PHASES.len()).map(|p| q.phase(p)).collect();
     let v = |g: &dyn Fn(&Stint) -> f64| [g(&ph[0]), g(&ph[1]), g(&ph[2]), g(&ph[3])];
     let mut rows = vec![
-        ("`GET /v1/containers` p50 (ms)", true, false, v(&|s| s.get.p50())),
-        ("`GET /v1/containers` p90 (ms)", true, false, v(&|s| s.get.pct(90.0))),
-        ("`GET /v1/containers` p99 (ms)", true, true, v(&|s| s.get.p99())),
-        ("run-to-exit of `/bin/true` p50 (ms)", true, false, v(&|s| s.run.p50())),
+        (
+            "`GET /v1/containers` p50 (ms)",
+            true,
+            false,
+            v(&|s| s.get.p50()),
+        ),
+        (
+            "`GET /v1/containers` p90 (ms)",
+            true,
+            false,
+            v(&|s| s.get.pct(90.0)),
+        ),
+        (
+            "`GET /v1/containers` p99 (ms)",
+            true,
+            true,
+            v(&|s| s.get.p99()),
+        ),
+        (
+            "run-to-exit of `/bin/true` p50 (ms)",
+            true,
+            false,
+            v(&|s| s.run.p50()),
+        ),
         // Not judged: the probe container runs in `default`, next to the noise, at its weight —
         // the engines protect the daemon and NFS, not one noisy engine's other containers.
-        ("run-to-exit of `/bin/true` p99 (ms)", true, false, v(&|s| s.run.p99())),
+        (
+            "run-to-exit of `/bin/true` p99 (ms)",
+            true,
+            false,
+            v(&|s| s.run.p99()),
+        ),
         (
             "— its create+start request, p50 (ms)",
             true,
             false,
             v(&|s| s.run_create.p50()),
         ),
-        ("— its wait request, p50 (ms)", true, false, v(&|s| s.run_wait.p50())),
-        ("— its delete request, p50 (ms)", true, false, v(&|s| s.run_delete.p50())),
+        (
+            "— its wait request, p50 (ms)",
+            true,
+            false,
+            v(&|s| s.run_wait.p50()),
+        ),
+        (
+            "— its delete request, p50 (ms)",
+            true,
+            false,
+            v(&|s| s.run_delete.p50()),
+        ),
     ];
     if q.nfs.is_ok() {
         rows.push((
@@ -757,7 +793,11 @@ pub fn render_qos(o: &mut String, q: &Qos) {
             f(x[ON]),
             pct(k_on),
             if judged {
-                format!("≥ {:.0} %: {}", TARGET_QOS * 100.0, verdict(k_on >= TARGET_QOS))
+                format!(
+                    "≥ {:.0} %: {}",
+                    TARGET_QOS * 100.0,
+                    verdict(k_on >= TARGET_QOS)
+                )
             } else {
                 String::new()
             },
@@ -769,7 +809,11 @@ pub fn render_qos(o: &mut String, q: &Qos) {
     }
     let ph: Vec<Stint> = (0..PHASES.len()).map(|p| q.phase(p)).collect();
     let counts = |s: &Stint| {
-        let mut t = format!("{} / {}", s.get.n() + s.get.errors, s.run.n() + s.run.errors);
+        let mut t = format!(
+            "{} / {}",
+            s.get.n() + s.get.errors,
+            s.run.n() + s.run.errors
+        );
         if q.nfs.is_ok() {
             let _ = write!(
                 t,
@@ -933,7 +977,10 @@ mod tests {
                  <!-- nfs-gateway:end -->\n\n<!-- jobs:begin -->\nj\n<!-- jobs:end -->\n<!-- open:begin -->";
         let s = marked_sections(t);
         assert_eq!(s.len(), 2);
-        assert!(s[0].starts_with("<!-- nfs-gateway:begin") && s[0].ends_with("<!-- nfs-gateway:end -->"));
+        assert!(
+            s[0].starts_with("<!-- nfs-gateway:begin")
+                && s[0].ends_with("<!-- nfs-gateway:end -->")
+        );
         assert_eq!(s[1], "<!-- jobs:begin -->\nj\n<!-- jobs:end -->");
     }
 }

@@ -3,13 +3,16 @@
 //! delay proxy that adds a simulated 1 ms round trip.
 //!
 //! Three jobs, each on a tree of small files created for it in the array:
-//! * **scan** (backup-style): stat and read every file. Container: `find … -type f -exec cat {} +`
-//!   (busybox). NFS: per directory LOOKUP + READDIR, per file LOOKUP, GETATTR, READ.
-//! * **permission fix**: chmod every file. Container: `find … -type f -exec chmod MODE {} +`.
-//!   NFS: per file LOOKUP + SETATTR.
+//! * **scan** (backup-style): stat and read every file. NFS: per directory LOOKUP + READDIR, per
+//!   file LOOKUP, GETATTR, READ.
+//! * **permission fix**: chmod every file. NFS: per file LOOKUP + SETATTR.
 //! * **archive old data**: move every file older than 30 days (half of them) to another
-//!   directory. Container: `find … -type f -mtime +30 -exec mv -t DIR {} +`. NFS: per file
-//!   LOOKUP (its attributes carry the mtime) and RENAME for the old ones.
+//!   directory. NFS: per file LOOKUP (its attributes carry the mtime) and RENAME for the old ones.
+//!
+//! The container does each job twice over: with `inarray-walk` (`bench/walk/main.rs`), which does
+//! the NFS client's per-file work through the bind mount — same walk, one file at a time, one
+//! thread: the like-for-like comparison the targets are judged on — and with busybox shell tools
+//! (`find … -exec cat|chmod|mv … {} +`), what an operator would type, shown beside it.
 //!
 //! Each run's result is checked (bytes read, modes set, files moved), off the clock.
 
@@ -25,7 +28,7 @@ use serde_json::json;
 use crate::daemon::Daemon;
 use crate::nfsc::{Conn, DelayProxy};
 use crate::stats::Samples;
-use crate::IMAGE;
+use crate::{IMAGE, WALK_IMAGE};
 
 /// Files older than this many days are archived.
 pub const OLD_DAYS: u64 = 30;
@@ -45,7 +48,14 @@ pub struct ScanPlan {
     pub one_way: Duration,
 }
 
-pub const MODES: [&str; 3] = ["container", "NFS loopback", "NFS + 1 ms"];
+pub const MODES: [&str; 3] = ["container (inarray-walk)", "NFS loopback", "NFS + 1 ms"];
+/// The plot's bars: MODES, then the busybox shell tools in the container.
+pub const PLOT_SERIES: [&str; 4] = [
+    "container (inarray-walk)",
+    "NFS loopback",
+    "NFS + 1 ms",
+    "container (busybox shell)",
+];
 
 #[derive(Default)]
 pub struct Job {
@@ -56,9 +66,14 @@ pub struct Job {
     pub secs: [Samples; 3],
     /// Seconds of the container's own process (`started_at` to `finished_at`), start excluded.
     pub inside: Samples,
+    /// The same job by busybox shell tools in the container: whole and process alone.
+    pub shell: Samples,
+    pub shell_inside: Samples,
     /// NFS calls per run (the last one).
     pub calls: u64,
-    pub container_cmd: String,
+    /// The container's commands: inarray-walk's arguments, and the shell line.
+    pub walk_cmd: String,
+    pub shell_cmd: String,
     pub nfs_ops: &'static str,
 }
 
@@ -168,6 +183,7 @@ async fn bench_inner(bin: &Path, work: &Path, plan: ScanPlan, res: &mut Scan) ->
     .await
     .context("the daemon with --nfs-listen")?;
     d.import(&work.join("busybox-oci.tar"), IMAGE).await?;
+    d.import(&work.join("walk-oci.tar"), WALK_IMAGE).await?;
     let base = dir.join("array/scan");
     eprintln!(
         "4. creating the trees: {} × {} files, {} × {} files",
@@ -200,15 +216,14 @@ async fn bench_inner(bin: &Path, work: &Path, plan: ScanPlan, res: &mut Scan) ->
         name: "scan (stat + read every file)",
         files: scan_tree.files,
         bytes: scan_tree.bytes,
-        container_cmd: "find /s/scan -type f -exec cat {} + | wc -c >/s/out".into(),
+        walk_cmd: "scan /s/scan /s/out".into(),
+        shell_cmd: "find /s/scan -type f -exec cat {} + | wc -c >/s/out".into(),
         nfs_ops: "per directory LOOKUP + READDIR; per file LOOKUP, GETATTR, READ",
         ..Default::default()
     };
-    for r in 0..plan.container_runs {
-        eprintln!("4. scan: container run {}", r + 1);
-        let (t, inside) = container(&d, &job.container_cmd).await?;
-        job.inside.push(inside);
+    let check_scan = || -> Result<()> {
         let out = std::fs::read_to_string(base.join("out"))?;
+        std::fs::remove_file(base.join("out"))?;
         if out.trim().parse::<u64>().ok() != Some(scan_tree.bytes) {
             bail!(
                 "the container's scan read {} bytes, not {}",
@@ -216,7 +231,18 @@ async fn bench_inner(bin: &Path, work: &Path, plan: ScanPlan, res: &mut Scan) ->
                 scan_tree.bytes
             );
         }
+        Ok(())
+    };
+    for r in 0..plan.container_runs {
+        eprintln!("4. scan: container runs {}", r + 1);
+        let (t, inside) = walk(&d, &job.walk_cmd).await?;
+        check_scan()?;
         job.secs[0].push(t);
+        job.inside.push(inside);
+        let (t, inside) = shell(&d, &job.shell_cmd).await?;
+        check_scan()?;
+        job.shell.push(t);
+        job.shell_inside.push(inside);
     }
     for (mode, runs) in [(1, plan.loop_runs), (2, plan.delay_runs)] {
         for r in 0..runs {
@@ -237,7 +263,8 @@ async fn bench_inner(bin: &Path, work: &Path, plan: ScanPlan, res: &mut Scan) ->
         name: "permission fix (chmod every file)",
         files: job_tree.files,
         bytes: job_tree.bytes,
-        container_cmd: "find /s/jobs -type f -exec chmod MODE {} +".into(),
+        walk_cmd: "chmod /s/jobs MODE".into(),
+        shell_cmd: "find /s/jobs -type f -exec chmod MODE {} +".into(),
         nfs_ops: "per directory LOOKUP + READDIR; per file LOOKUP, SETATTR (mode)",
         ..Default::default()
     };
@@ -247,13 +274,18 @@ async fn bench_inner(bin: &Path, work: &Path, plan: ScanPlan, res: &mut Scan) ->
         [0o600, 0o640, 0o604][mode_n as usize % 3]
     };
     for r in 0..plan.container_runs {
-        eprintln!("4. chmod: container run {}", r + 1);
+        eprintln!("4. chmod: container runs {}", r + 1);
         let m = next_mode();
-        let cmd = format!("find /s/jobs -type f -exec chmod {m:o} {{}} +");
-        let (t, inside) = container(&d, &cmd).await?;
-        job.inside.push(inside);
+        let (t, inside) = walk(&d, &format!("chmod /s/jobs {m:o}")).await?;
         check_modes(&job_tree.root, m)?;
         job.secs[0].push(t);
+        job.inside.push(inside);
+        let m = next_mode();
+        let cmd = format!("find /s/jobs -type f -exec chmod {m:o} {{}} +");
+        let (t, inside) = shell(&d, &cmd).await?;
+        check_modes(&job_tree.root, m)?;
+        job.shell.push(t);
+        job.shell_inside.push(inside);
     }
     for (mode, runs) in [(1, plan.loop_runs), (2, plan.delay_runs)] {
         for r in 0..runs {
@@ -274,18 +306,23 @@ async fn bench_inner(bin: &Path, work: &Path, plan: ScanPlan, res: &mut Scan) ->
         name: "archive old data (move files older than 30 days)",
         files: job_tree.files,
         bytes: job_tree.bytes,
-        container_cmd: format!(
+        walk_cmd: format!("archive /s/jobs /s/archive {OLD_DAYS}"),
+        shell_cmd: format!(
             "find /s/jobs -type f -mtime +{OLD_DAYS} -exec mv -t /s/archive {{}} +"
         ),
         nfs_ops: "per directory LOOKUP + READDIR; per file LOOKUP (mtime from its attributes), RENAME when old",
         ..Default::default()
     };
     for r in 0..plan.container_runs {
-        eprintln!("4. archive: container run {}", r + 1);
-        let (t, inside) = container(&d, &job.container_cmd).await?;
-        job.inside.push(inside);
+        eprintln!("4. archive: container runs {}", r + 1);
+        let (t, inside) = walk(&d, &job.walk_cmd).await?;
         put_back(&archive, &job_tree.root, old)?;
         job.secs[0].push(t);
+        job.inside.push(inside);
+        let (t, inside) = shell(&d, &job.shell_cmd).await?;
+        put_back(&archive, &job_tree.root, old)?;
+        job.shell.push(t);
+        job.shell_inside.push(inside);
     }
     for (mode, runs) in [(1, plan.loop_runs), (2, plan.delay_runs)] {
         for r in 0..runs {
@@ -302,13 +339,26 @@ async fn bench_inner(bin: &Path, work: &Path, plan: ScanPlan, res: &mut Scan) ->
     Ok(())
 }
 
-/// Runs `sh -c cmd` in a busybox container with the array's `scan/` at /s; the seconds from the
+/// `inarray-walk ARGS` (space-separated) in the walk image; see [`container`].
+async fn walk(d: &Daemon, args: &str) -> Result<(f64, f64)> {
+    let mut command = vec!["inarray-walk"];
+    command.extend(args.split(' '));
+    container(d, WALK_IMAGE, &command).await
+}
+
+/// `sh -c cmd` in the busybox image; see [`container`].
+async fn shell(d: &Daemon, cmd: &str) -> Result<(f64, f64)> {
+    container(d, IMAGE, &["sh", "-c", cmd]).await
+}
+
+/// Runs `command` in a container of `image` with the array's `scan/` at /s; the seconds from the
 /// create request to the end of the wait (the container's start included), and those of its
 /// process alone (from the container's `started_at` to its `finished_at`).
-async fn container(d: &Daemon, cmd: &str) -> Result<(f64, f64)> {
+async fn container(d: &Daemon, image: &str, command: &[&str]) -> Result<(f64, f64)> {
+    let cmd = command.join(" ");
     let body = json!({
-        "image": IMAGE,
-        "command": ["sh", "-c", cmd],
+        "image": image,
+        "command": command,
         "volumes": [{"source": "scan", "target": "/s"}],
     });
     let t = Instant::now();
@@ -481,7 +531,7 @@ pub fn render(s: &Scan, quick: bool, plot: Option<&str>) -> String {
     let Some(p) = s.plan else { return o };
     let _ = writeln!(
         o,
-        "The same job done (a) by a busybox container inside the array, through its bind mount \
+        "The same job done (a) by a container inside the array, through its bind mount \
          (the array's `scan/` at `/s`; the time runs from `POST /v1/containers` to the end of \
          `POST …/wait`, so the container's start is included), and (b) by a remote client over \
          inarray's NFS gateway: the bench's own NFSv3 client (`bench/src/nfsc.rs`; one TCP \
@@ -491,7 +541,14 @@ pub fn render(s: &Scan, quick: bool, plot: Option<&str>) -> String {
          (a simulated {:.0} ms round trip; this machine has no netem). The array is a scratch ext4 \
          on a loop device (in a file under /var/tmp); the trees are created just \
          before (warm page cache for every mode); each run's result is checked off the clock \
-         (bytes read, every file's mode, the number of files moved — and those are moved back).\n",
+         (bytes read, every file's mode, the number of files moved — and those are moved back).\n\n\
+         The container does each job twice. **inarray-walk** (`bench/walk/main.rs`, a static \
+         std-only Rust program the bench builds and adds to the busybox image) does the NFS \
+         client's per-file work through the bind mount — the same walk, one file at a time, one \
+         thread (scan: open, fstat, read, close; permission fix: chmod; archive: lstat, rename) — \
+         so that the two sides differ only in the data path: the targets are judged on it. \
+         **busybox shell** tools (`find … -exec … {{}} +`, what an operator would type) are shown \
+         beside it: they pay for process starts and, for the scan, a pipe of every byte to `wc`.\n",
         p.one_way.as_secs_f64() * 1e3,
         2.0 * p.one_way.as_secs_f64() * 1e3,
     );
@@ -529,7 +586,7 @@ pub fn render(s: &Scan, quick: bool, plot: Option<&str>) -> String {
     }
     let _ = writeln!(
         o,
-        "| job | files (MB) | container (s) | its process alone (s) | NFS loopback (s) | ratio | target | NFS + 1 ms (s) | ratio | target | NFS calls per run |"
+        "| job | files (MB) | container, inarray-walk (s) | its process alone (s) | NFS loopback (s) | ratio | target | NFS + 1 ms (s) | ratio | target | NFS calls per run |"
     );
     let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|---|---:|---:|---|---:|");
     for j in &s.jobs {
@@ -551,14 +608,32 @@ pub fn render(s: &Scan, quick: bool, plot: Option<&str>) -> String {
             j.calls
         );
     }
+    let _ = writeln!(
+        o,
+        "\nThe same jobs by busybox shell tools in the container (medians; ratio = the NFS \
+         medians above ÷ this):\n\n\
+         | job | container, busybox shell (s) | its process alone (s) | NFS loopback ratio | NFS + 1 ms ratio |\n\
+         |---|---:|---:|---:|---:|"
+    );
+    for j in &s.jobs {
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {} |",
+            j.name,
+            secs(j.shell.p50()),
+            secs(j.shell_inside.p50()),
+            ratio(j.secs[1].p50() / j.shell.p50()),
+            ratio(j.secs[2].p50() / j.shell.p50()),
+        );
+    }
     // Where the ratio comes from: per-file cost inside, per-call cost over NFS.
     if let Some(j) = s.jobs.first() {
         let n = j.files.max(1) as f64;
         let calls = j.calls.max(1) as f64;
         let _ = writeln!(
             o,
-            "\nWhere the ratios come from (scan, computed from the medians above): the container \
-             spends {:.1} µs per file, its start included; over NFS each file costs {:.1} calls, \
+            "\nWhere the ratios come from (scan, computed from the medians above): inarray-walk \
+             in the container spends {:.1} µs per file, its start included; over NFS each file costs {:.1} calls, \
              {:.1} µs per call on loopback (client, TCP and gateway together) and {:.0} µs per \
              call with the simulated round trip. On loopback the ratio is therefore about \
              (calls per file × per-call cost) / per-file cost inside, whatever the network; \
@@ -574,7 +649,7 @@ pub fn render(s: &Scan, quick: bool, plot: Option<&str>) -> String {
         o,
         "\nThe ratios divide by the container's whole time, its start included (the \
          conservative choice; under heavy machine load the start alone can take a large share \
-         of a small job). Ratios against its process alone (from the container's `started_at` \
+         of a small job). Ratios against inarray-walk's process alone (from the container's `started_at` \
          to its `finished_at`): {}.",
         s.jobs
             .iter()
@@ -591,11 +666,13 @@ pub fn render(s: &Scan, quick: bool, plot: Option<&str>) -> String {
     for j in &s.jobs {
         let _ = writeln!(
             o,
-            "- {}: container `sh -c '{}'`; NFS: {} (all runs, s: container {}; loopback {}; 1 ms {})",
+            "- {}: container `inarray-walk {}` and `sh -c '{}'`; NFS: {} (all runs, s: inarray-walk {}; busybox shell {}; loopback {}; 1 ms {})",
             j.name,
-            j.container_cmd,
+            j.walk_cmd,
+            j.shell_cmd,
             j.nfs_ops,
             list(&j.secs[0]),
+            list(&j.shell),
             list(&j.secs[1]),
             list(&j.secs[2]),
         );

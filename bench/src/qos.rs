@@ -33,22 +33,21 @@ pub const PHASES: [&str; 4] = [
     "quiet",
     "noise, QoS on",
     "noise, QoS off",
-    "*what-if: noise, QoS on, the old layout (daemon inside the containers' root)*",
+    "*what-if: noise, QoS on, the array's disk switched to the other I/O scheduler*",
 ];
 pub const QUIET: usize = 0;
 pub const ON: usize = 1;
 pub const OFF: usize = 2;
-/// QoS on, and the daemon moved (cpu controller only) from `/inarray-storage`, its engine at the
-/// top of the hierarchy, to a cgroup with the same weight inside `/inarray`, beside the
-/// containers' engines: where `storage` was before the layout changed (0.1), for comparison.
+/// QoS on, and the array's disk switched for the stint from its own I/O scheduler to BFQ (or, when
+/// it already runs BFQ, to mq-deadline): what enforcing the engines' I/O weights costs or saves.
 pub const WHATIF: usize = 3;
 /// The bench daemon's `cgroup_root` (its own, so that no other daemon on the machine shares its
 /// engines), and so its `storage` engine's cgroup.
 const ROOT_CG: &str = "inarray-bench";
 const STORAGE_CG: &str = "inarray-bench-storage";
-/// The I/O scheduler the bench daemon asks for on the array's disk (`io_scheduler` in its
-/// config): the only one that enforces I/O weights on cgroup v1.
-pub const IO_SCHEDULER: &str = "bfq";
+/// The I/O scheduler that enforces the engines' I/O weights on cgroup v1, switched on for the
+/// what-if stints (the daemon itself runs with the disk's own scheduler, as it does by default).
+pub const WEIGHT_SCHEDULER: &str = "bfq";
 
 /// The weights `storage` gets for the QoS-off phase: those of a default engine.
 const OFF_WEIGHT: u64 = 100;
@@ -201,6 +200,9 @@ struct Ctx<'a> {
     d: &'a Daemon,
     nfs_url: Option<String>,
     nfs_file: PathBuf,
+    /// The array disk's `queue/scheduler` file and the scheduler it runs.
+    sched_file: PathBuf,
+    sched_active: Option<String>,
 }
 
 pub async fn bench(bin: &Path, work: &Path, plan: &Plan) -> Result<Qos> {
@@ -237,10 +239,7 @@ pub async fn bench(bin: &Path, work: &Path, plan: &Plan) -> Result<Qos> {
         std::fs::write(&sched_restore, format!("{}\t{a}\n", sched_file.display()))?;
     }
     let config = dir.join("bench.toml");
-    std::fs::write(
-        &config,
-        format!("io_scheduler = \"{IO_SCHEDULER}\"\ncgroup_root = \"{ROOT_CG}\"\n"),
-    )?;
+    std::fs::write(&config, format!("cgroup_root = \"{ROOT_CG}\"\n"))?;
     let config_args = ["--config".to_owned(), config.display().to_string()];
     let d = if has_nfs {
         let p = free_port()?;
@@ -265,9 +264,8 @@ pub async fn bench(bin: &Path, work: &Path, plan: &Plan) -> Result<Qos> {
         Daemon::start_with(bin, &dir, &config_args).await?
     };
     res.scheduler = format!(
-        "`io_scheduler = \"{IO_SCHEDULER}\"` in the daemon's config: the array's disk went from `{before}` to `{}`, put back to `{}` at the end",
+        "no `io_scheduler` in the daemon's config (the default): the array's disk keeps its own, `{}`",
         read_trim(&sched_file),
-        active.as_deref().unwrap_or("?")
     );
     d.import(&work.join("busybox-oci.tar"), IMAGE).await?;
 
@@ -304,6 +302,8 @@ pub async fn bench(bin: &Path, work: &Path, plan: &Plan) -> Result<Qos> {
         d: &d,
         nfs_url,
         nfs_file: nfs_file.clone(),
+        sched_file: sched_file.clone(),
+        sched_active: active.clone(),
     };
 
     // The bench client and nfs-cat stand in for clients on other machines: in a cpu cgroup of
@@ -421,12 +421,18 @@ async fn rounds(
                     .await
                     .context("PATCH /v1/engines/storage (QoS off)")?;
             }
-            let whatif = if p == WHATIF {
-                let name = format!("{ROOT_CG}/storage-inside-{}", std::process::id());
-                let cg = TopCgroup::create(&name, storage_cpu_weight(orig))
-                    .context("the what-if cgroup")?;
-                cg.add(d.pid)?;
-                Some(cg)
+            // The what-if: the other scheduler for the stint (the file bench/run's trap reads
+            // puts the disk's own back if we die meanwhile).
+            let switched = if p == WHATIF {
+                let own = cx.sched_active.as_deref().context("the disk's scheduler")?;
+                let other = if own == WEIGHT_SCHEDULER {
+                    "mq-deadline"
+                } else {
+                    WEIGHT_SCHEDULER
+                };
+                std::fs::write(&cx.sched_file, other)
+                    .with_context(|| format!("switching {} to {other}", cx.sched_file.display()))?;
+                Some((own, other))
             } else {
                 None
             };
@@ -434,14 +440,14 @@ async fn rounds(
             if p == OFF {
                 restore(d, orig, restore_file, res).await;
             }
-            if let Some(cg) = whatif {
+            if let Some((own, other)) = switched {
+                std::fs::write(&cx.sched_file, own).with_context(|| {
+                    format!("switching {} back to {own}", cx.sched_file.display())
+                })?;
                 res.whatif = format!(
-                    "the daemon moved to `{}` (cpu weight {}) for the stint, then back to `/{STORAGE_CG}`",
-                    cg.name(),
-                    storage_cpu_weight(orig)
+                    "`echo {other} > {}` for the stint (storage's weights as the kernel had them are in the table above), then back to `{own}`",
+                    cx.sched_file.display()
                 );
-                move_back_to_storage(d.pid)?;
-                drop(cg);
             }
             res.stints.push(s);
         }
@@ -629,11 +635,6 @@ fn usage(daemon: i32) -> [u64; 4] {
     [cpu, read, ticks * 1_000_000_000 / hz, dread]
 }
 
-/// The cpu weight `storage` has (v2 scale, 1–10000).
-fn storage_cpu_weight(orig: &Value) -> u64 {
-    orig["cpu_weight"].as_u64().unwrap_or(100)
-}
-
 /// A cgroup at the top of the cpu hierarchy (v1: `cpu` and, when it is a separate hierarchy,
 /// `cpuacct`; v2: the unified one) with a CPU weight; on drop, whatever is still in it moves to
 /// the top and the directory goes.
@@ -711,24 +712,6 @@ impl Drop for TopCgroup {
 /// cgroup v2 weight → v1 shares, as the daemon maps them (100 → 1024).
 fn inarray_weight_to_shares(w: u64) -> u64 {
     w * 1024 / 100
-}
-
-/// The daemon back where it runs: `/inarray-storage` in the hierarchies the what-if moved it in.
-fn move_back_to_storage(pid: i32) -> Result<()> {
-    let root = Path::new("/sys/fs/cgroup");
-    let dirs: Vec<PathBuf> = if root.join("cgroup.controllers").exists() {
-        vec![root.join(STORAGE_CG)]
-    } else {
-        vec![
-            root.join("cpu").join(STORAGE_CG),
-            root.join("cpuacct").join(STORAGE_CG),
-        ]
-    };
-    for d in dirs.iter().filter(|d| d.is_dir()) {
-        std::fs::write(d.join("cgroup.procs"), pid.to_string())
-            .with_context(|| format!("moving the daemon back to {}", d.display()))?;
-    }
-    Ok(())
 }
 
 /// `storage` back to what it had, through the API; if that fails, the kernel files directly

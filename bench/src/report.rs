@@ -746,11 +746,11 @@ pub fn render_qos(o: &mut String, q: &Qos) {
          noisy engine, restored right after. The daemon's `cgroup_root` is `inarray-bench` (its own, \
          shared with no other daemon on the machine): `storage`'s cgroup is `/inarray-bench-storage`, \
          at the top of the hierarchy beside the containers' root `/inarray-bench` (by default: \
-         `/inarray-storage` beside `/inarray`); the array's disk runs BFQ, set by \
-         the daemon (`io_scheduler = \"bfq\"`), so that I/O weights count. *What-if*: QoS on, and \
-         the daemon's process moved for the phase (cpu controller only) into a cgroup with the same \
-         weight inside `/inarray-bench`, beside the containers' engines — where `storage` was before \
-         0.1's layout change, for comparison. The noise: {} container(s) in `default`, each running one \
+         `/inarray-storage` beside `/inarray`). The daemon leaves the array disk's I/O scheduler \
+         alone (no `io_scheduler` in its config, the default); on cgroup v1 only BFQ enforces \
+         I/O weights, so the *what-if* phase is QoS on with the disk switched to the other \
+         scheduler for the stint (BFQ, or mq-deadline when the disk runs BFQ already): what \
+         enforcing `io_weight` costs or saves. The noise: {} container(s) in `default`, each running one \
          busy `sh` loop per CPU (`nproc`) and `dd if=/d/big of=/dev/null bs=1M iflag=direct` in a \
          loop over a {} MiB file of the array (a read-only volume). Each phase measures, one after \
          the other: `GET /v1/containers` every 10 ms ({:.0} % of the phase); create+start+wait+delete \
@@ -781,7 +781,7 @@ pub fn render_qos(o: &mut String, q: &Qos) {
     );
     let _ = writeln!(
         o,
-        "| | quiet | noise, QoS on | kept | target | noise, QoS off | kept | *what-if: old layout, daemon inside the containers' root* | *kept* |\n\
+        "| | quiet | noise, QoS on | kept | target | noise, QoS off | kept | *what-if: QoS on, the other I/O scheduler* | *kept* |\n\
          |---|---:|---:|---:|---|---:|---:|---:|---:|"
     );
     for (name, lat, judged, x) in qos_rows(q) {

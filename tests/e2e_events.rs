@@ -929,3 +929,70 @@ async fn a_subscription_as_server_sent_events() {
         .await;
     assert_eq!(sub["acked"], seq);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_trigger_hands_every_event_to_exactly_one_container() {
+    let d = TestDaemon::start().await;
+    d.with_busybox().await;
+    std::fs::create_dir_all(d.array.join("batch/in")).unwrap();
+    d.ok(
+        Method::POST,
+        "/v1/watches",
+        Some(json!({"name": "b", "path": "batch/in", "trigger": {
+            "mode": "batch", "max_batch": 4,
+            "container": {
+                "image": "busybox",
+                "command": ["sh", "-c", "echo \"count=$INARRAY_EVENT_COUNT watch=$INARRAY_WATCH\"; echo \"$INARRAY_EVENTS\""],
+            },
+        }})),
+    )
+    .await;
+    let names: Vec<String> = (0..10).map(|i| format!("f{i}")).collect();
+    for n in &names {
+        std::fs::write(d.array.join("batch/in").join(n), n).unwrap();
+    }
+    // Every event in exactly one batch of at most 4: at least ceil(10 / 4) containers.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut seen: Vec<String> = Vec::new();
+    let mut batches = 0;
+    while seen.len() < names.len() {
+        assert!(
+            Instant::now() < deadline,
+            "events seen {seen:?} in {batches} batches\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        seen.clear();
+        batches = 0;
+        for c in containers_named(&d, "b.ev-").await {
+            let id = c["id"].as_str().unwrap();
+            d.wait_for(id, 60, |c| c["state"] == "exited").await;
+            let logs = d.logs(id).await;
+            let mut lines = logs.lines();
+            let head = lines.next().unwrap_or_default();
+            let events: Vec<Value> = serde_json::from_str(lines.next().unwrap_or("[]"))
+                .unwrap_or_else(|e| panic!("{e}: {logs}"));
+            assert_eq!(head, format!("count={} watch=b", events.len()), "{logs}");
+            assert!((1..=4).contains(&events.len()), "batch of {}", events.len());
+            for e in &events {
+                assert_eq!(e["kind"], "close_write", "{e}");
+                seen.push(
+                    e["path"]
+                        .as_str()
+                        .unwrap()
+                        .trim_start_matches("batch/in/")
+                        .into(),
+                );
+            }
+            batches += 1;
+        }
+    }
+    seen.sort();
+    let mut want = names.clone();
+    want.sort();
+    assert_eq!(seen, want, "each file in exactly one batch");
+    assert!(batches >= 3, "{batches} batches for 10 events of at most 4");
+    // Nothing more fires afterwards.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(containers_named(&d, "b.ev-").await.len(), batches);
+}

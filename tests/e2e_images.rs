@@ -151,3 +151,78 @@ async fn images_with_symlinked_kernel_mount_points_are_refused() {
     );
     d.ok(Method::GET, "/v1/health", None).await;
 }
+
+/// Every image name the daemon lists.
+async fn image_names(d: &TestDaemon) -> Vec<String> {
+    let images = d.ok(Method::GET, "/v1/images", None).await;
+    images
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|i| i["names"].as_array().unwrap().clone())
+        .map(|n| n.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_periodic_prune_removes_only_images_nothing_uses() {
+    let mut d = TestDaemon::start().await;
+    let cfg = d.tmp.path().join("inarray.toml");
+    std::fs::write(&cfg, "image_prune_interval_seconds = 1\n").unwrap();
+    d.kill9();
+    d.config = Some(cfg);
+    d.launch().await;
+    // Three images with different contents: one a container uses, one a job names, one unused.
+    for name in ["kept-by-container:1", "kept-by-job:1", "unused:1"] {
+        let archive = d.tmp.path().join(format!("{name}.tar"));
+        let marker = name.to_owned();
+        image_builder::write_oci_archive_with(&archive, "latest", &move |tar| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_mode(0o644);
+            h.set_size(marker.len() as u64);
+            h.set_cksum();
+            tar.append_data(&mut h, "etc/marker", marker.as_bytes())
+                .unwrap();
+        });
+        d.import(&archive, name).await;
+    }
+    let (code, _) = d
+        .run_to_exit(json!({"image": "kept-by-container:1", "command": ["true"]}))
+        .await;
+    assert_eq!(code, 0);
+    d.ok(
+        Method::POST,
+        "/v1/jobs",
+        Some(json!({"name": "yearly", "schedule": "0 0 1 1 *",
+            "container": {"image": "kept-by-job:1", "command": ["true"]}})),
+    )
+    .await;
+    // The timer fires every second: the unused image goes, without anyone asking.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let names = image_names(&d).await;
+        if !names.contains(&"unused:1".to_owned()) {
+            assert!(
+                names.contains(&"kept-by-container:1".to_owned()),
+                "{names:?}"
+            );
+            assert!(names.contains(&"kept-by-job:1".to_owned()), "{names:?}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "unused:1 still there: {names:?}\n{}",
+            d.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // And they stay through more ticks.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let names = image_names(&d).await;
+    assert!(
+        names.contains(&"kept-by-container:1".to_owned()),
+        "{names:?}"
+    );
+    assert!(names.contains(&"kept-by-job:1".to_owned()), "{names:?}");
+}

@@ -24,16 +24,7 @@ fn free_port() -> u16 {
 
 /// Runs the CLI against the daemon; returns (success, stdout, stderr).
 fn cli(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(TestDaemon::bin())
-        .args(args)
-        .env_remove("INARRAY_TOKEN")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    TestDaemon::cli_raw(args)
 }
 
 /// One raw HTTP/1.1 exchange; returns the status code and the body.

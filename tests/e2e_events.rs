@@ -814,19 +814,7 @@ async fn the_cli_adds_lists_removes_watches_and_tails_events() {
     let d = TestDaemon::start().await;
     std::fs::create_dir_all(d.array.join("cli/in")).unwrap();
     let host = format!("unix:{}", d.socket.display());
-    let cli = |args: &[&str]| {
-        let out = Command::new(TestDaemon::bin())
-            .arg("--host")
-            .arg(&host)
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let cli = |args: &[&str]| d.cli(args);
     let (ok, out, err) = cli(&["watch", "add", "cw", "cli/in", "--include", "*.txt"]);
     assert!(ok, "{out} {err}");
     assert!(out.contains("cw watching 1 directories"), "{out}");

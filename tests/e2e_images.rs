@@ -43,14 +43,7 @@ async fn imports_oci_archives_docker_archives_and_layout_dirs() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    let images = d.ok(Method::GET, "/v1/images", None).await;
-    let names: Vec<String> = images
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|i| i["names"].as_array().unwrap().clone())
-        .map(|n| n.as_str().unwrap().to_owned())
-        .collect();
+    let names = image_names(&d).await;
     for n in ["busybox:oci", "tools/busybox:docker", "busybox:layout"] {
         assert!(names.contains(&n.to_owned()), "{n} in {names:?}");
     }
@@ -177,13 +170,7 @@ async fn the_periodic_prune_removes_only_images_nothing_uses() {
         let archive = d.tmp.path().join(format!("{name}.tar"));
         let marker = name.to_owned();
         image_builder::write_oci_archive_with(&archive, "latest", &move |tar| {
-            let mut h = tar::Header::new_gnu();
-            h.set_entry_type(tar::EntryType::Regular);
-            h.set_mode(0o644);
-            h.set_size(marker.len() as u64);
-            h.set_cksum();
-            tar.append_data(&mut h, "etc/marker", marker.as_bytes())
-                .unwrap();
+            image_builder::add_file(tar, "etc/marker", 0o644, marker.as_bytes())
         });
         d.import(&archive, name).await;
     }

@@ -1060,20 +1060,7 @@ async fn hostile_rpc_is_dropped_or_throttled_with_bounded_memory() {
 async fn exports_api_and_cli() {
     let n = Nfs::start().await;
     std::fs::create_dir_all(n.d.array.join("a")).unwrap();
-    let host = format!("unix:{}", n.d.socket.display());
-    let cli = |args: &[&str]| {
-        let out = Command::new(TestDaemon::bin())
-            .arg("--host")
-            .arg(&host)
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let cli = |args: &[&str]| n.d.cli(args);
     let (ok, _, err) = cli(&[
         "export",
         "add",

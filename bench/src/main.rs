@@ -439,13 +439,7 @@ fn write_walk_image(work: &Path) -> Result<()> {
     }
     let data = std::fs::read(&bin)?;
     image_builder::write_oci_archive_with(&work.join("walk-oci.tar"), WALK_IMAGE, &|tar| {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_mode(0o755);
-        h.set_size(data.len() as u64);
-        h.set_cksum();
-        tar.append_data(&mut h, "bin/inarray-walk", &data[..])
-            .expect("append to an in-memory archive");
+        image_builder::add_file(tar, "bin/inarray-walk", 0o755, &data)
     });
     Ok(())
 }

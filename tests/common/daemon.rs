@@ -149,6 +149,29 @@ impl TestDaemon {
         std::fs::read_to_string(self.tmp.path().join("daemon.log")).unwrap_or_default()
     }
 
+    /// Runs the `inarray` CLI with exactly `args` (no token from the environment):
+    /// (success, stdout, stderr).
+    pub fn cli_raw(args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(Self::bin())
+            .args(args)
+            .env_remove("INARRAY_TOKEN")
+            .output()
+            .expect("run the inarray CLI");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// The CLI against this daemon's unix socket (`--host unix:…` first).
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let host = format!("unix:{}", self.socket.display());
+        let mut all = vec!["--host", &host];
+        all.extend_from_slice(args);
+        Self::cli_raw(&all)
+    }
+
     pub fn client(&self) -> Client {
         Client::new(Listen::Unix(self.socket.clone()))
     }

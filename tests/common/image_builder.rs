@@ -277,6 +277,11 @@ pub fn add_symlink(tar: &mut tar::Builder<Vec<u8>>, name: &str, target: &str) {
         .unwrap_or_else(|e| panic!("cannot add symlink {name}: {e}"));
 }
 
+/// Appends a regular file `name` with `mode` and `data` to a layer under construction.
+pub fn add_file(tar: &mut tar::Builder<Vec<u8>>, name: &str, mode: u32, data: &[u8]) {
+    append(tar, name, tar::EntryType::Regular, mode, data);
+}
+
 /// An OCI manifest with one layer, in a fixed byte layout.
 fn manifest_json(
     config: &str,

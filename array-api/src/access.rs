@@ -700,17 +700,12 @@ struct NewToken {
 }
 
 fn check_token_name(name: &str) -> Result<(), ApiError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        && !name.starts_with(['.', '-']);
-    if ok {
+    if inarray_store::is_plain_name(name) {
         Ok(())
     } else {
         Err(ApiError::bad_request(format!(
-            "name: {name:?} must be 1 to 64 letters, digits, '.', '_' or '-', not starting with '.' or '-'"
+            "name: {name:?} {}",
+            inarray_store::PLAIN_NAME_RULE
         )))
     }
 }

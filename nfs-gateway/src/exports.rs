@@ -165,20 +165,12 @@ fn prefix_eq(a: &[u8], b: &[u8], bits: u8) -> bool {
 
 /// Checks an export name: what clients mount as `/<name>`.
 pub fn validate_name(name: &str) -> Result<(), Invalid> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        && !name.starts_with(['.', '-']);
-    if ok {
+    if inarray_store::is_plain_name(name) {
         Ok(())
     } else {
         Err(invalid(
             "name",
-            format!(
-                "{name:?} must be 1 to 64 letters, digits, '.', '_' or '-', not starting with '.' or '-'"
-            ),
+            format!("{name:?} {}", inarray_store::PLAIN_NAME_RULE),
         ))
     }
 }

@@ -160,11 +160,6 @@ async fn image_names(d: &TestDaemon) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_periodic_prune_removes_only_images_nothing_uses() {
     let mut d = TestDaemon::start().await;
-    let cfg = d.tmp.path().join("inarray.toml");
-    std::fs::write(&cfg, "image_prune_interval_seconds = 1\n").unwrap();
-    d.kill9();
-    d.config = Some(cfg);
-    d.launch().await;
     // Three images with different contents: one a container uses, one a job names, one unused.
     for name in ["kept-by-container:1", "kept-by-job:1", "unused:1"] {
         let archive = d.tmp.path().join(format!("{name}.tar"));
@@ -185,7 +180,13 @@ async fn the_periodic_prune_removes_only_images_nothing_uses() {
             "container": {"image": "kept-by-job:1", "command": ["true"]}})),
     )
     .await;
-    // The timer fires every second: the unused image goes, without anyone asking.
+    // Only now the timer (every second), so that nothing is pruned before its user exists: the
+    // unused image goes, without anyone asking.
+    let cfg = d.tmp.path().join("inarray.toml");
+    std::fs::write(&cfg, "image_prune_interval_seconds = 1\n").unwrap();
+    d.kill9();
+    d.config = Some(cfg);
+    d.launch().await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let names = image_names(&d).await;

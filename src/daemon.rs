@@ -451,7 +451,8 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
             tick.tick().await;
             loop {
                 tick.tick().await;
-                if let Err(e) = manager.prune_images().await {
+                // An image younger than one interval is kept: its user may not exist yet.
+                if let Err(e) = manager.prune_images_older_than(every).await {
                     tracing::warn!(error = %e, "periodic image prune failed");
                 }
             }

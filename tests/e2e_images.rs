@@ -157,17 +157,22 @@ async fn image_names(d: &TestDaemon) -> Vec<String> {
         .collect()
 }
 
+/// Imports a small image named `name` whose contents differ from every other name's.
+async fn import_distinct(d: &TestDaemon, name: &str) {
+    let archive = d.tmp.path().join(format!("{name}.tar"));
+    let marker = name.to_owned();
+    image_builder::write_oci_archive_with(&archive, "latest", &move |tar| {
+        image_builder::add_file(tar, "etc/marker", 0o644, marker.as_bytes())
+    });
+    d.import(&archive, name).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_periodic_prune_removes_only_images_nothing_uses() {
     let mut d = TestDaemon::start().await;
-    // Three images with different contents: one a container uses, one a job names, one unused.
+    // Three images: one a container uses, one a job names, one unused.
     for name in ["kept-by-container:1", "kept-by-job:1", "unused:1"] {
-        let archive = d.tmp.path().join(format!("{name}.tar"));
-        let marker = name.to_owned();
-        image_builder::write_oci_archive_with(&archive, "latest", &move |tar| {
-            image_builder::add_file(tar, "etc/marker", 0o644, marker.as_bytes())
-        });
-        d.import(&archive, name).await;
+        import_distinct(&d, name).await;
     }
     let (code, _) = d
         .run_to_exit(json!({"image": "kept-by-container:1", "command": ["true"]}))
@@ -180,37 +185,40 @@ async fn the_periodic_prune_removes_only_images_nothing_uses() {
             "container": {"image": "kept-by-job:1", "command": ["true"]}})),
     )
     .await;
-    // Only now the timer (every second), so that nothing is pruned before its user exists: the
-    // unused image goes, without anyone asking.
+    // Now the timer, every 3 s; an image imported just after the start is younger than one
+    // interval at the first tick, and kept then (its user may not exist yet).
     let cfg = d.tmp.path().join("inarray.toml");
-    std::fs::write(&cfg, "image_prune_interval_seconds = 1\n").unwrap();
+    std::fs::write(&cfg, "image_prune_interval_seconds = 3\n").unwrap();
     d.kill9();
     d.config = Some(cfg);
     d.launch().await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let names = image_names(&d).await;
-        if !names.contains(&"unused:1".to_owned()) {
-            assert!(
-                names.contains(&"kept-by-container:1".to_owned()),
-                "{names:?}"
-            );
-            assert!(names.contains(&"kept-by-job:1".to_owned()), "{names:?}");
-            break;
+    import_distinct(&d, "fresh:1").await;
+    let has = |names: &[String], n: &str| names.iter().any(|x| x == n);
+    let until_gone = |name: &'static str| {
+        let d = &d;
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            loop {
+                let names = image_names(d).await;
+                if !has(&names, name) {
+                    return names;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{name} still there: {names:?}\n{}",
+                    d.log()
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "unused:1 still there: {names:?}\n{}",
-            d.log()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-    // And they stay through more ticks.
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-    let names = image_names(&d).await;
+    };
+    let names = until_gone("unused:1").await;
     assert!(
-        names.contains(&"kept-by-container:1".to_owned()),
-        "{names:?}"
+        has(&names, "fresh:1"),
+        "a fresh import was pruned at once: {names:?}"
     );
-    assert!(names.contains(&"kept-by-job:1".to_owned()), "{names:?}");
+    // One interval later it is old enough, and unused: it goes too.
+    let names = until_gone("fresh:1").await;
+    assert!(has(&names, "kept-by-container:1"), "{names:?}");
+    assert!(has(&names, "kept-by-job:1"), "{names:?}");
 }

@@ -559,6 +559,17 @@ impl Manager {
     /// Removes every image no container (in any state) and no job references, then the blobs
     /// and layer directories nothing references any more. Imports and pulls wait meanwhile.
     pub async fn prune_images(&self) -> Result<PruneReport> {
+        self.prune_images_older_than(Duration::ZERO).await
+    }
+
+    /// [`Self::prune_images`], keeping images stored less than `min_age` ago: the periodic prune
+    /// passes its interval, so that an image imported or pulled for a container or job about to
+    /// be made is not removed before anything names it.
+    pub async fn prune_images_older_than(&self, min_age: Duration) -> Result<PruneReport> {
+        let cutoff = chrono::Duration::from_std(min_age)
+            .ok()
+            .and_then(|d| Utc::now().checked_sub_signed(d))
+            .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
         let _exclusive = self.gc_exclusive().await?;
         let mut in_use: HashSet<String> = self
             .inner
@@ -578,7 +589,7 @@ impl Manager {
         }
         let mut report = PruneReport::default();
         for img in self.inner.store.list_images().await? {
-            if in_use.contains(&img.id) {
+            if in_use.contains(&img.id) || img.created_at > cutoff {
                 continue;
             }
             self.inner.store.delete_image(&img.id).await?;

@@ -276,9 +276,10 @@ impl RunOpts {
         } else {
             (1000, 100, 100, 10, 250)
         };
-        // QoS: each round measures the four phases once (the three noisy ones rotating), so
-        // that three rounds see every order; full: 3 × 10 s = 30 s per phase.
-        let (qos_rounds, qos_secs) = if self.quick { (1, 10.0) } else { (3, 10.0) };
+        // QoS: each round measures the four phases once, in an order rotating from round to
+        // round; short stints, many rounds, so that the machine's drift falls on all phases
+        // alike; full: 12 × 2.5 s = 30 s per phase.
+        let (qos_rounds, qos_secs) = if self.quick { (4, 2.5) } else { (12, 2.5) };
         let runs = self.runs.unwrap_or(runs);
         Plan {
             runs,

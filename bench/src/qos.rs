@@ -1,17 +1,18 @@
 //! 3. QoS: does the `storage` engine keep the daemon's service level when a container is noisy?
 //!
-//! One daemon with the NFS gateway (when the binary has one), three phases measured in the same
-//! run, interleaved in rounds so that the shared machine's drift hits all three alike:
+//! One daemon with the NFS gateway (when the binary has one), four phases measured in the same
+//! run, interleaved in many short rounds so that the shared machine's drift hits all alike:
 //!
-//! 1. **quiet**: no noise;
-//! 2. **noise, QoS on**: noisy containers in `default`, the engines as built in (`storage`: CPU and
-//!    I/O weight 1000 against `default`'s 100);
+//! 1. **quiet**: the noise frozen (its containers' freezer cgroups), so nothing of it runs;
+//! 2. **noise, QoS on**: the noise running in `default`, the engines as built in (`storage`: CPU
+//!    and I/O weight 1000 against `default`'s 100);
 //! 3. **noise, QoS off**: the same noise, `storage` patched live to weight 100 (no more share than
-//!    the noisy engine), restored right after.
+//!    the noisy engine), restored right after;
+//! 4. *what-if*: QoS on with the array disk switched to the other I/O scheduler for the stint.
 //!
-//! The noise: containers in `default`, each spinning one busy `sh` loop per CPU and reading a
-//! 1 GiB file of the array with `dd … iflag=direct` in a loop. Each phase measures, one after the
-//! other: `GET /v1/containers` paced every 10 ms; back-to-back run-to-exit of `/bin/true`
+//! The noise: containers in `default`, started once, each spinning one busy `sh` loop per CPU and
+//! reading a 1 GiB file of the array with `dd … iflag=direct` in a loop. Each stint measures, one
+//! after the other: `GET /v1/containers` paced every 10 ms; back-to-back run-to-exit of `/bin/true`
 //! (create+start, wait, delete); 200 MiB reads of a file of an NFS export with libnfs' `nfs-cat`,
 //! alternately cold (the file's page cache dropped first) and warm.
 
@@ -58,6 +59,8 @@ pub const SPLIT: [f64; 3] = [0.3, 0.4, 0.3];
 const GET_EVERY: Duration = Duration::from_millis(10);
 const MAX_GETS: usize = 3000;
 const MAX_RUNS: usize = 1500;
+/// After the noise is thawed: time for it to be back at full speed before the next stint.
+pub const SETTLE: Duration = Duration::from_millis(300);
 
 /// One phase measured once (in one round).
 #[derive(Default, Clone)]
@@ -113,6 +116,8 @@ pub struct Qos {
     pub whatif: String,
     /// The array disk's I/O scheduler: what the daemon set, what it was.
     pub scheduler: String,
+    /// How the quiet stints stop the noise (its freezer files).
+    pub quiet_how: String,
 }
 
 impl Default for Qos {
@@ -131,6 +136,7 @@ impl Default for Qos {
             facts_client: String::new(),
             whatif: String::new(),
             scheduler: String::new(),
+            quiet_how: String::new(),
         }
     }
 }
@@ -380,39 +386,44 @@ async fn rounds(
     if let Some(url) = &cx.nfs_url {
         nfs_read(url).context("warm-up NFS read")?;
     }
+    // The noise runs from here to the end; the quiet stints freeze it (the freezer cgroup), so
+    // that all four phases can alternate every few seconds: the machine's drift (its neighbours
+    // come and go over tens of seconds) then falls on every phase alike.
+    for i in 0..plan.noise {
+        let body = json!({
+            "image": IMAGE,
+            "name": format!("bench-noise-{i}"),
+            "command": ["sh", "-c", noise_script(plan.noise_kind)],
+            "volumes": [{"source": "noise", "target": "/d", "read_only": true}],
+        });
+        let v = call(&d.client(), Method::POST, "/v1/containers", Some(&body))
+            .await
+            .context("starting a noise container")?;
+        noise_ids.push(v["id"].as_str().context("no id")?.to_owned());
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut pids = Vec::new();
+    for id in noise_ids.iter() {
+        let v = d
+            .call(Method::GET, &format!("/v1/containers/{id}"), None)
+            .await?;
+        if v["state"] != "running" {
+            bail!("noise container {id} is not running: {v}");
+        }
+        pids.push(v["pid"].as_i64().unwrap_or(0) as i32);
+    }
+    res.facts = facts(d, pids[0], &cx.nfs_file);
+    let freezer = Freezer::of(&pids)?;
+    res.quiet_how = freezer.describe();
     for r in 0..plan.qos_rounds {
-        eprintln!("3. QoS: round {}/{}: quiet", r + 1, plan.qos_rounds);
-        res.stints.push(stint(cx, r, QUIET, plan.qos_secs).await);
-
-        for i in 0..plan.noise {
-            let body = json!({
-                "image": IMAGE,
-                "name": format!("bench-noise-{r}-{i}"),
-                "command": ["sh", "-c", noise_script(plan.noise_kind)],
-                "volumes": [{"source": "noise", "target": "/d", "read_only": true}],
-            });
-            let v = call(&d.client(), Method::POST, "/v1/containers", Some(&body))
-                .await
-                .context("starting a noise container")?;
-            noise_ids.push(v["id"].as_str().context("no id")?.to_owned());
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        for id in noise_ids.iter() {
-            let v = d
-                .call(Method::GET, &format!("/v1/containers/{id}"), None)
-                .await?;
-            if v["state"] != "running" {
-                bail!("noise container {id} is not running: {v}");
-            }
-            if r == 0 && res.facts.is_empty() {
-                res.facts = facts(d, v["pid"].as_i64().unwrap_or(0) as i32, &cx.nfs_file);
-            }
-        }
-        // Rotate the order of the noisy phases from round to round.
-        let mut order = [ON, OFF, WHATIF];
-        order.rotate_left(r % 3);
+        // Rotate the order of the phases from round to round.
+        let mut order = [QUIET, ON, OFF, WHATIF];
+        order.rotate_left(r % 4);
         for p in order {
             eprintln!("3. QoS: round {}/{}: {}", r + 1, plan.qos_rounds, PHASES[p]);
+            if p == QUIET {
+                freezer.freeze(true)?;
+            }
             if p == OFF {
                 save_weights(restore_file)?;
                 let body =
@@ -437,6 +448,11 @@ async fn rounds(
                 None
             };
             let s = stint(cx, r, p, plan.qos_secs).await;
+            if p == QUIET {
+                freezer.freeze(false)?;
+                // The noise back at full speed before the next stint.
+                tokio::time::sleep(SETTLE).await;
+            }
             if p == OFF {
                 restore(d, orig, restore_file, res).await;
             }
@@ -451,15 +467,16 @@ async fn rounds(
             }
             res.stints.push(s);
         }
-        for id in noise_ids.drain(..) {
-            d.call(
-                Method::DELETE,
-                &format!("/v1/containers/{id}?force=true"),
-                None,
-            )
-            .await
-            .context("deleting a noise container")?;
-        }
+    }
+    drop(freezer);
+    for id in noise_ids.drain(..) {
+        d.call(
+            Method::DELETE,
+            &format!("/v1/containers/{id}?force=true"),
+            None,
+        )
+        .await
+        .context("deleting a noise container")?;
     }
     Ok(())
 }
@@ -706,6 +723,103 @@ impl Drop for TopCgroup {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+    }
+}
+
+/// The noise containers' freezer cgroups: the quiet stints freeze them (v1 `freezer.state`, v2
+/// `cgroup.freeze`), and thaw them after. Thawed again on drop, whatever happened: a frozen
+/// container cannot be killed.
+struct Freezer {
+    /// (the cgroup's directory, v2)
+    cgroups: Vec<(PathBuf, bool)>,
+}
+
+impl Freezer {
+    fn of(pids: &[i32]) -> Result<Self> {
+        let root = Path::new("/sys/fs/cgroup");
+        let v2 = root.join("cgroup.controllers").exists();
+        let mut cgroups = Vec::new();
+        for &pid in pids {
+            let rel = cgroup_of(pid, "freezer");
+            let rel = rel.trim_start_matches('/');
+            let dir = if v2 {
+                root.join(rel)
+            } else {
+                root.join("freezer").join(rel)
+            };
+            let file = dir.join(if v2 { "cgroup.freeze" } else { "freezer.state" });
+            if rel.is_empty() || rel == "?" || !file.exists() {
+                bail!(
+                    "no freezer cgroup for noise process {pid} ({})",
+                    file.display()
+                );
+            }
+            cgroups.push((dir, v2));
+        }
+        Ok(Self { cgroups })
+    }
+
+    fn describe(&self) -> String {
+        let files: Vec<String> = self
+            .cgroups
+            .iter()
+            .map(|(d, v2)| {
+                d.join(if *v2 {
+                    "cgroup.freeze"
+                } else {
+                    "freezer.state"
+                })
+                .display()
+                .to_string()
+            })
+            .collect();
+        format!("`{}`", files.join("`, `"))
+    }
+
+    /// Freezes (or thaws) every noise container and waits until the kernel says it is done.
+    fn freeze(&self, on: bool) -> Result<()> {
+        for (d, v2) in &self.cgroups {
+            let (file, value) = match (v2, on) {
+                (true, true) => ("cgroup.freeze", "1"),
+                (true, false) => ("cgroup.freeze", "0"),
+                (false, true) => ("freezer.state", "FROZEN"),
+                (false, false) => ("freezer.state", "THAWED"),
+            };
+            std::fs::write(d.join(file), value)
+                .with_context(|| format!("{value} > {}", d.join(file).display()))?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for (d, v2) in &self.cgroups {
+            loop {
+                let done = if *v2 {
+                    let want = if on { "frozen 1" } else { "frozen 0" };
+                    std::fs::read_to_string(d.join("cgroup.events"))
+                        .unwrap_or_default()
+                        .lines()
+                        .any(|l| l.trim() == want)
+                } else {
+                    read_trim(&d.join("freezer.state")) == if on { "FROZEN" } else { "THAWED" }
+                };
+                if done {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "{} did not become {} in 10 s",
+                        d.display(),
+                        if on { "frozen" } else { "thawed" }
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Freezer {
+    fn drop(&mut self) {
+        let _ = self.freeze(false);
     }
 }
 

@@ -738,9 +738,12 @@ pub fn render_qos(o: &mut String, q: &Qos) {
     let _ = writeln!(o, "## 3. QoS: the daemon next to a noisy container\n");
     let _ = writeln!(
         o,
-        "One fresh daemon{}; {} round(s) of {:.0} s per phase, the noisy phases in a different \
-         order in each round, so that the shared machine's drift hits all alike. **quiet**: no \
-         noise. **noise, QoS on**: the engines as built in (`storage`, where the daemon runs, has \
+        "One fresh daemon{}; {} round(s) of {:.1} s per phase, the four phases in an order rotating \
+         from round to round: short stints in many rounds, so that the shared machine's drift (its \
+         neighbours come and go over tens of seconds) falls on every phase alike. The noise \
+         containers run from the first round to the last. **quiet**: the noise frozen for the \
+         stint (its containers' freezer cgroups: {}), so nothing of it runs; thawed after, and \
+         given {} ms to be back at full speed. **noise, QoS on**: the engines as built in (`storage`, where the daemon runs, has \
          CPU and I/O weight 1000, `default` 100). **noise, QoS off**: `PATCH /v1/engines/storage \
          {{\"resources\": {{\"cpu_weight\": 100, \"io_weight\": 100}}}}`, no more share than the \
          noisy engine, restored right after. The daemon's `cgroup_root` is `inarray-bench` (its own, \
@@ -770,6 +773,12 @@ pub fn render_qos(o: &mut String, q: &Qos) {
         },
         q.rounds,
         q.phase_secs,
+        if q.quiet_how.is_empty() {
+            "–"
+        } else {
+            &q.quiet_how
+        },
+        crate::qos::SETTLE.as_millis(),
         q.noise,
         crate::qos::NOISE_FILE_MIB,
         crate::qos::SPLIT[0] * 100.0,
@@ -900,34 +909,60 @@ pub fn render_qos(o: &mut String, q: &Qos) {
     let _ = writeln!(o);
     let _ = writeln!(
         o,
-        "Every stint (p99 in ms, NFS medians in MiB/s; `storage`'s weights as the kernel showed \
-         them during the stint):\n"
+        "Every round (the phases in the order measured; GET p99 in ms, NFS cold medians in MiB/s; \
+         a stint in which `storage`'s weights changed is marked and left out of the figures \
+         above):\n"
     );
     let _ = writeln!(
         o,
-        "| round | phase | GET p99 | run p99 | NFS cold | NFS warm | noise CPU | noise reads MiB/s | `storage` weights |\n\
-         |---:|---|---:|---:|---:|---:|---:|---:|---|"
+        "| round | order | GET p99: quiet · on · off · *what-if* | NFS cold: quiet · on · off · *what-if* | noise CPU (cores), quiet · on |\n\
+         |---:|---|---|---|---|"
     );
-    for s in &q.stints {
+    for r in 0..q.rounds {
+        let ss: Vec<&Stint> = q.stints.iter().filter(|s| s.round == r).collect();
+        if ss.is_empty() {
+            continue;
+        }
+        let mark = |s: &Stint, v: f64| {
+            if s.valid() {
+                f(v)
+            } else {
+                format!("~~{}~~ (weights changed)", f(v))
+            }
+        };
+        let by = |p: usize, g: &dyn Fn(&Stint) -> f64| {
+            ss.iter()
+                .find(|s| s.phase == p)
+                .map(|s| mark(s, g(s)))
+                .unwrap_or_else(|| "–".into())
+        };
+        let four = |g: &dyn Fn(&Stint) -> f64| {
+            format!(
+                "{} · {} · {} · *{}*",
+                by(QUIET, g),
+                by(ON, g),
+                by(OFF, g),
+                by(WHATIF, g)
+            )
+        };
+        let order: Vec<&str> = ss
+            .iter()
+            .map(|s| match s.phase {
+                QUIET => "quiet",
+                ON => "on",
+                OFF => "off",
+                _ => "what-if",
+            })
+            .collect();
         let _ = writeln!(
             o,
-            "| {} | {} | {} | {} | {} | {} | {:.2} | {:.0} | {} |",
-            s.round + 1,
-            PHASES[s.phase],
-            f(s.get.p99()),
-            f(s.run.p99()),
-            f(s.nfs_cold.p50()),
-            f(s.nfs_warm.p50()),
-            s.noise_cpu,
-            s.noise_read,
-            if s.valid() {
-                s.weights_end.clone()
-            } else {
-                format!(
-                    "{} → {} (**changed: left out of the phase figures**)",
-                    s.weights_start, s.weights_end
-                )
-            }
+            "| {} | {} | {} | {} | {} · {} |",
+            r + 1,
+            order.join(", "),
+            four(&|s| s.get.p99()),
+            four(&|s| s.nfs_cold.p50()),
+            by(QUIET, &|s| s.noise_cpu),
+            by(ON, &|s| s.noise_cpu),
         );
     }
     let _ = writeln!(o);

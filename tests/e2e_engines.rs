@@ -375,6 +375,101 @@ async fn a_read_bps_limit_caps_a_direct_io_reader() {
     assert!(es["io"]["read_ops"].as_u64().unwrap() >= 8, "{es}");
 }
 
+/// An engine's per-device limit holds each of its containers, also those with no limit of their
+/// own, and a PATCH of the engine reaches running containers. (On cgroup v1 the kernel ignores a
+/// parent cgroup's throttle — v1 blk-throttle is flat — so the daemon writes the engine's limits
+/// into every container's cgroup; this test caught that they did nothing before.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engines_read_bps_holds_its_containers_and_changes_live() {
+    let d = TestDaemon::start().await;
+    d.with_busybox().await;
+    let Some((major, minor)) = inarray_runtime::engines::block_device_of(&d.array) else {
+        panic!(
+            "the test array {} is on no block device: per-device limits cannot be tested",
+            d.array.display()
+        );
+    };
+    std::fs::create_dir_all(d.array.join("io")).unwrap();
+    std::fs::write(d.array.join("io/blob"), vec![7u8; 8 << 20]).unwrap();
+    d.ok(
+        Method::POST,
+        "/v1/engines",
+        Some(json!({"name": "slowio", "resources": {"read_bps": "2m"}})),
+    )
+    .await;
+    // One timed 8 MiB direct read, or (loop) one a line forever.
+    let read = r#"s=$(cut -d' ' -f1 /proc/uptime); dd if=/d/blob of=/dev/null bs=1M iflag=direct 2>/dev/null; e=$(cut -d' ' -f1 /proc/uptime); awk "BEGIN { print int(($e - $s) * 1000) }""#;
+    let body = |engine: &str, cmd: String| json!({"image": "busybox", "engine": engine, "volumes": [{"source": "io", "target": "/d", "read_only": true}], "command": ["sh", "-c", cmd]});
+    let (code, limited) = d.run_to_exit(body("slowio", read.to_owned())).await;
+    assert_eq!(code, 0, "{limited}");
+    let (_, free) = d.run_to_exit(body("default", read.to_owned())).await;
+    let (limited_ms, free_ms): (u64, u64) = (
+        limited.trim().parse().unwrap(),
+        free.trim().parse().unwrap(),
+    );
+    // 8 MiB at 2 MiB/s: about 4 s (the first second's budget is granted at once).
+    assert!(
+        limited_ms >= 2500,
+        "read in the limited engine took {limited_ms} ms"
+    );
+    assert!(
+        free_ms * 2 < limited_ms,
+        "default engine {free_ms} ms vs limited engine {limited_ms} ms"
+    );
+
+    // Live: a container reading in a loop speeds up when the engine's limit is raised.
+    let c = d
+        .run(body("slowio", format!("while true; do {read}; done")))
+        .await;
+    let id = c["id"].as_str().unwrap().to_owned();
+    let timings =
+        |logs: String| -> Vec<u64> { logs.lines().filter_map(|l| l.trim().parse().ok()).collect() };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while timings(d.logs(&id).await).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no read finished: {}",
+            d.logs(&id).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let before = timings(d.logs(&id).await);
+    assert!(before[0] >= 2500, "reads before the update: {before:?}");
+    d.ok(
+        Method::PATCH,
+        "/v1/engines/slowio",
+        Some(json!({"resources": {"read_bps": "512m"}})),
+    )
+    .await;
+    let v1_file = format!(
+        "/sys/fs/cgroup/blkio/{}/slowio/{id}/blkio.throttle.read_bps_device",
+        d.cgroup_root
+    );
+    if std::path::Path::new(&v1_file).exists() {
+        assert_eq!(
+            std::fs::read_to_string(&v1_file).unwrap().trim(),
+            format!("{major}:{minor} {}", 512u64 << 20),
+            "the container's own cgroup carries the engine's new limit"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let t = timings(d.logs(&id).await);
+        // A read that started after the update: fast.
+        if t.len() >= before.len() + 2 && *t.last().unwrap() < 1500 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "reads after the update: {t:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    d.ok(
+        Method::DELETE,
+        &format!("/v1/containers/{id}?force=true"),
+        None,
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_as_prometheus_text() {
     let d = TestDaemon::start().await;

@@ -705,7 +705,7 @@ impl Manager {
             .clone()
             .unwrap_or_else(|| format!("c-{}", &id[..12]));
         // Built now only to refuse what cannot run (user, command); rebuilt at every start.
-        self.plan(&id, &cfg, &image)?;
+        self.plan(&id, &cfg, &image, &def.resources)?;
         let cfg_json = serde_json::to_string(&cfg).map_err(|e| internal("spec json", e))?;
         let row = self
             .inner
@@ -737,13 +737,32 @@ impl Manager {
         Ok(row)
     }
 
+    /// The limits a container's own cgroup gets: its own, and on cgroup v1 its engine's I/O limits
+    /// where it has none (v1 block-I/O throttling is flat).
+    fn container_limits(&self, own: &Resources, engine: &Resources) -> Resources {
+        if self.inner.cgroups.is_v2() {
+            return own.clone();
+        }
+        let io = own.io_limits_within(engine);
+        Resources {
+            read_bps: io.read_bps,
+            write_bps: io.write_bps,
+            read_iops: io.read_iops,
+            write_iops: io.write_iops,
+            ..own.clone()
+        }
+    }
+
     /// The runtime spec and the shim's instructions for a container, derived from its request and
     /// its image. Never stored as a source of truth: every start derives them again from SQL.
+    /// `engine_limits`: the limits of the engine it runs in (on cgroup v1 the container's cgroup
+    /// carries the engine's I/O throttles too, see [`Resources::io_limits_within`]).
     fn plan(
         &self,
         id: &str,
         cfg: &ContainerConfig,
         image: &ImageRow,
+        engine_limits: &Resources,
     ) -> Result<(oci_spec::runtime::Spec, ShimConfig)> {
         let engine = cfg.engine.as_deref().unwrap_or(engines::DEFAULT);
         let defaults: ImageDefaults = image.config_as()?;
@@ -766,8 +785,8 @@ impl Manager {
                 hostname: &id[..12],
                 cgroups_path: &self.inner.opts.cgroups.container(engine, id),
                 identity,
-                resources: cfg
-                    .resources
+                resources: self
+                    .container_limits(&cfg.resources, engine_limits)
                     .to_oci(self.inner.cgroups.device(), self.inner.cgroups.is_v2()),
             },
         )
@@ -804,7 +823,8 @@ impl Manager {
                 kind: "image",
                 key: row.image_id.clone(),
             })?;
-        let (spec, shim) = self.plan(&row.id, &cfg, &image)?;
+        let engine = self.engine(&row.engine).await?;
+        let (spec, shim) = self.plan(&row.id, &cfg, &image, &engine.resources)?;
         let paths = self.paths(&row.id);
         let write = || -> std::io::Result<()> {
             std::fs::create_dir_all(paths.bundle())?;
@@ -1350,6 +1370,10 @@ impl Manager {
                 .cgroups
                 .apply(&self.inner.opts.cgroups.engine(&e.name), &e.resources)
                 .map_err(|m| internal("engine cgroup", m))?;
+            // Containers that ran on across the restart get what the config says now.
+            if e.resources.has_io_limits() {
+                self.push_io_limits(e).await?;
+            }
         }
         self.inner
             .cgroups
@@ -1436,7 +1460,37 @@ impl Manager {
             })?;
         let json = serde_json::to_string(&updated.resources).map_err(|e| internal("engine", e))?;
         self.inner.store.update_engine(name, &json).await?;
+        if patch.has_io_limits() {
+            self.push_io_limits(&updated).await?;
+        }
         Ok(updated)
+    }
+
+    /// cgroup v1 throttles each cgroup on its own: the running containers' cgroups carry their
+    /// engine's I/O limits (where they have none of their own) and get the engine's current ones
+    /// here. Nothing to do on v2, where the engine's io.max binds its containers.
+    async fn push_io_limits(&self, engine: &EngineDef) -> Result<()> {
+        if self.inner.cgroups.is_v2() {
+            return Ok(());
+        }
+        for row in self.inner.store.list_containers(true).await? {
+            if row.engine != engine.name || row.state != ContainerState::Running {
+                continue;
+            }
+            let cfg: ContainerConfig =
+                serde_json::from_str(&row.spec).map_err(|e| internal("stored spec", e))?;
+            let io = cfg.resources.io_limits_within(&engine.resources);
+            let path = self.inner.opts.cgroups.container(&engine.name, &row.id);
+            // Never made here (apply creates a missing cgroup): one that is gone has exited.
+            if !crate::cgroups::exists(&path) {
+                continue;
+            }
+            if let Err(m) = self.inner.cgroups.apply(&path, &io) {
+                // It may have exited meanwhile (its cgroup gone); its next start applies them.
+                tracing::warn!(container = %row.id, engine = %engine.name, "the engine's I/O limits were not applied to the container: {m}");
+            }
+        }
+        Ok(())
     }
 
     /// Removes an engine: not a built-in one, nor one with containers (409).
@@ -1501,11 +1555,18 @@ impl Manager {
             )));
         }
         if row.state == ContainerState::Running {
+            // v2: what changed; v1: everything, with the engine's I/O limits where the
+            // container has none of its own.
+            let live = if self.inner.cgroups.is_v2() {
+                patch.clone()
+            } else {
+                self.container_limits(&merged, &engine.resources)
+            };
             self.inner
                 .cgroups
                 .apply(
                     &self.inner.opts.cgroups.container(&row.engine, &row.id),
-                    patch,
+                    &live,
                 )
                 .map_err(|m| {
                     ManagerError::Conflict(format!("the kernel refused the new limits: {m}"))

@@ -317,6 +317,20 @@ impl Resources {
         *self == Resources::default()
     }
 
+    /// Only the per-device I/O limits, each the container's own or else its engine's. For cgroup
+    /// v1, whose block-I/O throttling is flat (the kernel ignores a parent's throttle for the
+    /// cgroups below it; v2's io.max is hierarchical): there the engine's limits are written into
+    /// every container's own cgroup, so each container is held to them.
+    pub fn io_limits_within(&self, engine: &Resources) -> Resources {
+        Resources {
+            read_bps: self.read_bps.or(engine.read_bps),
+            write_bps: self.write_bps.or(engine.write_bps),
+            read_iops: self.read_iops.or(engine.read_iops),
+            write_iops: self.write_iops.or(engine.write_iops),
+            ..Default::default()
+        }
+    }
+
     /// Whether any per-device I/O limit is set.
     pub fn has_io_limits(&self) -> bool {
         self.read_bps.is_some()
@@ -432,6 +446,22 @@ mod tests {
             None,
             "an unlimited engine takes anything"
         );
+    }
+
+    #[test]
+    fn io_limits_fall_back_to_the_engines() {
+        let engine: Resources =
+            serde_json::from_str(r#"{"memory":"1g","read_bps":"10m","write_iops":100}"#).unwrap();
+        let own: Resources = serde_json::from_str(r#"{"read_bps":"2m","cpus":0.5}"#).unwrap();
+        let io = own.io_limits_within(&engine);
+        assert_eq!(
+            io.read_bps,
+            Some(Bytes(2 << 20)),
+            "the container's own, tighter"
+        );
+        assert_eq!(io.write_iops, Some(100), "the engine's where it has none");
+        assert_eq!((io.write_bps, io.read_iops), (None, None));
+        assert_eq!((io.memory, io.cpus), (None, None), "I/O limits only");
     }
 
     #[test]

@@ -46,6 +46,38 @@ pub struct FileConfig {
     pub image_prune_interval_seconds: Option<u64>,
     /// File events: coalescing and retention of the event log.
     pub events: Option<EventsConfig>,
+    /// The I/O guard: the containers' share of the array disk while the daemon uses it.
+    pub io_guard: Option<IoGuardConfig>,
+}
+
+/// `[io_guard]` in the config file (docs/operator-guide.md, "Engines"; the defaults in
+/// `inarray_runtime::ioguard::GuardConfig`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IoGuardConfig {
+    pub enabled: Option<bool>,
+    pub interval_ms: Option<u64>,
+    pub hold_ms: Option<u64>,
+    pub busy_bps: Option<inarray_runtime::resources::Bytes>,
+    pub busy_iops: Option<u64>,
+    pub floor_bps: Option<inarray_runtime::resources::Bytes>,
+}
+
+impl IoGuardConfig {
+    fn options(&self) -> Result<inarray_runtime::ioguard::GuardConfig> {
+        let d = inarray_runtime::ioguard::GuardConfig::default();
+        let ms = std::time::Duration::from_millis;
+        let g = inarray_runtime::ioguard::GuardConfig {
+            enabled: self.enabled.unwrap_or(d.enabled),
+            interval: self.interval_ms.map_or(d.interval, ms),
+            hold: self.hold_ms.map_or(d.hold, ms),
+            busy_bps: self.busy_bps.map_or(d.busy_bps, |b| b.0),
+            busy_iops: self.busy_iops.unwrap_or(d.busy_iops),
+            floor_bps: self.floor_bps.map_or(d.floor_bps, |b| b.0),
+        };
+        g.validate("io_guard").map_err(anyhow::Error::msg)?;
+        Ok(g)
+    }
 }
 
 /// One `[registries."host:port"]` table of the config file. Its Debug hides the password.
@@ -169,6 +201,7 @@ struct Settings {
     image_prune_interval: Option<std::time::Duration>,
     events: inarray_events::EventsOptions,
     nats: Option<inarray_events::nats::NatsConfig>,
+    io_guard: inarray_runtime::ioguard::GuardConfig,
 }
 
 type RegistryMaps = (
@@ -339,6 +372,7 @@ fn settings(opts: ServeOpts) -> Result<Settings> {
             None => None,
         },
         events: file.events.unwrap_or_default().options()?,
+        io_guard: file.io_guard.unwrap_or_default().options()?,
     })
 }
 
@@ -459,6 +493,11 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
         });
     }
     let report = manager.reconcile().await.context("reconcile")?;
+    {
+        let manager = manager.clone();
+        let cfg = s.io_guard.clone();
+        tokio::spawn(async move { manager.run_io_guard(cfg).await });
+    }
     // After reconcile: the scheduler re-adopts runs through the containers' reconciled rows.
     let jobs = inarray_jobs::Jobs::new(
         store.clone(),
@@ -723,6 +762,7 @@ impl Reloader {
                 "image_prune_interval_seconds",
                 new.image_prune_interval != c.image_prune_interval,
             ),
+            ("io_guard", new.io_guard != c.io_guard),
         ] {
             if changed {
                 tracing::warn!(
@@ -748,6 +788,7 @@ impl Reloader {
             image_prune_interval: c.image_prune_interval,
             events: c.events.clone(),
             nats: c.nats.clone(),
+            io_guard: c.io_guard.clone(),
             registries: new.registries,
             registry_credentials: new.registry_credentials,
             log: new.log,
@@ -800,10 +841,17 @@ async fn io_weights(s: &Settings, array: &Path, manager: &inarray_runtime::Manag
     }
     let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
     if let Some(why) = engines::io_weight_ineffective(dev, v2) {
-        tracing::warn!(
-            engines = %weighted.join(", "),
-            "io_weight is not enforced: {why}; set io_scheduler = \"bfq\" in the config, or cap containers with read_bps/write_bps"
-        );
+        if s.io_guard.enabled && dev.is_some() {
+            tracing::info!(
+                engines = %weighted.join(", "),
+                "io_weight is not enforced by the kernel between container engines: {why}; the I/O guard holds the containers to their weighted share while the daemon uses the disk"
+            );
+        } else {
+            tracing::warn!(
+                engines = %weighted.join(", "),
+                "io_weight is not enforced: {why}; set io_scheduler = \"bfq\" in the config, enable the I/O guard, or cap containers with read_bps/write_bps"
+            );
+        }
     }
     Ok(())
 }

@@ -470,6 +470,150 @@ async fn an_engines_read_bps_holds_its_containers_and_changes_live() {
     .await;
 }
 
+/// One value of /metrics, by its full sample name (labels included).
+async fn metric(d: &TestDaemon, sample: &str) -> Option<f64> {
+    let mut body = Vec::new();
+    d.client()
+        .stream("/metrics", |b| body.extend_from_slice(b))
+        .await
+        .unwrap();
+    String::from_utf8(body).unwrap().lines().find_map(|l| {
+        let (k, v) = l.rsplit_once(' ')?;
+        (k == sample).then(|| v.parse().ok())?
+    })
+}
+
+/// The I/O guard: while the `storage` engine reads the array's disk, the running containers are
+/// held to their share (a cap in their cgroups, never above their own limit); when it stops, they
+/// get their own limits back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_io_guard_holds_containers_while_storage_uses_the_disk() {
+    let d = TestDaemon::start().await;
+    d.with_busybox().await;
+    let Some((major, minor)) = inarray_runtime::engines::block_device_of(&d.array) else {
+        panic!(
+            "the test array {} is on no block device: the I/O guard cannot be tested",
+            d.array.display()
+        );
+    };
+    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    std::fs::create_dir_all(d.array.join("io")).unwrap();
+    std::fs::write(d.array.join("io/big"), vec![3u8; 64 << 20]).unwrap();
+    let reader = |limits: serde_json::Value| json!({"image": "busybox", "resources": limits, "volumes": [{"source": "io", "target": "/d", "read_only": true}], "command": ["sh", "-c", "while true; do dd if=/d/big of=/dev/null bs=1M iflag=direct 2>/dev/null; done"]});
+    let free = d.run(reader(json!({}))).await;
+    let own = d.run(reader(json!({"read_bps": "1m"}))).await;
+    let dev = format!("{major}:{minor}");
+    let read_cap = |c: &serde_json::Value| -> Option<u64> {
+        let rel = format!("{}/default/{}", d.cgroup_root, c["id"].as_str().unwrap());
+        let text = if v2 {
+            std::fs::read_to_string(format!("/sys/fs/cgroup/{}/io.max", d.cgroup_root)).unwrap()
+        } else {
+            std::fs::read_to_string(format!(
+                "/sys/fs/cgroup/blkio/{rel}/blkio.throttle.read_bps_device"
+            ))
+            .unwrap()
+        };
+        text.lines().find_map(|l| {
+            let mut f = l.split_whitespace();
+            if f.next() != Some(dev.as_str()) {
+                return None;
+            }
+            let v = f.next()?;
+            v.strip_prefix("rbps=").unwrap_or(v).parse().ok()
+        })
+    };
+    // Starting containers is the daemon's own disk work (fsyncs): the guard may hold for its
+    // `hold` after; then it lets go while the containers read on.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&d, "inarray_io_guard_holding").await != Some(0.0) {
+        assert!(
+            Instant::now() < deadline,
+            "the guard holds with storage quiet"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(metric(&d, "inarray_io_guard_holding").await, Some(0.0));
+    assert_eq!(read_cap(&free), None, "no cap while storage is quiet");
+
+    // Something in `storage` reads the disk as fast as it can.
+    let mut hog = std::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "while true; do dd if={} of=/dev/null bs=1M iflag=direct 2>/dev/null; done",
+                d.array.join("io/big").display()
+            ),
+        ])
+        .spawn()
+        .unwrap();
+    let storage = if v2 {
+        format!("/sys/fs/cgroup/{}-storage/cgroup.procs", d.cgroup_root)
+    } else {
+        format!(
+            "/sys/fs/cgroup/blkio/{}-storage/cgroup.procs",
+            d.cgroup_root
+        )
+    };
+    std::fs::write(&storage, hog.id().to_string()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&d, "inarray_io_guard_holding").await != Some(1.0) || read_cap(&free).is_none() {
+        assert!(Instant::now() < deadline, "the guard never took hold");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let budget = metric(&d, "inarray_io_guard_budget_bytes_per_second")
+        .await
+        .unwrap() as u64;
+    let peak = metric(&d, "inarray_io_guard_disk_peak_bytes_per_second")
+        .await
+        .unwrap() as u64;
+    // The built-in weights: 100 for `default` against 1000 for `storage`, a floor of 16 MiB/s.
+    assert!(
+        budget >= 16 << 20 && budget <= (peak / 11).max(16 << 20) + 1,
+        "budget {budget} of peak {peak}"
+    );
+    let cap = read_cap(&free).unwrap();
+    assert!(
+        cap > 0 && cap <= budget,
+        "the free reader's cap {cap}, budget {budget}"
+    );
+    if !v2 {
+        assert!(
+            read_cap(&own).unwrap() <= 1 << 20,
+            "never above the container's own limit"
+        );
+    }
+
+    // The hog stops: the guard lets go after its hold (1 s) and the limits are the containers' own.
+    hog.kill().unwrap();
+    hog.wait().unwrap();
+    let _ = std::process::Command::new("pkill")
+        .args(["-f", &format!("dd if={}", d.array.join("io/big").display())])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&d, "inarray_io_guard_holding").await != Some(0.0) || read_cap(&free).is_some() {
+        assert!(Instant::now() < deadline, "the guard never let go");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !v2 {
+        assert_eq!(read_cap(&own), Some(1 << 20), "its own limit is back");
+    }
+    assert!(
+        metric(&d, "inarray_io_guard_engagements_total")
+            .await
+            .unwrap()
+            >= 1.0
+    );
+    for c in [&free, &own] {
+        d.ok(
+            Method::DELETE,
+            &format!("/v1/containers/{}?force=true", c["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_as_prometheus_text() {
     let d = TestDaemon::start().await;

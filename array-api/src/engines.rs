@@ -183,6 +183,33 @@ async fn metrics(
             rss as f64,
         );
     }
+    let g = m.io_guard_status();
+    if g.running {
+        out.gauge(
+            "inarray_io_guard_holding",
+            "1 while the I/O guard holds the containers to their share of the array disk",
+            &[],
+            if g.holding { 1.0 } else { 0.0 },
+        );
+        out.gauge(
+            "inarray_io_guard_budget_bytes_per_second",
+            "what the containers may move on the array disk together while the guard holds",
+            &[],
+            g.budget_bps as f64,
+        );
+        out.gauge(
+            "inarray_io_guard_disk_peak_bytes_per_second",
+            "the array disk's peak rate as the guard estimates it",
+            &[],
+            g.peak_bps as f64,
+        );
+        out.counter(
+            "inarray_io_guard_engagements_total",
+            "how often the I/O guard took hold",
+            &[],
+            g.engagements as f64,
+        );
+    }
     let containers = m.list(true).await?;
     for state in ["created", "running", "restarting", "exited", "dead"] {
         let n = containers

@@ -120,7 +120,8 @@ enum Cmd {
         qos_secs: Option<f64>,
         #[arg(long)]
         noise: Option<usize>,
-        /// What the noise does: both (CPU and I/O, as in `run`), cpu, io.
+        /// What the noise does: both (CPU and I/O, as in `run`), cpu, io, deep-io (eight direct-I/O
+        /// readers at once in each container, no spinning).
         #[arg(long, default_value = "both")]
         noise_kind: String,
     },
@@ -377,6 +378,7 @@ fn main() -> Result<()> {
                     noise_kind: match noise_kind.as_str() {
                         "cpu" => "cpu",
                         "io" => "io",
+                        "deep-io" => "deep-io",
                         _ => "both",
                     },
                     ..o.plan()

@@ -491,11 +491,16 @@ const NOISE_CPU: &str =
     "n=$(nproc); i=1; while [ $i -lt $n ]; do (while :; do :; done) & i=$((i+1)); done; \
      while :; do :; done";
 const NOISE_IO: &str = "while :; do dd if=/d/big of=/dev/null bs=1M iflag=direct 2>/dev/null; done";
+/// Eight direct-I/O readers at once, each over its eighth of the file: a queue depth of 8 where
+/// `dd` alone keeps one request in flight.
+const NOISE_DEEP_IO: &str = "for j in 0 1 2 3 4 5 6 7; do (while :; do dd if=/d/big of=/dev/null bs=1M \
+     iflag=direct skip=$((j*128)) count=128 2>/dev/null; done) & done; wait";
 
 pub fn noise_script(kind: &str) -> &'static str {
     match kind {
         "cpu" => NOISE_CPU,
         "io" => NOISE_IO,
+        "deep-io" => NOISE_DEEP_IO,
         _ => NOISE_SCRIPT,
     }
 }

@@ -6,6 +6,7 @@ pub mod cgroups;
 pub mod config;
 pub mod engines;
 mod fsutil;
+pub mod ioguard;
 pub mod manager;
 pub mod paths;
 pub mod resources;

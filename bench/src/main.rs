@@ -385,7 +385,12 @@ fn main() -> Result<()> {
                 };
                 let q = qos::bench(&o.bin, &work, &plan).await?;
                 let mut s = String::new();
-                report::render_qos(&mut s, &q);
+                let heading = if plan.noise_kind == "deep-io" {
+                    report::QOS_DEEP_HEADING
+                } else {
+                    report::QOS_HEADING
+                };
+                report::render_qos(&mut s, &q, heading);
                 println!("{s}");
                 Ok(())
             })
@@ -512,6 +517,12 @@ async fn run(o: RunOpts) -> Result<()> {
     let b1 = bench_run_to_exit(&o, &work, &plan).await?;
     let b2 = bench_many(&o, &work, &plan).await?;
     let b3 = qos::bench(&o.bin, &work, &plan).await?;
+    // The same with eight direct readers in each noise container: what the I/O guard is for.
+    let deep = Plan {
+        noise_kind: "deep-io",
+        ..plan
+    };
+    let b3d = qos::bench(&o.bin, &work, &deep).await?;
     let b4 = scan::bench(&o.bin, &work, o.scan_plan()).await;
     if let Some(e) = &b4.error {
         eprintln!("4. failed: {e}");
@@ -526,7 +537,9 @@ async fn run(o: RunOpts) -> Result<()> {
         .map(Path::to_owned)
         .unwrap_or_else(|| PathBuf::from("."));
     let [p_scan, p_rte, p_load] = evidence::plots(&docs, &b1, &b4, &b5);
-    let mut extra = scan::render(&b4, o.quick, p_scan.as_deref());
+    let mut extra = String::new();
+    report::render_qos(&mut extra, &b3d, report::QOS_DEEP_HEADING);
+    extra.push_str(&scan::render(&b4, o.quick, p_scan.as_deref()));
     extra.push_str(&load::render(&b5, o.quick, p_load.as_deref()));
     extra.push_str(&evidence::render_events(&b5));
     if let Some(p) = &p_rte {

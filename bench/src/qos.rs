@@ -118,6 +118,8 @@ pub struct Qos {
     pub scheduler: String,
     /// How the quiet stints stop the noise (its freezer files).
     pub quiet_how: String,
+    /// What the noise does (`Plan::noise_kind`).
+    pub noise_kind: &'static str,
 }
 
 impl Default for Qos {
@@ -137,6 +139,7 @@ impl Default for Qos {
             whatif: String::new(),
             scheduler: String::new(),
             quiet_how: String::new(),
+            noise_kind: "both",
         }
     }
 }
@@ -216,6 +219,7 @@ pub async fn bench(bin: &Path, work: &Path, plan: &Plan) -> Result<Qos> {
         rounds: plan.qos_rounds,
         phase_secs: plan.qos_secs,
         noise: plan.noise,
+        noise_kind: plan.noise_kind,
         nfs: Err("not tried".into()),
         ..Default::default()
     };
@@ -493,7 +497,8 @@ const NOISE_CPU: &str =
 const NOISE_IO: &str = "while :; do dd if=/d/big of=/dev/null bs=1M iflag=direct 2>/dev/null; done";
 /// Eight direct-I/O readers at once, each over its eighth of the file: a queue depth of 8 where
 /// `dd` alone keeps one request in flight.
-const NOISE_DEEP_IO: &str = "for j in 0 1 2 3 4 5 6 7; do (while :; do dd if=/d/big of=/dev/null bs=1M \
+const NOISE_DEEP_IO: &str =
+    "for j in 0 1 2 3 4 5 6 7; do (while :; do dd if=/d/big of=/dev/null bs=1M \
      iflag=direct skip=$((j*128)) count=128 2>/dev/null; done) & done; wait";
 
 pub fn noise_script(kind: &str) -> &'static str {

@@ -544,7 +544,7 @@ pub fn render(
         verdict(clean)
     );
 
-    render_qos(&mut o, b3);
+    render_qos(&mut o, b3, QOS_HEADING);
     let _ = writeln!(o, "{}", extra.trim_end());
     let _ = writeln!(o);
 
@@ -734,8 +734,12 @@ pub fn qos_verdicts(q: &Qos) -> (usize, usize) {
     (met, judged.len())
 }
 
-pub fn render_qos(o: &mut String, q: &Qos) {
-    let _ = writeln!(o, "## 3. QoS: the daemon next to a noisy container\n");
+pub const QOS_HEADING: &str = "3. QoS: the daemon next to a noisy container";
+pub const QOS_DEEP_HEADING: &str = "3b. QoS with deep container I/O: what the I/O guard is for";
+
+/// Section 3 (`heading` = its title line, without the `## `).
+pub fn render_qos(o: &mut String, q: &Qos, heading: &str) {
+    let _ = writeln!(o, "## {heading}\n");
     let _ = writeln!(
         o,
         "One fresh daemon{}; {} round(s) of {:.1} s per phase, the four phases in an order rotating \
@@ -753,9 +757,8 @@ pub fn render_qos(o: &mut String, q: &Qos) {
          alone (no `io_scheduler` in its config, the default); on cgroup v1 only BFQ enforces \
          I/O weights, so the *what-if* phase is QoS on with the disk switched to the other \
          scheduler for the stint (BFQ, or mq-deadline when the disk runs BFQ already): what \
-         enforcing `io_weight` costs or saves. The noise: {} container(s) in `default`, each running one \
-         busy `sh` loop per CPU (`nproc`) and `dd if=/d/big of=/dev/null bs=1M iflag=direct` in a \
-         loop over a {} MiB file of the array (a read-only volume). Each phase measures, one after \
+         enforcing `io_weight` costs or saves. The noise: {} container(s) in `default`, each running {} \
+         over a {} MiB file of the array (a read-only volume). Each phase measures, one after \
          the other: `GET /v1/containers` every 10 ms ({:.0} % of the phase); create+start+wait+delete \
          of `/bin/true` (in `default`) back to back, as in section 1 ({:.0} %); reads of a {} MiB \
          file through the NFS gateway with `nfs-cat` ({:.0} %), alternately cold (the file's page \
@@ -780,6 +783,12 @@ pub fn render_qos(o: &mut String, q: &Qos) {
         },
         crate::qos::SETTLE.as_millis(),
         q.noise,
+        match q.noise_kind {
+            "cpu" => "one busy `sh` loop per CPU (`nproc`), no I/O",
+            "io" => "`dd if=/d/big of=/dev/null bs=1M iflag=direct` in a loop (one request in flight), no spinning",
+            "deep-io" => "eight `dd … bs=1M iflag=direct` loops at once, each over its eighth of the file (eight requests in flight), no spinning",
+            _ => "one busy `sh` loop per CPU (`nproc`) and `dd if=/d/big of=/dev/null bs=1M iflag=direct` in a loop",
+        },
         crate::qos::NOISE_FILE_MIB,
         crate::qos::SPLIT[0] * 100.0,
         crate::qos::SPLIT[1] * 100.0,

@@ -1551,8 +1551,11 @@ impl Manager {
                     return;
                 }
             }
-            // Until a container starts or ends, or 2 s pass.
-            let _ = tokio::time::timeout(Duration::from_secs(2), changes.recv()).await;
+            // Until a container starts or ends, or 2 s pass; a burst of starts is one refresh
+            // (at most five a second, each a store query and every running container's spec).
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), changes.recv()).await {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
             while changes.try_recv().is_ok() {}
         }
     }

@@ -988,6 +988,22 @@ mod tests {
         assert_eq!(s.events.coalesce, std::time::Duration::from_millis(50));
         assert_eq!(s.events.retention_age, None);
         assert_eq!(s.events.retention_max_events, Some(1000));
+        std::fs::write(&cfg, "array = \"/a\"\n[io_guard]\nhold_ms = 20\n").unwrap();
+        let e = settings(opts(Some(cfg.clone()), None, &[]))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.starts_with("io_guard.hold_ms"), "{e}");
+        std::fs::write(
+            &cfg,
+            "array = \"/a\"\n[io_guard]\ninterval_ms = 100\nhold_ms = 3000\nfloor_bps = \"64m\"\n",
+        )
+        .unwrap();
+        let s = settings(opts(Some(cfg.clone()), None, &[])).unwrap();
+        assert_eq!(s.io_guard.interval, std::time::Duration::from_millis(100));
+        assert_eq!(s.io_guard.hold, std::time::Duration::from_secs(3));
+        assert_eq!(s.io_guard.floor_bps, 64 << 20);
+        assert!(s.io_guard.enabled, "on unless the file says otherwise");
         std::fs::write(&cfg, "array = \"/a\"\nsocket_mode = \"rw\"\n").unwrap();
         let e = settings(opts(Some(cfg), None, &[]))
             .err()

@@ -338,14 +338,7 @@ async fn hostile_clients_are_cut_off_and_others_still_served() {
         .await
         .unwrap();
     // Latency histograms saw the requests, by route and status.
-    let m = {
-        let mut out = Vec::new();
-        d.client()
-            .stream("/metrics", |c| out.extend_from_slice(c))
-            .await
-            .unwrap();
-        String::from_utf8(out).unwrap()
-    };
+    let m = d.metrics_text().await;
     assert!(
         m.contains(
             "inarray_api_request_duration_seconds_count{method=\"POST\",route=\"/v1/containers\",status=\"413\"} 1"

@@ -319,16 +319,21 @@ async fn stats_stream_a_sample_a_second_until_the_container_ends() {
     d.ok(Method::GET, "/v1/engines/default/stats", None).await;
 }
 
+/// The block device holding the test array; `what` needs one (the test cannot run without).
+fn array_device(d: &TestDaemon, what: &str) -> (u64, u64) {
+    inarray_runtime::engines::block_device_of(&d.array).unwrap_or_else(|| {
+        panic!(
+            "the test array {} is on no block device: {what} cannot be tested",
+            d.array.display()
+        )
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_bps_limit_caps_a_direct_io_reader() {
     let d = TestDaemon::start().await;
     d.with_busybox().await;
-    if inarray_runtime::engines::block_device_of(&d.array).is_none() {
-        panic!(
-            "the test array {} is on no block device: per-device limits cannot be tested",
-            d.array.display()
-        );
-    }
+    array_device(&d, "per-device limits");
     std::fs::create_dir_all(d.array.join("io")).unwrap();
     let data = vec![7u8; 8 << 20];
     std::fs::write(d.array.join("io/blob"), &data).unwrap();
@@ -383,12 +388,7 @@ async fn a_read_bps_limit_caps_a_direct_io_reader() {
 async fn an_engines_read_bps_holds_its_containers_and_changes_live() {
     let d = TestDaemon::start().await;
     d.with_busybox().await;
-    let Some((major, minor)) = inarray_runtime::engines::block_device_of(&d.array) else {
-        panic!(
-            "the test array {} is on no block device: per-device limits cannot be tested",
-            d.array.display()
-        );
-    };
+    let (major, minor) = array_device(&d, "per-device limits");
     std::fs::create_dir_all(d.array.join("io")).unwrap();
     std::fs::write(d.array.join("io/blob"), vec![7u8; 8 << 20]).unwrap();
     d.ok(
@@ -472,15 +472,7 @@ async fn an_engines_read_bps_holds_its_containers_and_changes_live() {
 
 /// One value of /metrics, by its full sample name (labels included).
 async fn metric(d: &TestDaemon, sample: &str) -> Option<f64> {
-    let mut body = Vec::new();
-    d.client()
-        .stream("/metrics", |b| body.extend_from_slice(b))
-        .await
-        .unwrap();
-    String::from_utf8(body).unwrap().lines().find_map(|l| {
-        let (k, v) = l.rsplit_once(' ')?;
-        (k == sample).then(|| v.parse().ok())?
-    })
+    d.metrics().await.get(sample).copied()
 }
 
 /// The I/O guard: while the `storage` engine reads the array's disk, the running containers are
@@ -490,12 +482,7 @@ async fn metric(d: &TestDaemon, sample: &str) -> Option<f64> {
 async fn the_io_guard_holds_containers_while_storage_uses_the_disk() {
     let d = TestDaemon::start().await;
     d.with_busybox().await;
-    let Some((major, minor)) = inarray_runtime::engines::block_device_of(&d.array) else {
-        panic!(
-            "the test array {} is on no block device: the I/O guard cannot be tested",
-            d.array.display()
-        );
-    };
+    let (major, minor) = array_device(&d, "the I/O guard");
     let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
     std::fs::create_dir_all(d.array.join("io")).unwrap();
     std::fs::write(d.array.join("io/big"), vec![3u8; 64 << 20]).unwrap();
@@ -618,12 +605,7 @@ async fn metrics_parse_as_prometheus_text() {
     let c = d
         .run(json!({"image": "busybox", "name": "m1", "command": ["sleep", "100"]}))
         .await;
-    let mut body = Vec::new();
-    d.client()
-        .stream("/metrics", |b| body.extend_from_slice(b))
-        .await
-        .unwrap();
-    let text = String::from_utf8(body).unwrap();
+    let text = d.metrics_text().await;
     let mut families = std::collections::HashSet::new();
     let mut histograms = std::collections::HashSet::new();
     for line in text.lines() {

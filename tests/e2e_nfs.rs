@@ -1112,24 +1112,14 @@ async fn exports_api_and_cli() {
     assert_eq!(n.d.ok(Method::GET, "/v1/exports", None).await, json!([]));
 }
 
-/// `/metrics` as `name{labels}` → value.
+/// `/metrics` as `name{labels}` → value; the NFS histogram is there.
 async fn scrape(n: &Nfs) -> std::collections::HashMap<String, f64> {
-    let mut body = Vec::new();
-    n.d.client()
-        .stream("/metrics", |b| body.extend_from_slice(b))
-        .await
-        .unwrap();
-    let text = String::from_utf8(body).unwrap();
-    let mut out = std::collections::HashMap::new();
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let (k, v) = line.rsplit_once(' ').unwrap();
-        out.insert(k.to_owned(), v.parse().unwrap());
-    }
+    let text = n.d.metrics_text().await;
     assert!(
         text.contains("# TYPE inarray_nfs_operation_duration_seconds histogram"),
         "{text}"
     );
-    out
+    n.d.metrics().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

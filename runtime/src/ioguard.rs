@@ -199,11 +199,20 @@ pub fn read_counters(dir: &Path, v2: bool, dev: (u64, u64)) -> Counters {
         let text = std::fs::read_to_string(dir.join("io.stat")).unwrap_or_default();
         return parse_io_stat(&text, &key);
     }
-    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+    let ios = std::fs::read_to_string(dir.join("blkio.throttle.io_serviced_recursive"))
+        .unwrap_or_default();
     Counters {
-        bytes: parse_v1_throttle(&read("blkio.throttle.io_service_bytes_recursive"), &key),
-        ios: parse_v1_throttle(&read("blkio.throttle.io_serviced_recursive"), &key),
+        bytes: moved_bytes_v1(dir, dev),
+        ios: parse_v1_throttle(&ios, &key),
     }
+}
+
+/// A v1 cgroup's bytes on device `dev` (one file: all the guard needs of each container, every
+/// interval while it holds).
+fn moved_bytes_v1(dir: &Path, dev: (u64, u64)) -> u64 {
+    let text = std::fs::read_to_string(dir.join("blkio.throttle.io_service_bytes_recursive"))
+        .unwrap_or_default();
+    parse_v1_throttle(&text, &format!("{}:{}", dev.0, dev.1))
 }
 
 /// "M:m Read N" + "M:m Write N" of a v1 blkio.throttle file.
@@ -409,11 +418,11 @@ pub fn run(
                     // containers that moved anything since the last sample.
                     let mut active = 0u64;
                     for h in held.values_mut() {
-                        let m = read_counters(&h.dir, false, dev);
-                        if m.bytes > h.moved {
+                        let moved = moved_bytes_v1(&h.dir, dev);
+                        if moved > h.moved {
                             active += 1;
                         }
-                        h.moved = m.bytes;
+                        h.moved = moved;
                     }
                     let per = b / active.max(1);
                     for h in held.values_mut() {

@@ -746,14 +746,7 @@ impl Manager {
         if self.inner.cgroups.is_v2() {
             return own.clone();
         }
-        let io = own.io_limits_within(engine);
-        Resources {
-            read_bps: io.read_bps,
-            write_bps: io.write_bps,
-            read_iops: io.read_iops,
-            write_iops: io.write_iops,
-            ..own.clone()
-        }
+        own.merged(&own.io_limits_within(engine))
     }
 
     /// The runtime spec and the shim's instructions for a container, derived from its request and

@@ -277,6 +277,29 @@ impl TestDaemon {
         String::from_utf8_lossy(&out).into_owned()
     }
 
+    /// `GET /metrics`, the Prometheus text.
+    pub async fn metrics_text(&self) -> String {
+        let mut out = Vec::new();
+        self.client()
+            .stream("/metrics", |b| out.extend_from_slice(b))
+            .await
+            .unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    /// `GET /metrics` as `name{labels}` → value (comment lines left out).
+    pub async fn metrics(&self) -> std::collections::HashMap<String, f64> {
+        self.metrics_text()
+            .await
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                Some((k.to_owned(), v.parse().ok()?))
+            })
+            .collect()
+    }
+
     pub async fn container(&self, id: &str) -> Value {
         self.ok(Method::GET, &format!("/v1/containers/{id}"), None)
             .await

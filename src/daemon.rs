@@ -442,9 +442,11 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
         Listen::Unix(p) => p.parent().map(Path::to_path_buf),
         Listen::Tcp(_) => None,
     }));
-    let cgroups =
-        inarray_runtime::engines::LibcgroupsDriver::new(Path::new("/sys/fs/cgroup"), &array)
-            .map_err(anyhow::Error::msg)?;
+    let cgroups = inarray_runtime::engines::LibcgroupsDriver::new(
+        Path::new(inarray_runtime::cgroups::MOUNT_ROOT),
+        &array,
+    )
+    .map_err(anyhow::Error::msg)?;
     let manager = inarray_runtime::Manager::new(
         store.clone(),
         Arc::new(images),
@@ -469,11 +471,6 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
         .map_err(anyhow::Error::msg)?;
     manager.init_engines(&s.engines).await.context("engines")?;
     io_weights(&s, &array, &manager).await?;
-    // Up to 0.1, `storage` was `/<root>/storage`; the daemon has just left it: remove it (an
-    // rmdir, which the kernel refuses while anything is still in it).
-    for dir in inarray_runtime::cgroups::locations(&format!("/{}/storage", s.cgroups.root())) {
-        let _ = std::fs::remove_dir(dir);
-    }
     manager
         .configure_registries(s.registries.clone(), s.registry_credentials.clone())
         .await
@@ -530,7 +527,7 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
             version: env!("CARGO_PKG_VERSION").into(),
             array: array.clone(),
             state_dir: state.clone(),
-            cgroup_mode: cgroup_mode(Path::new("/sys/fs/cgroup")).into(),
+            cgroup_mode: manager.cgroup_mode().as_str().into(),
             listen: s.listen.iter().map(ToString::to_string).collect(),
             nfs_listen: nfs.as_ref().map(|n| n.addr.to_string()),
         },
@@ -599,22 +596,6 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
     Ok(())
 }
 
-/// `v2` (unified), `hybrid` (v1 controllers and an empty cgroup2 at `unified`) or `v1`.
-fn cgroup_mode(root: &Path) -> &'static str {
-    let is_cgroup2 = |p: &Path| {
-        nix::sys::statfs::statfs(p)
-            .map(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
-            .unwrap_or(false)
-    };
-    if is_cgroup2(root) {
-        "v2"
-    } else if is_cgroup2(&root.join("unified")) {
-        "hybrid"
-    } else {
-        "v1"
-    }
-}
-
 /// Prunes the audit log now (before the API serves) and then every hour.
 async fn spawn_audit_retention(
     access: inarray_api::access::Access,
@@ -679,25 +660,10 @@ impl Reloader {
                     .with_context(|| format!("log {:?}", new.log))?,
             ),
         };
-        for e in &new.engines {
-            inarray_runtime::engines::validate_name(&e.name)
-                .map_err(|m| anyhow::anyhow!("engines: {m}"))?;
-            inarray_runtime::engines::validate_engine(
-                &e.name,
-                &e.resources,
-                &format!("engines.{}", e.name),
-            )
-            .map_err(anyhow::Error::msg)?;
-        }
-        let mut all = self.manager.engines().await?;
-        for e in &new.engines {
-            match all.iter_mut().find(|a| a.name == e.name) {
-                Some(a) => *a = e.clone(),
-                None => all.push(e.clone()),
-            }
-        }
-        inarray_runtime::engines::check_memory_allotment(&all, self.current.container_memory)
-            .map_err(|m| anyhow::anyhow!("engines: {m}"))?;
+        self.manager
+            .check_configured_engines(&new.engines)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         for x in &new.exports {
             x.clone()
                 .validate()
@@ -839,8 +805,7 @@ async fn io_weights(s: &Settings, array: &Path, manager: &inarray_runtime::Manag
     if weighted.is_empty() {
         return Ok(());
     }
-    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
-    if let Some(why) = engines::io_weight_ineffective(dev, v2) {
+    if let Some(why) = engines::io_weight_ineffective(dev, manager.cgroups_v2()) {
         if s.io_guard.enabled && dev.is_some() {
             tracing::info!(
                 engines = %weighted.join(", "),

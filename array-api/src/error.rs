@@ -95,12 +95,20 @@ impl From<ManagerError> for ApiError {
             M::Image(i) if i.is_invalid_input() => {
                 Self::new(StatusCode::BAD_REQUEST, "invalid_image", i.to_string())
             }
-            M::Start(m) if is_disk_full(&m) => Self::disk_full(),
-            M::Start(m) => Self::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "start_failed",
-                format!("cannot start the container: {m}"),
-            ),
+            ref start @ M::Start { ref message, .. } => {
+                if start.is_disk_full() || is_disk_full(message) {
+                    return Self::disk_full();
+                }
+                Self::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "start_failed",
+                    format!("cannot start the container: {message}"),
+                )
+            }
+            other if other.is_disk_full() => {
+                tracing::error!(error = %other, "disk full");
+                Self::disk_full()
+            }
             other => Self::internal(other),
         }
     }

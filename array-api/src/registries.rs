@@ -69,7 +69,10 @@ async fn pull_image(
     // Its own task: the pull goes on (and is shared) if the client goes away.
     let task = tokio::spawn(async move { m.pull_image(&reference, Some(tx)).await });
     let outcome = |joined: Result<Result<ImageRow, ManagerError>, tokio::task::JoinError>| {
-        joined.map_err(|e| ManagerError::Internal(format!("pull task: {e}")))?
+        joined.map_err(|e| ManagerError::Internal {
+            what: "pull task".into(),
+            source: e.into(),
+        })?
     };
     if !req.stream {
         while rx.recv().await.is_some() {}

@@ -176,8 +176,8 @@ async fn fire(
         return;
     };
     let name = container_name(watch, first);
-    match manager.store().find_container(&name).await {
-        Ok(Some(r)) if r.name == name => return, // started before a restart
+    match manager.find_by_name(&name).await {
+        Ok(Some(_)) => return, // started before a restart
         Ok(_) => {}
         Err(e) => tracing::error!(watch, error = %e, "trigger: cannot look the container up"),
     }

@@ -54,9 +54,9 @@ impl Runner for Manager {
             let name = cfg.name.clone();
             match self.create(cfg).await {
                 Ok(row) => Ok(row.id),
-                Err(ManagerError::Start(message)) => {
+                Err(ManagerError::Start { message, .. }) => {
                     let container_id = match name {
-                        Some(n) => self.store().find_container(&n).await?.map(|r| r.id),
+                        Some(n) => self.find_by_name(&n).await?.map(|r| r.id),
                         None => None,
                     };
                     Err(JobsError::Start {
@@ -73,7 +73,7 @@ impl Runner for Manager {
         Box::pin(async move {
             match Manager::start(self, id).await {
                 Ok(_) => Ok(()),
-                Err(ManagerError::Start(message)) => Err(JobsError::Start {
+                Err(ManagerError::Start { message, .. }) => Err(JobsError::Start {
                     container_id: Some(id.to_owned()),
                     message,
                 }),
@@ -107,13 +107,6 @@ impl Runner for Manager {
         &'a self,
         name: &'a str,
     ) -> BoxFuture<'a, Result<Option<(String, ContainerState)>, JobsError>> {
-        Box::pin(async move {
-            Ok(self
-                .store()
-                .find_container(name)
-                .await?
-                .filter(|r| r.name == name)
-                .map(|r| (r.id, r.state)))
-        })
+        Box::pin(async move { Ok(self.find_by_name(name).await?.map(|r| (r.id, r.state))) })
     }
 }

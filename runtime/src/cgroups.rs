@@ -1,45 +1,93 @@
-//! Removing what a container leaves in the cgroup hierarchies when its shim could not.
+//! The cgroup file system itself, below a mount root (normally `/sys/fs/cgroup`): which layout it
+//! has (the one "is this cgroup v2" test of the code base), where a cgroup's directories are, and
+//! removing what a container leaves when its shim could not.
 //!
 //! libcontainer creates and deletes a container's cgroups; the shim deletes them after the exit.
-//! When a shim was killed, the daemon's reconcile calls [`cleanup`]: every process still in the
-//! container's cgroups is killed, then the directories are removed (deepest first). Works on v1
-//! (one hierarchy per controller under /sys/fs/cgroup), v2 and hybrid layouts.
+//! When a shim was killed, the daemon's reconcile removes them through the cgroup driver
+//! ([`crate::engines::CgroupDriver::remove_container`]), which calls [`cleanup`] here: every
+//! process still in the container's cgroups is killed, then the directories are removed (deepest
+//! first). Works on v1 (one hierarchy per controller), v2 and hybrid layouts.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// Where the kernel's cgroup hierarchies are mounted on a standard host.
+pub const MOUNT_ROOT: &str = "/sys/fs/cgroup";
 
-/// Every directory for cgroup path `rel` (e.g. `inarray/<id>`) across the mounted hierarchies.
-pub fn locations(rel: &str) -> Vec<PathBuf> {
-    let rel = rel.trim_start_matches('/');
-    let root = Path::new(CGROUP_ROOT);
-    let mut out = Vec::new();
-    if root.join("cgroup.controllers").exists() {
-        out.push(root.join(rel)); // pure v2
-        return out;
-    }
-    if let Ok(entries) = std::fs::read_dir(root) {
-        for e in entries.flatten() {
-            let p = e.path();
-            // Skip the symlinks v1 hosts keep for combined controllers (cpu -> cpu,cpuacct).
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                out.push(p.join(rel));
-            }
+/// How the cgroup hierarchies under a mount root are laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CgroupMode {
+    /// One unified (cgroup2) hierarchy at the root.
+    V2,
+    /// v1 controllers, and an (empty) cgroup2 hierarchy at `unified`.
+    Hybrid,
+    /// v1 controllers only.
+    V1,
+}
+
+impl CgroupMode {
+    /// Detects the layout under `root` by the file system type of the mounts.
+    pub fn detect(root: &Path) -> Self {
+        if is_cgroup2(root) {
+            Self::V2
+        } else if is_cgroup2(&root.join("unified")) {
+            Self::Hybrid
+        } else {
+            Self::V1
         }
     }
-    out
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::V2 => "v2",
+            Self::Hybrid => "hybrid",
+            Self::V1 => "v1",
+        }
+    }
+}
+
+fn is_cgroup2(p: &Path) -> bool {
+    nix::sys::statfs::statfs(p)
+        .map(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+        .unwrap_or(false)
+}
+
+/// Whether `root` is a unified (v2) hierarchy: the one test every part of the daemon uses.
+pub fn is_v2(root: &Path) -> bool {
+    CgroupMode::detect(root) == CgroupMode::V2
+}
+
+/// The hierarchies under `root` a cgroup path lives in: the root itself on v2, each v1
+/// controller's directory otherwise (not the symlinks kept for combined controllers).
+fn hierarchies(root: &Path) -> Vec<PathBuf> {
+    if is_v2(root) {
+        return vec![root.to_owned()];
+    }
+    std::fs::read_dir(root)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every directory for cgroup path `rel` (e.g. `inarray/<id>`) across the mounted hierarchies.
+pub fn locations(root: &Path, rel: &str) -> Vec<PathBuf> {
+    let rel = rel.trim_start_matches('/');
+    hierarchies(root).into_iter().map(|h| h.join(rel)).collect()
 }
 
 /// Whether any hierarchy still has the cgroup `rel`.
-pub fn exists(rel: &str) -> bool {
-    locations(rel).iter().any(|p| p.exists())
+pub fn exists(root: &Path, rel: &str) -> bool {
+    locations(root, rel).iter().any(|p| p.exists())
 }
 
 /// Kills every process left in cgroup `rel` and removes its directories. Best effort, bounded.
-pub fn cleanup(rel: &str) -> std::io::Result<()> {
+pub fn cleanup(root: &Path, rel: &str) -> std::io::Result<()> {
     let mut last_err = None;
-    for dir in locations(rel) {
+    for dir in locations(root, rel) {
         if !dir.exists() {
             continue;
         }
@@ -48,6 +96,14 @@ pub fn cleanup(rel: &str) -> std::io::Result<()> {
         }
     }
     last_err.map_or(Ok(()), Err)
+}
+
+/// Removes cgroup `rel`'s directories if they are empty (an rmdir, which the kernel refuses while
+/// a process or a child cgroup is in it). Best effort.
+pub fn remove_if_empty(root: &Path, rel: &str) {
+    for dir in locations(root, rel) {
+        let _ = std::fs::remove_dir(dir);
+    }
 }
 
 fn remove_tree(dir: &Path) -> std::io::Result<()> {
@@ -81,10 +137,9 @@ fn remove_tree(dir: &Path) -> std::io::Result<()> {
 }
 
 /// OOM kills recorded for cgroup `rel` (v1 `memory.oom_control`, v2 `memory.events`).
-pub fn oom_kills(rel: &str) -> Option<u64> {
+pub fn oom_kills(root: &Path, rel: &str) -> Option<u64> {
     let rel = rel.trim_start_matches('/');
-    let root = Path::new(CGROUP_ROOT);
-    let (file, key) = if root.join("cgroup.controllers").exists() {
+    let (file, key) = if is_v2(root) {
         (root.join(rel).join("memory.events"), "oom_kill")
     } else {
         (
@@ -101,18 +156,10 @@ pub fn oom_kills(rel: &str) -> Option<u64> {
 
 /// The cgroup paths (relative, e.g. `/inarray/default/<id>`) of any container `id` under
 /// `parent`, whatever its engine: for cleaning up after a crash without trusting the database.
-pub fn find_container(parent: &str, id: &str) -> Vec<String> {
+pub fn find_container(root: &Path, parent: &str, id: &str) -> Vec<String> {
     let mut found = std::collections::BTreeSet::new();
     let parent = parent.trim_matches('/');
-    let root = Path::new(CGROUP_ROOT);
-    let hierarchies: Vec<PathBuf> = if root.join("cgroup.controllers").exists() {
-        vec![root.to_owned()]
-    } else {
-        std::fs::read_dir(root)
-            .map(|rd| rd.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default()
-    };
-    for h in hierarchies {
+    for h in hierarchies(root) {
         if let Ok(engines) = std::fs::read_dir(h.join(parent)) {
             for e in engines.flatten() {
                 if e.path().join(id).is_dir() {

@@ -205,6 +205,16 @@ pub trait CgroupDriver: Send + Sync {
     fn is_v2(&self) -> bool;
     /// The array's block device (major, minor), which per-device I/O limits apply to.
     fn device(&self) -> Option<(u64, u64)>;
+    /// Where the hierarchies are mounted (the I/O guard reads and writes blk-throttle files there).
+    fn mount_root(&self) -> &Path;
+    /// Whether any hierarchy has the cgroup `path`.
+    fn exists(&self, path: &str) -> bool;
+    /// Kills whatever is left in the cgroup `path` and removes it from every hierarchy.
+    fn remove(&self, path: &str) -> std::io::Result<()>;
+    /// Removes the cgroup `path` where it is empty; leaves it where it is not.
+    fn remove_if_empty(&self, path: &str);
+    /// Kills and removes container `id`'s cgroups below `parent`, whichever engine they are in.
+    fn remove_container(&self, parent: &str, id: &str) -> std::io::Result<()>;
 }
 
 /// The real driver: youki's libcgroups over the mounted hierarchies.
@@ -226,6 +236,7 @@ impl LibcgroupsDriver {
             )
         })?;
         let v2 = matches!(setup, libcgroups::common::CgroupSetup::Unified);
+        debug_assert_eq!(v2, crate::cgroups::is_v2(root));
         Ok(Self {
             root: root.to_owned(),
             v2,
@@ -362,7 +373,7 @@ impl CgroupDriver for LibcgroupsDriver {
                 peak: s.memory.memory.max_usage,
                 limit: unlimited(s.memory.memory.limit),
                 failcnt: s.memory.memory.fail_count,
-                oom_kills: crate::cgroups::oom_kills(path).unwrap_or(0),
+                oom_kills: crate::cgroups::oom_kills(&self.root, path).unwrap_or(0),
             },
             io: if self.v2 {
                 // io.stat is hierarchical: an engine's figures include its containers'.
@@ -402,6 +413,29 @@ impl CgroupDriver for LibcgroupsDriver {
     fn device(&self) -> Option<(u64, u64)> {
         self.device
     }
+
+    fn mount_root(&self) -> &Path {
+        &self.root
+    }
+
+    fn exists(&self, path: &str) -> bool {
+        crate::cgroups::exists(&self.root, path)
+    }
+
+    fn remove(&self, path: &str) -> std::io::Result<()> {
+        crate::cgroups::cleanup(&self.root, path)
+    }
+
+    fn remove_if_empty(&self, path: &str) {
+        crate::cgroups::remove_if_empty(&self.root, path)
+    }
+
+    fn remove_container(&self, parent: &str, id: &str) -> std::io::Result<()> {
+        for path in crate::cgroups::find_container(&self.root, parent, id) {
+            crate::cgroups::cleanup(&self.root, &path)?;
+        }
+        Ok(())
+    }
 }
 
 /// A driver that only records what it is asked, for tests that must not touch the host's
@@ -410,6 +444,8 @@ impl CgroupDriver for LibcgroupsDriver {
 pub struct RecordingDriver {
     pub applied: std::sync::Mutex<Vec<(String, Resources)>>,
     pub moved: std::sync::Mutex<Vec<(String, i32)>>,
+    /// Cgroup paths removed (`remove`), and `parent/*/id` for `remove_container`.
+    pub removed: std::sync::Mutex<Vec<String>>,
 }
 
 impl CgroupDriver for RecordingDriver {
@@ -435,6 +471,32 @@ impl CgroupDriver for RecordingDriver {
     }
     fn device(&self) -> Option<(u64, u64)> {
         None
+    }
+    fn mount_root(&self) -> &Path {
+        // Nothing is ever read or written below it: the recording driver has no hierarchy.
+        Path::new("/nonexistent/cgroup")
+    }
+    fn exists(&self, path: &str) -> bool {
+        self.applied
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|(p, _)| p == path)
+            && !self.removed.lock().expect("lock").iter().any(|p| p == path)
+    }
+    fn remove(&self, path: &str) -> std::io::Result<()> {
+        self.removed.lock().expect("lock").push(path.to_owned());
+        Ok(())
+    }
+    fn remove_if_empty(&self, path: &str) {
+        self.removed.lock().expect("lock").push(path.to_owned());
+    }
+    fn remove_container(&self, parent: &str, id: &str) -> std::io::Result<()> {
+        self.removed
+            .lock()
+            .expect("lock")
+            .push(format!("{}/*/{id}", parent.trim_end_matches('/')));
+        Ok(())
     }
 }
 

@@ -7,6 +7,7 @@ pub mod config;
 pub mod engines;
 mod fsutil;
 pub mod ioguard;
+pub mod launcher;
 pub mod manager;
 pub mod paths;
 pub mod resources;

@@ -148,7 +148,8 @@ pub fn main(dir: &Path) -> ! {
     log(&format!("container started, pid {}", rec.pid));
     let (exit_code, signal) = reap(Pid::from_raw(rec.pid));
     // Read before the runtime deletes the cgroup.
-    let oom_killed = crate::cgroups::oom_kills(&cgroup).unwrap_or(0) > 0;
+    let oom_killed =
+        crate::cgroups::oom_kills(Path::new(crate::cgroups::MOUNT_ROOT), &cgroup).unwrap_or(0) > 0;
     let record = ExitRecord {
         exit_code,
         signal,

@@ -44,6 +44,38 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// Whether `error`, or any error in its source chain, says a disk is full: an I/O error ENOSPC
+/// (or EDQUOT) from any layer, or SQLite's SQLITE_FULL. Decided by kind, never by the message's
+/// words, so every crate's errors are classified alike (the API answers 507 for them).
+pub fn is_disk_full(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if matches!(io.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) {
+                return true;
+            }
+        }
+        if let Some(sqlx::Error::Database(db)) = e.downcast_ref::<sqlx::Error>() {
+            // SQLITE_FULL (13), possibly with an extended code in the upper bits.
+            if db
+                .code()
+                .and_then(|c| c.parse::<i32>().ok())
+                .map(|c| c & 0xff)
+                == Some(13)
+            {
+                return true;
+            }
+        }
+        if let Some(sqlx::Error::Io(io)) = e.downcast_ref::<sqlx::Error>() {
+            if matches!(io.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) {
+                return true;
+            }
+        }
+        cur = e.source();
+    }
+    false
+}
+
 /// A handle on the state database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {

@@ -2785,6 +2785,87 @@ async fn requests_beyond_the_limits_are_refused() {
 }
 
 #[tokio::test]
+async fn refusals_by_the_in_flight_limit_are_audited() {
+    let env = Env::with_limits(Limits {
+        max_in_flight: 1,
+        body_timeout: std::time::Duration::from_millis(300),
+        ..Limits::default()
+    })
+    .await;
+    let op = env.token("ops", "operate").await;
+    // A body that never finishes holds the only slot until the body timeout.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    tx.send(Ok(b"{\"image\": ".to_vec())).await.unwrap();
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    let slow = tokio::spawn(
+        env.app.clone().oneshot(
+            Request::builder()
+                .method("POST")
+                .uri("/v1/containers")
+                .header("content-type", "application/json")
+                .extension(unix_root())
+                .body(Body::from_stream(stream))
+                .unwrap(),
+        ),
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let busy = |r: Reply| {
+        r.expect_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "too many requests in flight (at most 1)",
+        );
+    };
+    env.over_tcp(Some(&format!("Bearer {op}")));
+    busy(env.post("/v1/containers/abc/stop").await);
+    busy(env.get("/v1/containers").await);
+    // The limit answers before authentication does; the caller is still named.
+    env.over_tcp(Some("Bearer nope"));
+    busy(env.delete("/v1/containers/x").await);
+    let resp = slow.await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT);
+    // The slot is free once the reply's body is gone.
+    drop(resp);
+    drop(tx);
+    let s = |x: &str| x.to_owned();
+    assert_eq!(
+        env.audit_log().await.0,
+        vec![
+            (
+                s("unix:0"),
+                s("POST"),
+                s("/v1/containers"),
+                s("/v1/containers"),
+                408
+            ),
+            (
+                s("anonymous:192.0.2.7"),
+                s("DELETE"),
+                s("/v1/containers/{id}"),
+                s("/v1/containers/x"),
+                503
+            ),
+            (
+                s("token:1:ops"),
+                s("POST"),
+                s("/v1/containers/{id}/stop"),
+                s("/v1/containers/abc/stop"),
+                503
+            ),
+            (
+                s("unix:0"),
+                s("POST"),
+                s("/v1/tokens"),
+                s("/v1/tokens"),
+                201
+            ),
+        ],
+        "a mutating call refused by the in-flight limit is audited before its 503; a GET is not"
+    );
+}
+
+#[tokio::test]
 async fn info_and_latency_metrics() {
     let env = Env::new().await;
     let i = env.get("/v1/info").await.expect(StatusCode::OK).json();

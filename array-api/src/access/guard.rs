@@ -4,10 +4,10 @@
 //! 1. [`observe`]: the request's span, its latency in the histograms, one log line;
 //! 2. [`identify`]: the peer and the `Authorization` header become a principal — who the
 //!    caller is (or `anonymous`), and whether authentication succeeded; nothing is refused yet;
-//! 3. [`limit`]: at most `max_in_flight` requests at once (503 beyond); the slot is held until
-//!    the reply's body is sent;
-//! 4. [`audit`]: a mutating call's entry is written to the audit log with the reply's status,
+//! 3. [`audit`]: a mutating call's entry is written to the audit log with the reply's status,
 //!    before the reply is sent — whatever the steps below answered, refusals included;
+//! 4. [`limit`]: at most `max_in_flight` requests at once (503 beyond); the slot is held until
+//!    the reply's body is sent;
 //! 5. [`authorize`]: 401 without a valid token, 403 when its scope does not cover the route;
 //!    otherwise the [`Identity`] is attached for the handler and the request goes on.
 //!
@@ -37,8 +37,8 @@ where
     // The layer added last runs first.
     router
         .layer(from_fn(authorize))
-        .layer(from_fn_with_state(access.clone(), audit))
         .layer(from_fn_with_state(access.clone(), limit))
+        .layer(from_fn_with_state(access.clone(), audit))
         .layer(from_fn_with_state(access.clone(), identify))
         .layer(from_fn_with_state(access.clone(), observe))
 }
@@ -158,7 +158,7 @@ fn authenticate(
     })
 }
 
-/// Step 4: a mutating call's audit entry, written before its reply is sent.
+/// Step 3: a mutating call's audit entry, written before its reply is sent.
 async fn audit(State(access): State<Access>, req: Request, next: Next) -> Response {
     if !is_mutating(req.method()) {
         return next.run(req).await;
@@ -184,7 +184,7 @@ async fn audit(State(access): State<Access>, req: Request, next: Next) -> Respon
     resp
 }
 
-/// Step 3: the in-flight limit. The slot is held until the reply's body is sent (or dropped).
+/// Step 4: the in-flight limit. The slot is held until the reply's body is sent (or dropped).
 async fn limit(State(access): State<Access>, req: Request, next: Next) -> Response {
     let Ok(permit) = access.inner.in_flight.clone().try_acquire_owned() else {
         return ApiError::busy(access.inner.limits.max_in_flight).into_response();

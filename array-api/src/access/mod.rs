@@ -4,7 +4,7 @@
 //! - [`config`]: the `[api]` table (limits, TLS, audit retention);
 //! - [`tokens`](self::tokens): token secrets and the in-memory table of their hashes;
 //! - [`guard`]: the middleware every request passes, in this order — observe (span, latency,
-//!   log), identify (peer → principal), in-flight limit, audit, authorize (scope);
+//!   log), identify (peer → principal), audit, in-flight limit, authorize (scope);
 //! - the handlers of `/v1/tokens` and `/v1/audit` are in `crate::tokens`, `/v1/info` in
 //!   `crate::info`.
 //!
@@ -14,8 +14,8 @@
 //! - over TCP the caller must send `Authorization: Bearer <token>`; a missing or unknown token is
 //!   401, a token whose scope does not cover the route is 403, both in the API's error shape;
 //! - at most `max_in_flight` requests are served at once (503 beyond);
-//! - every mutating call (any method but GET/HEAD), refused ones included, is appended to the
-//!   audit log in SQL before its reply is sent.
+//! - every mutating call (any method but GET/HEAD), refused ones included — by authentication,
+//!   scope or the in-flight limit —, is appended to the audit log in SQL before its reply is sent.
 //!
 //! Tokens are random 256-bit secrets; only their SHA-256 is stored (see docs/design/service.md for
 //! why no slow KDF is needed). The table is cached in memory and re-read after every change and

@@ -231,7 +231,7 @@ impl From<EventsError> for ApiError {
             EventsError::Invalid { .. } => Self::bad_request(e.to_string()),
             EventsError::NotFound { .. } => Self::not_found(e.to_string()),
             EventsError::Conflict(m) => Self::conflict(m),
-            // 507: a configured ceiling (watches, subscriptions, the log's size) is reached.
+            // 507: the kernel's inotify limits (watches, instances) are reached.
             EventsError::Limit(m) => Self::new(StatusCode::INSUFFICIENT_STORAGE, "limit", m),
             EventsError::Store(s) => s.into(),
             EventsError::Internal(m) => Self::internal(m),

@@ -517,7 +517,9 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
     if let Some(n) = s.nats.clone() {
         events.start_nats(n).await.context("events.nats")?;
     }
-    let nfs = inarray_nfs::start(&s.exports, s.nfs_listen, &array, &store)
+    // One exports service for the API, the gateway and SIGHUP reload.
+    let exports = inarray_nfs::Exports::new(store.clone());
+    let nfs = inarray_nfs::start(&exports, &s.exports, s.nfs_listen, &array)
         .await
         .context("nfs gateway")?;
     let access = inarray_api::access::Access::new(
@@ -559,20 +561,20 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
             }
         });
     }
-    let mut app = inarray_api::events::attach(
-        inarray_api::jobs::attach(inarray_api::router(manager.clone()), jobs.clone()),
-        events.clone(),
-    );
-    if let Some(nfs) = &nfs {
-        app = inarray_api::exports::attach_metrics(app, nfs.metrics.clone());
-    }
-    let app = inarray_api::access::attach(app, access.clone());
+    let app = inarray_api::router(inarray_api::AppState {
+        manager: manager.clone(),
+        jobs: jobs.clone(),
+        events: events.clone(),
+        exports: exports.clone(),
+        nfs_metrics: nfs.as_ref().map(|n| n.metrics.clone()),
+        access: access.clone(),
+    });
     if let Some(path) = opts.config.clone() {
         let reloader = Reloader {
             opts,
             path,
             manager,
-            store: store.clone(),
+            exports,
             access,
             log: log_handle,
             current: s,
@@ -625,7 +627,7 @@ struct Reloader {
     opts: ServeOpts,
     path: PathBuf,
     manager: inarray_runtime::Manager,
-    store: inarray_store::Store,
+    exports: inarray_nfs::Exports,
     access: inarray_api::access::Access,
     log: crate::logging::FilterHandle,
     current: Settings,
@@ -685,7 +687,8 @@ impl Reloader {
             tracing::info!(engines = ?names, "engines applied");
         }
         if new.exports != self.current.exports {
-            inarray_nfs::apply_config(&self.store, &new.exports)
+            self.exports
+                .apply_config(&new.exports)
                 .await
                 .context("exports")?;
             let names: Vec<&str> = new.exports.iter().map(|e| e.name.as_str()).collect();

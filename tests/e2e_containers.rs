@@ -285,7 +285,12 @@ async fn delete_leaves_no_overlay_cgroup_or_mount() {
     let dir = d.state.join("containers").join(&id);
     assert!(dir.join("upper").is_dir());
     assert!(
-        !inarray_runtime::cgroups::find_container(&d.cgroup_root, &id).is_empty(),
+        !inarray_runtime::cgroups::find_container(
+            std::path::Path::new(inarray_runtime::cgroups::MOUNT_ROOT),
+            &d.cgroup_root,
+            &id
+        )
+        .is_empty(),
         "the container has cgroups while it runs"
     );
     // The overlay and binds live in the shim's private mount namespace, never the host's.
@@ -303,7 +308,12 @@ async fn delete_leaves_no_overlay_cgroup_or_mount() {
     assert!(!dir.exists(), "container dir removed");
     assert!(!d.state.join("rt").join(&id).exists());
     assert!(
-        inarray_runtime::cgroups::find_container(&d.cgroup_root, &id).is_empty(),
+        inarray_runtime::cgroups::find_container(
+            std::path::Path::new(inarray_runtime::cgroups::MOUNT_ROOT),
+            &d.cgroup_root,
+            &id
+        )
+        .is_empty(),
         "cgroups removed"
     );
     let shims = std::fs::read_dir("/proc")
@@ -454,7 +464,12 @@ async fn a_killed_shim_marks_the_container_dead_and_cleans_up() {
         assert!(Instant::now() < deadline, "container {pid} still alive");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(inarray_runtime::cgroups::find_container(&d.cgroup_root, &id).is_empty());
+    assert!(inarray_runtime::cgroups::find_container(
+        std::path::Path::new(inarray_runtime::cgroups::MOUNT_ROOT),
+        &d.cgroup_root,
+        &id
+    )
+    .is_empty());
     // It can be started again, and deleted.
     let c = d
         .ok(Method::POST, &format!("/v1/containers/{id}/start"), None)

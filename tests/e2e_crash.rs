@@ -42,7 +42,10 @@ async fn containers(d: &TestDaemon) -> Vec<Value> {
 /// The container ids that have a cgroup under this daemon's root, in any engine and hierarchy.
 fn cgroup_ids(root: &str) -> BTreeSet<String> {
     let mut ids = BTreeSet::new();
-    for base in inarray_runtime::cgroups::locations(root) {
+    for base in inarray_runtime::cgroups::locations(
+        std::path::Path::new(inarray_runtime::cgroups::MOUNT_ROOT),
+        root,
+    ) {
         for engine in std::fs::read_dir(&base).into_iter().flatten().flatten() {
             if !engine.file_type().map(|t| t.is_dir()).unwrap_or(false) {
                 continue;

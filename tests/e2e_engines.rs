@@ -124,7 +124,10 @@ async fn the_daemon_runs_in_storage_and_containers_in_their_engine() {
     .await;
     d.ok(Method::DELETE, "/v1/engines/batch", None).await;
     assert!(
-        !inarray_runtime::cgroups::exists(&format!("/{}/batch", d.cgroup_root)),
+        !inarray_runtime::cgroups::exists(
+            std::path::Path::new(inarray_runtime::cgroups::MOUNT_ROOT),
+            &format!("/{}/batch", d.cgroup_root)
+        ),
         "the engine's cgroups are gone"
     );
 }

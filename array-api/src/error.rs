@@ -1,8 +1,15 @@
 //! The API's one error type: every failure becomes `{"error": {"code", "message"}}` with a status
-//! chosen here, in one place. Internal errors are logged in full and answered with a generic text.
+//! chosen here, in one place: the named constructors below and the maps from each domain's error
+//! type (runtime, store, jobs, events, exports, registries). Handlers choose only their success
+//! status (200, 201, 204). Internal errors are logged in full and answered with a generic text.
 
-use axum::http::StatusCode;
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use inarray_events::EventsError;
+use inarray_jobs::JobsError;
+use inarray_nfs::ExportError;
 use inarray_runtime::ManagerError;
 use serde_json::json;
 
@@ -14,19 +21,110 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
             message: message.into(),
         }
     }
+    /// 400: the request is invalid; the message names the field or parameter.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
     }
+    /// 404.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
+    /// 405: the route exists, the method does not.
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed on this route",
+        )
+    }
+    /// 409: the object exists already, or is in a state that forbids the action.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
+    /// 422: the container was made but its process could not start.
+    pub fn start_failed(message: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "start_failed",
+            format!("cannot start the container: {message}"),
+        )
+    }
+    /// 401: no credentials, or unknown ones (the reply carries `WWW-Authenticate: Bearer`).
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+    /// 403: the caller's scope does not cover the route.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+    /// 503: every request slot is taken.
+    pub fn busy(max_in_flight: usize) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            format!("too many requests in flight (at most {max_in_flight}); retry later"),
+        )
+    }
+    /// 415: a JSON body without a JSON content type.
+    pub fn unsupported_media_type() -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "expected request with `Content-Type: application/json`",
+        )
+    }
+    /// 400: the body is not JSON.
+    pub fn malformed_json(message: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("failed to parse the request body as JSON: {message}"),
+        )
+    }
+    /// 422: JSON of the wrong shape; the message names the field.
+    pub fn invalid_field(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message)
+    }
+    /// 408: the body did not arrive in time.
+    pub fn body_timeout(limit: Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!("the request body did not arrive within {limit:?}"),
+        )
+    }
+    /// 408: a streamed upload stopped sending.
+    pub fn upload_stalled(idle: Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!("the upload stalled: no data for {idle:?}; nothing was imported"),
+        )
+    }
+    /// 413: the body is over the configured size.
+    pub fn body_too_large(max_bytes: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_body",
+            format!("the request body is over the length limit of {max_bytes} bytes"),
+        )
+    }
+    /// 400: the body could not be read.
+    pub fn unreadable_body(e: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            format!("cannot read the request body: {e}"),
+        )
+    }
+    /// 500: logged in full, answered with a generic text (507 if the text says the disk is full).
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         let detail = detail.to_string();
         if is_disk_full(&detail) {
@@ -79,7 +177,12 @@ fn is_disk_full(text: &str) -> bool {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, axum::Json(body)).into_response()
+        let mut r = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        r
     }
 }
 
@@ -88,7 +191,7 @@ impl From<ManagerError> for ApiError {
         use ManagerError as M;
         match e {
             M::NotFound { .. } => Self::not_found(e.to_string()),
-            M::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
+            M::Conflict(m) => Self::conflict(m),
             M::Invalid(f) => Self::bad_request(f.to_string()),
             M::Volume(v) if v.is_client_error() => Self::bad_request(v.to_string()),
             M::Image(inarray_images::ImageError::Registry(r)) => Self::registry(r),
@@ -96,14 +199,12 @@ impl From<ManagerError> for ApiError {
                 Self::new(StatusCode::BAD_REQUEST, "invalid_image", i.to_string())
             }
             ref start @ M::Start { ref message, .. } => {
+                // The shim reports its failures as text (another process); the daemon's own
+                // causes are classified by kind.
                 if start.is_disk_full() || is_disk_full(message) {
                     return Self::disk_full();
                 }
-                Self::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "start_failed",
-                    format!("cannot start the container: {message}"),
-                )
+                Self::start_failed(message)
             }
             other if other.is_disk_full() => {
                 tracing::error!(error = %other, "disk full");
@@ -117,5 +218,47 @@ impl From<ManagerError> for ApiError {
 impl From<inarray_store::StoreError> for ApiError {
     fn from(e: inarray_store::StoreError) -> Self {
         Self::internal(e)
+    }
+}
+
+impl From<JobsError> for ApiError {
+    fn from(e: JobsError) -> Self {
+        match e {
+            JobsError::Invalid { .. } => Self::bad_request(e.to_string()),
+            JobsError::NotFound(_) => Self::not_found(e.to_string()),
+            JobsError::Conflict(m) => Self::conflict(m),
+            JobsError::Start { message, .. } => Self::start_failed(message),
+            JobsError::Container(m) => m.into(),
+            JobsError::Store(s) => s.into(),
+            JobsError::Internal(m) => Self::internal(m),
+        }
+    }
+}
+
+impl From<EventsError> for ApiError {
+    fn from(e: EventsError) -> Self {
+        match e {
+            EventsError::Invalid { .. } => Self::bad_request(e.to_string()),
+            EventsError::NotFound { .. } => Self::not_found(e.to_string()),
+            EventsError::Conflict(m) => Self::conflict(m),
+            // 507: the kernel's inotify limits (watches, instances) are reached.
+            EventsError::Limit(m) => Self::new(StatusCode::INSUFFICIENT_STORAGE, "limit", m),
+            EventsError::Store(s) => s.into(),
+            EventsError::Internal(m) => Self::internal(m),
+        }
+    }
+}
+
+impl From<ExportError> for ApiError {
+    fn from(e: ExportError) -> Self {
+        match e {
+            ExportError::Invalid(_) => Self::bad_request(e.to_string()),
+            ExportError::NotFound(_) => Self::not_found(e.to_string()),
+            ExportError::Conflict(_) => Self::conflict(e.to_string()),
+            ExportError::Store(s) => s.into(),
+            ExportError::Duplicate(_)
+            | ExportError::Config { .. }
+            | ExportError::Unreadable { .. } => Self::internal(e),
+        }
     }
 }

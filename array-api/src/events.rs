@@ -1,24 +1,23 @@
 //! `/v1/watches`, `/v1/subscriptions`, `/v1/events`: file events. Each handler is one call on
-//! [`inarray_events::Events`], which the daemon attaches with [`attach`] (a request extension).
+//! [`inarray_events::Events`], a part of the router's state.
 
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use inarray_events::{Events, EventsError, SubscriptionSpec, WatchSpec};
-use inarray_runtime::Manager;
+use inarray_events::{Events, SubscriptionSpec, WatchSpec};
 use serde::Deserialize;
 
 use crate::error::ApiError;
 use crate::extract::{Json, Path, Query};
+use crate::state::AppState;
 
-pub fn routes() -> Router<Manager> {
+pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/watches", get(list_watches).post(create_watch))
         .route("/v1/watches/{name}", get(get_watch).delete(delete_watch))
@@ -37,74 +36,54 @@ pub fn routes() -> Router<Manager> {
         .route("/v1/events", get(read_events))
 }
 
-/// Makes the events service reachable from these routes.
-pub fn attach(router: Router, events: Events) -> Router {
-    router.layer(axum::Extension(events))
-}
-
-struct Svc(Events);
-
-impl<S: Send + Sync> FromRequestParts<S> for Svc {
-    type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        parts
-            .extensions
-            .get::<Events>()
-            .cloned()
-            .map(Svc)
-            .ok_or_else(|| ApiError::internal("the events service is not attached to the router"))
-    }
-}
-
-impl From<EventsError> for ApiError {
-    fn from(e: EventsError) -> Self {
-        match e {
-            EventsError::Invalid { .. } => Self::bad_request(e.to_string()),
-            EventsError::NotFound { .. } => Self::not_found(e.to_string()),
-            EventsError::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
-            EventsError::Limit(m) => Self::new(StatusCode::INSUFFICIENT_STORAGE, "limit", m),
-            EventsError::Store(s) => s.into(),
-            EventsError::Internal(m) => Self::internal(m),
-        }
-    }
-}
-
-async fn list_watches(Svc(e): Svc) -> Response {
+async fn list_watches(State(e): State<Events>) -> Response {
     axum::Json(e.watches()).into_response()
 }
 
-async fn create_watch(Svc(e): Svc, Json(spec): Json<WatchSpec>) -> Result<Response, ApiError> {
+async fn create_watch(
+    State(e): State<Events>,
+    Json(spec): Json<WatchSpec>,
+) -> Result<Response, ApiError> {
     let w = e.create_watch(spec).await?;
     Ok((StatusCode::CREATED, axum::Json(w)).into_response())
 }
 
-async fn get_watch(Svc(e): Svc, Path(name): Path<String>) -> Result<Response, ApiError> {
+async fn get_watch(
+    State(e): State<Events>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
     Ok(axum::Json(e.watch(&name)?).into_response())
 }
 
-async fn delete_watch(Svc(e): Svc, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+async fn delete_watch(
+    State(e): State<Events>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
     e.delete_watch(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list_subscriptions(Svc(e): Svc) -> Response {
+async fn list_subscriptions(State(e): State<Events>) -> Response {
     axum::Json(e.subscriptions()).into_response()
 }
 
 async fn create_subscription(
-    Svc(e): Svc,
+    State(e): State<Events>,
     Json(spec): Json<SubscriptionSpec>,
 ) -> Result<Response, ApiError> {
     let s = e.create_subscription(spec).await?;
     Ok((StatusCode::CREATED, axum::Json(s)).into_response())
 }
 
-async fn get_subscription(Svc(e): Svc, Path(name): Path<String>) -> Result<Response, ApiError> {
+async fn get_subscription(
+    State(e): State<Events>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
     Ok(axum::Json(e.subscription(&name)?).into_response())
 }
 
 async fn delete_subscription(
-    Svc(e): Svc,
+    State(e): State<Events>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     e.delete_subscription(&name).await?;
@@ -144,7 +123,7 @@ fn wait_of(wait: Option<u64>) -> Result<Duration, ApiError> {
 }
 
 async fn poll_events(
-    Svc(e): Svc,
+    State(e): State<Events>,
     Path(name): Path<String>,
     Query(q): Query<PollQuery>,
 ) -> Result<Response, ApiError> {
@@ -164,7 +143,7 @@ struct StreamQuery {
 /// Acknowledge with `POST …/ack` as with polling; unacknowledged events come again after the
 /// ack deadline.
 async fn stream_events(
-    Svc(e): Svc,
+    State(e): State<Events>,
     Path(name): Path<String>,
     Query(q): Query<StreamQuery>,
 ) -> Result<Response, ApiError> {
@@ -202,7 +181,7 @@ async fn stream_events(
 
 /// A WebSocket: see [`crate::events_ws`].
 async fn ws_events(
-    Svc(e): Svc,
+    State(e): State<Events>,
     Path(name): Path<String>,
     Query(q): Query<StreamQuery>,
     req: axum::extract::Request,
@@ -218,7 +197,7 @@ struct AckBody {
 }
 
 async fn ack(
-    Svc(e): Svc,
+    State(e): State<Events>,
     Path(name): Path<String>,
     Json(b): Json<AckBody>,
 ) -> Result<Response, ApiError> {
@@ -235,7 +214,10 @@ struct ReadQuery {
 }
 
 /// The log itself, without a subscription (for `inarray events tail`): no cursor is kept.
-async fn read_events(Svc(e): Svc, Query(q): Query<ReadQuery>) -> Result<Response, ApiError> {
+async fn read_events(
+    State(e): State<Events>,
+    Query(q): Query<ReadQuery>,
+) -> Result<Response, ApiError> {
     let wait = wait_of(q.wait)?;
     let after = q.after.unwrap_or(0);
     let max = q.max.unwrap_or(1000);

@@ -1,17 +1,23 @@
 //! Extractors whose rejections come back in the API's error shape.
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRef, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
+use crate::access::Limits;
 use crate::error::ApiError;
 
-/// `axum::Json`, with malformed bodies answered as `{"error": …}` (400, 413, 415 or 422).
+/// `axum::Json`, with malformed bodies answered as `{"error": …}` (400, 413, 415 or 422), within
+/// the router state's [`Limits`].
 pub struct Json<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
+impl<S, T> FromRequest<S> for Json<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+    Limits: FromRef<S>,
+{
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let is_json = req
@@ -25,27 +31,16 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
             })
             .unwrap_or(false);
         if !is_json {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "expected request with `Content-Type: application/json`",
-            ));
+            return Err(ApiError::unsupported_media_type());
         }
-        let limits = req
-            .extensions()
-            .get::<crate::access::Limits>()
-            .copied()
-            .unwrap_or_default();
-        let _ = state;
+        let limits = Limits::from_ref(state);
         let bytes = read_body(req.into_body(), &limits).await?;
         check_shape(&bytes, limits.max_json_depth, limits.max_array_len)?;
         // Request bodies are JSON objects, never arrays (serde would otherwise accept a struct
         // written as the array of its fields).
         let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
         if first.is_some_and(|b| *b != b'{') {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_field",
+            return Err(ApiError::invalid_field(
                 "the request body must be a JSON object",
             ));
         }
@@ -65,47 +60,24 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
                 format!("{path}: {text}")
             };
             if syntax {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "malformed_json",
-                    format!("failed to parse the request body as JSON: {message}"),
-                )
+                ApiError::malformed_json(message)
             } else {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message)
+                ApiError::invalid_field(message)
             }
         })
     }
 }
 
 /// The whole body, within the size limit (413) and the body timeout (408).
-async fn read_body(
-    body: axum::body::Body,
-    limits: &crate::access::Limits,
-) -> Result<axum::body::Bytes, ApiError> {
+async fn read_body(body: axum::body::Body, limits: &Limits) -> Result<axum::body::Bytes, ApiError> {
     use http_body_util::BodyExt;
     let limited = http_body_util::Limited::new(body, limits.max_body_bytes);
     match tokio::time::timeout(limits.body_timeout, limited.collect()).await {
-        Err(_) => Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "body_timeout",
-            format!(
-                "the request body did not arrive within {:?}",
-                limits.body_timeout
-            ),
-        )),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "invalid_body",
-            format!(
-                "the request body is over the length limit of {} bytes",
-                limits.max_body_bytes
-            ),
-        )),
-        Ok(Err(e)) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_body",
-            format!("cannot read the request body: {e}"),
-        )),
+        Err(_) => Err(ApiError::body_timeout(limits.body_timeout)),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::body_too_large(limits.max_body_bytes))
+        }
+        Ok(Err(e)) => Err(ApiError::unreadable_body(e)),
         Ok(Ok(c)) => Ok(c.to_bytes()),
     }
 }

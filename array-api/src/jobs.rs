@@ -1,23 +1,22 @@
 //! `/v1/jobs`: scheduled jobs. Each handler is one call on the scheduler ([`inarray_jobs::Jobs`]),
-//! which the daemon attaches to the router with [`attach`] (a request extension, so the router's
-//! state stays the container manager).
+//! a part of the router's state.
 
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use chrono::{DateTime, Utc};
-use inarray_jobs::{Concurrency, History, Job, JobPatch, JobSpec, Jobs, JobsError, Missed};
-use inarray_runtime::{ContainerConfig, Manager};
+use inarray_jobs::{Concurrency, History, Job, JobPatch, JobSpec, Jobs, Missed};
+use inarray_runtime::ContainerConfig;
 use inarray_store::{RunRow, RunState, RunTrigger};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
 use crate::extract::{Json, Path, Query};
+use crate::state::AppState;
 
-pub fn routes() -> Router<Manager> {
+pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/jobs", get(list_jobs).post(create_job))
         .route(
@@ -28,44 +27,6 @@ pub fn routes() -> Router<Manager> {
         .route("/v1/jobs/{name}/runs", get(job_runs))
         .route("/v1/jobs/{name}/suspend", post(suspend_job))
         .route("/v1/jobs/{name}/resume", post(resume_job))
-}
-
-/// Makes the scheduler reachable from the job routes.
-pub fn attach(router: Router, jobs: Jobs) -> Router {
-    router.layer(axum::Extension(jobs))
-}
-
-/// The scheduler, from the request's extensions.
-struct Scheduler(Jobs);
-
-impl<S: Send + Sync> FromRequestParts<S> for Scheduler {
-    type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        parts
-            .extensions
-            .get::<Jobs>()
-            .cloned()
-            .map(Scheduler)
-            .ok_or_else(|| ApiError::internal("the job scheduler is not attached to the router"))
-    }
-}
-
-impl From<JobsError> for ApiError {
-    fn from(e: JobsError) -> Self {
-        match e {
-            JobsError::Invalid { .. } => Self::bad_request(e.to_string()),
-            JobsError::NotFound(_) => Self::not_found(e.to_string()),
-            JobsError::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
-            JobsError::Start { message, .. } => Self::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "start_failed",
-                format!("cannot start the container: {message}"),
-            ),
-            JobsError::Container(m) => m.into(),
-            JobsError::Store(s) => s.into(),
-            JobsError::Internal(m) => Self::internal(m),
-        }
-    }
 }
 
 /// The job object of the API: the definition, then its state.
@@ -171,14 +132,14 @@ impl From<RunRow> for RunView {
     }
 }
 
-async fn list_jobs(Scheduler(j): Scheduler) -> Result<axum::Json<Vec<JobView>>, ApiError> {
+async fn list_jobs(State(j): State<Jobs>) -> Result<axum::Json<Vec<JobView>>, ApiError> {
     Ok(axum::Json(
         j.list().await?.into_iter().map(JobView::from).collect(),
     ))
 }
 
 async fn create_job(
-    Scheduler(j): Scheduler,
+    State(j): State<Jobs>,
     Json(spec): Json<JobSpec>,
 ) -> Result<Response, ApiError> {
     let job = j.create(spec).await?;
@@ -186,14 +147,14 @@ async fn create_job(
 }
 
 async fn get_job(
-    Scheduler(j): Scheduler,
+    State(j): State<Jobs>,
     Path(name): Path<String>,
 ) -> Result<axum::Json<JobView>, ApiError> {
     Ok(axum::Json(j.get(&name).await?.into()))
 }
 
 async fn update_job(
-    Scheduler(j): Scheduler,
+    State(j): State<Jobs>,
     Path(name): Path<String>,
     Json(patch): Json<JobPatch>,
 ) -> Result<axum::Json<JobView>, ApiError> {
@@ -201,14 +162,14 @@ async fn update_job(
 }
 
 async fn delete_job(
-    Scheduler(j): Scheduler,
+    State(j): State<Jobs>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     j.delete(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn run_job(Scheduler(j): Scheduler, Path(name): Path<String>) -> Result<Response, ApiError> {
+async fn run_job(State(j): State<Jobs>, Path(name): Path<String>) -> Result<Response, ApiError> {
     let run = j.run_now(&name).await?;
     Ok((StatusCode::CREATED, axum::Json(RunView::from(run))).into_response())
 }
@@ -220,7 +181,7 @@ struct RunsQuery {
 }
 
 async fn job_runs(
-    Scheduler(j): Scheduler,
+    State(j): State<Jobs>,
     Path(name): Path<String>,
     Query(q): Query<RunsQuery>,
 ) -> Result<axum::Json<Vec<RunView>>, ApiError> {
@@ -241,14 +202,14 @@ async fn job_runs(
 }
 
 async fn suspend_job(
-    Scheduler(j): Scheduler,
+    State(j): State<Jobs>,
     Path(name): Path<String>,
 ) -> Result<axum::Json<JobView>, ApiError> {
     Ok(axum::Json(j.set_suspended(&name, true).await?.into()))
 }
 
 async fn resume_job(
-    Scheduler(j): Scheduler,
+    State(j): State<Jobs>,
     Path(name): Path<String>,
 ) -> Result<axum::Json<JobView>, ApiError> {
     Ok(axum::Json(j.set_suspended(&name, false).await?.into()))

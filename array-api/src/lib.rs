@@ -2,17 +2,24 @@
 
 pub mod access;
 pub mod client;
+pub mod containers;
 pub mod engines;
 pub mod error;
 pub mod events;
 pub mod events_ws;
 pub mod exports;
 pub mod extract;
+pub mod images;
+pub mod info;
 pub mod jobs;
 pub mod metrics;
 pub mod registries;
 pub mod routes;
 pub mod serve;
+pub mod state;
+mod stats;
+pub mod tokens;
 
 pub use error::ApiError;
 pub use routes::router;
+pub use state::AppState;

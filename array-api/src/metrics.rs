@@ -1,10 +1,123 @@
-//! A small writer for the Prometheus text exposition format (0.0.4): families grouped, HELP and
-//! TYPE once per family, label values escaped.
+//! `GET /metrics`: Prometheus text exposition (format 0.0.4) for the daemon, the API, the I/O
+//! guard, engines, running containers and the NFS gateway; and the small writer of that format
+//! (families grouped, HELP and TYPE once per family, label values escaped) with the API's
+//! latency histograms.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
 use inarray_runtime::engines::Usage;
+use inarray_runtime::Manager;
+
+use crate::access::Access;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/metrics", get(metrics))
+}
+
+/// Prometheus text exposition (format 0.0.4) for the daemon, engines and running containers.
+async fn metrics(
+    State(m): State<Manager>,
+    State(access): State<Access>,
+    State(nfs): State<Option<inarray_nfs::Metrics>>,
+) -> Result<Response, ApiError> {
+    let mut out = Exposition::default();
+    out.gauge("inarray_up", "1 while the daemon serves", &[], 1.0);
+    access.write_metrics(&mut out);
+    if let Some(rss) = self_rss_bytes() {
+        out.gauge(
+            "inarray_daemon_resident_memory_bytes",
+            "resident memory of the daemon process",
+            &[],
+            rss as f64,
+        );
+    }
+    let g = m.io_guard_status();
+    if g.running {
+        out.gauge(
+            "inarray_io_guard_holding",
+            "1 while the I/O guard holds the containers to their share of the array disk",
+            &[],
+            if g.holding { 1.0 } else { 0.0 },
+        );
+        out.gauge(
+            "inarray_io_guard_budget_bytes_per_second",
+            "what the containers may move on the array disk together while the guard holds",
+            &[],
+            g.budget_bps as f64,
+        );
+        out.gauge(
+            "inarray_io_guard_disk_peak_bytes_per_second",
+            "the array disk's peak rate as the guard estimates it",
+            &[],
+            g.peak_bps as f64,
+        );
+        out.counter(
+            "inarray_io_guard_engagements_total",
+            "how often the I/O guard took hold",
+            &[],
+            g.engagements as f64,
+        );
+    }
+    let containers = m.list(true).await?;
+    for state in ["created", "running", "restarting", "exited", "dead"] {
+        let n = containers
+            .iter()
+            .filter(|c| c.state.as_str() == state)
+            .count();
+        out.gauge(
+            "inarray_containers",
+            "containers by state",
+            &[("state", state)],
+            n as f64,
+        );
+    }
+    for e in m.engines().await? {
+        if let Ok(u) = m.engine_usage(&e.name).await {
+            out.usage("engine", &[("engine", &e.name)], &u);
+        }
+    }
+    for c in containers.iter().filter(|c| c.state.as_str() == "running") {
+        if let Ok(u) = m.container_usage(&c.id).await {
+            out.usage(
+                "container",
+                &[("container", &c.name), ("id", &c.id), ("engine", &c.engine)],
+                &u,
+            );
+        }
+    }
+    // No gateway serves without `nfs_listen`: then there are no nfs families.
+    if let Some(nfs) = nfs {
+        out.nfs(&nfs.snapshot());
+    }
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out.finish(),
+    )
+        .into_response())
+}
+
+fn self_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
 
 #[derive(Default)]
 pub struct Exposition {

@@ -21,9 +21,10 @@ use tokio::sync::mpsc;
 
 use crate::error::ApiError;
 use crate::extract::{Json, Path};
-use crate::routes::ImageView;
+use crate::images::ImageView;
+use crate::state::AppState;
 
-pub fn routes() -> Router<Manager> {
+pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/images/pull", post(pull_image))
         .route("/v1/images/prune", post(prune_images))

@@ -21,8 +21,9 @@ use serde_json::{json, Value};
 use tempfile::TempDir;
 use tower::ServiceExt;
 
-/// Every route `array-api/src/routes.rs` registers, with its methods. When a route is added there,
-/// add it here and to docs/openapi.json; the tests below check the three agree.
+/// Every route the router registers (each concern's `routes()` in array-api/src), with its
+/// methods. When a route is added there, add it here and to docs/openapi.json; the tests below
+/// check the three agree.
 const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/health", &["get"]),
     ("/v1/openapi.json", &["get"]),
@@ -72,12 +73,15 @@ const ROUTES: &[(&str, &[&str])] = &[
 const SPEC_FILE: &str = include_str!("../../docs/openapi.json");
 /// The sources that register routes (`.route(` calls), scanned together.
 const ROUTES_RS: &[&str] = &[
-    include_str!("../src/routes.rs"),
+    include_str!("../src/info.rs"),
+    include_str!("../src/images.rs"),
+    include_str!("../src/registries.rs"),
+    include_str!("../src/containers.rs"),
     include_str!("../src/engines.rs"),
+    include_str!("../src/metrics.rs"),
     include_str!("../src/exports.rs"),
     include_str!("../src/jobs.rs"),
-    include_str!("../src/access.rs"),
-    include_str!("../src/registries.rs"),
+    include_str!("../src/tokens.rs"),
     include_str!("../src/events.rs"),
 ];
 const JSON: Option<&str> = Some("application/json");
@@ -172,19 +176,21 @@ impl Env {
         .await
         .unwrap();
         let jobs = inarray_jobs::Jobs::new(
-            store,
+            store.clone(),
             Arc::new(manager.clone()),
             Arc::new(inarray_jobs::SystemClock),
             inarray_jobs::JobsOptions::default(),
         );
         Self {
-            app: inarray_api::access::attach(
-                inarray_api::events::attach(
-                    inarray_api::jobs::attach(inarray_api::router(manager), jobs),
-                    events,
-                ),
+            app: inarray_api::router(inarray_api::AppState {
+                manager,
+                exports: inarray_nfs::Exports::new(store.clone()),
+                jobs,
+                events,
+                // No gateway serves in this tier.
+                nfs_metrics: None,
                 access,
-            ),
+            }),
             spec: serde_json::from_str(SPEC_FILE).expect("docs/openapi.json is JSON"),
             tmp,
             peer: std::sync::Mutex::new((unix_root(), None)),
@@ -922,8 +928,8 @@ async fn spec_is_served_and_well_formed() {
     }
 }
 
-/// The `.route("path", get(..).post(..))` calls of routes.rs, read from its source (a plain scan:
-/// if routes.rs stops registering routes that way, adapt this and keep ROUTES honest).
+/// The `.route("path", get(..).post(..))` calls of the concerns' files, read from their source (a
+/// plain scan: if they stop registering routes that way, adapt this and keep ROUTES honest).
 fn routes_in_source() -> Vec<String> {
     const METHODS: [&str; 7] = ["get", "post", "put", "patch", "delete", "head", "options"];
     let mut out = Vec::new();
@@ -985,7 +991,7 @@ async fn spec_and_router_agree() {
     assert_eq!(
         routed,
         routes_in_source(),
-        "ROUTES vs array-api/src/routes.rs"
+        "ROUTES vs the route files of array-api/src"
     );
     assert_eq!(routed, documented, "ROUTES vs docs/openapi.json");
 
@@ -2384,6 +2390,34 @@ impl Env {
         *self.peer.lock().unwrap() = (unix_root(), None);
     }
 
+    /// The newest 100 audit entries as (who, method, route, target, status), read over the unix
+    /// socket, and the page's `next`.
+    async fn audit_log(&self) -> (Vec<(String, String, String, String, i64)>, Value) {
+        let saved = self.peer.lock().unwrap().clone();
+        self.over_unix();
+        let page = self
+            .get("/v1/audit?limit=100")
+            .await
+            .expect(StatusCode::OK)
+            .json();
+        *self.peer.lock().unwrap() = saved;
+        let entries = page["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["who"].as_str().unwrap().to_owned(),
+                    e["method"].as_str().unwrap().to_owned(),
+                    e["route"].as_str().unwrap().to_owned(),
+                    e["target"].as_str().unwrap().to_owned(),
+                    e["status"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        (entries, page["next"].clone())
+    }
+
     /// Makes a token over the unix socket; returns its secret.
     async fn token(&self, name: &str, scope: &str) -> String {
         let saved = self.peer.lock().unwrap().clone();
@@ -2613,25 +2647,7 @@ async fn every_mutating_call_is_audited() {
         .await
         .expect(StatusCode::UNAUTHORIZED);
     env.over_unix();
-    let page = env
-        .get("/v1/audit?limit=100")
-        .await
-        .expect(StatusCode::OK)
-        .json();
-    let got: Vec<(String, String, String, String, i64)> = page["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (
-                e["who"].as_str().unwrap().to_owned(),
-                e["method"].as_str().unwrap().to_owned(),
-                e["route"].as_str().unwrap().to_owned(),
-                e["target"].as_str().unwrap().to_owned(),
-                e["status"].as_i64().unwrap(),
-            )
-        })
-        .collect();
+    let (got, next) = env.audit_log().await;
     let s = |x: &str| x.to_owned();
     assert_eq!(
         got,
@@ -2674,7 +2690,7 @@ async fn every_mutating_call_is_audited() {
         ],
         "GETs are not audited; refused calls are"
     );
-    assert_eq!(page["next"], Value::Null);
+    assert_eq!(next, Value::Null);
     // Pages: newest first, `next` continues.
     let p1 = env
         .get("/v1/audit?limit=2")
@@ -2764,6 +2780,87 @@ async fn requests_beyond_the_limits_are_refused() {
         StatusCode::BAD_REQUEST,
         "invalid_request",
         "more than 100 entries",
+    );
+}
+
+#[tokio::test]
+async fn refusals_by_the_in_flight_limit_are_audited() {
+    let env = Env::with_limits(Limits {
+        max_in_flight: 1,
+        body_timeout: std::time::Duration::from_millis(300),
+        ..Limits::default()
+    })
+    .await;
+    let op = env.token("ops", "operate").await;
+    // A body that never finishes holds the only slot until the body timeout.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    tx.send(Ok(b"{\"image\": ".to_vec())).await.unwrap();
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    let slow = tokio::spawn(
+        env.app.clone().oneshot(
+            Request::builder()
+                .method("POST")
+                .uri("/v1/containers")
+                .header("content-type", "application/json")
+                .extension(unix_root())
+                .body(Body::from_stream(stream))
+                .unwrap(),
+        ),
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let busy = |r: Reply| {
+        r.expect_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "too many requests in flight (at most 1)",
+        );
+    };
+    env.over_tcp(Some(&format!("Bearer {op}")));
+    busy(env.post("/v1/containers/abc/stop").await);
+    busy(env.get("/v1/containers").await);
+    // The limit answers before authentication does; the caller is still named.
+    env.over_tcp(Some("Bearer nope"));
+    busy(env.delete("/v1/containers/x").await);
+    let resp = slow.await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT);
+    // The slot is free once the reply's body is gone.
+    drop(resp);
+    drop(tx);
+    let s = |x: &str| x.to_owned();
+    assert_eq!(
+        env.audit_log().await.0,
+        vec![
+            (
+                s("unix:0"),
+                s("POST"),
+                s("/v1/containers"),
+                s("/v1/containers"),
+                408
+            ),
+            (
+                s("anonymous:192.0.2.7"),
+                s("DELETE"),
+                s("/v1/containers/{id}"),
+                s("/v1/containers/x"),
+                503
+            ),
+            (
+                s("token:1:ops"),
+                s("POST"),
+                s("/v1/containers/{id}/stop"),
+                s("/v1/containers/abc/stop"),
+                503
+            ),
+            (
+                s("unix:0"),
+                s("POST"),
+                s("/v1/tokens"),
+                s("/v1/tokens"),
+                201
+            ),
+        ],
+        "a mutating call refused by the in-flight limit is audited before its 503; a GET is not"
     );
 }
 

@@ -13,6 +13,7 @@ mod mount;
 mod nfs3;
 mod rpc;
 mod server;
+mod service;
 mod sys;
 mod xdr;
 
@@ -42,11 +43,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use inarray_store::{ExportRow, Store, StoreError};
+use inarray_store::StoreError;
 use tokio::net::TcpListener;
 
 pub use exports::{Access, ClientRule, ExportPatch, ExportSpec, Invalid, Squash};
 pub use metrics::{ExportMetrics, Metrics, ProcedureMetrics, LATENCY_BOUNDS_US, PROCEDURES};
+pub use service::{Export, ExportError, Exports};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NfsError {
@@ -64,10 +66,8 @@ pub enum NfsError {
     Random(std::io::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("export {name}: {source}")]
-    Config { name: String, source: Invalid },
-    #[error("export {0} is declared twice in the config file")]
-    DuplicateExport(String),
+    #[error(transparent)]
+    Exports(#[from] ExportError),
 }
 
 /// Resource limits against hostile or broken clients.
@@ -91,15 +91,6 @@ impl Default for Limits {
     }
 }
 
-/// Wakes running gateways after an export changed in SQL (they also re-read every 2 s, and at
-/// every MNT).
-static CHANGED: tokio::sync::Notify = tokio::sync::Notify::const_new();
-
-/// Tells the gateway of this process that exports changed.
-pub fn exports_changed() {
-    CHANGED.notify_waiters();
-}
-
 /// A bound gateway, ready to serve.
 pub struct Gateway {
     shared: Arc<server::Shared>,
@@ -108,11 +99,11 @@ pub struct Gateway {
 
 impl Gateway {
     /// Opens the array root, loads (or makes, on the first start) the handle key, loads the
-    /// exports and binds `addr`.
+    /// exports and binds `addr`. The gateway re-reads its table whenever `exports` changes one.
     pub async fn bind(
         addr: SocketAddr,
         array: &Path,
-        store: Store,
+        exports: Exports,
         limits: Limits,
     ) -> Result<Self, NfsError> {
         let array_fd = std::fs::File::open(array)
@@ -121,10 +112,11 @@ impl Gateway {
                 path: array.to_owned(),
                 source,
             })?;
-        let key = store
+        let key = exports
+            .store()
             .nfs_handle_key(&handle::fresh_key().map_err(NfsError::Random)?)
             .await?;
-        let shared = Arc::new(server::Shared::new(array_fd, &key, store, limits)?);
+        let shared = Arc::new(server::Shared::new(array_fd, &key, exports, limits)?);
         shared.reload().await?;
         let listener = TcpListener::bind(addr)
             .await
@@ -150,48 +142,6 @@ impl Gateway {
     }
 }
 
-/// Makes the exports of the config file true in SQL. The file is authoritative for the exports
-/// it declares: missing ones are added, differing ones are replaced (keeping their id, so clients'
-/// handles stay valid), and an export that an earlier start took from the file but that the file
-/// no longer declares is deleted (its handles become stale). Exports made through the API and
-/// never declared in the file are left alone. Every export is validated before anything changes.
-pub async fn apply_config(store: &Store, specs: &[ExportSpec]) -> Result<(), NfsError> {
-    let mut valid = Vec::with_capacity(specs.len());
-    for spec in specs {
-        let v = spec.clone().validate().map_err(|source| NfsError::Config {
-            name: spec.name.clone(),
-            source,
-        })?;
-        if valid.iter().any(|s: &ExportSpec| s.name == v.name) {
-            return Err(NfsError::DuplicateExport(v.name));
-        }
-        valid.push(v);
-    }
-    for spec in &valid {
-        let rows = spec.client_rows();
-        match store.export(&spec.name).await? {
-            None => {
-                store.insert_export(spec.as_new(&rows)).await?;
-                tracing::info!(export = %spec.name, "nfs export added from the config file");
-            }
-            Some(row) if ExportSpec::try_from(&row).ok().as_ref() != Some(spec) => {
-                store.update_export(spec.as_new(&rows)).await?;
-                tracing::info!(export = %spec.name, "nfs export updated from the config file");
-            }
-            Some(_) => {}
-        }
-        store.set_export_from_config(&spec.name, true).await?;
-    }
-    for row in store.list_exports().await? {
-        if row.from_config && !valid.iter().any(|s| s.name == row.name) {
-            store.delete_export(&row.name).await?;
-            tracing::info!(export = %row.name, "nfs export removed from the config file: deleted");
-        }
-    }
-    exports_changed();
-    Ok(())
-}
-
 /// A running gateway, as the daemon sees it.
 pub struct Serving {
     pub addr: SocketAddr,
@@ -201,16 +151,16 @@ pub struct Serving {
 /// The daemon's wiring: makes the config file's exports true in SQL and, when `listen` is set,
 /// binds the gateway and serves it for the life of the process.
 pub async fn start(
-    exports: &[ExportSpec],
+    exports: &Exports,
+    config: &[ExportSpec],
     listen: Option<SocketAddr>,
     array: &Path,
-    store: &Store,
 ) -> Result<Option<Serving>, NfsError> {
-    apply_config(store, exports).await?;
+    exports.apply_config(config).await?;
     let Some(addr) = listen else {
         return Ok(None);
     };
-    let gw = Gateway::bind(addr, array, store.clone(), Limits::default()).await?;
+    let gw = Gateway::bind(addr, array, exports.clone(), Limits::default()).await?;
     let bound = gw
         .local_addr()
         .map_err(|source| NfsError::Bind { addr, source })?;
@@ -225,9 +175,4 @@ pub async fn start(
         addr: bound,
         metrics,
     }))
-}
-
-/// The API's view of a stored export.
-pub fn view(row: &ExportRow) -> Result<ExportSpec, Invalid> {
-    ExportSpec::try_from(row)
 }

@@ -10,7 +10,6 @@ use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use inarray_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -19,7 +18,7 @@ use crate::handle::HandleKey;
 use crate::metrics::{Metrics, Stats};
 use crate::rpc::{RecordError, RecordReader};
 use crate::sys::{self, KernelHandle};
-use crate::{Limits, NfsError};
+use crate::{Exports, Limits, NfsError};
 
 /// The export's root directory, opened beneath the array root without following any symlink.
 pub struct Root {
@@ -108,7 +107,7 @@ const DIR_STREAMS: usize = 64;
 pub struct Shared {
     pub array: OwnedFd,
     pub key: HandleKey,
-    pub store: Store,
+    pub exports: Exports,
     pub table: RwLock<Arc<Table>>,
     pub fds: Mutex<HashMap<Vec<u8>, Arc<OwnedFd>>>,
     streams: Mutex<HashMap<StreamKey, DirStream>>,
@@ -120,13 +119,18 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(array: OwnedFd, key: &[u8], store: Store, limits: Limits) -> Result<Self, NfsError> {
+    pub fn new(
+        array: OwnedFd,
+        key: &[u8],
+        exports: Exports,
+        limits: Limits,
+    ) -> Result<Self, NfsError> {
         let mut write_verifier = [0u8; 8];
         write_verifier.copy_from_slice(&crate::handle::fresh_key().map_err(NfsError::Random)?[..8]);
         Ok(Self {
             array,
             key: HandleKey::new(key),
-            store,
+            exports,
             table: RwLock::new(Arc::new(Table::default())),
             fds: Mutex::new(HashMap::new()),
             streams: Mutex::new(HashMap::new()),
@@ -143,7 +147,7 @@ impl Shared {
 
     /// Re-reads the exports from SQL and reopens their roots.
     pub async fn reload(&self) -> Result<(), NfsError> {
-        let rows = self.store.list_exports().await?;
+        let rows = self.exports.store().list_exports().await?;
         let mut t = Table::default();
         for row in rows {
             let spec = match ExportSpec::try_from(&row) {
@@ -274,7 +278,7 @@ pub async fn run(
             let mut n = 0u32;
             loop {
                 tokio::select! {
-                    _ = crate::CHANGED.notified() => {}
+                    _ = shared.exports.changed() => {}
                     _ = tokio::time::sleep(Duration::from_secs(2)) => {}
                 }
                 if let Err(e) = shared.reload().await {

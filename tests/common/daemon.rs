@@ -328,8 +328,14 @@ impl Drop for TestDaemon {
     fn drop(&mut self) {
         self.kill9();
         // The containers first (their shims exit and unmount), then the daemon's own engine.
-        let _ = inarray_runtime::cgroups::cleanup(&format!("/{}", self.cgroup_root));
-        let _ = inarray_runtime::cgroups::cleanup(&format!("/{}-storage", self.cgroup_root));
+        let _ = inarray_runtime::cgroups::cleanup(
+            std::path::Path::new(inarray_runtime::cgroups::MOUNT_ROOT),
+            &format!("/{}", self.cgroup_root),
+        );
+        let _ = inarray_runtime::cgroups::cleanup(
+            std::path::Path::new(inarray_runtime::cgroups::MOUNT_ROOT),
+            &format!("/{}-storage", self.cgroup_root),
+        );
     }
 }
 

@@ -437,6 +437,11 @@ impl Manager {
         Ok(report)
     }
 
+    /// Every image, newest first as the store lists them.
+    pub async fn list_images(&self) -> Result<Vec<ImageRow>> {
+        Ok(self.inner.store.list_images().await?)
+    }
+
     /// Finds an image by reference ("busybox" means "busybox:latest") or id.
     pub async fn find_image(&self, key: &str) -> Result<ImageRow> {
         if let Some(img) = self.inner.store.find_image(key).await? {

@@ -143,11 +143,6 @@ impl Manager {
         })
     }
 
-    /// The state database. Only until array-api holds its own handle (being moved now).
-    pub fn store(&self) -> &Store {
-        &self.inner.store
-    }
-
     /// Where a container's files live (its log, its records).
     pub fn paths(&self, id: &str) -> ContainerPaths {
         ContainerPaths::new(&self.inner.containers_root, id)

@@ -1,0 +1,266 @@
+//! The access guard: the middleware every request passes, as five small steps in one fixed
+//! order (outermost first), each a `from_fn` layer added by [`layers`]:
+//!
+//! 1. [`observe`]: the request's span, its latency in the histograms, one log line;
+//! 2. [`identify`]: the peer and the `Authorization` header become a principal — who the
+//!    caller is (or `anonymous`), and whether authentication succeeded; nothing is refused yet;
+//! 3. [`audit`]: a mutating call's entry is written to the audit log with the reply's status,
+//!    before the reply is sent — whatever the steps below answered, refusals included;
+//! 4. [`limit`]: at most `max_in_flight` requests at once (503 beyond); the slot is held until
+//!    the reply's body is sent;
+//! 5. [`authorize`]: 401 without a valid token, 403 when its scope does not cover the route;
+//!    otherwise the [`Identity`] is attached for the handler and the request goes on.
+//!
+//! The guard's steps hand their findings on as request extensions of its own (`Principal`);
+//! [`layers`] adds them together, so none runs without the others.
+
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, Method};
+use axum::middleware::{from_fn, from_fn_with_state, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use inarray_store::NewAudit;
+use tracing::Instrument;
+
+use super::{required_scope, Access, Identity, Peer, Scope};
+use crate::error::ApiError;
+
+/// Adds the guard's steps to `router` (see the module's documentation for their order).
+pub(crate) fn layers<S>(router: Router<S>, access: &Access) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    // The layer added last runs first.
+    router
+        .layer(from_fn(authorize))
+        .layer(from_fn_with_state(access.clone(), limit))
+        .layer(from_fn_with_state(access.clone(), audit))
+        .layer(from_fn_with_state(access.clone(), identify))
+        .layer(from_fn_with_state(access.clone(), observe))
+}
+
+/// The caller as [`identify`] found it.
+#[derive(Clone)]
+struct Principal {
+    /// `unix:<uid>`, `token:<id>:<name>`, `anonymous:<ip>` or `anonymous`.
+    who: String,
+    /// The identity, or why authentication failed.
+    authenticated: Result<Identity, &'static str>,
+}
+
+fn is_mutating(method: &Method) -> bool {
+    !(method == Method::GET || method == Method::HEAD)
+}
+
+/// The matched route template (`unmatched` for unknown paths: bounded cardinality).
+fn route_of(req: &Request) -> String {
+    req.extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into())
+}
+
+fn peer_text(p: Option<&Peer>) -> String {
+    match p {
+        Some(Peer::Unix { uid, pid, .. }) => match pid {
+            Some(pid) => format!("unix:{uid} pid {pid}"),
+            None => format!("unix:{uid}"),
+        },
+        Some(Peer::Tcp {
+            addr,
+            client_cert: Some(fp),
+        }) => format!("tcp:{addr} cert {fp}"),
+        Some(Peer::Tcp { addr, .. }) => format!("tcp:{addr}"),
+        None => "in-process".into(),
+    }
+}
+
+/// Step 1: span, latency histogram, log line.
+async fn observe(State(access): State<Access>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let route = route_of(&req);
+    let peer = peer_text(req.extensions().get::<Peer>());
+    let span = tracing::info_span!(
+        "request",
+        method = %method,
+        route = %route,
+        peer = %peer,
+        who = tracing::field::Empty,
+        status = tracing::field::Empty,
+    );
+    async move {
+        let resp = next.run(req).await;
+        let status = resp.status();
+        let elapsed = start.elapsed();
+        access.observe_latency(&method, &route, status.as_u16(), elapsed);
+        tracing::Span::current().record("status", status.as_u16());
+        let ms = elapsed.as_secs_f64() * 1000.0;
+        if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), ms, "request failed");
+        } else if is_mutating(&method) {
+            tracing::info!(status = status.as_u16(), ms, "request");
+        } else {
+            tracing::debug!(status = status.as_u16(), ms, "request");
+        }
+        resp
+    }
+    .instrument(span)
+    .await
+}
+
+/// Step 2: peer → principal. A unix peer is admin by the socket's permissions; anyone else
+/// needs a bearer token.
+async fn identify(State(access): State<Access>, mut req: Request, next: Next) -> Response {
+    let peer = req.extensions().get::<Peer>();
+    let authenticated = authenticate(&access, peer, req.headers());
+    let who = match (&authenticated, peer) {
+        (Ok(id), _) => id.who.clone(),
+        (Err(_), Some(Peer::Tcp { addr, .. })) => format!("anonymous:{}", addr.ip()),
+        (Err(_), _) => "anonymous".into(),
+    };
+    tracing::Span::current().record("who", who.as_str());
+    req.extensions_mut()
+        .insert(Principal { who, authenticated });
+    next.run(req).await
+}
+
+fn authenticate(
+    access: &Access,
+    peer: Option<&Peer>,
+    headers: &HeaderMap,
+) -> Result<Identity, &'static str> {
+    if let Some(Peer::Unix { uid, .. }) = peer {
+        return Ok(Identity {
+            who: format!("unix:{uid}"),
+            scope: Scope::Admin,
+        });
+    }
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or("a bearer token is required")?;
+    let secret = value
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            let (kind, rest) = v.split_once(' ')?;
+            kind.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        })
+        .ok_or("the authorization header must be `Bearer <token>`")?;
+    let t = access.lookup(secret).ok_or("unknown or revoked token")?;
+    Ok(Identity {
+        who: format!("token:{}:{}", t.id, t.name),
+        scope: t.scope,
+    })
+}
+
+/// Step 3: a mutating call's audit entry, written before its reply is sent.
+async fn audit(State(access): State<Access>, req: Request, next: Next) -> Response {
+    if !is_mutating(req.method()) {
+        return next.run(req).await;
+    }
+    let method = req.method().clone();
+    let route = route_of(&req);
+    let target = req.uri().path().to_owned();
+    let who = req
+        .extensions()
+        .get::<Principal>()
+        .map_or_else(|| "anonymous".to_owned(), |p| p.who.clone());
+    let resp = next.run(req).await;
+    let entry = NewAudit {
+        who: &who,
+        method: method.as_str(),
+        route: &route,
+        target: &target,
+        status: resp.status().as_u16(),
+    };
+    if let Err(e) = access.audit(entry).await {
+        tracing::error!(error = %e, "cannot append to the audit log");
+    }
+    resp
+}
+
+/// Step 4: the in-flight limit. The slot is held until the reply's body is sent (or dropped).
+async fn limit(State(access): State<Access>, req: Request, next: Next) -> Response {
+    let Ok(permit) = access.inner.in_flight.clone().try_acquire_owned() else {
+        return ApiError::busy(access.inner.limits.max_in_flight).into_response();
+    };
+    let (parts, body) = next.run(req).await.into_parts();
+    Response::from_parts(
+        parts,
+        Body::new(Held {
+            inner: body,
+            _permit: permit,
+        }),
+    )
+}
+
+/// Step 5: authentication and scope.
+async fn authorize(mut req: Request, next: Next) -> Response {
+    let Some(principal) = req.extensions_mut().remove::<Principal>() else {
+        return ApiError::internal("the access guard's identify step did not run").into_response();
+    };
+    let id = match principal.authenticated {
+        Ok(id) => id,
+        Err(reason) => return ApiError::unauthorized(reason).into_response(),
+    };
+    let route = route_of(&req);
+    let need = required_scope(req.method(), &route);
+    if id.scope < need {
+        return ApiError::forbidden(format!(
+            "the token's scope is {}; {} {route} needs {}",
+            id.scope.as_str(),
+            req.method(),
+            need.as_str()
+        ))
+        .into_response();
+    }
+    req.extensions_mut().insert(id);
+    next.run(req).await
+}
+
+/// A reply body that keeps the request's in-flight permit until it is sent or dropped, and
+/// keeps its size hint (so replies keep their Content-Length).
+struct Held {
+    inner: Body,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl axum::body::HttpBody for Held {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The authorized caller, for handlers (the guard attaches it to every request it lets by).
+pub struct Caller(pub Identity);
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<Identity>()
+            .cloned()
+            .map(Caller)
+            .ok_or_else(|| ApiError::internal("the request has no authenticated caller"))
+    }
+}

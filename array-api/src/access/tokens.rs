@@ -1,0 +1,153 @@
+//! API tokens: random secrets, of which only the SHA-256 is stored, and the in-memory table of
+//! those hashes that authenticates each TCP request. The table is re-read from SQL after every
+//! change made here and on SIGHUP.
+
+use std::collections::HashMap;
+
+use inarray_store::{StoreError, TokenRow};
+use sha2::{Digest, Sha256};
+
+use super::{Access, Scope};
+use crate::error::ApiError;
+
+/// The prefix of every token secret (so that leaked tokens are easy to find in logs and repos).
+pub const TOKEN_PREFIX: &str = "inarray_";
+
+#[derive(Clone, Debug)]
+pub(super) struct CachedToken {
+    pub(super) id: i64,
+    pub(super) name: String,
+    pub(super) scope: Scope,
+}
+
+fn hash_secret(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+/// A new random secret: the prefix and 256 bits from the kernel's CSPRNG, in hex.
+fn new_secret() -> Result<String, ApiError> {
+    use std::io::Read;
+    let mut raw = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut raw))
+        .map_err(|e| ApiError::internal(format!("/dev/urandom: {e}")))?;
+    let mut s = String::from(TOKEN_PREFIX);
+    for b in raw {
+        s.push_str(&format!("{b:02x}"));
+    }
+    Ok(s)
+}
+
+fn check_token_name(name: &str) -> Result<(), ApiError> {
+    if inarray_store::is_plain_name(name) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "name: {name:?} {}",
+            inarray_store::PLAIN_NAME_RULE
+        )))
+    }
+}
+
+impl Access {
+    /// Re-reads the token table from SQL; returns (added, removed) token names.
+    pub async fn reload_tokens(&self) -> Result<(Vec<String>, Vec<String>), ApiError> {
+        let rows = self.inner.store.list_tokens().await?;
+        let mut map = HashMap::new();
+        for r in rows {
+            let Some(scope) = Scope::parse(&r.scope) else {
+                return Err(ApiError::internal(format!(
+                    "token {}: unknown scope {:?} in the database",
+                    r.name, r.scope
+                )));
+            };
+            let Ok(hash) = <[u8; 32]>::try_from(r.secret_hash.as_slice()) else {
+                return Err(ApiError::internal(format!(
+                    "token {}: the stored hash is not 32 bytes",
+                    r.name
+                )));
+            };
+            map.insert(
+                hash,
+                CachedToken {
+                    id: r.id,
+                    name: r.name,
+                    scope,
+                },
+            );
+        }
+        let mut tokens = self.inner.tokens.write().unwrap_or_else(|p| p.into_inner());
+        let before: Vec<(i64, String)> = tokens.values().map(|t| (t.id, t.name.clone())).collect();
+        let after: Vec<(i64, String)> = map.values().map(|t| (t.id, t.name.clone())).collect();
+        let added = after
+            .iter()
+            .filter(|t| !before.contains(t))
+            .map(|t| t.1.clone())
+            .collect();
+        let removed = before
+            .iter()
+            .filter(|t| !after.contains(t))
+            .map(|t| t.1.clone())
+            .collect();
+        *tokens = map;
+        Ok((added, removed))
+    }
+
+    /// The token whose secret this is, if any.
+    pub(super) fn lookup(&self, secret: &str) -> Option<CachedToken> {
+        let tokens = self.inner.tokens.read().unwrap_or_else(|p| p.into_inner());
+        tokens.get(&hash_secret(secret)).cloned()
+    }
+
+    /// Every token (never their secrets).
+    pub async fn tokens(&self) -> Result<Vec<TokenRow>, ApiError> {
+        Ok(self.inner.store.list_tokens().await?)
+    }
+
+    /// Makes a token; returns its row and its secret, which is never seen again.
+    pub async fn create_token(
+        &self,
+        name: &str,
+        scope: Scope,
+        created_by: &str,
+    ) -> Result<(TokenRow, String), ApiError> {
+        check_token_name(name)?;
+        let secret = new_secret()?;
+        let row = self
+            .inner
+            .store
+            .insert_token(name, scope.as_str(), &hash_secret(&secret), created_by)
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict { .. } => {
+                    ApiError::conflict(format!("token {name} already exists"))
+                }
+                e => e.into(),
+            })?;
+        self.reload_tokens().await?;
+        Ok((row, secret))
+    }
+
+    /// Revokes a token: its next request is refused.
+    pub async fn delete_token(&self, name: &str) -> Result<(), ApiError> {
+        if !self.inner.store.delete_token(name).await? {
+            return Err(ApiError::not_found(format!("no such token: {name}")));
+        }
+        self.reload_tokens().await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_random_and_prefixed() {
+        let a = new_secret().unwrap();
+        let b = new_secret().unwrap();
+        assert_ne!(a, b);
+        assert!(a.starts_with(TOKEN_PREFIX) && a.len() == TOKEN_PREFIX.len() + 64);
+        assert_ne!(hash_secret(&a), hash_secret(&b));
+    }
+}

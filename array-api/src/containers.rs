@@ -1,0 +1,352 @@
+//! `/v1/containers`: each handler is one typed action of the runtime's [`Manager`] — create,
+//! list, inspect, start, stop, restart, kill, wait, delete, logs, live resource limits (PATCH)
+//! and usage statistics.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use inarray_runtime::{ContainerConfig, Manager};
+use inarray_store::{ContainerRow, ContainerState};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::io::AsyncReadExt;
+
+use crate::engines::ResourcesPatch;
+use crate::error::ApiError;
+use crate::extract::{Json, Path, Query};
+use crate::state::AppState;
+use crate::stats::{stats_response, StatsQuery};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/v1/containers",
+            get(list_containers).post(create_container),
+        )
+        .route(
+            "/v1/containers/{id}",
+            get(inspect_container)
+                .delete(delete_container)
+                .patch(update_container),
+        )
+        .route("/v1/containers/{id}/start", post(start_container))
+        .route("/v1/containers/{id}/stop", post(stop_container))
+        .route("/v1/containers/{id}/restart", post(restart_container))
+        .route("/v1/containers/{id}/kill", post(kill_container))
+        .route("/v1/containers/{id}/wait", post(wait_container))
+        .route("/v1/containers/{id}/logs", get(container_logs))
+        .route("/v1/containers/{id}/stats", get(container_stats))
+}
+
+/// The container object of the API.
+#[derive(Serialize)]
+pub struct ContainerView {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub image_id: String,
+    pub state: ContainerState,
+    pub exit_code: Option<i64>,
+    pub error: Option<String>,
+    pub pid: Option<i64>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub restart_count: i64,
+    pub restart: String,
+    pub network: String,
+    pub volumes: Value,
+    pub command: Option<Vec<String>>,
+    pub env: Vec<String>,
+    pub engine: String,
+    pub resources: inarray_runtime::resources::Resources,
+    /// The last exit was a kill by the memory cap.
+    pub oom_killed: bool,
+}
+
+impl TryFrom<ContainerRow> for ContainerView {
+    type Error = ApiError;
+    fn try_from(r: ContainerRow) -> Result<Self, ApiError> {
+        let cfg: ContainerConfig = serde_json::from_str(&r.spec).map_err(ApiError::internal)?;
+        Ok(Self {
+            id: r.id,
+            name: r.name,
+            image: r.image_ref,
+            image_id: r.image_id,
+            state: r.state,
+            exit_code: r.exit_code,
+            error: r.error,
+            pid: r.pid,
+            created_at: r.created_at,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            restart_count: r.restart_count,
+            restart: cfg.restart.to_string(),
+            network: serde_json::to_value(cfg.network)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
+            volumes: serde_json::to_value(&cfg.volumes).unwrap_or(Value::Null),
+            command: cfg.command,
+            env: cfg.env,
+            engine: r.engine,
+            resources: cfg.resources,
+            oom_killed: r.oom_killed,
+        })
+    }
+}
+
+fn view(r: ContainerRow) -> Result<axum::Json<ContainerView>, ApiError> {
+    Ok(axum::Json(r.try_into()?))
+}
+
+async fn create_container(
+    State(m): State<Manager>,
+    Json(cfg): Json<ContainerConfig>,
+) -> Result<Response, ApiError> {
+    let row = m.create(cfg).await?;
+    Ok((StatusCode::CREATED, view(row)?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+async fn list_containers(
+    State(m): State<Manager>,
+    Query(q): Query<ListQuery>,
+) -> Result<axum::Json<Vec<ContainerView>>, ApiError> {
+    let rows = m.list(q.all).await?;
+    Ok(axum::Json(
+        rows.into_iter()
+            .map(ContainerView::try_from)
+            .collect::<Result<_, _>>()?,
+    ))
+}
+
+async fn inspect_container(
+    State(m): State<Manager>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<ContainerView>, ApiError> {
+    view(m.get(&id).await?)
+}
+
+async fn start_container(
+    State(m): State<Manager>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<ContainerView>, ApiError> {
+    view(m.start(&id).await?)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StopQuery {
+    /// Seconds between SIGTERM and SIGKILL (default 10).
+    timeout: Option<u64>,
+}
+
+fn stop_timeout(q: &StopQuery) -> Result<Duration, ApiError> {
+    match q.timeout {
+        None => Ok(Duration::from_secs(10)),
+        Some(t) if t <= 3600 => Ok(Duration::from_secs(t)),
+        Some(t) => Err(ApiError::bad_request(format!(
+            "timeout: {t} is over the maximum of 3600 seconds"
+        ))),
+    }
+}
+
+async fn stop_container(
+    State(m): State<Manager>,
+    Path(id): Path<String>,
+    Query(q): Query<StopQuery>,
+) -> Result<axum::Json<ContainerView>, ApiError> {
+    view(m.stop(&id, stop_timeout(&q)?).await?)
+}
+
+async fn restart_container(
+    State(m): State<Manager>,
+    Path(id): Path<String>,
+    Query(q): Query<StopQuery>,
+) -> Result<axum::Json<ContainerView>, ApiError> {
+    view(m.restart(&id, stop_timeout(&q)?).await?)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KillQuery {
+    signal: Option<String>,
+}
+
+/// Parses "SIGTERM", "TERM", "term" or "15".
+pub fn parse_signal(s: &str) -> Result<nix::sys::signal::Signal, ApiError> {
+    use std::str::FromStr;
+    let bad = || ApiError::bad_request(format!("signal: {s:?} is not a signal name or number"));
+    if let Ok(n) = s.parse::<i32>() {
+        return nix::sys::signal::Signal::try_from(n).map_err(|_| bad());
+    }
+    let up = s.to_ascii_uppercase();
+    let name = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
+    nix::sys::signal::Signal::from_str(&name).map_err(|_| bad())
+}
+
+async fn kill_container(
+    State(m): State<Manager>,
+    Path(id): Path<String>,
+    Query(q): Query<KillQuery>,
+) -> Result<axum::Json<ContainerView>, ApiError> {
+    let sig = parse_signal(q.signal.as_deref().unwrap_or("SIGKILL"))?;
+    view(m.kill(&id, sig).await?)
+}
+
+async fn wait_container(
+    State(m): State<Manager>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let row = m.wait(&id).await?;
+    Ok(axum::Json(
+        json!({"exit_code": row.exit_code, "state": row.state, "error": row.error}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn delete_container(
+    State(m): State<Manager>,
+    Path(id): Path<String>,
+    Query(q): Query<DeleteQuery>,
+) -> Result<StatusCode, ApiError> {
+    m.delete(&id, q.force).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogsQuery {
+    #[serde(default)]
+    follow: bool,
+}
+
+/// The container's output as text; with `follow`, streams until the container stops for good.
+async fn container_logs(
+    State(m): State<Manager>,
+    Path(id): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
+    let row = m.get(&id).await?;
+    let path = m.paths(&row.id).log();
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(f) => Some(f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(ApiError::internal(format!("{}: {e}", path.display()))),
+    };
+    let text = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
+    if !q.follow {
+        // Streamed: memory stays bounded whatever the log's size.
+        let body = match file {
+            Some(f) => Body::from_stream(tokio_util::io::ReaderStream::new(f)),
+            None => Body::empty(),
+        };
+        return Ok((text, body).into_response());
+    }
+    let rx = m.subscribe();
+    let state = Follow {
+        m,
+        id: row.id,
+        path,
+        file,
+        rx,
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(state, |mut s| async move {
+        let chunk = s.next_chunk().await?;
+        Some((Ok::<_, std::io::Error>(chunk), s))
+    });
+    Ok((text, Body::from_stream(stream)).into_response())
+}
+
+struct Follow {
+    m: Manager,
+    id: String,
+    path: std::path::PathBuf,
+    file: Option<tokio::fs::File>,
+    rx: tokio::sync::broadcast::Receiver<String>,
+    done: bool,
+}
+
+impl Follow {
+    /// The next piece of output; None once the container is gone or stopped and all is read.
+    async fn next_chunk(&mut self) -> Option<Vec<u8>> {
+        loop {
+            if self.file.is_none() {
+                self.file = tokio::fs::File::open(&self.path).await.ok();
+            }
+            if let Some(f) = self.file.as_mut() {
+                let mut buf = vec![0u8; 64 * 1024];
+                match f.read(&mut buf).await {
+                    Ok(n) if n > 0 => {
+                        buf.truncate(n);
+                        return Some(buf);
+                    }
+                    Ok(_) => {}
+                    Err(_) => return None,
+                }
+            }
+            if self.done {
+                return None;
+            }
+            let active = match self.m.get(&self.id).await {
+                Ok(r) => matches!(
+                    r.state,
+                    ContainerState::Running | ContainerState::Restarting
+                ),
+                Err(_) => false,
+            };
+            if !active {
+                // One more read after the exit was recorded picks up the last output.
+                self.done = true;
+                continue;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(250), self.rx.recv()).await;
+        }
+    }
+}
+
+/// `PATCH /v1/containers/{id}`: live resource limits, like `docker update`.
+async fn update_container(
+    State(m): State<Manager>,
+    Path(id): Path<String>,
+    Json(p): Json<ResourcesPatch>,
+) -> Result<axum::Json<ContainerView>, ApiError> {
+    Ok(axum::Json(
+        m.update_resources(&id, &p.resources).await?.try_into()?,
+    ))
+}
+
+async fn container_stats(
+    State(m): State<Manager>,
+    Path(id): Path<String>,
+    Query(q): Query<StatsQuery>,
+) -> Result<Response, ApiError> {
+    let first = m.container_usage(&id).await?;
+    Ok(stats_response(q.stream, first, move || {
+        let (m, id) = (m.clone(), id.clone());
+        async move { m.container_usage(&id).await.ok() }
+    }))
+}

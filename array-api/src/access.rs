@@ -700,14 +700,9 @@ struct NewToken {
 }
 
 fn check_token_name(name: &str) -> Result<(), ApiError> {
-    if inarray_store::is_plain_name(name) {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(format!(
-            "name: {name:?} {}",
-            inarray_store::PLAIN_NAME_RULE
-        )))
-    }
+    inarray_store::names::TOKEN
+        .check(name)
+        .map_err(|reason| ApiError::bad_request(format!("name: {reason}")))
 }
 
 async fn list_tokens(

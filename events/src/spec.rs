@@ -205,7 +205,8 @@ pub struct SubscriptionSpec {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookSpec {
-    /// `http://HOST:PORT/PATH` (plain HTTP; TLS is not supported yet).
+    /// `http(s)://HOST[:PORT]/PATH`; HTTPS trusts the node's trust store and the daemon's
+    /// `[events] webhook_ca_file`.
     pub url: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,

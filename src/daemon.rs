@@ -125,6 +125,9 @@ pub struct EventsConfig {
     /// Publish the events to NATS JetStream: `url`, `subject`, `stream`, `subscription`,
     /// `watches` (docs/operator-guide.md, "File events").
     pub nats: Option<inarray_events::nats::NatsConfig>,
+    /// PEM file of CA certificates that HTTPS webhooks trust besides the node's trust store
+    /// (for receivers whose certificates a private CA signed). Checked at start.
+    pub webhook_ca_file: Option<PathBuf>,
 }
 
 impl EventsConfig {
@@ -150,6 +153,11 @@ impl EventsConfig {
                     Some(i64::try_from(n).context("events.retention_max_events")?)
             }
             None => {}
+        }
+        if let Some(ca) = &self.webhook_ca_file {
+            inarray_images::http::check_ca_file(ca)
+                .map_err(|e| anyhow::anyhow!("events.webhook_ca_file: {e}"))?;
+            o.webhook_ca_file = Some(ca.clone());
         }
         Ok(o)
     }
@@ -956,6 +964,24 @@ mod tests {
         assert_eq!(s.events.coalesce, std::time::Duration::from_millis(50));
         assert_eq!(s.events.retention_age, None);
         assert_eq!(s.events.retention_max_events, Some(1000));
+        assert_eq!(s.events.webhook_ca_file, None);
+        let ca = dir.path().join("no-such-ca.pem");
+        std::fs::write(
+            &cfg,
+            format!(
+                "array = \"/a\"\n[events]\nwebhook_ca_file = \"{}\"\n",
+                ca.display()
+            ),
+        )
+        .unwrap();
+        let e = settings(opts(Some(cfg.clone()), None, &[]))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.starts_with("events.webhook_ca_file") && e.contains("no-such-ca.pem"),
+            "{e}"
+        );
         std::fs::write(&cfg, "array = \"/a\"\n[io_guard]\nhold_ms = 20\n").unwrap();
         let e = settings(opts(Some(cfg.clone()), None, &[]))
             .err()

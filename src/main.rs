@@ -2,12 +2,6 @@
 //! commands. This file only wires configuration, tracing and the crates together.
 
 mod cli;
-mod cli_engines;
-mod cli_events;
-mod cli_exports;
-mod cli_jobs;
-mod cli_pull;
-mod cli_tokens;
 mod daemon;
 mod logging;
 mod notify;

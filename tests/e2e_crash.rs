@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::daemon::{mounts_mentioning, TestDaemon};
-use hyper::Method;
+use inarray_api::client::Method;
 use serde_json::{json, Value};
 
 const ROUNDS: usize = 50;

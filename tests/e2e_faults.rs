@@ -5,8 +5,8 @@
 mod common;
 
 use common::daemon::TestDaemon;
-use hyper::Method;
 use inarray_api::client::ClientError;
+use inarray_api::client::Method;
 use serde_json::json;
 
 /// A small tmpfs mounted over the daemon's state directory, lazily unmounted when dropped.

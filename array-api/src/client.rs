@@ -5,10 +5,13 @@ use std::path::{Path, PathBuf};
 use bytes_body::Body;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
 use crate::serve::Listen;
+
+/// The request methods [`Client::json`] takes (re-exported so that callers need no HTTP crate).
+pub use hyper::Method;
 
 mod bytes_body {
     pub type Body = http_body_util::combinators::BoxBody<hyper::body::Bytes, std::io::Error>;

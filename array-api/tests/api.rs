@@ -3052,7 +3052,7 @@ async fn events_watches_subscriptions_and_hostile_inputs() {
         .expect_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", "from");
     env.post_json(
         "/v1/subscriptions",
-        &json!({"name": "s", "webhook": {"url": "https://example.com/"}}),
+        &json!({"name": "s", "webhook": {"url": "ftp://example.com/"}}),
     )
     .await
     .expect_error(StatusCode::BAD_REQUEST, "invalid_request", "webhook.url");

@@ -71,7 +71,12 @@ impl NatsConfig {
                 return Err(format!("stream {s:?}: use [A-Za-z0-9_-]"));
             }
         }
-        crate::spec::validate_name("subscription", &self.subscription).map_err(|e| e.to_string())
+        crate::spec::validate_name(
+            &inarray_store::names::SUBSCRIPTION,
+            "subscription",
+            &self.subscription,
+        )
+        .map_err(|e| e.to_string())
     }
 }
 

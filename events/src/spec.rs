@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use inarray_runtime::ContainerConfig;
-use inarray_store::{EventRow, NewEvent};
+use inarray_store::{names, EventRow, NewEvent};
 use serde::{Deserialize, Serialize};
 
 use crate::glob::Glob;
@@ -205,7 +205,8 @@ pub struct SubscriptionSpec {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookSpec {
-    /// `http://HOST:PORT/PATH` (plain HTTP; TLS is not supported yet).
+    /// `http(s)://HOST[:PORT]/PATH`; HTTPS trusts the node's trust store and the daemon's
+    /// `[events] webhook_ca_file`.
     pub url: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
@@ -213,8 +214,10 @@ pub struct WebhookSpec {
     pub max_batch: u32,
 }
 
-pub fn validate_name(field: &str, name: &str) -> Result<(), EventsError> {
-    inarray_runtime::config::validate_name(name).map_err(|e| invalid(field, e.reason))
+/// A watch's or a subscription's name (`rule`: [`names::WATCH`] or [`names::SUBSCRIPTION`]),
+/// refused naming `field`.
+pub fn validate_name(rule: &names::NameRule, field: &str, name: &str) -> Result<(), EventsError> {
+    rule.check(name).map_err(|reason| invalid(field, reason))
 }
 
 fn check_kinds(field: &str, kinds: &[Kind]) -> Result<(), EventsError> {
@@ -271,7 +274,7 @@ impl Filter {
 impl WatchSpec {
     /// Checks every field; the compiled filter.
     pub fn validate(&self) -> Result<Filter, EventsError> {
-        validate_name("name", &self.name)?;
+        validate_name(&names::WATCH, "name", &self.name)?;
         inarray_runtime::volumes::validate_source("path", &self.path).map_err(|e| {
             invalid(
                 "path",
@@ -311,7 +314,7 @@ impl WatchSpec {
 
 impl SubscriptionSpec {
     pub fn validate(&self) -> Result<(), EventsError> {
-        validate_name("name", &self.name)?;
+        validate_name(&names::SUBSCRIPTION, "name", &self.name)?;
         if self.watches.len() > MAX_WATCH_NAMES {
             return Err(invalid(
                 "watches",
@@ -322,7 +325,7 @@ impl SubscriptionSpec {
             ));
         }
         for (i, w) in self.watches.iter().enumerate() {
-            validate_name(&format!("watches[{i}]"), w)?;
+            validate_name(&names::WATCH, &format!("watches[{i}]"), w)?;
         }
         if !(1..=3600).contains(&self.ack_deadline_seconds) {
             return Err(invalid(

@@ -8,9 +8,9 @@
 //!
 //! An import stages everything under `tmp/`, verifies every digest, size, media type and diff id,
 //! unpacks new layers into `tmp/` and only then renames blobs and layer directories into place:
-//! a failed import leaves `blobs/` and `layers/` as they were. The crate knows nothing about SQL
-//! or HTTP; the caller records the returned [`ImportedImage`]s and passes the digests it still
-//! needs to [`ImageStore::gc`]. Everything is synchronous (call it from `spawn_blocking`).
+//! a failed import leaves `blobs/` and `layers/` as they were. The crate knows nothing about SQL;
+//! the caller records the returned [`ImportedImage`]s and passes the digests it still needs to
+//! [`ImageStore::gc`]. The import is synchronous (call it from `spawn_blocking`).
 //!
 //! **Invariant:** a directory under `layers/sha256/` only ever appears by rename of a fully
 //! unpacked, diff-id-verified tree, and nothing in a layer tar can create or change a file outside
@@ -18,7 +18,8 @@
 //!
 //! [`Puller`] (module [`registry`]) pulls from OCI Distribution registries through the same
 //! import: the blobs the store lacks are fetched into staging while hashed, then verified and
-//! committed like an archive's.
+//! committed like an archive's. Its HTTP client ([`http`]) is the daemon's only one: webhooks
+//! use it too.
 //!
 //! # Limitations an operator should know
 //! - Needs Linux 5.6+ (`openat2`) and root (whiteout devices, `trusted.overlay.*`, chown).
@@ -44,6 +45,7 @@
 
 mod error;
 mod fsutil;
+pub mod http;
 mod import;
 mod layer;
 mod reference;

@@ -375,7 +375,7 @@ impl Jobs {
         let json = serde_json::to_string(&spec).map_err(|e| JobsError::Internal(e.to_string()))?;
         self.inner
             .store
-            .insert_job(&spec.name, &json, spec.suspend, next)
+            .insert_job(&spec.name, &json, spec.suspend, next, self.now())
             .await
             .map_err(|e| match e {
                 StoreError::Conflict { .. } => {
@@ -465,7 +465,7 @@ impl Jobs {
         if !self
             .inner
             .store
-            .update_job(name, &json, spec.suspend, next)
+            .update_job(name, &json, spec.suspend, next, self.now())
             .await?
         {
             return Err(JobsError::NotFound(name.to_owned()));
@@ -560,7 +560,12 @@ impl Jobs {
                     }],
                     ..JobBatch::default()
                 };
-                run = self.inner.store.commit_job_batch(&batch).await?.pop();
+                run = self
+                    .inner
+                    .store
+                    .commit_job_batch(&batch, self.now())
+                    .await?
+                    .pop();
                 if run.is_some() {
                     break;
                 }
@@ -725,7 +730,7 @@ impl Jobs {
         }
         let decided = std::time::Instant::now();
         let decided_at = self.now();
-        let inserted = match self.inner.store.commit_job_batch(&batch).await {
+        let inserted = match self.inner.store.commit_job_batch(&batch, decided_at).await {
             Ok(rows) => rows,
             Err(e) => {
                 // Nothing was recorded: the instants stay due and fire at the next attempt.
@@ -1035,7 +1040,7 @@ impl Jobs {
         }
 
         // 3. One transaction for all of it, then the tasks and the queue.
-        let inserted = store.commit_job_batch(&batch).await?;
+        let inserted = store.commit_job_batch(&batch, self.now()).await?;
         drive.extend(
             inserted
                 .into_iter()
@@ -1149,7 +1154,7 @@ impl Jobs {
                 runs: vec![next],
                 ..JobBatch::default()
             };
-            match self.inner.store.commit_job_batch(&batch).await {
+            match self.inner.store.commit_job_batch(&batch, self.now()).await {
                 Ok(mut rows) if rows.len() == 1 => run = rows.remove(0),
                 Ok(_) => break,
                 Err(e) => {

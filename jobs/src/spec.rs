@@ -8,7 +8,6 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::schedule::Schedule;
 use crate::JobsError;
 
-pub const MAX_NAME: usize = 63;
 pub const MAX_SECONDS: u64 = 366 * 24 * 3600;
 pub const MAX_RETRIES: u32 = 100;
 pub const MAX_HISTORY: u32 = 1000;
@@ -139,27 +138,11 @@ fn bad(field: impl Into<String>, reason: impl Into<String>) -> JobsError {
     }
 }
 
-/// Job names: 1–63 of `[a-zA-Z0-9_.-]`, starting with a letter or digit (a run's container is
-/// named `<job>.run-<n>`).
+/// Job names: [`inarray_store::names::JOB`] (a run's container is named `<job>.run-<n>`).
 pub fn validate_name(name: &str) -> Result<(), JobsError> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_NAME
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        let shown: String = name.chars().take(80).collect();
-        Err(bad(
-            "name",
-            format!(
-                "{shown:?} is not a valid job name: use 1-{MAX_NAME} of [a-zA-Z0-9_.-], \
-                 starting with a letter or digit"
-            ),
-        ))
-    }
+    inarray_store::names::JOB
+        .check(name)
+        .map_err(|reason| bad("name", reason))
 }
 
 fn check_seconds(field: &str, v: Option<u64>) -> Result<(), JobsError> {

@@ -165,14 +165,9 @@ fn prefix_eq(a: &[u8], b: &[u8], bits: u8) -> bool {
 
 /// Checks an export name: what clients mount as `/<name>`.
 pub fn validate_name(name: &str) -> Result<(), Invalid> {
-    if inarray_store::is_plain_name(name) {
-        Ok(())
-    } else {
-        Err(invalid(
-            "name",
-            format!("{name:?} {}", inarray_store::PLAIN_NAME_RULE),
-        ))
-    }
+    inarray_store::names::EXPORT
+        .check(name)
+        .map_err(|reason| invalid("name", reason))
 }
 
 /// Normalizes an export path: relative to the array, no `..`, no NUL. "." is the array root.

@@ -90,19 +90,11 @@ fn bad(field: impl Into<String>, reason: impl Into<String>) -> InvalidField {
     }
 }
 
-/// Container names: 1–128 of `[a-zA-Z0-9_.-]`, starting with an alphanumeric.
+/// Container names: [`inarray_store::names::CONTAINER`].
 pub fn validate_name(name: &str) -> Result<(), InvalidField> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(bad("name", format!("{name:?} is not a valid name: use 1-128 of [a-zA-Z0-9_.-], starting with a letter or digit")))
-    }
+    inarray_store::names::CONTAINER
+        .check(name)
+        .map_err(|reason| bad("name", reason))
 }
 
 fn check_strings(field: &str, items: &[String], max: usize) -> Result<(), InvalidField> {

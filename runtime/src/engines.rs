@@ -48,19 +48,11 @@ impl Default for CgroupLayout {
 }
 
 impl CgroupLayout {
-    /// `root`: 1–64 of `[a-z0-9_-]`, starting with a letter (one path component).
+    /// `root`: [`inarray_store::names::CGROUP_ROOT`] (one path component).
     pub fn new(root: &str) -> Result<Self, String> {
-        let ok = !root.is_empty()
-            && root.len() <= 64
-            && root.as_bytes()[0].is_ascii_lowercase()
-            && root
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-        if !ok {
-            return Err(format!(
-                "cgroup_root: {root:?} is not a valid cgroup name: use 1-64 of [a-z0-9_-], starting with a letter"
-            ));
-        }
+        inarray_store::names::CGROUP_ROOT
+            .check(root)
+            .map_err(|reason| format!("cgroup_root: {reason}"))?;
         Ok(Self {
             root: root.to_owned(),
         })
@@ -137,19 +129,11 @@ pub fn is_builtin(name: &str) -> bool {
     name == STORAGE || name == DEFAULT
 }
 
-/// Engine names: 1–32 of `[a-z0-9-]`, starting with a letter.
+/// Engine names: [`inarray_store::names::ENGINE`]; the error starts with `name: `.
 pub fn validate_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 32
-        && name.as_bytes()[0].is_ascii_lowercase()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("name: {name:?} is not a valid engine name: use 1-32 of [a-z0-9-], starting with a letter"))
-    }
+    inarray_store::names::ENGINE
+        .check(name)
+        .map_err(|reason| format!("name: {reason}"))
 }
 
 /// Usage figures of one cgroup (an engine or a container).

@@ -255,15 +255,16 @@ fn run_from(r: &sqlx::sqlite::SqliteRow) -> Result<RunRow> {
 }
 
 impl Store {
-    /// Records a new job; `Conflict` when the name is taken.
+    /// Records a new job, created at `now` (the scheduler's clock); `Conflict` when the name is
+    /// taken.
     pub async fn insert_job(
         &self,
         name: &str,
         spec: &str,
         suspended: bool,
         next_fire: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
     ) -> Result<JobRow> {
-        let now = Utc::now();
         sqlx::query(
             "INSERT INTO jobs (name, spec, suspended, next_fire, created_at, updated_at)
              VALUES (?, ?, ?, ?, ?, ?)",
@@ -299,13 +300,15 @@ impl Store {
         rows.iter().map(job_from).collect()
     }
 
-    /// Replaces a job's definition, suspension and next fire; false when there is no such job.
+    /// Replaces a job's definition, suspension and next fire, updated at `now` (the scheduler's
+    /// clock); false when there is no such job.
     pub async fn update_job(
         &self,
         name: &str,
         spec: &str,
         suspended: bool,
         next_fire: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
     ) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE jobs SET spec = ?, suspended = ?, next_fire = ?, updated_at = ? WHERE name = ?",
@@ -313,7 +316,7 @@ impl Store {
         .bind(spec)
         .bind(suspended)
         .bind(next_fire)
-        .bind(Utc::now())
+        .bind(now)
         .bind(name)
         .execute(&self.pool)
         .await?;
@@ -330,11 +333,13 @@ impl Store {
     }
 
     /// Commits a batch in one transaction (see [`JobBatch`]); returns the run rows it inserted.
-    pub async fn commit_job_batch(&self, b: &JobBatch) -> Result<Vec<RunRow>> {
+    /// `now` (the scheduler's clock) is the new runs' `fired_at`, and the `finished_at` of those
+    /// recorded as skipped or missed.
+    pub async fn commit_job_batch(&self, b: &JobBatch, now: DateTime<Utc>) -> Result<Vec<RunRow>> {
         if b.is_empty() {
             return Ok(Vec::new());
         }
-        let now_t = Utc::now();
+        let now_t = now;
         let now = ts(now_t);
         let mut tx = self.pool.begin().await?;
         let mut inserted = Vec::new();
@@ -612,17 +617,17 @@ mod tests {
     async fn jobs_round_trip_and_conflict() {
         let (_d, store) = test_store().await;
         let j = store
-            .insert_job("nightly", "{}", false, Some(at(0)))
+            .insert_job("nightly", "{}", false, Some(at(0)), at(0))
             .await
             .unwrap();
         assert_eq!((j.name.as_str(), j.next_fire), ("nightly", Some(at(0))));
-        let dup = store.insert_job("nightly", "{}", true, None).await;
+        let dup = store.insert_job("nightly", "{}", true, None, at(0)).await;
         assert!(
             matches!(dup, Err(StoreError::Conflict { kind: "job", .. })),
             "{dup:?}"
         );
         assert!(store
-            .update_job("nightly", "{\"x\":1}", true, None)
+            .update_job("nightly", "{\"x\":1}", true, None, at(1))
             .await
             .unwrap());
         let j = store.job("nightly").await.unwrap().unwrap();
@@ -630,7 +635,10 @@ mod tests {
             (j.spec.as_str(), j.suspended, j.next_fire),
             ("{\"x\":1}", true, None)
         );
-        assert!(!store.update_job("nope", "{}", false, None).await.unwrap());
+        assert!(!store
+            .update_job("nope", "{}", false, None, at(1))
+            .await
+            .unwrap());
         assert_eq!(store.list_jobs().await.unwrap().len(), 1);
         assert!(store.delete_job("nightly").await.unwrap());
         assert!(store.job("nightly").await.unwrap().is_none());
@@ -640,7 +648,10 @@ mod tests {
     async fn a_batch_claims_each_instant_once_and_moves_next_fire() {
         let (_d, store) = test_store().await;
         for n in ["a", "b"] {
-            store.insert_job(n, "{}", false, Some(at(0))).await.unwrap();
+            store
+                .insert_job(n, "{}", false, Some(at(0)), at(0))
+                .await
+                .unwrap();
         }
         let batch = JobBatch {
             runs: vec![
@@ -650,7 +661,7 @@ mod tests {
             next_fires: vec![("a".into(), Some(at(1))), ("b".into(), None)],
             updates: vec![],
         };
-        let rows = store.commit_job_batch(&batch).await.unwrap();
+        let rows = store.commit_job_batch(&batch, at(1)).await.unwrap();
         assert_eq!(rows.len(), 2);
         let a = rows.iter().find(|r| r.job == "a").unwrap();
         assert_eq!(
@@ -659,14 +670,24 @@ mod tests {
         );
         let b = rows.iter().find(|r| r.job == "b").unwrap();
         assert_eq!(b.state, RunState::Skipped);
-        assert!(b.finished_at.is_some(), "skipped rows are finished");
+        assert_eq!(
+            b.finished_at,
+            Some(at(1)),
+            "skipped rows are finished at the batch's time"
+        );
+        let stored = store.run(a.id).await.unwrap().unwrap();
+        assert_eq!(
+            (a.fired_at, stored.fired_at),
+            (at(1), at(1)),
+            "fired at the caller's instant, not the system clock's"
+        );
         assert_eq!(
             store.job("a").await.unwrap().unwrap().next_fire,
             Some(at(1))
         );
         assert_eq!(store.job("b").await.unwrap().unwrap().next_fire, None);
         // The same instant again (a crash and a replay): nothing new is inserted.
-        let again = store.commit_job_batch(&batch).await.unwrap();
+        let again = store.commit_job_batch(&batch, at(1)).await.unwrap();
         assert!(again.is_empty(), "{again:?}");
         assert_eq!(store.job_runs("a", None).await.unwrap().len(), 1);
         // The rows returned are the rows stored; a bound timestamp and a batched one are the
@@ -720,7 +741,10 @@ mod tests {
     #[tokio::test]
     async fn history_counts_runs_by_their_last_attempt() {
         let (_d, store) = test_store().await;
-        store.insert_job("j", "{}", false, None).await.unwrap();
+        store
+            .insert_job("j", "{}", false, None, at(0))
+            .await
+            .unwrap();
         let mut b = JobBatch::default();
         // Instants 0..5 succeeded; 5 and 6 failed (6 after a failed retry); 7 is still running
         // after a failed attempt; 8 and 9 were skipped.
@@ -734,7 +758,7 @@ mod tests {
         b.runs.push(new_run("j", at(7), 1, RunState::Pending));
         b.runs.push(new_run("j", at(8), 0, RunState::Skipped));
         b.runs.push(new_run("j", at(9), 0, RunState::Skipped));
-        let rows = store.commit_job_batch(&b).await.unwrap();
+        let rows = store.commit_job_batch(&b, at(1)).await.unwrap();
         let finish = |r: &RunRow, state| RunUpdate::Finished {
             id: r.id,
             state,
@@ -755,7 +779,7 @@ mod tests {
             };
             ups.updates.push(finish(r, state));
         }
-        store.commit_job_batch(&ups).await.unwrap();
+        store.commit_job_batch(&ups, at(1)).await.unwrap();
         let limits = HistoryLimits {
             succeeded: 2,
             failed: 1,

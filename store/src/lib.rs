@@ -10,6 +10,7 @@ mod events;
 mod exports;
 mod images;
 mod jobs;
+pub mod names;
 mod registries;
 
 use std::path::{Path, PathBuf};
@@ -134,24 +135,6 @@ impl Store {
     }
 }
 
-/// The rule for names that are keys of stored objects and appear in paths and URLs (tokens,
-/// exports): 1 to 64 letters, digits, '.', '_' or '-', not starting with '.' or '-'.
-pub fn is_plain_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= PLAIN_NAME_MAX
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        && !name.starts_with(['.', '-'])
-}
-
-/// The longest [`is_plain_name`].
-pub const PLAIN_NAME_MAX: usize = 64;
-
-/// What a name that fails [`is_plain_name`] should have been, for error messages.
-pub const PLAIN_NAME_RULE: &str =
-    "must be 1 to 64 letters, digits, '.', '_' or '-', not starting with '.' or '-'";
-
 /// Maps a UNIQUE violation to [`StoreError::Conflict`].
 fn unique_conflict(err: sqlx::Error, kind: &'static str, key: &str) -> StoreError {
     match &err {
@@ -180,16 +163,6 @@ pub(crate) async fn test_store() -> (tempfile::TempDir, Store) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn plain_names() {
-        for ok in ["a", "proj-1", "x.y_z", "_x", &"n".repeat(64)] {
-            assert!(is_plain_name(ok), "{ok}");
-        }
-        for bad in ["", ".hidden", "-x", "a/b", "a b", "é", &"n".repeat(65)] {
-            assert!(!is_plain_name(bad), "{bad}");
-        }
-    }
 
     #[tokio::test]
     async fn opens_twice_and_is_sound() {

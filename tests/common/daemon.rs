@@ -9,7 +9,7 @@ use inarray_api::client::{Client, ClientError};
 use inarray_api::serve::Listen;
 use serde_json::Value;
 
-pub use hyper::Method;
+pub use inarray_api::client::Method;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 

@@ -39,14 +39,9 @@ fn new_secret() -> Result<String, ApiError> {
 }
 
 fn check_token_name(name: &str) -> Result<(), ApiError> {
-    if inarray_store::is_plain_name(name) {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(format!(
-            "name: {name:?} {}",
-            inarray_store::PLAIN_NAME_RULE
-        )))
-    }
+    inarray_store::names::TOKEN
+        .check(name)
+        .map_err(|reason| ApiError::bad_request(format!("name: {reason}")))
 }
 
 impl Access {

@@ -10,8 +10,8 @@ use hyper::header::{HeaderName, ACCEPT, AUTHORIZATION};
 use serde::Deserialize;
 
 use super::auth::{self, Challenge};
-use super::http::{split_authority, Http, Response, Url};
 use super::{Credentials, RegistryError, RegistryErrorKind, RegistrySettings};
+use crate::http::{self, split_authority, Response, Url};
 
 /// Docker Hub's name in references and its API endpoint.
 pub(crate) const DOCKER_HUB: &str = "docker.io";
@@ -29,7 +29,7 @@ pub(crate) struct Registries {
 }
 
 pub(crate) struct Client {
-    pub http: Http,
+    pub http: http::Client,
     pub registries: RwLock<Registries>,
     /// The `Authorization` value that last worked (a Bearer token or Basic credentials), by
     /// (registry host, repository): later requests send it at once instead of meeting a 401.
@@ -71,7 +71,7 @@ struct ErrorEntry {
 }
 
 impl Client {
-    pub fn new(http: Http) -> Self {
+    pub fn new(http: http::Client) -> Self {
         Client {
             http,
             registries: RwLock::default(),

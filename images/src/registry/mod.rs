@@ -11,7 +11,6 @@
 
 mod auth;
 mod client;
-mod http;
 mod pull;
 #[cfg(test)]
 mod tests;

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::client::{split_name, Client, Registries};
-use super::http::{Http, Timeouts};
 use super::{Credentials, RegistryError, RegistryErrorKind, RegistrySettings};
+use crate::http::{self, Timeouts};
 use crate::import::{self, host_arch};
 use crate::reference::is_sha256_digest;
 use crate::source::{stage_bytes, Source, Staged, Staging};
@@ -122,7 +122,7 @@ impl Puller {
     pub(crate) fn with_timeouts(store: Arc<ImageStore>, timeouts: Timeouts) -> Self {
         Puller {
             store,
-            client: Arc::new(Client::new(Http { timeouts })),
+            client: Arc::new(Client::new(http::Client::new(timeouts))),
         }
     }
 

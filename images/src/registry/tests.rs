@@ -10,9 +10,9 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use super::http::Timeouts;
 use super::pull::{select_platform, IndexEntry};
 use super::*;
+use crate::http::Timeouts;
 use crate::testutil::{image, sha, Comp, TarBuilder, TestImage};
 use crate::{ImageStore, Limits, Reference};
 

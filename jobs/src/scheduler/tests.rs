@@ -1130,7 +1130,7 @@ fn a_stored_definition_that_no_longer_parses_is_reported_and_never_fires() {
         let mut bad = serde_json::to_value(spec("bad", "@daily", &["x"], json!({}))).unwrap();
         bad["time_zone"] = json!("Gone/Zone");
         store
-            .insert_job("bad", &bad.to_string(), false, Some(at(1.0)))
+            .insert_job("bad", &bad.to_string(), false, Some(at(1.0)), at(0.0))
             .await
             .unwrap();
     });

@@ -1,12 +1,13 @@
-//! CLI: engines, live resource updates and usage (`inarray engine …`, `update`, `stats`).
+//! CLI: engines (`inarray engine …`) and the limit flags `run`, `update` and `engine` share.
 
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use hyper::Method;
-use inarray_api::client::Client;
+use inarray_api::client::{Client, Method};
 use serde_json::{json, Map, Value};
+
+use super::{enc, output, print_json};
 
 /// Limits, as flags (shared by `run`, `update`, `engine add` and `engine set`).
 #[derive(Debug, Default, Args)]
@@ -92,18 +93,11 @@ pub enum EngineCmd {
     Stats { name: String },
 }
 
-fn enc(s: &str) -> String {
-    crate::cli::enc(s)
-}
-
 pub async fn engine(c: &Client, as_json: bool, cmd: EngineCmd) -> Result<ExitCode> {
-    let print = |v: &Value| println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
     match cmd {
         EngineCmd::Ls => {
             let v = c.json(Method::GET, "/v1/engines", None).await?;
-            if as_json {
-                print(&v);
-            } else {
+            output(as_json, &v, |v| {
                 println!("{:<16} {:<8} LIMITS", "NAME", "BUILTIN");
                 for e in v.as_array().into_iter().flatten() {
                     println!(
@@ -113,7 +107,7 @@ pub async fn engine(c: &Client, as_json: bool, cmd: EngineCmd) -> Result<ExitCod
                         e["resources"]
                     );
                 }
-            }
+            });
         }
         EngineCmd::Add { name, limits } => {
             let v = c
@@ -123,7 +117,7 @@ pub async fn engine(c: &Client, as_json: bool, cmd: EngineCmd) -> Result<ExitCod
                     Some(&json!({"name": name, "resources": limits.to_json()})),
                 )
                 .await?;
-            print(&v);
+            print_json(&v);
         }
         EngineCmd::Set { name, limits } => {
             let v = c
@@ -133,7 +127,7 @@ pub async fn engine(c: &Client, as_json: bool, cmd: EngineCmd) -> Result<ExitCod
                     Some(&json!({"resources": limits.to_json()})),
                 )
                 .await?;
-            print(&v);
+            print_json(&v);
         }
         EngineCmd::Rm { name } => {
             c.json(Method::DELETE, &format!("/v1/engines/{}", enc(&name)), None)
@@ -141,7 +135,7 @@ pub async fn engine(c: &Client, as_json: bool, cmd: EngineCmd) -> Result<ExitCod
             println!("{name}");
         }
         EngineCmd::Stats { name } => {
-            print(
+            print_json(
                 &c.json(
                     Method::GET,
                     &format!("/v1/engines/{}/stats", enc(&name)),
@@ -151,35 +145,5 @@ pub async fn engine(c: &Client, as_json: bool, cmd: EngineCmd) -> Result<ExitCod
             );
         }
     }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// `inarray update [limits] CONTAINER`
-pub async fn update(c: &Client, container: &str, limits: &LimitFlags) -> Result<ExitCode> {
-    let body = json!({"resources": limits.to_json()});
-    let v = c
-        .json(
-            Method::PATCH,
-            &format!("/v1/containers/{}", enc(container)),
-            Some(&body),
-        )
-        .await?;
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&v["resources"]).unwrap_or_default()
-    );
-    Ok(ExitCode::SUCCESS)
-}
-
-/// `inarray stats CONTAINER`
-pub async fn stats(c: &Client, container: &str) -> Result<ExitCode> {
-    let v = c
-        .json(
-            Method::GET,
-            &format!("/v1/containers/{}/stats", enc(container)),
-            None,
-        )
-        .await?;
-    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     Ok(ExitCode::SUCCESS)
 }

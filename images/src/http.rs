@@ -1,24 +1,29 @@
-//! The one HTTP client the daemon has: HTTP/1.1 GETs over hyper's connection API, on plain TCP
-//! or rustls (the system's trust store), one connection per request, every wait bounded by a
-//! timeout and every body read bounded by a byte limit the caller gives.
+//! The one HTTP client the daemon has (registry pulls, webhooks): HTTP/1.1 GETs and POSTs over
+//! hyper's connection API, on plain TCP or rustls (the system's trust store plus an optional CA
+//! file per request), one connection per request, every wait bounded by a timeout and every body
+//! read bounded by a byte limit the caller gives. It follows no redirects and applies no policy
+//! (which hosts may be reached over plain HTTP, where credentials may go): that is the caller's.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{HeaderMap, HeaderName, HeaderValue};
-use hyper::Request;
+use hyper::header::{HeaderMap, HeaderValue};
+use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+/// Bodies and header names as the client takes them (re-exported: callers need no HTTP crate).
+pub use bytes::Bytes;
+pub use hyper::header::HeaderName;
+
 /// Timeouts of one request.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Timeouts {
+pub struct Timeouts {
     pub connect: Duration,
     /// From the request sent to the response headers received.
     pub headers: Duration,
@@ -40,9 +45,21 @@ impl Default for Timeouts {
     }
 }
 
+impl Timeouts {
+    /// The same limit for every wait.
+    pub fn all(limit: Duration) -> Self {
+        Timeouts {
+            connect: limit,
+            headers: limit,
+            idle: limit,
+            document: limit,
+        }
+    }
+}
+
 /// An absolute `http(s)://host[:port]/path?query` URL (no user info, no fragment).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Url {
+pub struct Url {
     pub https: bool,
     pub host: String,
     pub port: u16,
@@ -164,13 +181,14 @@ pub(crate) fn split_authority(authority: &str) -> Result<(String, Option<u16>), 
     Ok((host.to_ascii_lowercase(), port))
 }
 
-/// Why a request failed before a response arrived.
-#[derive(Debug)]
-pub(crate) struct TransportError(pub String);
+/// Why a request failed before a response arrived (names the host and what failed).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TransportError(pub String);
 
 /// Why reading a body failed.
 #[derive(Debug)]
-pub(crate) enum BodyError {
+pub enum BodyError {
     TooLarge(u64),
     Failed(String),
 }
@@ -184,7 +202,11 @@ impl std::fmt::Display for BodyError {
     }
 }
 
-pub(crate) struct Response {
+impl std::error::Error for BodyError {}
+
+/// A response whose headers have arrived; the body is read with [`Response::chunk`] or
+/// [`Response::bytes`].
+pub struct Response {
     pub status: u16,
     pub headers: HeaderMap,
     body: Incoming,
@@ -255,21 +277,49 @@ impl Response {
     }
 }
 
-/// Sends GET requests.
-#[derive(Clone, Default)]
-pub(crate) struct Http {
+/// Sends requests.
+#[derive(Clone, Debug, Default)]
+pub struct Client {
     pub timeouts: Timeouts,
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-impl Http {
+impl Client {
+    pub fn new(timeouts: Timeouts) -> Self {
+        Client { timeouts }
+    }
+
     /// One GET, no redirects followed; HTTPS trusts the system's CAs and those of `ca_file`.
     pub async fn get(
         &self,
         url: &Url,
         headers: &[(HeaderName, String)],
+        ca_file: Option<&Path>,
+    ) -> Result<Response, TransportError> {
+        self.send(Method::GET, url, headers, Bytes::new(), ca_file)
+            .await
+    }
+
+    /// One POST of `body` (sent with its Content-Length), no redirects followed; HTTPS trusts
+    /// the system's CAs and those of `ca_file`.
+    pub async fn post(
+        &self,
+        url: &Url,
+        headers: &[(HeaderName, String)],
+        body: Bytes,
+        ca_file: Option<&Path>,
+    ) -> Result<Response, TransportError> {
+        self.send(Method::POST, url, headers, body, ca_file).await
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        url: &Url,
+        headers: &[(HeaderName, String)],
+        body: Bytes,
         ca_file: Option<&Path>,
     ) -> Result<Response, TransportError> {
         let t = self.timeouts;
@@ -302,13 +352,15 @@ impl Http {
         };
         let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
             .max_buf_size(256 * 1024)
-            .handshake::<_, Empty<Bytes>>(TokioIo::new(io))
+            .handshake::<_, Full<Bytes>>(TokioIo::new(io))
             .await
             .map_err(|e| fail("HTTP handshake failed with", &e))?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        let mut req = Request::get(url.path.as_str())
+        let mut req = Request::builder()
+            .method(method)
+            .uri(url.path.as_str())
             .header(hyper::header::HOST, url.authority())
             .header(
                 hyper::header::USER_AGENT,
@@ -319,7 +371,7 @@ impl Http {
             req = req.header(name, value);
         }
         let req = req
-            .body(Empty::<Bytes>::new())
+            .body(Full::new(body))
             .map_err(|e| fail("cannot build a request for", &e))?;
         let resp = tokio::time::timeout(t.headers, sender.send_request(req))
             .await
@@ -357,7 +409,13 @@ fn system_roots() -> &'static Result<Vec<rustls::pki_types::CertificateDer<'stat
     })
 }
 
-/// The TLS client configuration (TLS 1.2 and 1.3): the system's CAs plus, for a registry with a
+/// Checks that `ca_file` holds PEM certificates the client can trust (for a check at start, so
+/// that a bad file is reported then rather than at the first request).
+pub fn check_ca_file(ca_file: &Path) -> Result<(), String> {
+    tls_config(Some(ca_file)).map(|_| ())
+}
+
+/// The TLS client configuration (TLS 1.2 and 1.3): the system's CAs plus, for a request with a
 /// `ca_file`, that file's certificates. Cached per CA file.
 fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
     static CONFIGS: OnceLock<Mutex<HashMap<Option<PathBuf>, Arc<rustls::ClientConfig>>>> =
@@ -411,6 +469,64 @@ fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Answers one request on a loopback port with `201` and `done`; hands back what came in.
+    async fn one_request() -> (u16, tokio::task::JoinHandle<Vec<u8>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Until the head and (for the POST) its 5-byte body are in.
+            while !(got.windows(4).any(|w| w == b"\r\n\r\n")
+                && (got.starts_with(b"GET") || got.ends_with(b"hello")))
+            {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+                got.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(b"HTTP/1.1 201 Created\r\ncontent-length: 4\r\n\r\ndone")
+                .await
+                .unwrap();
+            got
+        });
+        (port, task)
+    }
+
+    #[tokio::test]
+    async fn posts_a_body_with_its_length_and_gets_carry_none() {
+        let client = Client::new(Timeouts::all(Duration::from_secs(5)));
+        let (port, seen) = one_request().await;
+        let url = Url::parse(&format!("http://127.0.0.1:{port}/in?x=1")).unwrap();
+        let header = (HeaderName::from_static("x-test"), "1".to_owned());
+        let resp = client
+            .post(&url, &[header], Bytes::from_static(b"hello"), None)
+            .await
+            .unwrap();
+        assert_eq!(resp.status, 201);
+        assert_eq!(resp.bytes(100).await.unwrap(), b"done");
+        let req = String::from_utf8(seen.await.unwrap())
+            .unwrap()
+            .to_lowercase();
+        assert!(req.starts_with("post /in?x=1 http/1.1\r\n"), "{req}");
+        for h in ["content-length: 5", "x-test: 1", "host: 127.0.0.1:"] {
+            assert!(req.contains(h), "{h} missing: {req}");
+        }
+        assert!(req.ends_with("\r\n\r\nhello"), "{req}");
+
+        let (port, seen) = one_request().await;
+        let url = Url::parse(&format!("http://127.0.0.1:{port}/v2/")).unwrap();
+        let resp = client.get(&url, &[], None).await.unwrap();
+        assert_eq!(resp.status, 201);
+        let req = String::from_utf8(seen.await.unwrap())
+            .unwrap()
+            .to_lowercase();
+        assert!(req.starts_with("get /v2/ http/1.1\r\n"), "{req}");
+        assert!(!req.contains("content-length"), "a GET has no body: {req}");
+        assert!(req.ends_with("\r\n\r\n"), "{req}");
+    }
 
     #[test]
     fn parses_and_joins_urls() {

@@ -1,21 +1,19 @@
-//! `inarray image pull` (progress and a summary) and `inarray registry …`.
+//! CLI: `inarray image pull` (progress and a summary).
 //!
 //! Progress is plain text, not indicatif bars: one status line rewritten in place on a terminal,
 //! one line per finished layer otherwise (logs, CI). indicatif would add a crate tree (console,
 //! unicode-width, portable-atomic …) to a binary whose other commands print plain lines.
 
 use std::collections::HashMap;
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use hyper::Method;
 use inarray_api::client::Client;
 use serde_json::{json, Value};
 
-use crate::cli::RegistryCmd;
-
+/// `bytes` in B, KiB, MiB, GiB or TiB.
 pub fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = bytes as f64;
@@ -166,47 +164,6 @@ pub async fn pull(c: &Client, reference: &str, as_json: bool) -> Result<ExitCode
             secs,
             human((fetched as f64 / secs.max(0.001)) as u64)
         );
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-pub async fn registry(c: &Client, cmd: RegistryCmd, as_json: bool) -> Result<ExitCode> {
-    match cmd {
-        RegistryCmd::Login { registry, username } => {
-            let mut password = String::new();
-            std::io::stdin()
-                .take(64 * 1024)
-                .read_to_string(&mut password)?;
-            let password = password.trim_end_matches(['\n', '\r']).to_string();
-            c.json(
-                Method::POST,
-                "/v1/registries",
-                Some(&json!({"registry": registry, "username": username, "password": password})),
-            )
-            .await?;
-            println!("credentials stored for {registry}");
-        }
-        RegistryCmd::Logout { registry } => {
-            c.json(Method::DELETE, &format!("/v1/registries/{registry}"), None)
-                .await?;
-            println!("credentials removed for {registry}");
-        }
-        RegistryCmd::Ls => {
-            let v = c.json(Method::GET, "/v1/registries", None).await?;
-            if as_json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                println!("{:<40} {:<24} SOURCE", "REGISTRY", "USERNAME");
-                for r in v.as_array().into_iter().flatten() {
-                    println!(
-                        "{:<40} {:<24} {}",
-                        r["registry"].as_str().unwrap_or(""),
-                        r["username"].as_str().unwrap_or(""),
-                        r["source"].as_str().unwrap_or("")
-                    );
-                }
-            }
-        }
     }
     Ok(ExitCode::SUCCESS)
 }

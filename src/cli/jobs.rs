@@ -6,11 +6,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use hyper::Method;
-use inarray_api::client::Client;
+use inarray_api::client::{Client, Method};
 use serde_json::{json, Value};
 
-use crate::cli::{enc, parse_volume};
+use super::containers::parse_volume;
+use super::{enc, output};
 
 #[derive(Debug, Subcommand)]
 pub enum JobCmd {
@@ -170,14 +170,11 @@ fn when(v: &Value) -> String {
 }
 
 pub async fn job(c: &Client, as_json: bool, cmd: JobCmd) -> Result<ExitCode> {
-    let print = |v: &Value| println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
     let path = |name: &str, tail: &str| format!("/v1/jobs/{}{tail}", enc(name));
     match cmd {
         JobCmd::Ls => {
             let v = c.json(Method::GET, "/v1/jobs", None).await?;
-            if as_json {
-                print(&v);
-            } else {
+            output(as_json, &v, |v| {
                 println!(
                     "{:<24} {:<20} {:<18} {:<26} {:<9} {:>6}",
                     "NAME", "SCHEDULE", "TIME ZONE", "NEXT FIRE (LOCAL)", "SUSPENDED", "ACTIVE"
@@ -193,20 +190,18 @@ pub async fn job(c: &Client, as_json: bool, cmd: JobCmd) -> Result<ExitCode> {
                         j["active_runs"]
                     );
                 }
-            }
+            });
         }
         JobCmd::Add(o) => {
             let body = definition(*o)?;
             let v = c.json(Method::POST, "/v1/jobs", Some(&body)).await?;
-            if as_json {
-                print(&v);
-            } else {
+            output(as_json, &v, |v| {
                 println!(
                     "{} next fire {}",
                     s(&v["name"]),
                     when(&v["next_fire_local"])
                 );
-            }
+            });
         }
         JobCmd::Rm { name } => {
             c.json(Method::DELETE, &path(&name, ""), None).await?;
@@ -214,9 +209,7 @@ pub async fn job(c: &Client, as_json: bool, cmd: JobCmd) -> Result<ExitCode> {
         }
         JobCmd::Run { name } => {
             let v = c.json(Method::POST, &path(&name, "/run"), None).await?;
-            if as_json {
-                print(&v);
-            } else {
+            output(as_json, &v, |v| {
                 println!(
                     "run {} {} container {}{}",
                     v["id"],
@@ -227,16 +220,14 @@ pub async fn job(c: &Client, as_json: bool, cmd: JobCmd) -> Result<ExitCode> {
                         .map(|e| format!(": {e}"))
                         .unwrap_or_default()
                 );
-            }
+            });
         }
         JobCmd::Runs { name, limit } => {
             let q = limit.map(|l| format!("?limit={l}")).unwrap_or_default();
             let v = c
                 .json(Method::GET, &path(&name, &format!("/runs{q}")), None)
                 .await?;
-            if as_json {
-                print(&v);
-            } else {
+            output(as_json, &v, |v| {
                 println!(
                     "{:>6} {:<25} {:<9} {:>3} {:<9} {:>4} {:<14} ERROR",
                     "RUN", "SCHEDULED", "TRIGGER", "TRY", "STATE", "EXIT", "CONTAINER"
@@ -258,7 +249,7 @@ pub async fn job(c: &Client, as_json: bool, cmd: JobCmd) -> Result<ExitCode> {
                         s(&r["error"])
                     );
                 }
-            }
+            });
         }
         JobCmd::Suspend { name } => {
             c.json(Method::POST, &path(&name, "/suspend"), None).await?;

@@ -4,9 +4,10 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use clap::Subcommand;
-use hyper::Method;
-use inarray_api::client::Client;
+use inarray_api::client::{Client, Method};
 use serde_json::{json, Value};
+
+use super::{enc, output};
 
 #[derive(Debug, Subcommand)]
 pub enum ExportCmd {
@@ -45,51 +46,38 @@ pub fn parse_client(s: &str) -> Result<Value> {
     Ok(json!({"match": m, "access": access}))
 }
 
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 pub async fn export(c: &Client, as_json: bool, cmd: ExportCmd) -> Result<ExitCode> {
     match cmd {
         ExportCmd::Ls => {
             let v = c.json(Method::GET, "/v1/exports", None).await?;
-            if as_json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-                return Ok(ExitCode::SUCCESS);
-            }
-            println!(
-                "{:<16} {:<28} {:<7} {:<12} CLIENTS",
-                "NAME", "PATH", "SQUASH", "ANON"
-            );
-            for x in v.as_array().into_iter().flatten() {
-                let clients: Vec<String> = x["clients"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|c| {
-                        format!(
-                            "{}:{}",
-                            c["match"].as_str().unwrap_or(""),
-                            c["access"].as_str().unwrap_or("")
-                        )
-                    })
-                    .collect();
+            output(as_json, &v, |v| {
                 println!(
-                    "{:<16} {:<28} {:<7} {:<12} {}",
-                    x["name"].as_str().unwrap_or(""),
-                    x["path"].as_str().unwrap_or(""),
-                    x["squash"].as_str().unwrap_or(""),
-                    format!("{}:{}", x["anon_uid"], x["anon_gid"]),
-                    clients.join(",")
+                    "{:<16} {:<28} {:<7} {:<12} CLIENTS",
+                    "NAME", "PATH", "SQUASH", "ANON"
                 );
-            }
+                for x in v.as_array().into_iter().flatten() {
+                    let clients: Vec<String> = x["clients"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|c| {
+                            format!(
+                                "{}:{}",
+                                c["match"].as_str().unwrap_or(""),
+                                c["access"].as_str().unwrap_or("")
+                            )
+                        })
+                        .collect();
+                    println!(
+                        "{:<16} {:<28} {:<7} {:<12} {}",
+                        x["name"].as_str().unwrap_or(""),
+                        x["path"].as_str().unwrap_or(""),
+                        x["squash"].as_str().unwrap_or(""),
+                        format!("{}:{}", x["anon_uid"], x["anon_gid"]),
+                        clients.join(",")
+                    );
+                }
+            });
         }
         ExportCmd::Add {
             name,
@@ -108,11 +96,9 @@ pub async fn export(c: &Client, as_json: bool, cmd: ExportCmd) -> Result<ExitCod
                 "anon_uid": anon_uid, "anon_gid": anon_gid,
             });
             let v = c.json(Method::POST, "/v1/exports", Some(&body)).await?;
-            if as_json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
+            output(as_json, &v, |v| {
                 println!("{}", v["name"].as_str().unwrap_or(""));
-            }
+            });
         }
         ExportCmd::Rm { name } => {
             c.json(Method::DELETE, &format!("/v1/exports/{}", enc(&name)), None)

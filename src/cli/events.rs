@@ -5,11 +5,10 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Subcommand;
-use hyper::Method;
-use inarray_api::client::Client;
+use inarray_api::client::{Client, Method};
 use serde_json::{json, Value};
 
-use crate::cli::enc;
+use super::{enc, output};
 
 #[derive(Debug, Subcommand)]
 pub enum WatchCmd {
@@ -61,9 +60,7 @@ pub async fn watch(c: &Client, as_json: bool, cmd: WatchCmd) -> Result<ExitCode>
     match cmd {
         WatchCmd::Ls => {
             let v = c.json(Method::GET, "/v1/watches", None).await?;
-            if as_json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
+            output(as_json, &v, |v| {
                 println!(
                     "{:<20} {:<30} {:>5} {:>8} {:>8} {:>7} ERROR",
                     "NAME", "PATH", "REC", "DIRS", "EVENTS", "RESYNCS"
@@ -80,7 +77,7 @@ pub async fn watch(c: &Client, as_json: bool, cmd: WatchCmd) -> Result<ExitCode>
                         s(&w["error"])
                     );
                 }
-            }
+            });
         }
         WatchCmd::Add {
             name,
@@ -98,15 +95,13 @@ pub async fn watch(c: &Client, as_json: bool, cmd: WatchCmd) -> Result<ExitCode>
                 body["events"] = json!(events);
             }
             let v = c.json(Method::POST, "/v1/watches", Some(&body)).await?;
-            if as_json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
+            output(as_json, &v, |v| {
                 println!(
                     "{} watching {} directories",
                     s(&v["name"]),
                     v["watched_dirs"]
                 );
-            }
+            });
         }
         WatchCmd::Rm { name } => {
             c.json(Method::DELETE, &format!("/v1/watches/{}", enc(&name)), None)

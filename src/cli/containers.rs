@@ -1,0 +1,251 @@
+//! CLI: containers (`inarray run`, `ps`, `logs`, `start`, `stop`, `kill`, `wait`, `rm`,
+//! `inspect`, `update`, `stats`).
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use inarray_api::client::{Client, Method};
+use serde_json::{json, Value};
+
+use super::engines::LimitFlags;
+use super::{enc, output, print_json};
+
+#[derive(Debug, clap::Args)]
+pub struct RunOpts {
+    #[arg(long)]
+    name: Option<String>,
+    /// SRC:DST[:ro] — SRC relative to the array root.
+    #[arg(short = 'v', long = "volume")]
+    volumes: Vec<String>,
+    /// KEY=VALUE
+    #[arg(short = 'e', long = "env")]
+    env: Vec<String>,
+    /// no | always | on-failure[:N] | unless-stopped
+    #[arg(long, default_value = "no")]
+    restart: String,
+    /// none | host
+    #[arg(long, default_value = "none")]
+    network: String,
+    /// The engine to run in (default: default).
+    #[arg(long)]
+    engine: Option<String>,
+    #[command(flatten)]
+    limits: LimitFlags,
+    #[arg(short = 'w', long)]
+    workdir: Option<String>,
+    #[arg(short = 'u', long)]
+    user: Option<String>,
+    /// Print the id and return instead of attaching.
+    #[arg(short = 'd', long)]
+    detach: bool,
+    /// Remove the container once it has exited (attached runs only).
+    #[arg(long)]
+    rm: bool,
+    image: String,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+/// Parses `SRC:DST[:ro|rw]`.
+pub fn parse_volume(s: &str) -> Result<Value> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let (src, dst, ro) = match parts.as_slice() {
+        [src, dst] => (src, dst, false),
+        [src, dst, "ro"] => (src, dst, true),
+        [src, dst, "rw"] => (src, dst, false),
+        _ => anyhow::bail!("volume {s:?}: expected SRC:DST[:ro]"),
+    };
+    Ok(json!({"source": src, "target": dst, "read_only": ro}))
+}
+
+/// The process exit code for a `wait` answer: the container's, or 125 when it has none.
+fn exit_code(v: &Value) -> ExitCode {
+    match v["exit_code"].as_i64() {
+        Some(c) => ExitCode::from(u8::try_from(c.clamp(0, 255)).unwrap_or(255)),
+        None => ExitCode::from(125),
+    }
+}
+
+/// Copies a container's log stream to standard output as it comes.
+async fn stream_logs(c: &Client, path: &str) -> Result<()> {
+    c.stream(path, |d| {
+        let _ = std::io::stdout().write_all(d);
+        let _ = std::io::stdout().flush();
+    })
+    .await?;
+    Ok(())
+}
+
+/// `inarray run`: create, start, and unless detached follow the output and wait.
+pub async fn run_container(c: &Client, o: RunOpts) -> Result<ExitCode> {
+    let volumes: Vec<Value> = o
+        .volumes
+        .iter()
+        .map(|v| parse_volume(v))
+        .collect::<Result<_>>()?;
+    let mut body = json!({
+        "image": o.image, "volumes": volumes, "env": o.env, "restart": o.restart, "network": o.network,
+    });
+    if let Some(n) = &o.name {
+        body["name"] = json!(n);
+    }
+    if let Some(e) = &o.engine {
+        body["engine"] = json!(e);
+    }
+    let limits = o.limits.to_json();
+    if limits.as_object().is_some_and(|m| !m.is_empty()) {
+        body["resources"] = limits;
+    }
+    if !o.command.is_empty() {
+        body["command"] = json!(o.command);
+    }
+    if let Some(w) = &o.workdir {
+        body["workdir"] = json!(w);
+    }
+    if let Some(u) = &o.user {
+        body["user"] = json!(u);
+    }
+    let created = c.json(Method::POST, "/v1/containers", Some(&body)).await?;
+    let id = created["id"]
+        .as_str()
+        .context("the daemon returned no id")?
+        .to_owned();
+    if o.detach {
+        println!("{id}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    stream_logs(c, &format!("/v1/containers/{id}/logs?follow=true")).await?;
+    let v = c
+        .json(Method::POST, &format!("/v1/containers/{id}/wait"), None)
+        .await?;
+    if o.rm {
+        c.json(
+            Method::DELETE,
+            &format!("/v1/containers/{id}?force=true"),
+            None,
+        )
+        .await?;
+    }
+    if let Some(e) = v["error"].as_str() {
+        eprintln!("inarray: {e}");
+    }
+    Ok(exit_code(&v))
+}
+
+/// `inarray ps [--all]`
+pub async fn ps(c: &Client, as_json: bool, all: bool) -> Result<ExitCode> {
+    let v = c
+        .json(Method::GET, &format!("/v1/containers?all={all}"), None)
+        .await?;
+    output(as_json, &v, |v| {
+        println!(
+            "{:<14} {:<20} {:<20} {:<11} {:>5}",
+            "ID", "NAME", "IMAGE", "STATE", "EXIT"
+        );
+        for x in v.as_array().into_iter().flatten() {
+            let id = x["id"].as_str().unwrap_or("");
+            println!(
+                "{:<14} {:<20} {:<20} {:<11} {:>5}",
+                &id[..id.len().min(12)],
+                x["name"].as_str().unwrap_or(""),
+                x["image"].as_str().unwrap_or(""),
+                x["state"].as_str().unwrap_or(""),
+                x["exit_code"]
+                    .as_i64()
+                    .map(|c| c.to_string())
+                    .unwrap_or_default()
+            );
+        }
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `inarray logs [--follow] CONTAINER`
+pub async fn logs(c: &Client, follow: bool, container: &str) -> Result<ExitCode> {
+    let path = format!("/v1/containers/{}/logs?follow={follow}", enc(container));
+    stream_logs(c, &path).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `POST /v1/containers/NAME/<tail>` (start, stop, kill); prints the container's id.
+pub async fn action(c: &Client, container: &str, tail: &str) -> Result<ExitCode> {
+    let v = c
+        .json(
+            Method::POST,
+            &format!("/v1/containers/{}/{tail}", enc(container)),
+            None,
+        )
+        .await?;
+    println!("{}", v["id"].as_str().unwrap_or(""));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `inarray wait CONTAINER`: prints the exit code and exits with it.
+pub async fn wait(c: &Client, container: &str) -> Result<ExitCode> {
+    let v = c
+        .json(
+            Method::POST,
+            &format!("/v1/containers/{}/wait", enc(container)),
+            None,
+        )
+        .await?;
+    println!("{}", v["exit_code"]);
+    Ok(exit_code(&v))
+}
+
+/// `inarray rm [--force] CONTAINER`
+pub async fn rm(c: &Client, force: bool, container: &str) -> Result<ExitCode> {
+    c.json(
+        Method::DELETE,
+        &format!("/v1/containers/{}?force={force}", enc(container)),
+        None,
+    )
+    .await?;
+    println!("{container}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `inarray inspect CONTAINER`
+pub async fn inspect(c: &Client, container: &str) -> Result<ExitCode> {
+    let path = format!("/v1/containers/{}", enc(container));
+    print_json(&c.json(Method::GET, &path, None).await?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `inarray update [limits] CONTAINER`
+pub async fn update(c: &Client, container: &str, limits: &LimitFlags) -> Result<ExitCode> {
+    let body = json!({"resources": limits.to_json()});
+    let v = c
+        .json(
+            Method::PATCH,
+            &format!("/v1/containers/{}", enc(container)),
+            Some(&body),
+        )
+        .await?;
+    print_json(&v["resources"]);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `inarray stats CONTAINER`
+pub async fn stats(c: &Client, container: &str) -> Result<ExitCode> {
+    let path = format!("/v1/containers/{}/stats", enc(container));
+    print_json(&c.json(Method::GET, &path, None).await?);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volume_flags() {
+        assert_eq!(
+            parse_volume("data:/d").unwrap(),
+            json!({"source": "data", "target": "/d", "read_only": false})
+        );
+        assert_eq!(parse_volume("a/b:/x:ro").unwrap()["read_only"], true);
+        assert!(parse_volume("a").is_err());
+        assert!(parse_volume("a:/b:rx").is_err());
+    }
+}

@@ -18,6 +18,7 @@
 #[path = "../../tests/common/image_builder.rs"]
 mod image_builder;
 
+mod compare;
 mod daemon;
 mod evidence;
 mod load;
@@ -79,6 +80,29 @@ enum Cmd {
         socket: PathBuf,
         #[arg(short, default_value_t = 20)]
         n: usize,
+    },
+    /// Two binaries (before and after a change) side by side with runc and podman, after
+    /// `prepare` in the same WORK: run-to-exit through REST and the CLI, and the memory of N
+    /// sleeping containers with podman's conmon beside them; prints a markdown section.
+    Compare {
+        /// The binary after the change.
+        #[arg(long)]
+        bin: PathBuf,
+        /// The binary before the change.
+        #[arg(long)]
+        old_bin: PathBuf,
+        #[arg(long)]
+        work: PathBuf,
+        #[arg(long)]
+        podman_image: String,
+        #[arg(long, default_value_t = 300)]
+        runs: usize,
+        #[arg(long, default_value_t = 50)]
+        podman_runs: usize,
+        #[arg(long, default_value_t = 250)]
+        containers: usize,
+        #[arg(long, default_value_t = 50)]
+        podman_containers: usize,
     },
     /// Only the inside-vs-NFS benchmark (after `prepare` in the same WORK); prints its section.
     Scan {
@@ -394,6 +418,32 @@ fn main() -> Result<()> {
                 println!("{s}");
                 Ok(())
             })
+        }
+        Cmd::Compare {
+            bin,
+            old_bin,
+            work,
+            podman_image,
+            runs,
+            podman_runs,
+            containers,
+            podman_containers,
+        } => {
+            let o = compare::Opts {
+                new_bin: bin,
+                old_bin,
+                work,
+                podman_image,
+                runs,
+                podman_runs,
+                containers,
+                podman_containers,
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            println!("{}", rt.block_on(compare::bench(&o))?);
+            Ok(())
         }
         Cmd::Loop { socket, n } => {
             let rt = tokio::runtime::Builder::new_current_thread()

@@ -188,7 +188,9 @@ pub fn favor_dynmods(root: &Path) -> std::io::Result<bool> {
     let mounts: Vec<MountLine> = info.lines().filter_map(MountLine::parse).collect();
     let under = |m: &&MountLine| m.point.starts_with(root) && m.fstype.starts_with("cgroup");
     let target = if is_v2(root) {
-        mounts.iter().find(|m| m.point == root && m.fstype == "cgroup2")
+        mounts
+            .iter()
+            .find(|m| m.point == root && m.fstype == "cgroup2")
     } else {
         let v1: Vec<&MountLine> = mounts
             .iter()
@@ -224,10 +226,10 @@ pub fn favor_dynmods(root: &Path) -> std::io::Result<bool> {
         Some(data.join(",").as_str()),
     )
     .map_err(|e| {
-        std::io::Error::new(
-            std::io::ErrorKind::Other,
-            format!("remount {} with favordynmods: {e}", m.point.display()),
-        )
+        std::io::Error::other(format!(
+            "remount {} with favordynmods: {e}",
+            m.point.display()
+        ))
     })?;
     Ok(true)
 }

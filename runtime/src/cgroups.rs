@@ -180,28 +180,30 @@ pub fn find_container(root: &Path, parent: &str, id: &str) -> Vec<String> {
 /// an RCU grace period, ≈ 6–9 ms on the nodes measured; with `favordynmods` on any hierarchy the
 /// kernel keeps its cgroup lock in the mode where moves do not wait, at the cost of slightly
 /// dearer forks and exits, until it is switched off or the node reboots. The effect is
-/// machine-wide, so one hierarchy is enough: the unified one on v2, else the `pids` (or the first)
-/// v1 controller's. Returns whether the mount was changed (false when already set). The mount's
+/// machine-wide (the lock is global), so one hierarchy is enough: the cgroup2 one (the root on
+/// v2, `unified` on a hybrid host), else the `pids` (or the first) v1 controller's. Returns whether the mount was changed (false when already set). The mount's
 /// own flags (nosuid, nodev, …) and its other options are kept.
 pub fn favor_dynmods(root: &Path) -> std::io::Result<bool> {
     let info = std::fs::read_to_string("/proc/self/mountinfo")?;
     let mounts: Vec<MountLine> = info.lines().filter_map(MountLine::parse).collect();
     let under = |m: &&MountLine| m.point.starts_with(root) && m.fstype.starts_with("cgroup");
-    let target = if is_v2(root) {
-        mounts
-            .iter()
-            .find(|m| m.point == root && m.fstype == "cgroup2")
-    } else {
-        let v1: Vec<&MountLine> = mounts
-            .iter()
-            .filter(under)
-            .filter(|m| m.fstype == "cgroup")
-            .collect();
-        v1.iter()
-            .find(|m| m.super_opts.split(',').any(|o| o == "pids"))
-            .or(v1.first())
-            .copied()
-    };
+    // A cgroup2 mount takes the option on remount everywhere (the root on v2, `unified` on a
+    // hybrid host); a v1 hierarchy only where the kernel has the v1 option too.
+    let target = mounts
+        .iter()
+        .filter(under)
+        .find(|m| m.fstype == "cgroup2")
+        .or_else(|| {
+            let v1: Vec<&MountLine> = mounts
+                .iter()
+                .filter(under)
+                .filter(|m| m.fstype == "cgroup")
+                .collect();
+            v1.iter()
+                .find(|m| m.super_opts.split(',').any(|o| o == "pids"))
+                .or(v1.first())
+                .copied()
+        });
     let Some(m) = target else {
         return Err(std::io::Error::new(
             std::io::ErrorKind::NotFound,

@@ -45,9 +45,6 @@ pub struct Args {
 pub enum Command {
     /// Run the daemon.
     Serve(ServeOpts),
-    /// Internal: supervise one container (started by the daemon).
-    #[command(hide = true)]
-    Shim { dir: PathBuf },
     /// Manage images.
     #[command(subcommand)]
     Image(ImageCmd),
@@ -243,7 +240,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     use hyper::Method;
     let print = |v: &Value| println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
     match command {
-        Command::Serve(_) | Command::Shim { .. } => unreachable!("dispatched in main"),
+        Command::Serve(_) => unreachable!("dispatched in main"),
         Command::Image(ImageCmd::Import { file, name }) => {
             let path = match &name {
                 Some(n) => format!("/v1/images/import?name={}", enc(n)),

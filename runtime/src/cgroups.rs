@@ -80,24 +80,8 @@ fn remove_tree(dir: &Path) -> std::io::Result<()> {
     }
 }
 
-/// OOM kills recorded for cgroup `rel` (v1 `memory.oom_control`, v2 `memory.events`).
-pub fn oom_kills(rel: &str) -> Option<u64> {
-    let rel = rel.trim_start_matches('/');
-    let root = Path::new(CGROUP_ROOT);
-    let (file, key) = if root.join("cgroup.controllers").exists() {
-        (root.join(rel).join("memory.events"), "oom_kill")
-    } else {
-        (
-            root.join("memory").join(rel).join("memory.oom_control"),
-            "oom_kill",
-        )
-    };
-    let text = std::fs::read_to_string(file).ok()?;
-    text.lines().find_map(|l| {
-        let (k, v) = l.split_once(' ')?;
-        (k == key).then(|| v.trim().parse().ok()).flatten()
-    })
-}
+/// OOM kills recorded for cgroup `rel` (the shim reads them after its container's exit).
+pub use inarray_shim::oom_kills;
 
 /// The cgroup paths (relative, e.g. `/inarray/default/<id>`) of any container `id` under
 /// `parent`, whatever its engine: for cleaning up after a crash without trusting the database.

@@ -24,12 +24,12 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::config::{ContainerConfig, InvalidField, PullPolicy};
 use crate::engines::{self, CgroupDriver, EngineDef, Usage};
-use crate::paths::ContainerPaths;
 use crate::resources::Resources;
-use crate::shim::{ShimConfig, ShimRecord};
 use crate::spec::{self, ImageDefaults, SpecContext};
 use crate::supervisor;
 use crate::volumes::{ArrayRoot, VolumeError};
+use inarray_shim::protocol::{ShimConfig, ShimRecord};
+use inarray_shim::ContainerPaths;
 
 /// Fixed settings of a manager.
 #[derive(Clone, Debug)]
@@ -38,7 +38,7 @@ pub struct ManagerOptions {
     pub array_dir: PathBuf,
     /// Daemon paths no volume may expose (state dir, socket directories).
     pub protected: Vec<PathBuf>,
-    /// The executable the shims run (the sealed copy of the daemon's binary).
+    /// The executable the shims run (the sealed copy of `inarray-shim`).
     pub shim_exe: PathBuf,
     /// Memory the node allots to containers: engines' memory limits must fit in it.
     pub container_memory: u64,
@@ -825,9 +825,9 @@ impl Manager {
         let write = || -> std::io::Result<()> {
             std::fs::create_dir_all(paths.bundle())?;
             let spec_json = serde_json::to_vec_pretty(&spec).map_err(std::io::Error::other)?;
-            crate::fsutil::write_replace(&paths.bundle().join("config.json"), &spec_json)?;
+            inarray_sys::write_replace(&paths.bundle().join("config.json"), &spec_json)?;
             let shim_json = serde_json::to_vec_pretty(&shim).map_err(std::io::Error::other)?;
-            crate::fsutil::write_replace(&paths.shim_config(), &shim_json)
+            inarray_sys::write_replace(&paths.shim_config(), &shim_json)
         };
         write().map_err(|e| internal(&format!("cannot prepare {}", paths.dir.display()), e))?;
         Ok(paths)

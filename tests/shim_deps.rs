@@ -29,7 +29,14 @@ fn cargo_tree(args: &[&str]) -> Vec<String> {
 fn the_shim_links_no_async_runtime_http_or_sql() {
     let deps = cargo_tree(&["-p", "inarray-shim"]);
     assert!(deps.iter().any(|d| d == "libcontainer"), "{deps:?}");
-    for banned in ["tokio", "axum", "hyper", "sqlx", "inarray-runtime", "inarray-store"] {
+    for banned in [
+        "tokio",
+        "axum",
+        "hyper",
+        "sqlx",
+        "inarray-runtime",
+        "inarray-store",
+    ] {
         assert!(
             !deps.iter().any(|d| d == banned),
             "inarray-shim depends on {banned}"

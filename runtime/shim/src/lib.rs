@@ -21,6 +21,7 @@
 
 mod cgroup;
 mod container;
+mod memory;
 pub mod paths;
 pub mod protocol;
 pub mod sealed;

@@ -84,6 +84,8 @@ pub fn main(dir: &Path) -> ! {
     }
     send(&ShimReport::Started(rec), true);
     log(&format!("container started, pid {}", rec.pid));
+    // From here on the shim only waits: let go of the pages starting the container touched.
+    crate::memory::drop_clean_file_pages();
     let (exit_code, signal) = reap(Pid::from_raw(rec.pid));
     // Read before the runtime deletes the cgroup.
     let oom_killed = crate::cgroup::oom_kills(&cgroup).unwrap_or(0) > 0;

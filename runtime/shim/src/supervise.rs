@@ -3,12 +3,11 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
 
 use inarray_sys::write_atomic;
 use nix::errno::Errno;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{setsid, ForkResult, Pid};
 
@@ -85,11 +84,8 @@ pub fn main(dir: &Path) -> ! {
     }
     send(&ShimReport::Started(rec), true);
     log(&format!("container started, pid {}", rec.pid));
-    // From here on the shim only waits: once the container has outlived a short grace period
-    // (a container that ends at once is reaped at once), let go of the pages starting it touched.
-    if !exits_within(Pid::from_raw(rec.pid), DROP_PAGES_AFTER_MS) {
-        crate::memory::drop_clean_file_pages();
-    }
+    // From here on the shim only waits: let go of the pages starting the container touched.
+    crate::memory::drop_clean_file_pages();
     let (exit_code, signal) = reap(Pid::from_raw(rec.pid));
     // Read before the runtime deletes the cgroup.
     let oom_killed = crate::cgroup::oom_kills(&cgroup).unwrap_or(0) > 0;
@@ -115,24 +111,6 @@ pub fn main(dir: &Path) -> ! {
         log(&format!("runtime delete failed: {e}"));
     }
     std::process::exit(0)
-}
-
-/// How long a container must run before its shim drops its start-up pages.
-const DROP_PAGES_AFTER_MS: u16 = 100;
-
-/// Whether the process `pid` (our child) exits within `ms` milliseconds (not reaped here).
-fn exits_within(pid: Pid, ms: u16) -> bool {
-    let Ok(fd) = inarray_sys::pidfd_open(pid.as_raw()) else {
-        return true; // already gone
-    };
-    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-    loop {
-        match poll(&mut fds, PollTimeout::from(ms)) {
-            Err(Errno::EINTR) => continue,
-            Ok(n) => return n > 0,
-            Err(_) => return false,
-        }
-    }
 }
 
 /// Sends `{error}` on stdout, the report pipe (before the supervisor has detached).

@@ -48,6 +48,9 @@ pub struct FileConfig {
     pub events: Option<EventsConfig>,
     /// The I/O guard: the containers' share of the array disk while the daemon uses it.
     pub io_guard: Option<IoGuardConfig>,
+    /// The shim executable (default: `inarray-shim` in the directory of the daemon's own
+    /// executable).
+    pub shim: Option<PathBuf>,
 }
 
 /// `[io_guard]` in the config file (docs/operator-guide.md, "Engines"; the defaults in
@@ -186,6 +189,9 @@ pub struct ServeOpts {
     /// The cgroup holding the containers' engines (default inarray; storage is NAME-storage).
     #[arg(long, value_name = "NAME")]
     pub cgroup_root: Option<String>,
+    /// The shim executable (default: inarray-shim beside this executable).
+    #[arg(long, value_name = "FILE")]
+    pub shim: Option<PathBuf>,
 }
 
 struct Settings {
@@ -210,6 +216,7 @@ struct Settings {
     events: inarray_events::EventsOptions,
     nats: Option<inarray_events::nats::NatsConfig>,
     io_guard: inarray_runtime::ioguard::GuardConfig,
+    shim: Option<PathBuf>,
 }
 
 type RegistryMaps = (
@@ -381,7 +388,30 @@ fn settings(opts: ServeOpts) -> Result<Settings> {
         },
         events: file.events.unwrap_or_default().options()?,
         io_guard: file.io_guard.unwrap_or_default().options()?,
+        shim: opts.shim.or(file.shim),
     })
+}
+
+/// The shim executable: the configured one, or `inarray-shim` in the directory of the running
+/// executable (`/proc/self/exe`), where it is installed beside `inarray`.
+fn shim_exe(configured: Option<&Path>) -> Result<PathBuf> {
+    let path = match configured {
+        Some(p) => p.to_owned(),
+        None => {
+            let me = std::env::current_exe().context("cannot read /proc/self/exe")?;
+            me.parent()
+                .unwrap_or(Path::new("/"))
+                .join(inarray_shim::EXE_NAME)
+        }
+    };
+    if !path.is_file() {
+        bail!(
+            "shim executable {} not found: install {} beside inarray, or set `shim` in the config file (--shim)",
+            path.display(),
+            inarray_shim::EXE_NAME
+        );
+    }
+    Ok(path)
 }
 
 fn check_dirs(s: &Settings) -> Result<(PathBuf, PathBuf)> {
@@ -437,8 +467,9 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
         s.log_format,
     );
     let (array, state) = check_dirs(&s)?;
-    let sealed = inarray_runtime::sealed::SealedExe::new()
-        .context("cannot make a sealed copy of the binary")?;
+    let shim = shim_exe(s.shim.as_deref())?;
+    let sealed = inarray_shim::SealedExe::copy_of(&shim)
+        .with_context(|| format!("cannot make a sealed copy of the shim {}", shim.display()))?;
     let store = inarray_store::Store::open(&state.join("state.db"))
         .await
         .context("state database")?;
@@ -740,6 +771,7 @@ impl Reloader {
                 new.image_prune_interval != c.image_prune_interval,
             ),
             ("io_guard", new.io_guard != c.io_guard),
+            ("shim", new.shim != c.shim),
         ] {
             if changed {
                 tracing::warn!(
@@ -766,6 +798,7 @@ impl Reloader {
             events: c.events.clone(),
             nats: c.nats.clone(),
             io_guard: c.io_guard.clone(),
+            shim: c.shim.clone(),
             registries: new.registries,
             registry_credentials: new.registry_credentials,
             log: new.log,
@@ -844,6 +877,7 @@ mod tests {
             config,
             nfs_listen: None,
             cgroup_root: None,
+            shim: None,
         }
     }
 

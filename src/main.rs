@@ -1,5 +1,6 @@
-//! `inarray`: the daemon (`serve`), the per-container shim (`shim`, internal) and the client
-//! commands. This file only wires configuration, tracing and the crates together.
+//! `inarray`: the daemon (`serve`) and the client commands. This file only wires configuration,
+//! tracing and the crates together. The per-container shim is its own executable, `inarray-shim`
+//! (`src/shim.rs`).
 
 mod cli;
 mod daemon;
@@ -13,8 +14,6 @@ use clap::Parser;
 fn main() -> ExitCode {
     let args = cli::Args::parse();
     match args.command {
-        // The shim must stay single-threaded (libcontainer forks): no async runtime here.
-        cli::Command::Shim { dir } => inarray_runtime::shim::main(&dir),
         cli::Command::Serve(opts) => {
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -21,10 +21,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("rustls", &["inarray-api", "inarray-images"]),
     ("tokio-rustls", &["inarray-api", "inarray-images"]),
     ("rustls-native-certs", &["inarray-api", "inarray-images"]),
-    // Containers: only the shim calls libcontainer. `inarray-runtime` is allowed until the shim
-    // crate (runtime/shim) is merged and the runtime no longer links it: the lead removes it
-    // from this row then.
-    ("libcontainer", &["inarray-shim", "inarray-runtime"]),
+    // Containers: only the shim calls libcontainer.
+    ("libcontainer", &["inarray-shim"]),
 ];
 
 /// Crate name → the workspace packages that depend on it directly (normal or build).
@@ -147,4 +145,49 @@ fn no_sql_outside_the_store() {
         "SQL outside store/:\n{}",
         found.join("\n")
     );
+}
+
+// ------------------------------------------------------------- the shim stays small
+// `inarray-shim` (one process per running container) links no async runtime, no HTTP and no SQL,
+// checked on the resolved graph, transitive dependencies included.
+
+/// The names of the packages `cargo tree ARGS` lists (normal dependencies).
+fn cargo_tree(args: &[&str]) -> Vec<String> {
+    let out = Command::new(env!("CARGO"))
+        .args(["tree", "--offline", "-e", "normal", "--prefix", "none"])
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run cargo tree");
+    assert!(
+        out.status.success(),
+        "cargo tree {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[test]
+fn the_shim_links_no_async_runtime_http_or_sql() {
+    let deps = cargo_tree(&["-p", "inarray-shim"]);
+    assert!(deps.iter().any(|d| d == "libcontainer"), "{deps:?}");
+    for banned in [
+        "tokio",
+        "axum",
+        "hyper",
+        "sqlx",
+        "inarray-runtime",
+        "inarray-store",
+    ] {
+        assert!(
+            !deps.iter().any(|d| d == banned),
+            "inarray-shim depends on {banned}"
+        );
+    }
 }

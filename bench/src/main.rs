@@ -1124,7 +1124,8 @@ pub struct Many {
     pub left_shims: usize,
     pub left_cgroups: Vec<String>,
     pub left_rows: usize,
-    /// Size of the daemon's sealed copy of its binary (a memfd: RAM outside every RSS and PSS).
+    /// Size of the daemon's sealed copy of the shim executable (a memfd: RAM outside every RSS
+    /// and PSS).
     pub sealed_bytes: u64,
     pub env_start: String,
     pub env_end: String,

@@ -150,7 +150,7 @@ pub fn kill_cgroup(dir: &Path) {
     }
 }
 
-/// Total size of the memfds process `pid` holds open (the daemon's sealed copy of its binary:
+/// Total size of the memfds process `pid` holds open (the daemon's sealed copy of the shim:
 /// RAM that no process's RSS or PSS shows).
 pub fn memfd_bytes(pid: i32) -> u64 {
     let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {

@@ -502,7 +502,7 @@ pub fn render(
     let _ = writeln!(
         o,
         "Per container, (daemon + shims) / {}: **RSS {} MiB**, PSS {} MiB (the shims' pages of the \
-         sealed binary are shared, so PSS is the fair figure); RSS counting only the daemon's \
+         sealed shim executable are shared, so PSS is the fair figure); RSS counting only the daemon's \
          growth: {} MiB. Per shim: RSS {} MiB, PSS {} MiB.\n",
         b2.n,
         mib(rss as u64),
@@ -513,7 +513,7 @@ pub fn render(
     );
     let _ = writeln!(
         o,
-        "Not in any RSS or PSS above: the daemon's sealed copy of its binary, a memfd of {} MiB \
+        "Not in any RSS or PSS above: the daemon's sealed copy of the shim executable, a memfd of {} MiB \
          (shmem; the shims map parts of it), i.e. {} MiB per container at {}. Machine: at the \
          start {}; at the end {}.\n",
         mib(b2.sealed_bytes / 1024),

@@ -352,9 +352,9 @@ impl Watcher {
 
     /// Opens `rel` (relative to the watch root) without following any symlink.
     fn open_rel(&self, rel: &str, flags: OFlag) -> Result<OwnedFd, Errno> {
-        // The runtime's confined open (no magic links, CLOEXEC, retried on EAGAIN).
+        // The shared confined open (no magic links, CLOEXEC, retried on EAGAIN).
         let root = self.root.as_ref().ok_or(Errno::ENOENT)?;
-        inarray_runtime::open_beneath(
+        inarray_sys::open_beneath(
             root,
             std::path::Path::new(rel),
             flags,

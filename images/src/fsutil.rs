@@ -1,50 +1,35 @@
 //! File-descriptor based helpers that never follow a path out of a directory.
 
-use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::ffi::{CString, OsStr};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use nix::dir::{Dir, Type};
 use nix::errno::Errno;
-use nix::fcntl::{openat, openat2, AtFlags, OFlag, OpenHow, ResolveFlag};
+use nix::fcntl::{AtFlags, OFlag, ResolveFlag};
 use nix::sys::stat::{fstatat, FileStat, Mode, SFlag};
 use nix::unistd::{unlinkat, UnlinkatFlags};
-
-/// Takes ownership of a descriptor a nix call just returned.
-pub(crate) fn owned(fd: RawFd) -> OwnedFd {
-    // SAFETY: `fd` was just returned by a successful open call and nothing else owns or closes it.
-    unsafe { OwnedFd::from_raw_fd(fd) }
-}
 
 /// Opens `rel` (a relative path, empty for the directory itself) resolving it with `root` as the
 /// root directory: `..` and absolute symlinks cannot leave `root`, magic links and mount
 /// crossings are refused.
 pub(crate) fn open_in_root(root: &OwnedFd, rel: &[u8], flags: OFlag) -> nix::Result<OwnedFd> {
-    let path: &[u8] = if rel.is_empty() { b"." } else { rel };
-    let how = OpenHow::new().flags(flags | OFlag::O_CLOEXEC).resolve(
-        ResolveFlag::RESOLVE_IN_ROOT
-            | ResolveFlag::RESOLVE_NO_MAGICLINKS
-            | ResolveFlag::RESOLVE_NO_XDEV,
-    );
-    // openat2 with RESOLVE_IN_ROOT returns EAGAIN when a concurrent rename could have let the
-    // resolution escape; retrying is the documented answer.
-    let mut tries = 0;
-    loop {
-        match openat2(root.as_raw_fd(), path, how) {
-            Err(Errno::EAGAIN) if tries < 32 => tries += 1,
-            other => return other.map(owned),
-        }
-    }
+    inarray_sys::open_beneath(
+        root,
+        Path::new(OsStr::from_bytes(rel)),
+        flags,
+        ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_XDEV,
+    )
 }
 
 /// Opens a directory for use as a `*at` anchor.
 pub(crate) fn open_dir(path: &Path) -> nix::Result<OwnedFd> {
-    nix::fcntl::open(
+    inarray_sys::open(
         path,
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
-    .map(owned)
 }
 
 /// `lstat` of `name` in `dir`; `None` when it does not exist.
@@ -74,14 +59,13 @@ pub(crate) fn remove_tree_at(dir: &OwnedFd, name: &[u8]) -> nix::Result<()> {
     if !is_dir(&st) {
         return unlinkat(Some(dir.as_raw_fd()), name, UnlinkatFlags::NoRemoveDir);
     }
-    let fd = openat(
-        Some(dir.as_raw_fd()),
+    let fd = inarray_sys::openat(
+        dir,
         name,
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::empty(),
-    )
-    .map(owned)?;
-    let child_anchor = owned(nix::unistd::dup(fd.as_raw_fd())?);
+    )?;
+    let child_anchor = inarray_sys::dup(&fd)?;
     let mut listing = Dir::from_fd(fd.into_raw_fd())?;
     let mut children: Vec<(CString, Option<Type>)> = Vec::new();
     for item in listing.iter() {

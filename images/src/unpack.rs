@@ -14,8 +14,9 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+use inarray_sys::openat;
 use nix::errno::Errno;
-use nix::fcntl::{openat, AtFlags, OFlag};
+use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{
     fchmod, fchmodat, futimens, makedev, mkdirat, mknodat, utimensat, FchmodatFlags, Mode, SFlag,
     UtimensatFlags,
@@ -107,18 +108,16 @@ impl Unpacker {
             let t = TimeSpec::new(*mtime, 0);
             let comps = clean_path(path).unwrap_or_default();
             let fd = match comps.split_last() {
-                None => nix::unistd::dup(self.root.as_raw_fd()).map(crate::fsutil::owned),
+                None => inarray_sys::dup(&self.root),
                 Some((base, parents)) => {
-                    open_in_root(&self.root, &parents.join(&b'/'), dir_flags())
-                        .and_then(|parent| {
-                            openat(
-                                Some(parent.as_raw_fd()),
-                                *base,
-                                dir_flags() | OFlag::O_NOFOLLOW,
-                                Mode::empty(),
-                            )
-                        })
-                        .map(crate::fsutil::owned)
+                    open_in_root(&self.root, &parents.join(&b'/'), dir_flags()).and_then(|parent| {
+                        openat(
+                            &parent,
+                            *base,
+                            dir_flags() | OFlag::O_NOFOLLOW,
+                            Mode::empty(),
+                        )
+                    })
                 }
             };
             // A directory replaced by a later entry is simply skipped.
@@ -145,9 +144,8 @@ impl Unpacker {
             if e.kind != Kind::Dir {
                 return Err(self.refuse(&e.path, "the layer root must be a directory"));
             }
-            let root = nix::unistd::dup(self.root.as_raw_fd())
-                .map(crate::fsutil::owned)
-                .map_err(|err| self.sys_error("open", &e.path, err))?;
+            let root =
+                inarray_sys::dup(&self.root).map_err(|err| self.sys_error("open", &e.path, err))?;
             self.set_owner_mode(&root, e)?;
             self.dir_times.push((Vec::new(), e.mtime));
             return Ok(());
@@ -201,9 +199,13 @@ impl Unpacker {
                     mkdirat(at, base, Mode::from_bits_truncate(0o700))
                         .map_err(|err| self.sys_error("create directory", &e.path, err))?;
                 }
-                let dir = openat(at, base, dir_flags() | OFlag::O_NOFOLLOW, Mode::empty())
-                    .map(crate::fsutil::owned)
-                    .map_err(|err| self.sys_error("open directory", &e.path, err))?;
+                let dir = openat(
+                    &parent,
+                    base,
+                    dir_flags() | OFlag::O_NOFOLLOW,
+                    Mode::empty(),
+                )
+                .map_err(|err| self.sys_error("open directory", &e.path, err))?;
                 self.set_owner_mode(&dir, e)?;
                 if replaced_whiteout {
                     // The directory replaces one deleted in this layer: hide the lower one.
@@ -215,7 +217,7 @@ impl Unpacker {
             }
             Kind::File => {
                 let fd = openat(
-                    at,
+                    &parent,
                     base,
                     OFlag::O_WRONLY
                         | OFlag::O_CREAT
@@ -224,7 +226,6 @@ impl Unpacker {
                         | OFlag::O_CLOEXEC,
                     Mode::from_bits_truncate(0o600),
                 )
-                .map(crate::fsutil::owned)
                 .map_err(|err| self.sys_error("create file", &e.path, err))?;
                 let mut file = File::from(fd);
                 self.copy_data(e, data, &mut file)?;

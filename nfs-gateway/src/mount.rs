@@ -117,7 +117,7 @@ fn mnt(shared: &Shared, path: &[u8], call: &CallHeader, peer: IpAddr) -> Result<
     let fd = sys::openat2(
         &root.fd,
         &c,
-        (libc::O_PATH | libc::O_DIRECTORY) as u64,
+        libc::O_PATH | libc::O_DIRECTORY,
         libc::RESOLVE_BENEATH
             | libc::RESOLVE_NO_SYMLINKS
             | libc::RESOLVE_NO_MAGICLINKS

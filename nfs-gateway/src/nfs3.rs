@@ -600,7 +600,7 @@ impl Op<'_> {
                 n
             }
             None => {
-                let n = sys::pread_append(&f, &mut self.e.buf, count, offset)?;
+                let n = inarray_sys::pread_append(&f, &mut self.e.buf, count, offset)?;
                 self.e
                     .buf
                     .extend_from_slice(&[0u8; 3][..crate::xdr::pad(n)]);
@@ -630,7 +630,7 @@ impl Op<'_> {
         let t = self.resolve_fh(fh)?;
         let data = &data[..count.min(data.len())];
         let f = self.open_io(&t, libc::O_WRONLY)?;
-        let n = sys::pwrite(&f, data, offset)?;
+        let n = inarray_sys::pwrite_all(&f, data, offset)?;
         // stable_how is honoured: FILE_SYNC and DATA_SYNC are on disk before the reply.
         match stable {
             2 => sys::fsync(&f, false)?,

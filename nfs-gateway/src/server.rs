@@ -190,7 +190,7 @@ impl Shared {
         let fd = sys::openat2(
             &self.array,
             &c,
-            (libc::O_RDONLY | libc::O_DIRECTORY) as u64,
+            libc::O_RDONLY | libc::O_DIRECTORY,
             libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
         )?;
         let st = sys::fstat(&fd)?;

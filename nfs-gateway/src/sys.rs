@@ -6,6 +6,7 @@ use std::cell::RefCell;
 use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 
 use crate::exports::Ident;
 
@@ -121,32 +122,21 @@ pub fn openat(
     owned(fd.into())
 }
 
-/// `openat2` with resolve flags (paths beneath a root, no symlinks, no magic links).
-pub fn openat2(dir: &impl AsRawFd, path: &CStr, flags: u64, resolve: u64) -> io::Result<OwnedFd> {
-    // SAFETY: open_how is plain data; all-zero is its valid empty value.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = flags | libc::O_CLOEXEC as u64;
-    how.resolve = resolve;
-    // EAGAIN: a concurrent rename raced a resolution confined by RESOLVE_BENEATH/IN_ROOT
-    // (openat2(2)); retry, bounded, then report it.
-    let mut tries = 0;
-    loop {
-        // SAFETY: `how` is a valid open_how of the size passed; `path` is NUL-terminated.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                dir.as_raw_fd(),
-                path.as_ptr(),
-                &how as *const libc::open_how,
-                std::mem::size_of::<libc::open_how>(),
-            )
-        };
-        let r = owned(fd);
-        match &r {
-            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) && tries < 64 => tries += 1,
-            _ => return r,
-        }
-    }
+/// Opens `path` beneath `dir` with resolve flags (beneath a root, no symlinks, no magic links),
+/// retried on the EAGAIN of a racing rename: `inarray_sys::open_beneath` with libc's flags.
+pub fn openat2(
+    dir: &impl AsRawFd,
+    path: &CStr,
+    flags: libc::c_int,
+    resolve: u64,
+) -> io::Result<OwnedFd> {
+    inarray_sys::open_beneath(
+        dir,
+        std::path::Path::new(std::ffi::OsStr::from_bytes(path.to_bytes())),
+        inarray_sys::OFlag::from_bits_retain(flags),
+        inarray_sys::ResolveFlag::from_bits_retain(resolve),
+    )
+    .map_err(io::Error::from)
 }
 
 /// The `/proc/self/fd/N` path of an fd: reopening an O_PATH fd through it checks permissions
@@ -346,44 +336,6 @@ pub fn utimens(
     check(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), times.as_ptr(), 0) })
 }
 
-/// Reads up to `count` bytes at `offset`, appending them to `out` without zero-filling first.
-pub fn pread_append(
-    fd: &impl AsRawFd,
-    out: &mut Vec<u8>,
-    count: usize,
-    offset: u64,
-) -> io::Result<usize> {
-    out.reserve(count);
-    let start = out.len();
-    let mut done = 0;
-    while done < count {
-        // SAFETY: the destination is the vector's spare capacity (reserved above), at least
-        // `count - done` bytes past `start + done`; pread writes at most that many bytes.
-        let n = unsafe {
-            libc::pread(
-                fd.as_raw_fd(),
-                out.as_mut_ptr().add(start + done).cast(),
-                count - done,
-                (offset + done as u64) as libc::off_t,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if n == 0 {
-            break;
-        }
-        done += n as usize;
-        // SAFETY: the bytes up to `start + done` were just written by pread.
-        unsafe { out.set_len(start + done) };
-    }
-    Ok(done)
-}
-
 /// A pipe used to move file data to a socket without copying it through user memory.
 struct Pipe {
     rd: OwnedFd,
@@ -531,30 +483,6 @@ pub fn send_more(sock: &impl AsRawFd, data: &[u8]) -> io::Result<()> {
         done += n as usize;
     }
     Ok(())
-}
-
-pub fn pwrite(fd: &impl AsRawFd, data: &[u8], offset: u64) -> io::Result<usize> {
-    let mut done = 0;
-    while done < data.len() {
-        // SAFETY: the pointer and length describe the unwritten tail of `data`.
-        let n = unsafe {
-            libc::pwrite(
-                fd.as_raw_fd(),
-                data[done..].as_ptr().cast(),
-                data.len() - done,
-                (offset + done as u64) as libc::off_t,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        done += n as usize;
-    }
-    Ok(done)
 }
 
 pub fn fsync(fd: &impl AsRawFd, data_only: bool) -> io::Result<()> {

@@ -11,9 +11,6 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Where the kernel's cgroup hierarchies are mounted on a standard host.
-pub const MOUNT_ROOT: &str = "/sys/fs/cgroup";
-
 /// How the cgroup hierarchies under a mount root are laid out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CgroupMode {
@@ -28,9 +25,9 @@ pub enum CgroupMode {
 impl CgroupMode {
     /// Detects the layout under `root` by the file system type of the mounts.
     pub fn detect(root: &Path) -> Self {
-        if is_cgroup2(root) {
+        if is_v2(root) {
             Self::V2
-        } else if is_cgroup2(&root.join("unified")) {
+        } else if is_v2(&root.join("unified")) {
             Self::Hybrid
         } else {
             Self::V1
@@ -44,17 +41,6 @@ impl CgroupMode {
             Self::V1 => "v1",
         }
     }
-}
-
-fn is_cgroup2(p: &Path) -> bool {
-    nix::sys::statfs::statfs(p)
-        .map(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
-        .unwrap_or(false)
-}
-
-/// Whether `root` is a unified (v2) hierarchy: the one test every part of the daemon uses.
-pub fn is_v2(root: &Path) -> bool {
-    CgroupMode::detect(root) == CgroupMode::V2
 }
 
 /// The hierarchies under `root` a cgroup path lives in: the root itself on v2, each v1
@@ -136,23 +122,7 @@ fn remove_tree(dir: &Path) -> std::io::Result<()> {
     }
 }
 
-/// OOM kills recorded for cgroup `rel` (v1 `memory.oom_control`, v2 `memory.events`).
-pub fn oom_kills(root: &Path, rel: &str) -> Option<u64> {
-    let rel = rel.trim_start_matches('/');
-    let (file, key) = if is_v2(root) {
-        (root.join(rel).join("memory.events"), "oom_kill")
-    } else {
-        (
-            root.join("memory").join(rel).join("memory.oom_control"),
-            "oom_kill",
-        )
-    };
-    let text = std::fs::read_to_string(file).ok()?;
-    text.lines().find_map(|l| {
-        let (k, v) = l.split_once(' ')?;
-        (k == key).then(|| v.trim().parse().ok()).flatten()
-    })
-}
+pub use inarray_shim::{is_v2, oom_kills, MOUNT_ROOT};
 
 /// The cgroup paths (relative, e.g. `/inarray/default/<id>`) of any container `id` under
 /// `parent`, whatever its engine: for cleaning up after a crash without trusting the database.

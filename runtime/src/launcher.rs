@@ -12,9 +12,9 @@ use std::pin::Pin;
 
 use nix::sys::signal::Signal;
 
-use crate::paths::ContainerPaths;
-use crate::shim::ShimRecord;
 use crate::supervisor::{self, SupervisorError};
+use inarray_shim::protocol::ShimRecord;
+use inarray_shim::ContainerPaths;
 
 /// A future the manager awaits; boxed so that the trait stays object-safe.
 pub type Pending<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;

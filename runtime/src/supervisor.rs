@@ -1,12 +1,11 @@
 //! The daemon's side of the shim protocol: spawn a shim, read its report, learn when it is gone.
 //!
-//! The daemon never parents containers. It spawns `inarray shim DIR` (from the sealed copy of its
-//! own binary), reads one JSON line from the shim's stdout, and from then on watches the shim with
-//! a pidfd. The shim's `exit.json` is the durable record of how the container ended, so an exit is
+//! The daemon never parents containers. It spawns `inarray-shim DIR` (from the sealed copy of the
+//! shim executable), reads one JSON line from the shim's stdout, and from then on watches the shim
+//! with a pidfd. The shim's `exit.json` is the durable record of how the container ended, so an exit is
 //! never lost, whether the daemon was watching at that moment or not.
 
 use std::io;
-use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -14,8 +13,9 @@ use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::paths::ContainerPaths;
-use crate::shim::{ExitRecord, ShimRecord, ShimReport};
+pub use inarray_shim::protocol::{is_same_process, process_start_time};
+use inarray_shim::protocol::{ExitRecord, ShimRecord, ShimReport};
+use inarray_shim::ContainerPaths;
 
 /// How long a shim may take to report that its container runs.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -55,7 +55,7 @@ pub async fn spawn_shim(
         .append(true)
         .open(paths.shim_log());
     let mut cmd = tokio::process::Command::new(exe);
-    cmd.arg("shim")
+    cmd.arg0(inarray_shim::EXE_NAME)
         .arg(&paths.dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -90,31 +90,9 @@ pub async fn spawn_shim(
     }
 }
 
-/// Field 22 of /proc/PID/stat: the process's start time in clock ticks since boot.
-pub fn process_start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces and parentheses: split after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// Whether the process `pid` is alive and is the one that started at `start`.
-pub fn is_same_process(pid: i32, start: u64) -> bool {
-    process_start_time(pid) == Some(start)
-}
-
-fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory is passed.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(crate::fsutil::owned(fd as i32))
-}
-
 /// Resolves once the shim `rec` describes has exited (at once if it is already gone).
 pub async fn wait_shim_gone(rec: ShimRecord) {
-    let Ok(fd) = pidfd_open(rec.shim_pid) else {
+    let Ok(fd) = inarray_sys::pidfd_open(rec.shim_pid) else {
         return;
     };
     // Checked after opening the pidfd: if the pid had been reused, the start time differs.
@@ -156,15 +134,6 @@ pub fn signal(rec: ShimRecord, sig: nix::sys::signal::Signal) -> nix::Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn start_time_of_self() {
-        let me = std::process::id() as i32;
-        let t = process_start_time(me).unwrap();
-        assert!(is_same_process(me, t));
-        assert!(!is_same_process(me, t + 1));
-        assert_eq!(process_start_time(-5), None);
-    }
 
     #[tokio::test]
     async fn pidfd_wait_sees_exit() {

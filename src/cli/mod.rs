@@ -60,9 +60,6 @@ pub struct Args {
 pub enum Command {
     /// Run the daemon.
     Serve(ServeOpts),
-    /// Internal: supervise one container (started by the daemon).
-    #[command(hide = true)]
-    Shim { dir: PathBuf },
     /// Manage images.
     #[command(subcommand)]
     Image(images::ImageCmd),
@@ -191,7 +188,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     });
     let c = Client::new(host).with_token(token).with_tls(tls.as_ref())?;
     match command {
-        Command::Serve(_) | Command::Shim { .. } => unreachable!("dispatched in main"),
+        Command::Serve(_) => unreachable!("dispatched in main"),
         Command::Image(cmd) => images::image(&c, as_json, cmd).await,
         Command::Registry(cmd) => registries::registry(&c, cmd, as_json).await,
         Command::Run(o) => containers::run_container(&c, *o).await,

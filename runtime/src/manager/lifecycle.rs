@@ -17,10 +17,10 @@ use super::{
 };
 use crate::config::{ContainerConfig, InvalidField};
 use crate::engines;
-use crate::paths::ContainerPaths;
 use crate::resources::Resources;
-use crate::shim::ShimConfig;
 use crate::spec::{self, ImageDefaults, SpecContext};
+use inarray_shim::protocol::ShimConfig;
+use inarray_shim::ContainerPaths;
 
 /// What a start hands the shim: the runtime spec and the shim's own instructions. Derived from
 /// SQL at every start, never stored as a source of truth.
@@ -186,9 +186,9 @@ impl Manager {
         let write = || -> std::io::Result<()> {
             std::fs::create_dir_all(paths.bundle())?;
             let spec_json = serde_json::to_vec_pretty(&plan.spec).map_err(std::io::Error::other)?;
-            crate::fsutil::write_replace(&paths.bundle().join("config.json"), &spec_json)?;
+            inarray_sys::write_replace(&paths.bundle().join("config.json"), &spec_json)?;
             let shim_json = serde_json::to_vec_pretty(&plan.shim).map_err(std::io::Error::other)?;
-            crate::fsutil::write_replace(&paths.shim_config(), &shim_json)
+            inarray_sys::write_replace(&paths.shim_config(), &shim_json)
         };
         write().map_err(|e| internal(&format!("cannot prepare {}", paths.dir.display()), e))?;
         Ok(paths)

@@ -32,9 +32,9 @@ use tokio::sync::broadcast;
 
 use crate::engines::{CgroupDriver, CgroupLayout};
 use crate::launcher::{Launcher, ShimLauncher};
-use crate::paths::ContainerPaths;
-use crate::shim::ShimRecord;
 use crate::volumes::ArrayRoot;
+use inarray_shim::protocol::ShimRecord;
+use inarray_shim::ContainerPaths;
 
 pub(crate) use error::internal;
 pub use error::{Cause, ManagerError, Result};

@@ -11,8 +11,8 @@ use inarray_store::{ContainerState, ExitUpdate};
 use super::{internal, shim_record, Manager, Result};
 use crate::config::ContainerConfig;
 use crate::launcher::Pending;
-use crate::shim::ShimRecord;
 use crate::supervisor;
+use inarray_shim::protocol::ShimRecord;
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(60);

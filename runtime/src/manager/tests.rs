@@ -14,9 +14,9 @@ use super::{Manager, ManagerError, ManagerOptions};
 use crate::config::ContainerConfig;
 use crate::engines::RecordingDriver;
 use crate::launcher::{Launched, Launcher, Pending};
-use crate::paths::ContainerPaths;
-use crate::shim::{ExitRecord, ShimRecord};
 use crate::supervisor::SupervisorError;
+use inarray_shim::protocol::{ExitRecord, ShimRecord};
+use inarray_shim::ContainerPaths;
 
 /// One supervisor the double pretends to run.
 struct Live {

@@ -7,14 +7,14 @@
 //! `O_PATH` fd that is mounted through `/proc/self/fd/N`. Swapping a component for a symlink between
 //! validation and mount cannot redirect the mount: the kernel resolves once, beneath the root.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, ResolveFlag};
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil::{identity, is_dir, open_beneath, open_or_create_dirs};
+use inarray_sys::{identity, is_dir, open_beneath, open_or_create_dirs};
 
 /// One bind mount of an array directory (or file) into a container.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,12 +168,11 @@ impl ArrayRoot {
     /// Opens the array root; `protected` are daemon paths (state dir, socket dirs) that may never be
     /// mounted, nor any directory containing them.
     pub fn open(path: &Path, protected: &[PathBuf]) -> Result<Self, VolumeError> {
-        let fd = nix::fcntl::open(
+        let fd = inarray_sys::open(
             path,
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
             nix::sys::stat::Mode::empty(),
         )
-        .map(crate::fsutil::owned)
         .map_err(|errno| VolumeError::Root {
             path: path.to_owned(),
             errno,
@@ -263,13 +262,12 @@ impl ArrayRoot {
             if self.protected.contains(&cid) {
                 return Err(protected());
             }
-            let parent = nix::fcntl::openat(
-                Some(cur.as_raw_fd()),
+            let parent = inarray_sys::openat(
+                &cur,
                 "..",
                 OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
                 nix::sys::stat::Mode::empty(),
             )
-            .map(crate::fsutil::owned)
             .map_err(io)?;
             if identity(&parent).map_err(io)? == cid {
                 break; // reached "/" without meeting the array root: not beneath it
@@ -289,7 +287,7 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     fn fd_path(fd: &OwnedFd) -> PathBuf {
-        std::fs::read_link(crate::fsutil::proc_fd_path(fd)).unwrap()
+        std::fs::read_link(inarray_sys::proc_fd_path(fd)).unwrap()
     }
 
     #[test]

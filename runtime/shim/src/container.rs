@@ -1,0 +1,252 @@
+//! Everything up to a running container, in the shim's own mount namespace: the overlay root,
+//! the volume binds made through opened fds, stdio, and libcontainer's create and start. The only
+//! code that calls libcontainer.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+
+use inarray_sys::{is_dir, open_beneath, open_or_create_dirs, proc_fd_path};
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, ResolveFlag};
+use nix::mount::{mount, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::stat::Mode;
+use nix::unistd::dup2;
+
+use crate::paths::ContainerPaths;
+use crate::protocol::{process_start_time, ShimConfig, ShimRecord};
+use crate::volumes::{validate_target, ArrayRoot};
+
+/// The container libcontainer created and started, and what the shim needs after its exit.
+pub(crate) struct Started {
+    pub container: libcontainer::container::Container,
+    pub record: ShimRecord,
+    /// The container's cgroup path (OOM kills are read there after the exit).
+    pub cgroup: String,
+}
+
+/// Everything up to a running container; errors are reported to the daemon verbatim.
+pub(crate) fn start(paths: &ContainerPaths) -> Result<Started, String> {
+    let cfg: ShimConfig = std::fs::read(paths.shim_config())
+        .map_err(|e| format!("cannot read {}: {e}", paths.shim_config().display()))
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| format!("bad shim config: {e}")))?;
+    let _ = std::fs::remove_file(paths.exit_record());
+    let _ = std::fs::remove_file(paths.shim_record());
+    unshare(CloneFlags::CLONE_NEWNS)
+        .map_err(|e| format!("cannot create a mount namespace: {e}"))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .map_err(|e| format!("cannot make / a slave mount: {e}"))?;
+    mount_overlay(paths, &cfg)?;
+    let rootfs = inarray_sys::open(
+        &paths.rootfs(),
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("cannot open the rootfs: {e}"))?;
+    check_rootfs(&rootfs)?;
+    mount_volumes(&cfg, &rootfs)?;
+    drop(rootfs);
+    redirect_stdio(paths)?;
+    let _ = nix::sys::prctl::set_child_subreaper(true);
+    std::fs::create_dir_all(&cfg.runtime_root)
+        .map_err(|e| format!("cannot create {}: {e}", cfg.runtime_root.display()))?;
+    let stale = cfg.runtime_root.join(&cfg.id);
+    if stale.exists() {
+        // A previous run of this container that was not cleaned up (shim killed): start afresh.
+        if let Ok(mut old) = libcontainer::container::Container::load(stale.clone()) {
+            let _ = old.delete(true);
+        }
+        let _ = std::fs::remove_dir_all(&stale);
+    }
+    let mut container = libcontainer::container::builder::ContainerBuilder::new(
+        cfg.id.clone(),
+        libcontainer::syscall::syscall::SyscallType::default(),
+    )
+    .with_root_path(&cfg.runtime_root)
+    .and_then(|b| b.validate_id())
+    .map_err(|e| format!("runtime: {e}"))?
+    .as_init(paths.bundle())
+    .with_systemd(false)
+    .with_detach(true)
+    .build()
+    .map_err(|e| format!("cannot create the container: {e}"))?;
+    if let Err(e) = container.start() {
+        let _ = container.delete(true);
+        return Err(format!("cannot start the container: {e}"));
+    }
+    let pid = container
+        .pid()
+        .ok_or("the runtime reported no pid")?
+        .as_raw();
+    let shim_pid = std::process::id() as i32;
+    let shim_start = process_start_time(shim_pid).ok_or("cannot read the shim's own start time")?;
+    Ok(Started {
+        container,
+        record: ShimRecord {
+            pid,
+            shim_pid,
+            shim_start,
+        },
+        cgroup: cfg.cgroup,
+    })
+}
+
+fn mount_overlay(paths: &ContainerPaths, cfg: &ShimConfig) -> Result<(), String> {
+    for d in [paths.rootfs(), paths.upper(), paths.work()] {
+        std::fs::create_dir_all(&d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+    }
+    let mut lowers: Vec<String> = cfg
+        .lowers
+        .iter()
+        .rev()
+        .map(|p| p.display().to_string())
+        .collect();
+    if lowers.is_empty() {
+        let empty = paths.dir.join("empty");
+        std::fs::create_dir_all(&empty)
+            .map_err(|e| format!("cannot create {}: {e}", empty.display()))?;
+        lowers.push(empty.display().to_string());
+    }
+    if let Some(bad) = lowers.iter().find(|l| l.contains([',', ':'])) {
+        return Err(format!(
+            "layer path {bad} contains ',' or ':' and cannot be an overlay lower"
+        ));
+    }
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lowers.join(":"),
+        paths.upper().display(),
+        paths.work().display()
+    );
+    mount(
+        Some("overlay"),
+        &paths.rootfs(),
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(opts.as_str()),
+    )
+    .map_err(|e| {
+        format!(
+            "cannot mount the overlay root ({} layers): {e}",
+            lowers.len()
+        )
+    })
+}
+
+/// The runtime mounts kernel filesystems at these paths: an image that makes any of them a
+/// symlink could redirect those mounts onto the host.
+const RUNTIME_MOUNT_POINTS: &[&str] = &["proc", "dev", "sys", "dev/pts", "dev/shm", "dev/mqueue"];
+
+fn check_rootfs(rootfs: &OwnedFd) -> Result<(), String> {
+    for p in RUNTIME_MOUNT_POINTS {
+        match open_beneath(
+            rootfs,
+            Path::new(p),
+            OFlag::O_PATH,
+            ResolveFlag::RESOLVE_NO_SYMLINKS,
+        ) {
+            Ok(_) | Err(Errno::ENOENT) => {}
+            Err(Errno::ELOOP) => {
+                return Err(format!(
+                    "image rootfs: /{p} is a symlink; refusing to run it"
+                ))
+            }
+            Err(e) => return Err(format!("image rootfs: cannot check /{p}: {e}")),
+        }
+    }
+    Ok(())
+}
+
+fn mount_volumes(cfg: &ShimConfig, rootfs: &OwnedFd) -> Result<(), String> {
+    let array = ArrayRoot::open(&cfg.array_root, &cfg.protected).map_err(|e| e.to_string())?;
+    let no_links = ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_SYMLINKS;
+    for (i, v) in cfg.volumes.iter().enumerate() {
+        let field = format!("volumes[{i}]");
+        let src = array
+            .resolve(&format!("{field}.source"), &v.source, v.create)
+            .map_err(|e| e.to_string())?;
+        let target =
+            validate_target(&format!("{field}.target"), &v.target).map_err(|e| e.to_string())?;
+        let rel = target.strip_prefix("/").unwrap_or(&target).to_owned();
+        let src_dir = is_dir(&src).map_err(|e| format!("{field}.source: {e}"))?;
+        let tgt = if src_dir {
+            open_or_create_dirs(rootfs, &rel, no_links, true)
+        } else {
+            let parent = rel.parent().unwrap_or(Path::new(""));
+            let name = rel
+                .file_name()
+                .ok_or_else(|| format!("{field}.target: no file name"))?;
+            open_or_create_dirs(rootfs, parent, no_links, true).and_then(|p| {
+                inarray_sys::openat(
+                    &p,
+                    name,
+                    OFlag::O_RDONLY | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::from_bits_truncate(0o644),
+                )
+            })
+        }
+        .map_err(|e| match e {
+            Errno::ELOOP => format!(
+                "{field}.target: {} is a symlink in the image; refusing to mount over it",
+                v.target
+            ),
+            e => format!("{field}.target: cannot prepare {}: {e}", v.target),
+        })?;
+        if is_dir(&tgt).map_err(|e| format!("{field}.target: {e}"))? != src_dir {
+            return Err(format!(
+                "{field}: source and target {} are not both directories or both files",
+                v.target
+            ));
+        }
+        mount(
+            Some(proc_fd_path(&src).as_str()),
+            proc_fd_path(&tgt).as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(|e| format!("{field}: cannot bind-mount {}: {e}", v.source))?;
+        // Re-open the target: now the root of the new mount; remount it nosuid,nodev (and ro).
+        let mounted = open_beneath(rootfs, &rel, OFlag::O_PATH, no_links)
+            .map_err(|e| format!("{field}.target: cannot reopen {}: {e}", v.target))?;
+        let mut flags =
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        if v.read_only {
+            flags |= MsFlags::MS_RDONLY;
+        }
+        mount(
+            None::<&str>,
+            proc_fd_path(&mounted).as_str(),
+            None::<&str>,
+            flags,
+            None::<&str>,
+        )
+        .map_err(|e| format!("{field}: cannot remount {} with its options: {e}", v.target))?;
+    }
+    Ok(())
+}
+
+/// stdin ← /dev/null, stdout and stderr → the container log (appending).
+fn redirect_stdio(paths: &ContainerPaths) -> Result<(), String> {
+    let null = File::open("/dev/null").map_err(|e| format!("cannot open /dev/null: {e}"))?;
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(paths.log())
+        .map_err(|e| format!("cannot open {}: {e}", paths.log().display()))?;
+    for (fd, to) in [
+        (null.as_raw_fd(), 0),
+        (log.as_raw_fd(), 1),
+        (log.as_raw_fd(), 2),
+    ] {
+        dup2(fd, to).map_err(|e| format!("cannot set up stdio: {e}"))?;
+    }
+    Ok(())
+}

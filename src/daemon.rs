@@ -54,7 +54,7 @@ pub struct FileConfig {
 }
 
 /// `[io_guard]` in the config file (docs/operator-guide.md, "Engines"; the defaults in
-/// `inarray_runtime::ioguard::GuardConfig`).
+/// `inarray_runtime::GuardConfig`).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IoGuardConfig {
@@ -67,10 +67,10 @@ pub struct IoGuardConfig {
 }
 
 impl IoGuardConfig {
-    fn options(&self) -> Result<inarray_runtime::ioguard::GuardConfig> {
-        let d = inarray_runtime::ioguard::GuardConfig::default();
+    fn options(&self) -> Result<inarray_runtime::GuardConfig> {
+        let d = inarray_runtime::GuardConfig::default();
         let ms = std::time::Duration::from_millis;
-        let g = inarray_runtime::ioguard::GuardConfig {
+        let g = inarray_runtime::GuardConfig {
             enabled: self.enabled.unwrap_or(d.enabled),
             interval: self.interval_ms.map_or(d.interval, ms),
             hold: self.hold_ms.map_or(d.hold, ms),
@@ -215,7 +215,7 @@ struct Settings {
     image_prune_interval: Option<std::time::Duration>,
     events: inarray_events::EventsOptions,
     nats: Option<inarray_events::nats::NatsConfig>,
-    io_guard: inarray_runtime::ioguard::GuardConfig,
+    io_guard: inarray_runtime::GuardConfig,
     shim: Option<PathBuf>,
 }
 

@@ -1,21 +1,28 @@
 //! Containers: typed requests, OCI specs with safe defaults, the daemon's side of the shim
-//! protocol, and the manager that ties them to the state database. The shim itself (the only
-//! caller of libcontainer) and bind access beneath the array root are the `inarray-shim` crate.
+//! protocol, engines and their cgroups, and the manager that ties them to the state database.
+//! The shim itself (the only caller of libcontainer) and bind access beneath the array root are
+//! the `inarray-shim` crate.
+//!
+//! The surface is narrow: the [`Manager`] (every typed action), the request and limit types
+//! (`config`, `resources`), engines and the cgroup driver seam (`engines`, `cgroups`), and the
+//! I/O guard's settings. Specs, users, the supervisor protocol and the launcher are internal.
 
 pub mod cgroups;
 pub mod config;
 pub mod engines;
-pub mod ioguard;
-pub mod launcher;
-pub mod manager;
+mod ioguard;
+mod launcher;
+mod manager;
 pub mod resources;
-pub mod spec;
-pub mod supervisor;
-pub mod user;
+mod spec;
+mod supervisor;
+mod user;
 
 pub use config::{ContainerConfig, InvalidField, Network, PullPolicy, RestartPolicy};
 pub use inarray_shim::volumes;
+pub use ioguard::{GuardConfig, GuardStatus};
 pub use manager::{
-    ImageRemoval, Manager, ManagerError, ManagerOptions, PruneReport, ReconcileReport,
+    backoff, Cause, ImageRemoval, Manager, ManagerError, ManagerOptions, PruneReport, PrunedImage,
+    ReconcileReport,
 };
 pub use volumes::{Volume, VolumeError};

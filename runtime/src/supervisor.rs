@@ -13,7 +13,9 @@ use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-pub use inarray_shim::protocol::{is_same_process, process_start_time};
+pub use inarray_shim::protocol::is_same_process;
+#[cfg(test)]
+use inarray_shim::protocol::process_start_time;
 use inarray_shim::protocol::{ExitRecord, ShimRecord, ShimReport};
 use inarray_shim::ContainerPaths;
 

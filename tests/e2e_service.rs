@@ -260,3 +260,25 @@ async fn online_backup_and_restore() {
     let t = d.ok(Method::GET, "/v1/tokens", None).await;
     assert_eq!(t[0]["name"], "backup-test");
 }
+
+/// The daemon sets the kernel's cgroup `favordynmods` at start (docs/operator-guide.md): a cgroup
+/// hierarchy carries the option afterwards, and containers run as before. (That the remount keeps
+/// the mount's flags is a unit test of `cgroups::favor_dynmods`'s mountinfo parsing: the switch
+/// stays until reboot, so the state before cannot be compared here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_sets_cgroup_favordynmods() {
+    common::daemon::require_root();
+    let d = TestDaemon::start().await;
+    d.with_busybox().await;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let marked: Vec<&str> = info
+        .lines()
+        .filter(|l| l.contains(" - cgroup") && l.contains("favordynmods"))
+        .collect();
+    assert!(
+        !marked.is_empty(),
+        "no cgroup hierarchy has favordynmods after a start:\n{info}"
+    );
+    let (ok, out, err) = d.cli(&["run", "--rm", "busybox", "sh", "-c", "echo ok"]);
+    assert!(ok && out.contains("ok"), "{out} {err}");
+}

@@ -191,6 +191,12 @@ pub async fn bench(o: &Opts) -> Result<String> {
     let work = o.work.canonicalize()?;
     let archive = work.join("busybox-oci.tar");
     let mut report = String::new();
+    // ---------------------------------------------------------------- run-to-exit
+    let d_new = Daemon::start(&o.new_bin, &work.join("cmp-new")).await?;
+    d_new.import(&archive, IMAGE).await?;
+    let d_old = Daemon::start(&o.old_bin, &work.join("cmp-old")).await?;
+    d_old.import(&archive, IMAGE).await?;
+    // The node's state as the measurements find it (a daemon may have just set favordynmods).
     let fdm = favordynmods_mounts();
     let probe = procs::cgroup_move_probe(20, Duration::from_millis(30)).unwrap_or_default();
     let probe = Samples {
@@ -198,11 +204,6 @@ pub async fn bench(o: &Opts) -> Result<String> {
         ..Default::default()
     };
 
-    // ---------------------------------------------------------------- run-to-exit
-    let d_new = Daemon::start(&o.new_bin, &work.join("cmp-new")).await?;
-    d_new.import(&archive, IMAGE).await?;
-    let d_old = Daemon::start(&o.old_bin, &work.join("cmp-old")).await?;
-    d_old.import(&archive, IMAGE).await?;
     let (mut new, mut old) = (Side::default(), Side::default());
     let (mut runc, mut podman) = (Samples::default(), Samples::default());
     let body = json!({"image": IMAGE, "command": ["/bin/true"]});

@@ -197,6 +197,35 @@ impl Env {
         }
     }
 
+    /// A `POST /v1/containers` whose body starts and never finishes (while `tx` lives), in flight
+    /// on a task of its own: it holds an in-flight slot until the body timeout.
+    async fn slow_create(
+        &self,
+    ) -> (
+        tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+        tokio::task::JoinHandle<Result<axum::response::Response, std::convert::Infallible>>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+        tx.send(Ok(b"{\"image\": ".to_vec())).await.unwrap();
+        let stream =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|c| (c, rx)) },
+            );
+        let slow = tokio::spawn(
+            self.app.clone().oneshot(
+                Request::builder()
+                    .method("POST")
+                    .uri("/v1/containers")
+                    .header("content-type", "application/json")
+                    .extension(unix_root())
+                    .body(Body::from_stream(stream))
+                    .unwrap(),
+            ),
+        );
+        (tx, slow)
+    }
+
     fn array(&self) -> PathBuf {
         self.tmp.path().join("array")
     }
@@ -2727,20 +2756,7 @@ async fn requests_beyond_the_limits_are_refused() {
     .await;
     // A body that never finishes holds the only slot: the next request is 503, then the slow
     // one gets 408 and the slot is free again.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
-    tx.send(Ok(b"{\"image\": ".to_vec())).await.unwrap();
-    let stream =
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
-    let slow = env.app.clone().oneshot(
-        Request::builder()
-            .method("POST")
-            .uri("/v1/containers")
-            .header("content-type", "application/json")
-            .extension(unix_root())
-            .body(Body::from_stream(stream))
-            .unwrap(),
-    );
-    let slow = tokio::spawn(slow);
+    let (tx, slow) = env.slow_create().await;
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     env.get("/v1/health").await.expect_error(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -2793,21 +2809,7 @@ async fn refusals_by_the_in_flight_limit_are_audited() {
     .await;
     let op = env.token("ops", "operate").await;
     // A body that never finishes holds the only slot until the body timeout.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
-    tx.send(Ok(b"{\"image\": ".to_vec())).await.unwrap();
-    let stream =
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
-    let slow = tokio::spawn(
-        env.app.clone().oneshot(
-            Request::builder()
-                .method("POST")
-                .uri("/v1/containers")
-                .header("content-type", "application/json")
-                .extension(unix_root())
-                .body(Body::from_stream(stream))
-                .unwrap(),
-        ),
-    );
+    let (tx, slow) = env.slow_create().await;
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let busy = |r: Reply| {
         r.expect_error(

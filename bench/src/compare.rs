@@ -132,23 +132,12 @@ fn podman_memory(image: &str, n: usize) -> Result<(usize, procs::Mem)> {
     let names: Vec<String> = (0..n).map(|i| format!("inarray-cmp-{i}")).collect();
     let result = (|| {
         for name in &names {
-            crate::run_cmd(Command::new("podman").args([
-                "run",
+            crate::run_cmd(&mut crate::podman_run(
                 "-d",
-                "--name",
                 name,
-                "--ulimit",
-                "nofile=1024:1024",
-                "--ulimit",
-                "nproc=1024:1024",
-                "--runtime",
-                "runc",
-                "--network",
-                "none",
                 image,
-                "sleep",
-                "3600",
-            ]))?;
+                &["sleep", "3600"],
+            ))?;
         }
         std::thread::sleep(Duration::from_secs(1));
         let conmons = conmon_pids(&names);

@@ -843,23 +843,19 @@ fn runc_once(bundle: &Path, id: &str) -> Result<Duration> {
     r
 }
 
+/// `podman run` as the benchmarks run it on this machine (runc, no network, the rlimits it can
+/// set without CAP_SYS_RESOURCE), with `mode` (`--rm` or `-d`), then `image` and `cmd`.
+pub fn podman_run(mode: &str, name: &str, image: &str, cmd: &[&str]) -> Command {
+    let mut c = Command::new("podman");
+    c.args(["run", mode, "--name", name])
+        .args(["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"])
+        .args(["--runtime", "runc", "--network", "none", image])
+        .args(cmd);
+    c
+}
+
 fn podman_once(image: &str, name: &str) -> Result<Duration> {
-    let r = run_cmd(Command::new("podman").args([
-        "run",
-        "--rm",
-        "--name",
-        name,
-        "--ulimit",
-        "nofile=1024:1024",
-        "--ulimit",
-        "nproc=1024:1024",
-        "--runtime",
-        "runc",
-        "--network",
-        "none",
-        image,
-        "/bin/true",
-    ]));
+    let r = run_cmd(&mut podman_run("--rm", name, image, &["/bin/true"]));
     if r.is_err() {
         let _ = Command::new("podman")
             .args(["rm", "--force", name])

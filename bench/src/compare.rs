@@ -87,7 +87,8 @@ async fn memory(bin: &Path, dir: &Path, archive: &Path, n: usize) -> Result<Memo
     let t0 = Instant::now();
     // Eight in flight, as section 2 of bench/run.
     let started = crate::fan_out(&d.socket, n, 8, |c, i| async move {
-        let body = json!({"image": IMAGE, "command": ["sleep", "3600"], "name": format!("cmp-sleep-{i}")});
+        let body =
+            json!({"image": IMAGE, "command": ["sleep", "3600"], "name": format!("cmp-sleep-{i}")});
         call(&c, Method::POST, "/v1/containers", Some(&body)).await
     })
     .await;
@@ -240,14 +241,33 @@ pub async fn bench(o: &Opts) -> Result<String> {
 
     // ---------------------------------------------------------------- memory
     eprintln!("compare: {} sleeping containers per binary", o.containers);
-    new.many = Some(memory(&o.new_bin, &work.join("cmp-mem-new"), &archive, o.containers).await?);
-    old.many = Some(memory(&o.old_bin, &work.join("cmp-mem-old"), &archive, o.containers).await?);
+    new.many = Some(
+        memory(
+            &o.new_bin,
+            &work.join("cmp-mem-new"),
+            &archive,
+            o.containers,
+        )
+        .await?,
+    );
+    old.many = Some(
+        memory(
+            &o.old_bin,
+            &work.join("cmp-mem-old"),
+            &archive,
+            o.containers,
+        )
+        .await?,
+    );
     eprintln!("compare: {} podman containers", o.podman_containers);
     let conmon = podman_memory(&o.podman_image, o.podman_containers);
 
     // ---------------------------------------------------------------- report
     let w = &mut report;
-    writeln!(w, "## Before and after: run-to-exit and supervision memory\n")?;
+    writeln!(
+        w,
+        "## Before and after: run-to-exit and supervision memory\n"
+    )?;
     writeln!(
         w,
         "`inarray-bench compare`: the binary before the change (**old**) and after it (**new**), each on a fresh daemon of its own, side by side in one run with runc and podman; {rounds} rounds, every runtime in every round. REST = `POST /v1/containers` + `POST …/wait` + `DELETE …` over the unix socket; CLI = the whole `inarray run --rm busybox /bin/true` process, as a user runs it; podman = `podman run --rm --network none --runtime runc …` on the same image.\n"

@@ -848,7 +848,12 @@ fn runc_once(bundle: &Path, id: &str) -> Result<Duration> {
 pub fn podman_run(mode: &str, name: &str, image: &str, cmd: &[&str]) -> Command {
     let mut c = Command::new("podman");
     c.args(["run", mode, "--name", name])
-        .args(["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"])
+        .args([
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+        ])
         .args(["--runtime", "runc", "--network", "none", image])
         .args(cmd);
     c

@@ -191,6 +191,7 @@ impl From<ManagerError> for ApiError {
         use ManagerError as M;
         match e {
             M::NotFound { .. } => Self::not_found(e.to_string()),
+            M::Store(s) => Self::from(s),
             M::Conflict(m) => Self::conflict(m),
             M::Invalid(f) => Self::bad_request(f.to_string()),
             M::Volume(v) if v.is_client_error() => Self::bad_request(v.to_string()),
@@ -217,7 +218,15 @@ impl From<ManagerError> for ApiError {
 
 impl From<inarray_store::StoreError> for ApiError {
     fn from(e: inarray_store::StoreError) -> Self {
-        Self::internal(e)
+        match e {
+            // A unique key taken between the caller's check and its insert.
+            inarray_store::StoreError::Conflict { .. } => Self::conflict(e.to_string()),
+            e if inarray_store::is_disk_full(&e) => {
+                tracing::error!(error = %e, "disk full");
+                Self::disk_full()
+            }
+            e => Self::internal(e),
+        }
     }
 }
 
@@ -260,5 +269,48 @@ impl From<ExportError> for ApiError {
             | ExportError::Config { .. }
             | ExportError::Unreadable { .. } => Self::internal(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::*;
+
+    #[test]
+    fn store_conflicts_are_409_and_a_full_disk_is_507_by_kind() {
+        let conflict = || inarray_store::StoreError::Conflict {
+            kind: "export",
+            key: "x".into(),
+        };
+        assert_eq!(ApiError::from(conflict()).status, StatusCode::CONFLICT);
+        assert_eq!(
+            ApiError::from(ManagerError::Store(conflict())).status,
+            StatusCode::CONFLICT
+        );
+        // ENOSPC kept as the source of an internal error: 507, whatever the message says.
+        let full = ManagerError::Internal {
+            what: "writing the bundle".into(),
+            source: Box::new(std::io::Error::from_raw_os_error(libc_enospc())),
+        };
+        assert_eq!(
+            ApiError::from(full).status,
+            StatusCode::INSUFFICIENT_STORAGE
+        );
+        let other = ManagerError::Internal {
+            what: "writing the bundle".into(),
+            source: Box::new(std::io::Error::from_raw_os_error(13)),
+        };
+        let e = ApiError::from(other);
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(
+            !e.message.contains("bundle"),
+            "details are not sent: {}",
+            e.message
+        );
+    }
+
+    /// ENOSPC on Linux.
+    fn libc_enospc() -> i32 {
+        28
     }
 }

@@ -866,7 +866,7 @@ async fn io_weights(s: &Settings, array: &Path, manager: &inarray_runtime::Manag
     if weighted.is_empty() {
         return Ok(());
     }
-    if let Some(why) = engines::io_weight_ineffective(dev, manager.cgroups_v2()) {
+    if let Some(why) = manager.io_weight_ineffective() {
         if s.io_guard.enabled && dev.is_some() {
             tracing::info!(
                 engines = %weighted.join(", "),

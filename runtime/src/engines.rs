@@ -568,7 +568,11 @@ pub fn set_io_scheduler(dev: (u64, u64), name: &str) -> Result<String, String> {
 
 /// Why engines' `io_weight` would not be enforced on the array's disk, or None when it is: on
 /// cgroup v1 only BFQ reads the blkio weight; on v2 BFQ or the iocost controller.
-pub fn io_weight_ineffective(dev: Option<(u64, u64)>, v2: bool) -> Option<String> {
+pub fn io_weight_ineffective(
+    dev: Option<(u64, u64)>,
+    v2: bool,
+    cgroup_root: &Path,
+) -> Option<String> {
     let Some(dev) = dev else {
         return Some(
             "the array is on no single block device (tmpfs, overlay or a multi-device filesystem)"
@@ -580,7 +584,7 @@ pub fn io_weight_ineffective(dev: Option<(u64, u64)>, v2: bool) -> Option<String
         return None;
     }
     if v2 {
-        let qos = std::fs::read_to_string("/sys/fs/cgroup/io.cost.qos").unwrap_or_default();
+        let qos = std::fs::read_to_string(cgroup_root.join("io.cost.qos")).unwrap_or_default();
         let key = format!("{}:{} enable=1", dev.0, dev.1);
         if qos.lines().any(|l| l.starts_with(&key)) {
             return None;

@@ -51,6 +51,16 @@ impl Manager {
         crate::cgroups::CgroupMode::detect(self.inner.cgroups.mount_root())
     }
 
+    /// Why engines' `io_weight` is not enforced between container engines on this node (the
+    /// array's disk and the kernel's configuration), or None when it is.
+    pub fn io_weight_ineffective(&self) -> Option<String> {
+        engines::io_weight_ineffective(
+            self.inner.cgroups.device(),
+            self.inner.cgroups.is_v2(),
+            self.inner.cgroups.mount_root(),
+        )
+    }
+
     /// Whether containers' cgroups are on the unified (v2) hierarchy.
     pub fn cgroups_v2(&self) -> bool {
         self.inner.cgroups.is_v2()

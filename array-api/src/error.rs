@@ -200,8 +200,9 @@ impl From<ManagerError> for ApiError {
                 Self::new(StatusCode::BAD_REQUEST, "invalid_image", i.to_string())
             }
             ref start @ M::Start { ref message, .. } => {
-                // The shim reports its failures as text (another process); the daemon's own
-                // causes are classified by kind.
+                // By kind: the daemon's own causes, and the errno a shim reports with its
+                // failure. The words are a fallback for what reaches the shim only as text
+                // (errors from inside libcontainer).
                 if start.is_disk_full() || is_disk_full(message) {
                     return Self::disk_full();
                 }

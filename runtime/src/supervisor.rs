@@ -30,8 +30,13 @@ pub enum SupervisorError {
     Timeout(Duration),
     #[error("the shim exited without a report (see shim.log in the container's state directory)")]
     NoReport(String),
-    #[error("{0}")]
-    StartFailed(String),
+    /// The shim's own report; `cause` is the errno of the failing system call, where it sent one.
+    #[error("{message}")]
+    StartFailed {
+        message: String,
+        #[source]
+        cause: Option<io::Error>,
+    },
 }
 
 /// The rest of a shim's report pipe: it carries one more line, or ends, when the container has
@@ -81,7 +86,10 @@ pub async fn spawn_shim(
         )),
         Ok(Ok(_)) => match serde_json::from_str::<ShimReport>(line.trim()) {
             Ok(ShimReport::Started(rec)) => Ok((rec, ExitPipe(stdout))),
-            Ok(ShimReport::Failed { error }) => Err(SupervisorError::StartFailed(error)),
+            Ok(ShimReport::Failed { error, errno }) => Err(SupervisorError::StartFailed {
+                message: error,
+                cause: errno.map(std::io::Error::from_raw_os_error),
+            }),
             Ok(ShimReport::Exited(_)) => Err(SupervisorError::NoReport(
                 paths.shim_log().display().to_string(),
             )),

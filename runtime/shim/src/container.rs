@@ -26,11 +26,52 @@ pub(crate) struct Started {
     pub cgroup: String,
 }
 
+/// Why a start failed: the operator's text, and the errno of the system call that failed where
+/// one did (so the daemon classifies a full disk by kind, not by words).
+#[derive(Debug)]
+pub(crate) struct StartError {
+    pub message: String,
+    pub errno: Option<i32>,
+}
+
+impl StartError {
+    /// `what` failed with the I/O error `e`.
+    fn io(what: String, e: &std::io::Error) -> Self {
+        Self {
+            message: format!("{what}: {e}"),
+            errno: e.raw_os_error(),
+        }
+    }
+}
+
+impl From<String> for StartError {
+    fn from(message: String) -> Self {
+        Self {
+            message,
+            errno: None,
+        }
+    }
+}
+
+impl From<&str> for StartError {
+    fn from(message: &str) -> Self {
+        message.to_owned().into()
+    }
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// Everything up to a running container; errors are reported to the daemon verbatim.
-pub(crate) fn start(paths: &ContainerPaths) -> Result<Started, String> {
-    let cfg: ShimConfig = std::fs::read(paths.shim_config())
-        .map_err(|e| format!("cannot read {}: {e}", paths.shim_config().display()))
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| format!("bad shim config: {e}")))?;
+pub(crate) fn start(paths: &ContainerPaths) -> Result<Started, StartError> {
+    let raw = std::fs::read(paths.shim_config()).map_err(|e| {
+        StartError::io(format!("cannot read {}", paths.shim_config().display()), &e)
+    })?;
+    let cfg: ShimConfig =
+        serde_json::from_slice(&raw).map_err(|e| format!("bad shim config: {e}"))?;
     let _ = std::fs::remove_file(paths.exit_record());
     let _ = std::fs::remove_file(paths.shim_record());
     unshare(CloneFlags::CLONE_NEWNS)
@@ -56,7 +97,7 @@ pub(crate) fn start(paths: &ContainerPaths) -> Result<Started, String> {
     redirect_stdio(paths)?;
     let _ = nix::sys::prctl::set_child_subreaper(true);
     std::fs::create_dir_all(&cfg.runtime_root)
-        .map_err(|e| format!("cannot create {}: {e}", cfg.runtime_root.display()))?;
+        .map_err(|e| StartError::io(format!("cannot create {}", cfg.runtime_root.display()), &e))?;
     let stale = cfg.runtime_root.join(&cfg.id);
     if stale.exists() {
         // A previous run of this container that was not cleaned up (shim killed): start afresh.
@@ -79,7 +120,7 @@ pub(crate) fn start(paths: &ContainerPaths) -> Result<Started, String> {
     .map_err(|e| format!("cannot create the container: {e}"))?;
     if let Err(e) = container.start() {
         let _ = container.delete(true);
-        return Err(format!("cannot start the container: {e}"));
+        return Err(format!("cannot start the container: {e}").into());
     }
     let pid = container
         .pid()
@@ -98,9 +139,10 @@ pub(crate) fn start(paths: &ContainerPaths) -> Result<Started, String> {
     })
 }
 
-fn mount_overlay(paths: &ContainerPaths, cfg: &ShimConfig) -> Result<(), String> {
+fn mount_overlay(paths: &ContainerPaths, cfg: &ShimConfig) -> Result<(), StartError> {
     for d in [paths.rootfs(), paths.upper(), paths.work()] {
-        std::fs::create_dir_all(&d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+        std::fs::create_dir_all(&d)
+            .map_err(|e| StartError::io(format!("cannot create {}", d.display()), &e))?;
     }
     let mut lowers: Vec<String> = cfg
         .lowers
@@ -111,13 +153,13 @@ fn mount_overlay(paths: &ContainerPaths, cfg: &ShimConfig) -> Result<(), String>
     if lowers.is_empty() {
         let empty = paths.dir.join("empty");
         std::fs::create_dir_all(&empty)
-            .map_err(|e| format!("cannot create {}: {e}", empty.display()))?;
+            .map_err(|e| StartError::io(format!("cannot create {}", empty.display()), &e))?;
         lowers.push(empty.display().to_string());
     }
     if let Some(bad) = lowers.iter().find(|l| l.contains([',', ':'])) {
-        return Err(format!(
-            "layer path {bad} contains ',' or ':' and cannot be an overlay lower"
-        ));
+        return Err(
+            format!("layer path {bad} contains ',' or ':' and cannot be an overlay lower").into(),
+        );
     }
     let opts = format!(
         "lowerdir={},upperdir={},workdir={}",
@@ -132,11 +174,12 @@ fn mount_overlay(paths: &ContainerPaths, cfg: &ShimConfig) -> Result<(), String>
         MsFlags::empty(),
         Some(opts.as_str()),
     )
-    .map_err(|e| {
-        format!(
+    .map_err(|e| StartError {
+        message: format!(
             "cannot mount the overlay root ({} layers): {e}",
             lowers.len()
-        )
+        ),
+        errno: Some(e as i32),
     })
 }
 
@@ -234,13 +277,14 @@ fn mount_volumes(cfg: &ShimConfig, rootfs: &OwnedFd) -> Result<(), String> {
 }
 
 /// stdin ← /dev/null, stdout and stderr → the container log (appending).
-fn redirect_stdio(paths: &ContainerPaths) -> Result<(), String> {
-    let null = File::open("/dev/null").map_err(|e| format!("cannot open /dev/null: {e}"))?;
+fn redirect_stdio(paths: &ContainerPaths) -> Result<(), StartError> {
+    let null =
+        File::open("/dev/null").map_err(|e| StartError::io("cannot open /dev/null".into(), &e))?;
     let log = OpenOptions::new()
         .create(true)
         .append(true)
         .open(paths.log())
-        .map_err(|e| format!("cannot open {}: {e}", paths.log().display()))?;
+        .map_err(|e| StartError::io(format!("cannot open {}", paths.log().display()), &e))?;
     for (fd, to) in [
         (null.as_raw_fd(), 0),
         (log.as_raw_fd(), 1),

@@ -37,6 +37,10 @@ pub enum ShimReport {
     Started(ShimRecord),
     Failed {
         error: String,
+        /// The errno of the system call that failed, where one did (ENOSPC: a full disk).
+        /// Absent from the reports of shims older than this field.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        errno: Option<i32>,
     },
     /// Sent after `exit.json` is written, before the runtime state is torn down.
     Exited(ExitRecord),
@@ -113,7 +117,10 @@ mod tests {
         let line = serde_json::to_string(&ShimReport::Started(rec)).unwrap();
         assert_eq!(line, r#"{"pid":41,"shim_pid":40,"shim_start":123456}"#);
         match serde_json::from_str::<ShimReport>(r#"{"error":"no such image"}"#).unwrap() {
-            ShimReport::Failed { error } => assert_eq!(error, "no such image"),
+            ShimReport::Failed { error, errno } => {
+                assert_eq!(error, "no such image");
+                assert_eq!(errno, None, "an old report without the field still parses");
+            }
             other => panic!("{other:?}"),
         }
         match serde_json::from_str::<ShimReport>(&serde_json::to_string(&exit).unwrap()).unwrap() {

@@ -72,7 +72,13 @@ pub fn main(dir: &Path) -> ! {
         Ok(x) => x,
         Err(e) => {
             log(&format!("start failed: {e}"));
-            send(&ShimReport::Failed { error: e }, false);
+            send(
+                &ShimReport::Failed {
+                    error: e.message,
+                    errno: e.errno,
+                },
+                false,
+            );
             std::process::exit(1);
         }
     };
@@ -118,6 +124,7 @@ pub fn main(dir: &Path) -> ! {
 fn report_failure(error: &str) {
     let line = serde_json::to_string(&ShimReport::Failed {
         error: error.to_owned(),
+        errno: None,
     })
     .unwrap_or_default();
     let _ = writeln!(std::io::stdout(), "{line}");

@@ -33,8 +33,9 @@ struct FakeState {
     /// Every signal sent, with the container id it went to.
     signals: Vec<(String, Signal)>,
     live: HashMap<i32, Live>,
-    /// The next spawn fails with this message.
+    /// The next spawn fails with this message (and this errno, as a shim reports it).
     fail_next: Option<String>,
+    fail_errno: Option<i32>,
     /// SIGTERM is ignored (the container only ends on SIGKILL).
     ignore_term: bool,
 }
@@ -122,7 +123,13 @@ impl Launcher for FakeLauncher {
         let mut s = self.state.lock().unwrap();
         s.spawns.push(id_of(paths));
         if let Some(msg) = s.fail_next.take() {
-            return Box::pin(async move { Err(SupervisorError::StartFailed(msg)) });
+            let cause = s.fail_errno.take().map(std::io::Error::from_raw_os_error);
+            return Box::pin(async move {
+                Err(SupervisorError::StartFailed {
+                    message: msg,
+                    cause,
+                })
+            });
         }
         assert!(
             paths.bundle().join("config.json").is_file() && paths.shim_config().is_file(),
@@ -477,6 +484,25 @@ async fn a_failed_launch_leaves_it_dead_with_the_reason() {
         removed.contains(&format!("inarray/*/{}", row.id)),
         "its cgroups are cleaned up: {removed:?}"
     );
+}
+
+#[tokio::test]
+async fn a_shim_that_reports_enospc_is_a_full_disk_by_kind() {
+    let env = Env::new().await;
+    {
+        let mut s = env.launcher.state.lock().unwrap();
+        s.fail_next = Some("cannot create the upper layer".into());
+        s.fail_errno = Some(28);
+    }
+    let cfg: ContainerConfig =
+        serde_json::from_value(serde_json::json!({"image": "test"})).unwrap();
+    let err = env.manager.create(cfg).await.unwrap_err();
+    assert!(err.is_disk_full(), "{err:?}");
+    // Without an errno the same words are not taken for a full disk here.
+    env.launcher.state.lock().unwrap().fail_next = Some("exec format error".into());
+    let cfg: ContainerConfig =
+        serde_json::from_value(serde_json::json!({"image": "test"})).unwrap();
+    assert!(!env.manager.create(cfg).await.unwrap_err().is_disk_full());
 }
 
 #[tokio::test]

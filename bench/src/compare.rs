@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use hyper::Method;
 use serde_json::json;
 
@@ -61,24 +61,12 @@ pub fn favordynmods_mounts() -> Vec<String> {
 }
 
 fn cli_once(bin: &Path, socket: &Path) -> Result<Duration> {
-    let t0 = Instant::now();
-    let out = Command::new(bin)
-        .arg("--host")
-        .arg(format!("unix:{}", socket.display()))
-        .args(["run", "--rm", IMAGE, "/bin/true"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()?;
-    let el = t0.elapsed();
-    if !out.status.success() {
-        bail!(
-            "inarray run: {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(el)
+    crate::run_cmd(
+        Command::new(bin)
+            .arg("--host")
+            .arg(format!("unix:{}", socket.display()))
+            .args(["run", "--rm", IMAGE, "/bin/true"]),
+    )
 }
 
 async fn memory(bin: &Path, dir: &Path, archive: &Path, n: usize) -> Result<Memory> {

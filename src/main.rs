@@ -3,9 +3,11 @@
 //! (`src/shim.rs`).
 
 mod cli;
+mod config;
 mod daemon;
 mod logging;
 mod notify;
+mod reload;
 
 use std::process::ExitCode;
 

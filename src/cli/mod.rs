@@ -24,7 +24,7 @@ use inarray_api::client::{Client, Method};
 use inarray_api::serve::Listen;
 use serde_json::Value;
 
-use crate::daemon::{ServeOpts, DEFAULT_SOCKET};
+use crate::config::{ServeOpts, DEFAULT_SOCKET};
 
 #[derive(Debug, Parser)]
 #[command(

@@ -328,14 +328,19 @@ impl RunOpts {
     }
 }
 
+/// The driver's runtime: one thread (the benchmarks measure the daemon, not the driver).
+fn current_thread() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     match args.cmd {
         Cmd::Prepare { work, podman_image } => prepare(&work, &podman_image),
         Cmd::Run(o) => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
+            let rt = current_thread()?;
             rt.block_on(run(o))
         }
         Cmd::Scan {
@@ -350,9 +355,7 @@ fn main() -> Result<()> {
                 job_dirs,
                 ..RunOpts::bare(bin, work, quick)
             };
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
+            let rt = current_thread()?;
             rt.block_on(async {
                 let work = o.work.canonicalize()?;
                 let s = scan::bench(&o.bin, &work, o.scan_plan()).await;
@@ -372,9 +375,7 @@ fn main() -> Result<()> {
                 load_concurrency,
                 ..RunOpts::bare(bin, work, quick)
             };
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
+            let rt = current_thread()?;
             rt.block_on(async {
                 let work = o.work.canonicalize()?;
                 let l = load::bench(&o.bin, &work, o.load_plan()).await;
@@ -398,9 +399,7 @@ fn main() -> Result<()> {
                 noise,
                 ..RunOpts::bare(bin, work, quick)
             };
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
+            let rt = current_thread()?;
             rt.block_on(async {
                 let work = o.work.canonicalize()?;
                 let plan = Plan {
@@ -444,16 +443,12 @@ fn main() -> Result<()> {
                 containers,
                 podman_containers,
             };
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
+            let rt = current_thread()?;
             println!("{}", rt.block_on(compare::bench(&o))?);
             Ok(())
         }
         Cmd::Loop { socket, n } => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
+            let rt = current_thread()?;
             rt.block_on(async {
                 let c = Client::new(inarray_api::serve::Listen::Unix(socket));
                 let mut all = Samples::default();

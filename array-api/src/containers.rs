@@ -281,7 +281,8 @@ async fn container_logs(
     Ok((text, Body::from_stream(stream)).into_response())
 }
 
-struct Follow {
+/// A container log followed as it grows, until the container stops for good.
+pub(crate) struct Follow {
     m: Manager,
     id: String,
     path: std::path::PathBuf,
@@ -291,8 +292,27 @@ struct Follow {
 }
 
 impl Follow {
+    /// Follows the log of `id` from its current end (what an attach sees).
+    pub(crate) async fn from_end(m: Manager, id: String) -> Self {
+        use tokio::io::AsyncSeekExt;
+        let path = m.paths(&id).log();
+        let mut file = tokio::fs::File::open(&path).await.ok();
+        if let Some(f) = file.as_mut() {
+            let _ = f.seek(std::io::SeekFrom::End(0)).await;
+        }
+        let rx = m.subscribe();
+        Self {
+            m,
+            id,
+            path,
+            file,
+            rx,
+            done: false,
+        }
+    }
+
     /// The next piece of output; None once the container is gone or stopped and all is read.
-    async fn next_chunk(&mut self) -> Option<Vec<u8>> {
+    pub(crate) async fn next_chunk(&mut self) -> Option<Vec<u8>> {
         loop {
             if self.file.is_none() {
                 self.file = tokio::fs::File::open(&self.path).await.ok();

@@ -193,6 +193,7 @@ impl From<ManagerError> for ApiError {
             M::NotFound { .. } => Self::not_found(e.to_string()),
             M::Store(s) => Self::from(s),
             M::Conflict(m) => Self::conflict(m),
+            M::TooMany(m) => Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many", m),
             M::Invalid(f) => Self::bad_request(f.to_string()),
             M::Volume(v) if v.is_client_error() => Self::bad_request(v.to_string()),
             M::Image(inarray_images::ImageError::Registry(r)) => Self::registry(r),

@@ -34,25 +34,8 @@ pub fn accept_key(key: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(h.finalize())
 }
 
-fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
-/// Checks the handshake and answers 101; the session runs on the upgraded connection.
-pub async fn upgrade(
-    events: Events,
-    name: String,
-    max: u32,
-    mut req: axum::extract::Request,
-) -> Result<Response, ApiError> {
-    // Refuse a bad name before anything else.
-    events.subscription(&name)?;
-    let h = req.headers();
+/// Checks a WebSocket handshake's headers; returns the `Sec-WebSocket-Accept` value.
+pub fn handshake(h: &HeaderMap) -> Result<String, ApiError> {
     if !header_has(h, header::UPGRADE, "websocket") || !header_has(h, header::CONNECTION, "upgrade")
     {
         return Err(ApiError::bad_request(
@@ -77,8 +60,30 @@ pub async fn upgrade(
         })
         .ok_or_else(|| {
             ApiError::bad_request("sec-websocket-key: missing or not 16 bytes in base64")
-        })?
-        .to_owned();
+        })?;
+    Ok(accept_key(key))
+}
+
+/// Whether `token` is one of the comma-separated values of header `name`.
+pub fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Checks the handshake and answers 101; the session runs on the upgraded connection.
+pub async fn upgrade(
+    events: Events,
+    name: String,
+    max: u32,
+    mut req: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    // Refuse a bad name before anything else.
+    events.subscription(&name)?;
+    let key = handshake(req.headers())?;
     let on_upgrade = req
         .extensions_mut()
         .remove::<hyper::upgrade::OnUpgrade>()
@@ -94,7 +99,7 @@ pub async fn upgrade(
         [
             (header::UPGRADE, "websocket".to_owned()),
             (header::CONNECTION, "Upgrade".to_owned()),
-            (header::SEC_WEBSOCKET_ACCEPT, accept_key(&key)),
+            (header::SEC_WEBSOCKET_ACCEPT, key),
         ],
     )
         .into_response())

@@ -1,12 +1,14 @@
 //! The REST API (`/v1`, JSON, axum) and its client. The only crate that knows HTTP.
 
 pub mod access;
+mod attach;
 pub mod client;
 pub mod containers;
 pub mod engines;
 pub mod error;
 pub mod events;
 pub mod events_ws;
+mod execs;
 pub mod exports;
 pub mod extract;
 pub mod images;

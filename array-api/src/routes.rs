@@ -19,6 +19,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::images::routes())
         .merge(crate::registries::routes())
         .merge(crate::containers::routes())
+        .merge(crate::execs::routes())
         .merge(crate::engines::routes())
         .merge(crate::metrics::routes())
         .merge(crate::exports::routes())

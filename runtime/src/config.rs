@@ -46,6 +46,16 @@ pub struct ContainerConfig {
     /// When to pull the image from its registry (default `missing`).
     #[serde(default, skip_serializing_if = "PullPolicy::is_default")]
     pub pull: PullPolicy,
+    /// Give the process a terminal (the shim keeps its master; attach to use it).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub tty: bool,
+    /// Keep stdin open for attached clients (otherwise it reads /dev/null).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub open_stdin: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// When `create` pulls the container's image from its registry.

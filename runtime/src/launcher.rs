@@ -13,7 +13,7 @@ use std::pin::Pin;
 use nix::sys::signal::Signal;
 
 use crate::supervisor::{self, SupervisorError};
-use inarray_shim::protocol::ShimRecord;
+use inarray_shim::protocol::{CtlReply, CtlRequest, ShimRecord};
 use inarray_shim::ContainerPaths;
 
 /// A future the manager awaits; boxed so that the trait stays object-safe.
@@ -37,6 +37,15 @@ pub trait Launcher: Send + Sync + 'static {
     fn wait_gone(&self, rec: ShimRecord) -> Pending<()>;
     /// Whether the supervisor `rec` names is alive (and is that process, not a reused pid).
     fn is_alive(&self, rec: ShimRecord) -> bool;
+    /// Sends `req` on the control socket of a running container's shim; returns its answer and
+    /// the connection, which carries the process's stdio after an attach.
+    fn control(&self, socket: PathBuf, req: CtlRequest) -> Pending<std::io::Result<Controlled>>;
+}
+
+/// A shim's answer on its control socket, and the connection.
+pub struct Controlled {
+    pub reply: CtlReply,
+    pub stream: tokio::net::UnixStream,
 }
 
 /// The real launcher: `inarray-shim` processes spawned from the sealed executable.
@@ -72,5 +81,12 @@ impl Launcher for ShimLauncher {
 
     fn is_alive(&self, rec: ShimRecord) -> bool {
         supervisor::is_same_process(rec.shim_pid, rec.shim_start)
+    }
+
+    fn control(&self, socket: PathBuf, req: CtlRequest) -> Pending<std::io::Result<Controlled>> {
+        Box::pin(async move {
+            let (reply, stream) = supervisor::control(&socket, &req).await?;
+            Ok(Controlled { reply, stream })
+        })
     }
 }

@@ -173,7 +173,7 @@ pub fn build(
     spec["hostname"] = json!(ctx.hostname);
     spec["root"] = json!({"path": "rootfs", "readonly": false});
     spec["process"] = json!({
-        "terminal": false,
+        "terminal": cfg.tty,
         "user": {"uid": ctx.identity.uid, "gid": ctx.identity.gid},
         "args": args,
         "env": env,

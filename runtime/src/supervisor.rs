@@ -14,9 +14,44 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 pub use inarray_shim::protocol::is_same_process;
+/// How long a shim may take to answer a control request (an exec's start included).
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Sends one request on a shim's control socket and reads its one-line answer; the connection
+/// is returned as it is after that line (it carries a process's stdio after an attach).
+pub async fn control(
+    socket: &Path,
+    req: &CtlRequest,
+) -> io::Result<(CtlReply, tokio::net::UnixStream)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::UnixStream::connect(socket).await?;
+    let mut line = serde_json::to_vec(req).map_err(io::Error::other)?;
+    line.push(b'\n');
+    stream.write_all(&line).await?;
+    let read = async {
+        // Byte by byte: nothing after the line may be consumed (the stream follows it).
+        let mut answer = Vec::with_capacity(128);
+        loop {
+            let b = stream.read_u8().await?;
+            if b == b'\n' {
+                break;
+            }
+            if answer.len() >= 64 * 1024 {
+                return Err(io::Error::other("the shim's answer is too long"));
+            }
+            answer.push(b);
+        }
+        serde_json::from_slice::<CtlReply>(&answer).map_err(io::Error::other)
+    };
+    let reply = tokio::time::timeout(CONTROL_TIMEOUT, read)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the shim did not answer"))??;
+    Ok((reply, stream))
+}
+
 #[cfg(test)]
 use inarray_shim::protocol::process_start_time;
-use inarray_shim::protocol::{ExitRecord, ShimRecord, ShimReport};
+use inarray_shim::protocol::{CtlReply, CtlRequest, ExitRecord, ShimRecord, ShimReport};
 use inarray_shim::ContainerPaths;
 
 /// How long a shim may take to report that its container runs.

@@ -14,8 +14,9 @@ use nix::sched::{unshare, CloneFlags};
 use nix::sys::stat::Mode;
 use nix::unistd::dup2;
 
+use crate::exec::ProcessIo;
 use crate::paths::ContainerPaths;
-use crate::protocol::{process_start_time, ShimConfig, ShimRecord};
+use crate::protocol::{process_start_time, ShimConfig, ShimRecord, StdioConfig};
 use crate::volumes::{validate_target, ArrayRoot};
 
 /// The container libcontainer created and started, and what the shim needs after its exit.
@@ -24,6 +25,10 @@ pub(crate) struct Started {
     pub record: ShimRecord,
     /// The container's cgroup path (OOM kills are read there after the exit).
     pub cgroup: String,
+    /// The shim's ends of the init's stdio, when the shim relays it.
+    pub io: Option<ProcessIo>,
+    /// The shim's instructions.
+    pub config: ShimConfig,
 }
 
 /// Why a start failed: the operator's text, and the errno of the system call that failed where
@@ -106,18 +111,32 @@ pub(crate) fn start(paths: &ContainerPaths) -> Result<Started, StartError> {
         }
         let _ = std::fs::remove_dir_all(&stale);
     }
-    let mut container = libcontainer::container::builder::ContainerBuilder::new(
+    let mut builder = libcontainer::container::builder::ContainerBuilder::new(
         cfg.id.clone(),
         libcontainer::syscall::syscall::SyscallType::default(),
     )
     .with_root_path(&cfg.runtime_root)
     .and_then(|b| b.validate_id())
-    .map_err(|e| format!("runtime: {e}"))?
-    .as_init(paths.bundle())
-    .with_systemd(false)
-    .with_detach(true)
-    .build()
-    .map_err(|e| format!("cannot create the container: {e}"))?;
+    .map_err(|e| format!("runtime: {e}"))?;
+    let mut stdio = InitStdio::new(&cfg)?;
+    builder = stdio.wire(builder)?;
+    // The shim ignores SIGPIPE (it handles EPIPE); an ignored disposition would survive into
+    // the container's processes, which expect the default.
+    let pipe_default = ignore_sigpipe(false);
+    let built = builder
+        .as_init(paths.bundle())
+        .with_systemd(false)
+        .with_detach(true)
+        .build();
+    ignore_sigpipe(pipe_default);
+    let mut container = built.map_err(|e| format!("cannot create the container: {e}"))?;
+    let io = match stdio.finish() {
+        Ok(io) => io,
+        Err(e) => {
+            let _ = container.delete(true);
+            return Err(e);
+        }
+    };
     if let Err(e) = container.start() {
         let _ = container.delete(true);
         return Err(format!("cannot start the container: {e}").into());
@@ -135,8 +154,164 @@ pub(crate) fn start(paths: &ContainerPaths) -> Result<Started, StartError> {
             shim_pid,
             shim_start,
         },
-        cgroup: cfg.cgroup,
+        cgroup: cfg.cgroup.clone(),
+        io,
+        config: cfg,
     })
+}
+
+/// Sets SIGPIPE to ignored (`true`) or the default; returns whether it was ignored.
+pub(crate) fn ignore_sigpipe(ignore: bool) -> bool {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    let to = if ignore {
+        SigHandler::SigIgn
+    } else {
+        SigHandler::SigDfl
+    };
+    // SAFETY: installs SIG_IGN or SIG_DFL, not a handler function: no code runs on delivery.
+    let old = unsafe { signal(Signal::SIGPIPE, to) };
+    matches!(old, Ok(SigHandler::SigIgn))
+}
+
+/// The init's stdio when the shim relays it: pipes, or a terminal whose master the runtime
+/// sends over a console socket.
+enum InitStdio {
+    Direct,
+    Pipes {
+        child: Vec<OwnedFd>,
+        io: Option<ProcessIo>,
+    },
+    Tty {
+        path: std::path::PathBuf,
+        listener: std::os::unix::net::UnixListener,
+        stdin: bool,
+    },
+}
+
+impl InitStdio {
+    fn new(cfg: &ShimConfig) -> Result<Self, StartError> {
+        let StdioConfig { tty, stdin, .. } = cfg.stdio;
+        if !cfg.stdio.relayed() {
+            return Ok(Self::Direct);
+        }
+        if tty {
+            let path = cfg.runtime_root.join(format!("{}-tty.sock", cfg.id));
+            let _ = std::fs::remove_file(&path);
+            let listener = std::os::unix::net::UnixListener::bind(&path)
+                .map_err(|e| StartError::io(format!("console socket {}", path.display()), &e))?;
+            return Ok(Self::Tty {
+                path,
+                listener,
+                stdin,
+            });
+        }
+        let pipe = || {
+            nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| StartError::from(format!("pipe: {e}")))
+        };
+        let (in_r, in_w) = if stdin {
+            let (r, w) = pipe()?;
+            (r, Some(w))
+        } else {
+            let null = File::open("/dev/null")
+                .map_err(|e| StartError::io("cannot open /dev/null".into(), &e))?;
+            (OwnedFd::from(null), None)
+        };
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        Ok(Self::Pipes {
+            child: vec![in_r, out_w, err_w],
+            io: Some(ProcessIo {
+                stdin: in_w,
+                outputs: vec![
+                    (out_r, crate::protocol::STDOUT),
+                    (err_r, crate::protocol::STDERR),
+                ],
+                tty: None,
+            }),
+        })
+    }
+
+    fn wire(
+        &mut self,
+        b: libcontainer::container::builder::ContainerBuilder,
+    ) -> Result<libcontainer::container::builder::ContainerBuilder, StartError> {
+        Ok(match self {
+            Self::Direct => b,
+            Self::Pipes { child, .. } => {
+                let dup = |fd: &OwnedFd| {
+                    inarray_sys::dup(fd).map_err(|e| StartError::from(format!("dup: {e}")))
+                };
+                b.with_stdin(dup(&child[0])?)
+                    .with_stdout(dup(&child[1])?)
+                    .with_stderr(dup(&child[2])?)
+            }
+            Self::Tty { path, .. } => b.with_console_socket(Some(path.clone())),
+        })
+    }
+
+    /// After the runtime created the container: the shim's ends.
+    fn finish(self) -> Result<Option<ProcessIo>, StartError> {
+        match self {
+            Self::Direct => Ok(None),
+            Self::Pipes { io, .. } => Ok(io),
+            Self::Tty {
+                path,
+                listener,
+                stdin,
+            } => {
+                let master = receive_console(&listener);
+                let _ = std::fs::remove_file(&path);
+                let master = master?;
+                let dup = |fd: &OwnedFd| {
+                    inarray_sys::dup(fd).map_err(|e| StartError::from(format!("dup: {e}")))
+                };
+                Ok(Some(ProcessIo {
+                    stdin: if stdin { Some(dup(&master)?) } else { None },
+                    outputs: vec![(dup(&master)?, crate::protocol::STDOUT)],
+                    tty: Some(master),
+                }))
+            }
+        }
+    }
+}
+
+/// Receives the terminal master the container's init sent on the console socket.
+fn receive_console(listener: &std::os::unix::net::UnixListener) -> Result<OwnedFd, StartError> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::FromRawFd;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| StartError::io("console socket".into(), &e))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let conn = loop {
+        match listener.accept() {
+            Ok((c, _)) => break c,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if std::time::Instant::now() > deadline {
+                    return Err("the runtime sent no terminal".into());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Err(e) => return Err(StartError::io("console socket".into(), &e)),
+        }
+    };
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+    let mut buf = [0u8; 64];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(conn.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+        .map_err(|e| format!("cannot receive the terminal: {e}"))?;
+    for c in msg.cmsgs().map_err(|e| format!("cannot receive the terminal: {e}"))? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            if let Some(&fd) = fds.first() {
+                // SAFETY: SCM_RIGHTS installed this descriptor in our table just now; nothing
+                // else owns it.
+                return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+    Err("the runtime sent no terminal".into())
 }
 
 fn mount_overlay(paths: &ContainerPaths, cfg: &ShimConfig) -> Result<(), StartError> {

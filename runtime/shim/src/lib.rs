@@ -21,10 +21,13 @@
 
 mod cgroup;
 mod container;
+mod exec;
 mod memory;
 pub mod paths;
 pub mod protocol;
+mod relay;
 pub mod sealed;
+mod serve;
 mod supervise;
 pub mod volumes;
 

@@ -43,8 +43,22 @@ impl ContainerPaths {
     pub fn exit_record(&self) -> PathBuf {
         self.dir.join("exit.json")
     }
+    /// Exit records of execs (`<exec id>.json`, an [`ExitRecord`](crate::protocol::ExitRecord)),
+    /// written by the shim when an exec has ended.
+    pub fn execs(&self) -> PathBuf {
+        self.dir.join("execs")
+    }
+    pub fn exec_exit(&self, exec: &str) -> PathBuf {
+        self.execs().join(format!("{exec}.json"))
+    }
     /// Written by the shim once the container runs: who supervises it.
     pub fn shim_record(&self) -> PathBuf {
         self.dir.join("shim-pid.json")
     }
+}
+
+/// The shim's control socket for container `id`: beside libcontainer's state, whose root is kept
+/// short because unix socket paths are limited to 107 bytes.
+pub fn control_socket(runtime_root: &Path, id: &str) -> PathBuf {
+    runtime_root.join(format!("{id}.sock"))
 }

@@ -28,6 +28,126 @@ pub struct ShimConfig {
     pub runtime_root: PathBuf,
     /// The container's cgroup path (for reading OOM kills after the exit).
     pub cgroup: String,
+    /// How the init's stdio is wired. Absent from the configs of older daemons: output straight
+    /// to the log, stdin from /dev/null.
+    #[serde(default)]
+    pub stdio: StdioConfig,
+    /// At most this many execs run in the container at once (0: the default).
+    #[serde(default)]
+    pub max_execs: u32,
+}
+
+/// The init's stdio. With neither `tty` nor `stdin`, the container writes its log file itself
+/// and the shim relays nothing; otherwise the shim holds the terminal (or the pipes), copies the
+/// output to the log and to attached clients, and feeds attached clients' input to it.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StdioConfig {
+    /// A terminal: the shim keeps the master side.
+    #[serde(default)]
+    pub tty: bool,
+    /// Stdin stays open for attached clients.
+    #[serde(default)]
+    pub stdin: bool,
+    /// Hold the output until the first client attaches (at most [`HOLD_LIMIT_MS`]), so that a
+    /// start-and-attach misses nothing.
+    #[serde(default)]
+    pub hold: bool,
+}
+
+impl StdioConfig {
+    /// Whether the shim relays the init's stdio.
+    pub fn relayed(&self) -> bool {
+        self.tty || self.stdin || self.hold
+    }
+}
+
+/// How long a held output waits for its first client.
+pub const HOLD_LIMIT_MS: u64 = 5000;
+
+/// The default cap on concurrent execs per container.
+pub const DEFAULT_MAX_EXECS: u32 = 32;
+
+/// A request on the shim's control socket: one JSON line; the shim answers one JSON line
+/// ([`CtlReply`]). After a successful `exec` with `attach` or an `attach`, the connection carries
+/// the process's stdio: from the daemon, raw stdin bytes (a half-close closes a non-terminal
+/// stdin); from the shim, frames ([`FRAME_HEADER`]) of stdout (1) and stderr (2). The shim
+/// closes it once the process has exited and its output is drained.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum CtlRequest {
+    /// Start a process in the running container.
+    Exec {
+        id: String,
+        process: ExecProcess,
+        attach: bool,
+    },
+    /// Attach to the init's stdio (relayed containers only).
+    Attach { stdin: bool },
+    /// Set the terminal size of the init (`exec: None`) or of an exec.
+    Resize {
+        #[serde(default)]
+        exec: Option<String>,
+        rows: u16,
+        cols: u16,
+    },
+}
+
+/// What an exec runs. Everything else about the process — capabilities, no_new_privileges,
+/// rlimits, the seccomp profile, an AppArmor profile, the base environment — is the container's
+/// own, read from its runtime spec, exactly as its init got it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExecProcess {
+    pub args: Vec<String>,
+    /// `KEY=VALUE` entries over the container's environment (same key: these win).
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Absolute; the container's working directory when absent.
+    #[serde(default)]
+    pub cwd: Option<String>,
+    pub uid: u32,
+    pub gid: u32,
+    #[serde(default)]
+    pub additional_gids: Vec<u32>,
+    #[serde(default)]
+    pub tty: bool,
+    #[serde(default)]
+    pub stdin: bool,
+}
+
+/// The shim's answer to a [`CtlRequest`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CtlReply {
+    /// The exec's pid (in the daemon's pid namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What kind of refusal: `not_running`, `too_many`, `not_found`, `not_tty`, `invalid`,
+    /// `not_relayed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+}
+
+impl CtlReply {
+    pub fn refused(code: &str, error: impl Into<String>) -> Self {
+        Self {
+            pid: None,
+            error: Some(error.into()),
+            code: Some(code.to_owned()),
+        }
+    }
+}
+
+/// Output frames on an attached stream: `[stream, 0, 0, 0, len as u32 big-endian]` then `len`
+/// bytes — Docker's "stdcopy" framing, so that the daemon passes non-terminal streams through.
+pub const FRAME_HEADER: usize = 8;
+pub const STDOUT: u8 = 1;
+pub const STDERR: u8 = 2;
+
+/// The header of a frame of `len` bytes of `stream`.
+pub fn frame_header(stream: u8, len: usize) -> [u8; FRAME_HEADER] {
+    let n = u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes();
+    [stream, 0, 0, 0, n[0], n[1], n[2], n[3]]
 }
 
 /// A line the shim sends the daemon on its report pipe.

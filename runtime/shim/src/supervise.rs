@@ -64,10 +64,14 @@ pub fn main(dir: &Path) -> ! {
             report = None;
         }
     };
+    // The shim handles EPIPE itself (a daemon gone, a client gone).
+    crate::container::ignore_sigpipe(true);
     let crate::container::Started {
         mut container,
         record: rec,
         cgroup,
+        io,
+        config,
     } = match crate::container::start(&paths) {
         Ok(x) => x,
         Err(e) => {
@@ -82,6 +86,35 @@ pub fn main(dir: &Path) -> ! {
             std::process::exit(1);
         }
     };
+    // The control socket exists before the daemon hears that the container runs.
+    let ctl_path = crate::paths::control_socket(&config.runtime_root, &config.id);
+    let _ = std::fs::remove_file(&ctl_path);
+    let listener = match std::os::unix::net::UnixListener::bind(&ctl_path) {
+        Ok(l) => l,
+        Err(e) => {
+            log(&format!("cannot bind {}: {e}", ctl_path.display()));
+            let _ = container.kill(nix::sys::signal::Signal::SIGKILL, true);
+            let _ = container.delete(true);
+            send(
+                &ShimReport::Failed {
+                    error: format!("cannot create the control socket {}: {e}", ctl_path.display()),
+                    errno: e.raw_os_error(),
+                },
+                false,
+            );
+            std::process::exit(1);
+        }
+    };
+    let relay = match io {
+        None => None,
+        Some(io) => match OpenOptions::new().create(true).append(true).open(paths.log()) {
+            Ok(f) => Some(crate::relay::Relay::new(io, Some(f))),
+            Err(e) => {
+                log(&format!("cannot open the container log: {e}"));
+                Some(crate::relay::Relay::new(io, None))
+            }
+        },
+    };
     if let Err(e) = write_atomic(
         &paths.shim_record(),
         serde_json::to_string(&rec).unwrap_or_default().as_bytes(),
@@ -92,7 +125,22 @@ pub fn main(dir: &Path) -> ! {
     log(&format!("container started, pid {}", rec.pid));
     // From here on the shim only waits: let go of the pages starting the container touched.
     crate::memory::drop_clean_file_pages();
-    let (exit_code, signal) = reap(Pid::from_raw(rec.pid));
+    let (exit_code, signal) = match crate::serve::Supervisor::new(
+        &paths,
+        Pid::from_raw(rec.pid),
+        listener,
+        relay,
+        config.stdio.hold,
+        config.max_execs,
+        &mut log,
+    ) {
+        Ok(s) => s.run(),
+        Err(e) => {
+            log(&format!("cannot serve the control socket ({e}); only waiting"));
+            reap(Pid::from_raw(rec.pid))
+        }
+    };
+    let _ = std::fs::remove_file(&ctl_path);
     // Read before the runtime deletes the cgroup.
     let oom_killed =
         crate::cgroup::oom_kills(Path::new(crate::cgroup::MOUNT_ROOT), &cgroup).unwrap_or(0) > 0;

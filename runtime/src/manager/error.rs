@@ -19,6 +19,9 @@ pub enum ManagerError {
     Conflict(String),
     #[error(transparent)]
     Invalid(#[from] InvalidField),
+    /// A per-object cap is reached (e.g. concurrent execs in one container).
+    #[error("{0}")]
+    TooMany(String),
     #[error(transparent)]
     Volume(#[from] VolumeError),
     #[error(transparent)]

@@ -19,7 +19,7 @@ use crate::config::{ContainerConfig, InvalidField};
 use crate::engines;
 use crate::resources::Resources;
 use crate::spec::{self, ImageDefaults, SpecContext};
-use inarray_shim::protocol::ShimConfig;
+use inarray_shim::protocol::{ShimConfig, StdioConfig};
 use inarray_shim::ContainerPaths;
 
 /// What a start hands the shim: the runtime spec and the shim's own instructions. Derived from
@@ -158,6 +158,12 @@ impl Manager {
             lowers,
             runtime_root: self.inner.runtime_root.clone(),
             cgroup: self.inner.opts.cgroups.container(engine, id),
+            stdio: StdioConfig {
+                tty: cfg.tty,
+                stdin: cfg.open_stdin,
+                hold: false,
+            },
+            max_execs: 0,
         };
         Ok(Plan { spec, shim })
     }
@@ -222,6 +228,12 @@ impl Manager {
 
     /// Starts a created or exited container. Allowed in: created, exited, dead.
     pub async fn start(&self, key: &str) -> Result<ContainerRow> {
+        self.start_with(key, false).await
+    }
+
+    /// Starts a container; with `hold`, its shim relays its stdio and holds the output until
+    /// the first client attaches (a start-and-attach misses nothing).
+    pub async fn start_with(&self, key: &str, hold: bool) -> Result<ContainerRow> {
         let id = self.get(key).await?.id;
         let lock = self.lock_for(&id);
         let _g = lock.lock().await;
@@ -238,7 +250,11 @@ impl Manager {
         if row.stop_requested {
             self.inner.store.set_stop_requested(&row.id, false).await?;
         }
-        self.spawn(&row).await
+        let mut plan = self.plan_row(&row).await;
+        if let Ok(p) = plan.as_mut() {
+            p.shim.stdio.hold = hold;
+        }
+        self.launch(&row, plan).await
     }
 
     /// Plans and launches a start of `row`. The caller holds the container's lock.

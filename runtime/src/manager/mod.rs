@@ -13,6 +13,7 @@
 
 mod engines;
 mod error;
+mod exec;
 mod images;
 mod io_guard;
 mod lifecycle;
@@ -38,6 +39,7 @@ use inarray_shim::ContainerPaths;
 
 pub(crate) use error::internal;
 pub use error::{Cause, ManagerError, Result};
+pub use exec::{Attached, Attachment, ExecConfig, ExecInfo};
 pub use images::{ImageRemoval, PruneReport, PrunedImage};
 pub use monitor::{backoff, ReconcileReport};
 

@@ -196,6 +196,19 @@ impl Launcher for FakeLauncher {
         let s = self.state.lock().unwrap();
         s.live.get(&rec.shim_pid).is_some_and(|l| !*l.gone.borrow())
     }
+
+    fn control(
+        &self,
+        _socket: std::path::PathBuf,
+        _req: inarray_shim::protocol::CtlRequest,
+    ) -> Pending<std::io::Result<crate::launcher::Controlled>> {
+        Box::pin(async {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "the recording launcher has no shims to talk to",
+            ))
+        })
+    }
 }
 
 struct Env {

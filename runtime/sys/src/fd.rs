@@ -86,3 +86,47 @@ pub(crate) fn pread_spare(
     unsafe { out.set_len(len + n) };
     Ok(n)
 }
+
+/// Unlocks the pseudo-terminal `master` (`TIOCSPTLCK` 0) and opens its peer, the slave side,
+/// through the master itself (`TIOCGPTPEER`, Linux 4.13): no path lookup, so it works for a
+/// master of any devpts instance, e.g. a container's.
+pub fn pty_peer(master: &impl AsRawFd) -> io::Result<OwnedFd> {
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one c_int through the pointer, which points at a live local.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
+    // SAFETY: TIOCGPTPEER takes the open flags by value and returns a new fd or -1.
+    let fd = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(owned(fd))
+}
+
+/// Sets the window size of the terminal `fd` (`TIOCSWINSZ`); the kernel signals SIGWINCH to its
+/// foreground process group.
+pub fn set_window_size(fd: &impl AsRawFd, rows: u16, cols: u16) -> io::Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize through the pointer, which points at a live local.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Makes the terminal `fd` the controlling terminal of the calling session leader
+/// (`TIOCSCTTY`).
+pub fn set_controlling_tty(fd: &impl AsRawFd) -> io::Result<()> {
+    // SAFETY: TIOCSCTTY takes an int argument by value (0: do not steal) and touches no memory.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSCTTY, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -290,11 +290,7 @@ async fn run_ws<C: AsyncRead + AsyncWrite + Unpin>(
             };
             match op {
                 8 => return Up::Gone,
-                9 => {
-                    if send(frame(10, &payload)).await.is_err() {
-                        return Up::Gone;
-                    }
-                }
+                9 if send(frame(10, &payload)).await.is_err() => return Up::Gone,
                 1 | 2 if stdin => {
                     let (pass, detach) = if tty {
                         scan_detach(&payload, &mut pending)

@@ -22,7 +22,7 @@ pub use config::{ContainerConfig, InvalidField, Network, PullPolicy, RestartPoli
 pub use inarray_shim::volumes;
 pub use ioguard::{GuardConfig, GuardStatus};
 pub use manager::{
-    backoff, Attached, Attachment, Cause, ExecConfig, ExecInfo, ImageRemoval, Manager, ManagerError, ManagerOptions, PruneReport, PrunedImage,
-    ReconcileReport,
+    backoff, Attached, Attachment, Cause, ExecConfig, ExecInfo, ImageRemoval, Manager,
+    ManagerError, ManagerOptions, PruneReport, PrunedImage, ReconcileReport,
 };
 pub use volumes::{Volume, VolumeError};

@@ -184,13 +184,25 @@ mod tests {
         let e = store.insert_exec("e1", "c1", "{}", now, 2).await.unwrap();
         assert_eq!(e.state, "created");
         assert!(store.claim_exec_start("e1", now).await.unwrap());
-        assert!(!store.claim_exec_start("e1", now).await.unwrap(), "starts once");
+        assert!(
+            !store.claim_exec_start("e1", now).await.unwrap(),
+            "starts once"
+        );
         store.set_exec_pid("e1", 42).await.unwrap();
         assert_eq!(store.running_execs().await.unwrap().len(), 1);
-        store.mark_exec_exited("e1", Some(7), None, now).await.unwrap();
-        store.mark_exec_exited("e1", Some(9), None, now).await.unwrap();
+        store
+            .mark_exec_exited("e1", Some(7), None, now)
+            .await
+            .unwrap();
+        store
+            .mark_exec_exited("e1", Some(9), None, now)
+            .await
+            .unwrap();
         let e = store.exec("e1").await.unwrap().unwrap();
-        assert_eq!((e.state.as_str(), e.exit_code, e.pid), ("exited", Some(7), Some(42)));
+        assert_eq!(
+            (e.state.as_str(), e.exit_code, e.pid),
+            ("exited", Some(7), Some(42))
+        );
         // Keep 2: the ended e1 is forgotten once two newer execs exist.
         for id in ["e2", "e3"] {
             let later = now + chrono::Duration::seconds(1);

@@ -96,8 +96,7 @@ pub fn required_scope(method: &Method, route: &str) -> Scope {
     if method == Method::GET || method == Method::HEAD {
         return Scope::Read;
     }
-    if under("/v1/containers") || under("/v1/execs") || under("/v1/images") || under("/v1/jobs")
-    {
+    if under("/v1/containers") || under("/v1/execs") || under("/v1/images") || under("/v1/jobs") {
         return Scope::Operate;
     }
     Scope::Admin

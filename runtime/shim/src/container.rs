@@ -262,6 +262,7 @@ impl InitStdio {
                 let master = receive_console(&listener);
                 let _ = std::fs::remove_file(&path);
                 let master = master?;
+                let _ = inarray_sys::set_window_size(&master, 24, 80);
                 let dup = |fd: &OwnedFd| {
                     inarray_sys::dup(fd).map_err(|e| StartError::from(format!("dup: {e}")))
                 };
@@ -300,9 +301,17 @@ fn receive_console(listener: &std::os::unix::net::UnixListener) -> Result<OwnedF
     let mut buf = [0u8; 64];
     let mut iov = [std::io::IoSliceMut::new(&mut buf)];
     let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let msg = recvmsg::<()>(conn.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
-        .map_err(|e| format!("cannot receive the terminal: {e}"))?;
-    for c in msg.cmsgs().map_err(|e| format!("cannot receive the terminal: {e}"))? {
+    let msg = recvmsg::<()>(
+        conn.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(|e| format!("cannot receive the terminal: {e}"))?;
+    for c in msg
+        .cmsgs()
+        .map_err(|e| format!("cannot receive the terminal: {e}"))?
+    {
         if let ControlMessageOwned::ScmRights(fds) = c {
             if let Some(&fd) = fds.first() {
                 // SAFETY: SCM_RIGHTS installed this descriptor in our table just now; nothing

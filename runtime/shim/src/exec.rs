@@ -61,7 +61,10 @@ impl Sandbox {
     pub fn new(paths: &ContainerPaths, init: i32) -> Result<Self, String> {
         let spec = Spec::load(paths.bundle().join("config.json"))
             .map_err(|e| format!("cannot read the container's runtime spec: {e}"))?;
-        let process = spec.process().clone().ok_or("the runtime spec has no process")?;
+        let process = spec
+            .process()
+            .clone()
+            .ok_or("the runtime spec has no process")?;
         let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
         let pidfd = inarray_sys::pidfd_open(init)
             .map_err(|e| format!("the container's init is gone: {e}"))?;
@@ -92,6 +95,8 @@ impl Sandbox {
             let master = self.open_terminal()?;
             let slave = inarray_sys::pty_peer(&master)
                 .map_err(|e| format!("cannot open the terminal's peer: {e}"))?;
+            // Until the client sends its size: the classic terminal, not 0x0.
+            let _ = inarray_sys::set_window_size(&master, 24, 80);
             let dup = |fd: &OwnedFd| inarray_sys::dup(fd).map_err(|e| format!("dup: {e}"));
             let io = ProcessIo {
                 stdin: if p.stdin { Some(dup(&master)?) } else { None },
@@ -212,7 +217,7 @@ impl Sandbox {
         match unsafe { fork() } {
             Err(e) => format!("fork in the container: {e}"),
             Ok(ForkResult::Parent { child }) => {
-                let _ = write!(status, "P{child}\n");
+                let _ = writeln!(status, "P{child}");
                 // SAFETY: _exit ends the forked child without running the parent's destructors.
                 unsafe { libc::_exit(0) }
             }
@@ -228,7 +233,13 @@ impl Sandbox {
     /// In the process, inside the container: set up stdio, the user and the container's rules,
     /// then exec. Returns only on a failure before the program is looked up; a program that
     /// cannot be found or run ends the process with 127 or 126 and a message on its stderr.
-    fn become_process(&self, p: &ExecProcess, env: &[String], cwd: &str, io: &[OwnedFd; 3]) -> String {
+    fn become_process(
+        &self,
+        p: &ExecProcess,
+        env: &[String],
+        cwd: &str,
+        io: &[OwnedFd; 3],
+    ) -> String {
         let sys = libcontainer::syscall::syscall::create_syscall();
         if let Err(e) = nix::unistd::setsid() {
             return format!("setsid: {e}");
@@ -257,7 +268,11 @@ impl Sandbox {
                 return format!("cannot set no_new_privs: {e}");
             }
         }
-        let groups: Vec<Gid> = p.additional_gids.iter().map(|g| Gid::from_raw(*g)).collect();
+        let groups: Vec<Gid> = p
+            .additional_gids
+            .iter()
+            .map(|g| Gid::from_raw(*g))
+            .collect();
         if let Err(e) = sys.set_groups(&groups) {
             return format!("cannot set the supplementary groups: {e}");
         }
@@ -335,7 +350,8 @@ fn exec_program(args: &[String], env: &[String]) -> ! {
 fn read_status(fd: OwnedFd) -> String {
     let mut file = File::from(fd);
     let mut out = Vec::new();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(START_LIMIT_MS.into());
+    let deadline =
+        std::time::Instant::now() + std::time::Duration::from_millis(START_LIMIT_MS.into());
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
@@ -370,7 +386,9 @@ fn read_status(fd: OwnedFd) -> String {
 /// failed, which is then killed).
 fn parse_status(s: &str) -> Result<i32, String> {
     let (pid_line, rest) = s.split_once('\n').unwrap_or(("", s));
-    let pid = pid_line.strip_prefix('P').and_then(|p| p.parse::<i32>().ok());
+    let pid = pid_line
+        .strip_prefix('P')
+        .and_then(|p| p.parse::<i32>().ok());
     match (pid, rest.strip_prefix('E').or_else(|| s.strip_prefix('E'))) {
         (Some(pid), None) if rest.is_empty() => Ok(pid),
         (pid, err) => {
@@ -446,7 +464,10 @@ fn cgroup_procs_in(cgroups: &str, mountinfo: &str) -> Vec<PathBuf> {
             kind && (path == *root || path.starts_with(&format!("{}/", root.trim_end_matches('/'))))
         });
         if let Some((_, _, root, point)) = found {
-            let rel = path.strip_prefix(root).unwrap_or(path).trim_start_matches('/');
+            let rel = path
+                .strip_prefix(root)
+                .unwrap_or(path)
+                .trim_start_matches('/');
             let dir = Path::new(point.replace("\\040", " ").as_str()).join(rel);
             out.push(dir.join("cgroup.procs"));
         }

@@ -73,14 +73,19 @@ impl<'a> Supervisor<'a> {
     ) -> Result<Self, String> {
         let mut mask = SigSet::empty();
         mask.add(Signal::SIGCHLD);
-        mask.thread_block().map_err(|e| format!("sigprocmask: {e}"))?;
+        mask.thread_block()
+            .map_err(|e| format!("sigprocmask: {e}"))?;
         let sigchld = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(|e| format!("signalfd: {e}"))?;
         listener
             .set_nonblocking(true)
             .map_err(|e| format!("control socket: {e}"))?;
         let _ = std::fs::create_dir_all(paths.execs());
-        let max = if max_execs == 0 { DEFAULT_MAX_EXECS } else { max_execs };
+        let max = if max_execs == 0 {
+            DEFAULT_MAX_EXECS
+        } else {
+            max_execs
+        };
         Ok(Self {
             paths,
             init,
@@ -169,7 +174,10 @@ impl<'a> Supervisor<'a> {
     }
 
     fn timeout(&self, final_deadline: Option<Instant>) -> libc::c_int {
-        let next = [self.hold_until, final_deadline].into_iter().flatten().min();
+        let next = [self.hold_until, final_deadline]
+            .into_iter()
+            .flatten()
+            .min();
         match next {
             None => -1,
             Some(t) => {
@@ -295,7 +303,10 @@ impl<'a> Supervisor<'a> {
         let Some(end) = p.buf.iter().position(|&b| b == b'\n') else {
             if p.buf.len() > MAX_REQUEST {
                 let p = self.pending.swap_remove(i);
-                reply(&p.sock, &CtlReply::refused("invalid", "request line too long"));
+                reply(
+                    &p.sock,
+                    &CtlReply::refused("invalid", "request line too long"),
+                );
             }
             return;
         };
@@ -303,7 +314,10 @@ impl<'a> Supervisor<'a> {
         let extra = p.buf[end + 1..].to_vec();
         match serde_json::from_slice::<CtlRequest>(&p.buf[..end]) {
             Ok(req) => self.handle(req, p.sock, extra),
-            Err(e) => reply(&p.sock, &CtlReply::refused("invalid", format!("bad request: {e}"))),
+            Err(e) => reply(
+                &p.sock,
+                &CtlReply::refused("invalid", format!("bad request: {e}")),
+            ),
         }
     }
 
@@ -315,7 +329,10 @@ impl<'a> Supervisor<'a> {
                 attach,
             } => {
                 if self.init_exit.is_some() {
-                    return reply(&sock, &CtlReply::refused("not_running", "the container has exited"));
+                    return reply(
+                        &sock,
+                        &CtlReply::refused("not_running", "the container has exited"),
+                    );
                 }
                 if self.execs.len() >= self.max_execs {
                     let msg = format!(
@@ -366,7 +383,10 @@ impl<'a> Supervisor<'a> {
                     r.attach(sock, stdin);
                     self.hold_until = None;
                 }
-                Some(_) => reply(&sock, &CtlReply::refused("not_running", "the container has exited")),
+                Some(_) => reply(
+                    &sock,
+                    &CtlReply::refused("not_running", "the container has exited"),
+                ),
                 None => reply(
                     &sock,
                     &CtlReply::refused("not_relayed", "the container's output goes to its log"),

@@ -97,7 +97,10 @@ pub fn main(dir: &Path) -> ! {
             let _ = container.delete(true);
             send(
                 &ShimReport::Failed {
-                    error: format!("cannot create the control socket {}: {e}", ctl_path.display()),
+                    error: format!(
+                        "cannot create the control socket {}: {e}",
+                        ctl_path.display()
+                    ),
                     errno: e.raw_os_error(),
                 },
                 false,
@@ -107,7 +110,11 @@ pub fn main(dir: &Path) -> ! {
     };
     let relay = match io {
         None => None,
-        Some(io) => match OpenOptions::new().create(true).append(true).open(paths.log()) {
+        Some(io) => match OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(paths.log())
+        {
             Ok(f) => Some(crate::relay::Relay::new(io, Some(f))),
             Err(e) => {
                 log(&format!("cannot open the container log: {e}"));
@@ -136,7 +143,9 @@ pub fn main(dir: &Path) -> ! {
     ) {
         Ok(s) => s.run(),
         Err(e) => {
-            log(&format!("cannot serve the control socket ({e}); only waiting"));
+            log(&format!(
+                "cannot serve the control socket ({e}); only waiting"
+            ));
             reap(Pid::from_raw(rec.pid))
         }
     };

@@ -11,7 +11,7 @@ use inarray_store::{ContainerRow, ContainerState, ExecRow};
 use serde::{Deserialize, Serialize};
 
 use super::{internal, new_id, Manager, ManagerError, Result};
-use crate::config::{InvalidField, ContainerConfig};
+use crate::config::{ContainerConfig, InvalidField};
 use crate::launcher::Controlled;
 use crate::spec::ImageDefaults;
 use inarray_shim::protocol::{CtlReply, CtlRequest, ExecProcess, ExitRecord};
@@ -103,7 +103,11 @@ impl ExecConfig {
                 return Err(bad(&format!("{field}[{i}]"), "contains a NUL byte"));
             }
         }
-        if let Some(i) = self.env.iter().position(|e| !e.contains('=') || e.starts_with('=')) {
+        if let Some(i) = self
+            .env
+            .iter()
+            .position(|e| !e.contains('=') || e.starts_with('='))
+        {
             return Err(bad(&format!("env[{i}]"), "expected KEY=VALUE"));
         }
         if let Some(w) = &self.workdir {
@@ -173,7 +177,9 @@ impl Manager {
         let row = self.get(&e.container_id).await?;
         require_running(&row)?;
         if !self.inner.store.claim_exec_start(&e.id, Utc::now()).await? {
-            return Err(ManagerError::Conflict(format!("exec {id} was already started")));
+            return Err(ManagerError::Conflict(format!(
+                "exec {id} was already started"
+            )));
         }
         let stored: StoredExec =
             serde_json::from_str(&e.config).map_err(|err| internal("stored exec", err))?;
@@ -228,8 +234,8 @@ impl Manager {
         let path = self.paths(&e.container_id).exec_exit(&e.id);
         match std::fs::read(&path) {
             Ok(raw) => {
-                let rec: ExitRecord =
-                    serde_json::from_slice(&raw).map_err(|err| internal("exec exit record", err))?;
+                let rec: ExitRecord = serde_json::from_slice(&raw)
+                    .map_err(|err| internal("exec exit record", err))?;
                 self.inner
                     .store
                     .mark_exec_exited(&e.id, Some(rec.exit_code.into()), None, rec.finished_at)
@@ -308,9 +314,7 @@ impl Manager {
             row = self.start_with(&row.id, true).await?;
         }
         require_running(&row)?;
-        let c = self
-            .control(&row, CtlRequest::Attach { stdin })
-            .await?;
+        let c = self.control(&row, CtlRequest::Attach { stdin }).await?;
         if c.reply.code.as_deref() == Some("not_relayed") {
             return Ok(Attachment::Log { tty: cfg.tty });
         }

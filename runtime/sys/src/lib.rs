@@ -11,9 +11,7 @@ mod io;
 
 pub use atomic::{write_atomic, write_replace};
 pub use beneath::{identity, is_dir, open_beneath, open_or_create_dirs, proc_fd_path};
-pub use fd::{
-    dup, open, openat, pidfd_open, pty_peer, set_controlling_tty, set_window_size,
-};
+pub use fd::{dup, open, openat, pidfd_open, pty_peer, set_controlling_tty, set_window_size};
 pub use io::{pread_append, pwrite_all};
 /// The flag types of [`open_beneath`], for crates that do not use nix themselves.
 pub use nix::fcntl::{OFlag, ResolveFlag};

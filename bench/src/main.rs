@@ -14,6 +14,10 @@
 //! 3. QoS (`qos.rs`): the API's latency and the NFS gateway's throughput with no noise, next to
 //!    noisy containers in `default` with the engines as built in, and with `storage`'s weights
 //!    lowered to a default engine's.
+//! 4. Inside the array vs over NFS (`scan.rs`); 5. the seed's load (`load.rs`); 6. file events
+//!    (`evidence.rs`, measured by bench/events/run).
+//! 7. Exec round trip (`exec.rs`, issue #16): `exec /bin/true` in a running container through the
+//!    REST API and `inarray exec`, side by side with `runc exec` and `podman exec`.
 
 #[path = "../../tests/common/image_builder.rs"]
 mod image_builder;
@@ -21,6 +25,7 @@ mod image_builder;
 mod compare;
 mod daemon;
 mod evidence;
+mod exec;
 mod load;
 mod many;
 mod nfsc;
@@ -135,6 +140,24 @@ enum Cmd {
         #[arg(long)]
         load_concurrency: Option<usize>,
     },
+    /// Only the exec round trip (section 7, issue #16; after `prepare` in the same WORK, the
+    /// podman image loaded): `exec /bin/true` in a running `sleep 3600` container through
+    /// inarray's REST API and `inarray exec`, beside `runc exec` and `podman exec`; prints its
+    /// section. Without --bin, only runc and podman.
+    Exec {
+        /// The inarray binary (a fresh daemon of it in WORK/d7).
+        #[arg(long)]
+        bin: Option<PathBuf>,
+        #[arg(long)]
+        work: PathBuf,
+        #[arg(long, default_value = "localhost/inarray-bench-busybox:latest")]
+        podman_image: String,
+        #[arg(long, default_value_t = 500)]
+        runs: usize,
+        /// podman's runs (default: --runs).
+        #[arg(long)]
+        podman_runs: Option<usize>,
+    },
     /// Only the QoS benchmark (after `prepare` in the same WORK); prints its report section.
     Qos {
         #[arg(long)]
@@ -218,6 +241,9 @@ pub struct RunOpts {
     /// Inside-vs-NFS: directories of 100 files for the chmod and archive jobs (full 200, quick 20).
     #[arg(long)]
     job_dirs: Option<usize>,
+    /// Exec round trip: runs per runtime (full 500, quick 100).
+    #[arg(long)]
+    exec_runs: Option<usize>,
 }
 
 /// How much of everything, after presets and overrides.
@@ -264,6 +290,22 @@ impl RunOpts {
             readme: None,
             load_total: None,
             load_concurrency: None,
+            exec_runs: None,
+        }
+    }
+
+    fn exec_opts(&self) -> exec::ExecOpts {
+        let runs = self.exec_runs.unwrap_or(if self.quick { 100 } else { 500 });
+        exec::ExecOpts {
+            bin: Some(self.bin.clone()),
+            work: self.work.clone(),
+            podman_image: self.podman_image.clone(),
+            runs,
+            podman_runs: runs,
+            warmup: 3,
+            // The other sections' figures are still worth writing when the daemon has no exec.
+            inarray_required: false,
+            command: format!("{} (its section 7)", self.command),
         }
     }
 
@@ -423,6 +465,28 @@ fn main() -> Result<()> {
                 Ok(())
             })
         }
+        Cmd::Exec {
+            bin,
+            work,
+            podman_image,
+            runs,
+            podman_runs,
+        } => {
+            let o = exec::ExecOpts {
+                bin,
+                work,
+                podman_image,
+                runs,
+                podman_runs: podman_runs.unwrap_or(runs),
+                warmup: 3,
+                inarray_required: true,
+                command: std::env::args().collect::<Vec<_>>().join(" "),
+            };
+            let rt = current_thread()?;
+            let r = rt.block_on(exec::bench(&o))?;
+            println!("{}", exec::render(&r));
+            Ok(())
+        }
         Cmd::Compare {
             bin,
             old_bin,
@@ -581,6 +645,12 @@ async fn run(o: RunOpts) -> Result<()> {
     if let Some(e) = &b5.error {
         eprintln!("5. failed: {e}");
     }
+    let b7 = exec::bench(&o.exec_opts())
+        .await
+        .unwrap_or_else(exec::ExecBench::failed);
+    if let Some(e) = &b7.error {
+        eprintln!("7. failed: {e}");
+    }
     let docs = o
         .out
         .parent()
@@ -597,6 +667,7 @@ async fn run(o: RunOpts) -> Result<()> {
             "The run-to-exit distributions of section 1: ![run-to-exit]({p})\n"
         ));
     }
+    extra.push_str(&exec::render(&b7));
 
     let meta = report::Meta {
         command: o.command.clone(),

@@ -1,5 +1,5 @@
-//! 2. Many sleeping containers: start, memory of the daemon and the shims, delete, leftovers;
-//! `fan_out`, the bounded-concurrency request runner the other benchmarks reuse.
+//! Section 2, many sleeping containers: start, memory of the daemon and the shims, delete,
+//! leftovers; `fan_out`, the bounded-concurrency request runner the other benchmarks reuse.
 
 use super::*;
 

@@ -27,7 +27,7 @@ const TARGET_P50_MS: f64 = 30.0;
 const TARGET_PODMAN_RATIO: f64 = 8.0;
 const TARGET_MIB_PER_CONTAINER: f64 = 4.0;
 
-fn f(x: f64) -> String {
+pub(crate) fn f(x: f64) -> String {
     if x.is_nan() {
         "–".into()
     } else if x >= 100.0 {
@@ -51,7 +51,7 @@ fn verdict(ok: bool) -> &'static str {
     }
 }
 
-fn row(out: &mut String, name: &str, s: &Samples) {
+pub(crate) fn row(out: &mut String, name: &str, s: &Samples) {
     let _ = writeln!(
         out,
         "| {name} | {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -66,9 +66,9 @@ fn row(out: &mut String, name: &str, s: &Samples) {
     );
 }
 
-const HEADER: &str = "| | runs | errors | p50 | p90 | p99 | mean | min | max |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|";
+pub(crate) const HEADER: &str = "| | runs | errors | p50 | p90 | p99 | mean | min | max |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|";
 
-fn errors(out: &mut String, name: &str, s: &Samples) {
+pub(crate) fn errors(out: &mut String, name: &str, s: &Samples) {
     for e in &s.error_examples {
         let _ = writeln!(out, "- {name} error: `{e}`");
     }

@@ -1,6 +1,6 @@
-//! 1. Run-to-exit of `/bin/true`: inarray through REST beside runc and podman, the profiled
-//! pass and the probes that explain the time; the runtimes' one-run helpers the other benchmarks
-//! reuse.
+//! Section 1, run-to-exit of `/bin/true`: inarray through REST beside runc and podman, the
+//! profiled pass and the probes that explain the time; the runtimes' one-run helpers the other
+//! benchmarks reuse.
 
 use super::*;
 

@@ -67,6 +67,10 @@ pub struct ContainerView {
     pub resources: inarray_runtime::resources::Resources,
     /// The last exit was a kill by the memory cap.
     pub oom_killed: bool,
+    /// It has a terminal (attach to use it).
+    pub tty: bool,
+    /// Its stdin is open for attached clients.
+    pub open_stdin: bool,
 }
 
 impl TryFrom<ContainerRow> for ContainerView {
@@ -97,6 +101,8 @@ impl TryFrom<ContainerRow> for ContainerView {
             engine: r.engine,
             resources: cfg.resources,
             oom_killed: r.oom_killed,
+            tty: cfg.tty,
+            open_stdin: cfg.open_stdin,
         })
     }
 }

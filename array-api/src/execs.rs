@@ -125,12 +125,12 @@ async fn attach_container(
     Query(q): Query<AttachQuery>,
     mut req: axum::extract::Request,
 ) -> Result<Response, ApiError> {
+    let row = m.get(&id).await?;
     let Some(up) = requested(&mut req)? else {
         return Err(ApiError::bad_request(
             "attach needs an upgrade (Connection: Upgrade with Upgrade: tcp or websocket)",
         ));
     };
-    let row = m.get(&id).await?;
     match m.attach(&row.id, q.stdin, q.start).await? {
         Attachment::Relayed(a) => Ok(respond(
             up,

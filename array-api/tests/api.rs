@@ -43,6 +43,12 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/containers/{id}/wait", &["post"]),
     ("/v1/containers/{id}/logs", &["get"]),
     ("/v1/containers/{id}/stats", &["get"]),
+    ("/v1/containers/{id}/exec", &["post"]),
+    ("/v1/containers/{id}/attach", &["post"]),
+    ("/v1/containers/{id}/resize", &["post"]),
+    ("/v1/execs/{id}", &["get"]),
+    ("/v1/execs/{id}/start", &["post"]),
+    ("/v1/execs/{id}/resize", &["post"]),
     ("/v1/engines", &["get", "post"]),
     ("/v1/engines/{name}", &["get", "patch", "delete"]),
     ("/v1/engines/{name}/stats", &["get"]),
@@ -77,6 +83,7 @@ const ROUTES_RS: &[&str] = &[
     include_str!("../src/images.rs"),
     include_str!("../src/registries.rs"),
     include_str!("../src/containers.rs"),
+    include_str!("../src/execs.rs"),
     include_str!("../src/engines.rs"),
     include_str!("../src/metrics.rs"),
     include_str!("../src/exports.rs"),
@@ -1049,6 +1056,12 @@ async fn spec_and_router_agree() {
             // Bodies that are valid, so the handler gets to look the object up.
             ("PATCH", "/v1/exports/{name}") => env.call(&method, &uri, JSON, b"{}".to_vec()).await,
             ("PATCH", "/v1/jobs/{name}") => env.call(&method, &uri, JSON, b"{}".to_vec()).await,
+            ("POST", "/v1/containers/{id}/exec") => {
+                env.post_json(&uri, &json!({"command": ["true"]})).await
+            }
+            ("POST", "/v1/containers/{id}/resize") | ("POST", "/v1/execs/{id}/resize") => {
+                env.post_json(&uri, &json!({"rows": 24, "cols": 80})).await
+            }
             ("POST", "/v1/subscriptions/{name}/ack") => {
                 env.call(&method, &uri, JSON, b"{\"seq\": 0}".to_vec())
                     .await
@@ -1064,7 +1077,13 @@ async fn spec_and_router_agree() {
             let msg = r.json()["error"]["message"].as_str().unwrap().to_owned();
             assert_ne!(msg, "no such route", "{op} is not routed");
         }
-        if path.contains("{id}") {
+        if path.starts_with("/v1/execs/") {
+            r.expect_error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such exec: no-such-container",
+            );
+        } else if path.contains("{id}") {
             r.expect_error(
                 StatusCode::NOT_FOUND,
                 "not_found",

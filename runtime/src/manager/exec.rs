@@ -361,10 +361,8 @@ fn reply_result(r: &CtlReply) -> Result<i32> {
         (Some(m), Some("too_many")) => Err(ManagerError::TooMany(m.clone())),
         (Some(m), Some("not_tty")) => Err(ManagerError::Conflict(m.clone())),
         (Some(m), Some("not_found")) => Err(ManagerError::Conflict(m.clone())),
-        (Some(m), _) => Err(ManagerError::Start {
-            message: m.clone(),
-            source: None,
-        }),
+        // The process could not be set up (e.g. its working directory does not exist).
+        (Some(m), _) => Err(bad("exec", m.clone())),
     }
 }
 

@@ -21,6 +21,11 @@ use crate::relay::{Relay, Slot};
 
 /// The longest request line a client may send.
 const MAX_REQUEST: usize = 64 * 1024;
+/// After this long without an exec, the pages that starting execs touched are let go again
+/// (see `memory.rs`); not after every exec, so that a burst of execs does not fault them back
+/// in each time.
+const IDLE_TRIM: Duration = Duration::from_secs(30);
+
 /// How long the output of an exited init may take to reach attached clients, and its execs
 /// (killed by the kernel with it) to be reaped.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
@@ -48,6 +53,8 @@ pub(crate) struct Supervisor<'a> {
     pending: Vec<Pending>,
     max_execs: usize,
     init_exit: Option<(i32, Option<i32>)>,
+    /// When to drop the clean file pages again (set when the last exec has ended).
+    trim_at: Option<Instant>,
     log: &'a mut dyn FnMut(&str),
 }
 
@@ -102,6 +109,7 @@ impl<'a> Supervisor<'a> {
             pending: Vec::new(),
             max_execs: max as usize,
             init_exit: None,
+            trim_at: None,
             log,
         })
     }
@@ -139,6 +147,10 @@ impl<'a> Supervisor<'a> {
                     self.release_hold();
                 }
             }
+            if self.trim_at.is_some_and(|t| Instant::now() >= t) {
+                self.trim_at = None;
+                crate::memory::drop_clean_file_pages();
+            }
             let mut accepted = false;
             let mut finished_pending = Vec::new();
             for (p, token) in fds.iter().zip(tokens) {
@@ -174,16 +186,19 @@ impl<'a> Supervisor<'a> {
     }
 
     fn timeout(&self, final_deadline: Option<Instant>) -> libc::c_int {
-        let next = [self.hold_until, final_deadline]
+        let next = [self.hold_until, final_deadline, self.trim_at]
             .into_iter()
             .flatten()
             .min();
         match next {
             None => -1,
             Some(t) => {
-                let ms = t.saturating_duration_since(Instant::now()).as_millis();
-                // Re-check at least every 50 ms while finishing (clients flushing).
-                libc::c_int::try_from(ms.min(50)).unwrap_or(50)
+                let mut ms = t.saturating_duration_since(Instant::now()).as_millis();
+                if final_deadline.is_some() {
+                    // Re-check every 50 ms while finishing (clients flushing).
+                    ms = ms.min(50);
+                }
+                libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
             }
         }
     }
@@ -255,7 +270,11 @@ impl<'a> Supervisor<'a> {
 
     /// Drops the execs whose process has ended and whose output has reached their client.
     fn finish_execs(&mut self) {
+        let before = self.execs.len();
         self.execs.retain(|_, e| !e.relay.finished());
+        if before > 0 && self.execs.is_empty() {
+            self.trim_at = Some(Instant::now() + IDLE_TRIM);
+        }
     }
 
     /// After the init's exit: execs the kernel has killed but we could not reap in time are
@@ -368,6 +387,7 @@ impl<'a> Supervisor<'a> {
                             relay.clients[0].input = extra;
                         }
                         self.execs.insert(pid, Exec { id, relay });
+                        self.trim_at = None;
                         // It may have ended already (its SIGCHLD is then pending).
                         self.reap();
                     }

@@ -57,7 +57,8 @@ pub async fn exec(c: &Client, o: ExecOpts) -> Result<ExitCode> {
     session.run(c, &format!("/v1/execs/{id}/start")).await?;
     let info = c
         .json(Method::GET, &format!("/v1/execs/{id}"), None)
-        .await?;
+        .await
+        .with_context(|| format!("the stream ended, but exec {id}'s exit code is unknown"))?;
     if info["exit_code"].is_null() {
         let why = if info["running"] == true {
             "it is still running"
@@ -116,7 +117,12 @@ pub async fn attach(c: &Client, container: &str) -> Result<ExitCode> {
         .await?;
     let wait = format!("/v1/containers/{id}/wait");
     match tokio::time::timeout(EXIT_GRACE, c.json(Method::POST, &wait, None)).await {
-        Ok(v) => Ok(exit_code(&v?)),
+        Ok(v) => {
+            let v = v.with_context(|| {
+                format!("the stream ended, but container {id}'s exit code is unknown")
+            })?;
+            Ok(exit_code(&v))
+        }
         Err(_) => Ok(ExitCode::SUCCESS),
     }
 }

@@ -54,13 +54,17 @@ impl Session {
     /// is raw meanwhile when the session has a terminal and input (restored on every way out);
     /// SIGINT, SIGTERM and SIGHUP end the process at once (130, 143, 129).
     pub async fn run(&self, c: &Client, path: &str) -> Result<()> {
-        let raw = if self.tty && self.stdin {
-            Some(RawMode::stdin()?)
-        } else {
-            None
-        };
-        let r = terminal::or_exit_on_signal(self.connected(c, path)).await?;
-        drop(raw);
+        // The signals are caught first, then the terminal goes raw: no moment in between where
+        // a signal would end the process with the terminal left raw.
+        let r = terminal::or_exit_on_signal(async {
+            let _raw = if self.tty && self.stdin {
+                Some(RawMode::stdin()?)
+            } else {
+                None
+            };
+            self.connected(c, path).await
+        })
+        .await?;
         if let Some(e) = self.resize_failed.take() {
             eprintln!("inarray: warning: the terminal's size could not be sent: {e}");
         }
@@ -150,9 +154,19 @@ async fn copy_output<R: AsyncRead + Unpin>(rd: &mut R, tty: bool) -> Result<()> 
     Ok(())
 }
 
+/// Writes to standard output or error at once. When its reader has gone (`| head`), the command
+/// ends quietly with the status SIGPIPE would have given it, the terminal restored (SIGPIPE
+/// itself is caught during a session: see [`terminal::ExitSignals`]).
 async fn write_now<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8]) -> Result<()> {
-    w.write_all(data).await.context("cannot write the output")?;
-    w.flush().await.context("cannot write the output")
+    let r = match w.write_all(data).await {
+        Ok(()) => w.flush().await,
+        Err(e) => Err(e),
+    };
+    match r {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => terminal::exit_on_signal(141),
+        Err(e) => Err(e).context("cannot write the output"),
+    }
 }
 
 /// Copies standard input to the stream; at its end, half-closes the stream (the process's input

@@ -112,11 +112,16 @@ pub fn resizes() -> Result<Signal> {
     signal(SignalKind::window_change()).context("cannot watch SIGWINCH")
 }
 
-/// SIGINT, SIGTERM and SIGHUP, caught from when this is made on.
+/// SIGINT, SIGTERM and SIGHUP, caught from when this is made on. SIGPIPE is caught too, and
+/// never reported: a write to a stream the daemon closed (a unix socket raises it) or to a
+/// closed standard output then fails with EPIPE, which the session handles, instead of killing
+/// the process with the terminal left raw. (Once caught, a signal stays caught until the
+/// process exits: tokio never gives the default back.)
 pub struct ExitSignals {
     int: Signal,
     term: Signal,
     hup: Signal,
+    _pipe: Signal,
 }
 
 impl ExitSignals {
@@ -126,6 +131,7 @@ impl ExitSignals {
             int: catch(SignalKind::interrupt())?,
             term: catch(SignalKind::terminate())?,
             hup: catch(SignalKind::hangup())?,
+            _pipe: catch(SignalKind::pipe())?,
         })
     }
 
@@ -139,7 +145,8 @@ impl ExitSignals {
     }
 }
 
-/// Restores the terminal and ends the process at once with `status` (a signal ended the command).
+/// Restores the terminal and ends the process at once with `status` (a signal ended the command,
+/// 128 + its number).
 pub fn exit_on_signal(status: u8) -> ! {
     restore();
     std::process::exit(status.into())

@@ -30,11 +30,11 @@ fn refuse_without_tty(tty: bool, stdin: bool, stdin_is_tty: bool) -> Result<()> 
 
 pub(super) struct Session {
     /// The stream carries a terminal's raw bytes (else stdcopy frames).
-    pub tty: bool,
+    tty: bool,
     /// Standard input is copied to the stream.
-    pub stdin: bool,
+    stdin: bool,
     /// Where the terminal's size goes (`POST …/resize`), with `tty`.
-    pub resize_path: String,
+    resize_path: String,
     /// The first resize the daemon refused for another reason than a lost race with the exit:
     /// told once the terminal is back to normal.
     resize_failed: RefCell<Option<ClientError>>,

@@ -1,4 +1,4 @@
-//! End-to-end: `inarray exec`, `run -i/-t` and their terminals (docs/design/exec-contract.md),
+//! End-to-end: `inarray exec`, `run -i/-t`, `attach` and their terminals (docs/design/exec.md),
 //! through the real CLI binary against the real daemon, as root. The interactive cases run the
 //! CLI in a tmux pane (a real terminal: raw mode, window size, keys) driven with `send-keys` and
 //! read with `capture-pane`; every wait polls against a deadline.
@@ -416,4 +416,95 @@ async fn a_terminal_with_input_needs_a_terminal_here() {
     // Refused before anything was created: only the one container exists.
     let all = d.ok(Method::GET, "/v1/containers?all=true", None).await;
     assert_eq!(all.as_array().map(Vec::len), Some(1), "{all}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_types_into_the_containers_terminal_detaches_and_sees_the_exit() {
+    let d = TestDaemon::start().await;
+    d.with_busybox().await;
+    // run -d -it: a terminal and input, started, not attached.
+    let (ok, _, err) = d.cli(&["run", "-d", "-it", "--name", "att", "busybox", "sh"]);
+    assert!(ok, "{err}");
+    let c = d.container("att").await;
+    assert_eq!(
+        (&c["tty"], &c["open_stdin"]),
+        (&json!(true), &json!(true)),
+        "{c}"
+    );
+
+    // Attached: what is typed reaches the shell; ctrl-p ctrl-q detach, the shell lives on.
+    let (rc, err) = (tmp_file(&d, "rc1"), tmp_file(&d, "stderr1"));
+    let script = format!(
+        "{} 2> {}; echo rc=$? > {}",
+        cli_line(&d, "attach att"),
+        err.display(),
+        rc.display()
+    );
+    let t = Tmux::start(&script, err, 100, 30);
+    t.line("echo attached-$((1+1))");
+    t.wait_line(&d, "attached-2").await;
+    t.keys(&["C-p", "C-q"]);
+    assert_eq!(wait_file(&d, &t, &rc).await, "rc=0\n", "a detach exits 0");
+    drop(t);
+    assert_eq!(d.container("att").await["state"], "running");
+
+    // Attached again: the shell's exit is the CLI's.
+    let (rc, err) = (tmp_file(&d, "rc2"), tmp_file(&d, "stderr2"));
+    let script = format!(
+        "{} 2> {}; echo rc=$? > {}",
+        cli_line(&d, "attach att"),
+        err.display(),
+        rc.display()
+    );
+    let t = Tmux::start(&script, err, 100, 30);
+    t.line("echo again-$((2+2))");
+    t.wait_line(&d, "again-4").await;
+    t.line("exit 5");
+    assert_eq!(wait_file(&d, &t, &rc).await, "rc=5\n");
+    let c = d.container("att").await;
+    assert_eq!(
+        (&c["state"], &c["exit_code"]),
+        (&json!("exited"), &json!(5)),
+        "{c}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_without_a_terminal_follows_the_output_until_a_signal() {
+    use tokio::io::AsyncBufReadExt;
+    let d = TestDaemon::start().await;
+    d.with_busybox().await;
+    d.run(json!({"image": "busybox", "name": "ticker",
+        "command": ["sh", "-c", "while true; do echo tick; sleep 0.2; done"]}))
+        .await;
+    let host = format!("unix:{}", d.socket.display());
+    let mut child = tokio::process::Command::new(TestDaemon::bin())
+        .args(["--host", &host, "attach", "ticker"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // The output from now on (a container without a terminal or input is followed through its
+    // log, which is one stream: all of it comes as stdout).
+    let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    for _ in 0..3 {
+        let line = tokio::time::timeout(DEADLINE, out.next_line()).await;
+        assert_eq!(
+            line.expect("output in time").unwrap().as_deref(),
+            Some("tick")
+        );
+    }
+    // SIGTERM ends the CLI with 143; the container runs on.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .expect("the CLI ended on SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(143), "{status:?}");
+    assert_eq!(d.container("ticker").await["state"], "running");
 }

@@ -1,6 +1,6 @@
 //! CLI: commands with a live connection to a process — `inarray exec`, `inarray attach`, and the
 //! attached part of `inarray run -i/-t` (the copying is `session.rs`, the local terminal
-//! `terminal.rs`; the contract: docs/design/exec-contract.md).
+//! `terminal.rs`; the API: docs/api.md, "Exec and attach", and docs/design/exec.md).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -60,12 +60,12 @@ pub async fn exec(c: &Client, o: ExecOpts) -> Result<ExitCode> {
         .await
         .with_context(|| format!("the stream ended, but exec {id}'s exit code is unknown"))?;
     if info["exit_code"].is_null() {
-        let why = if info["running"] == true {
-            "it is still running"
-        } else {
-            "the daemon recorded none"
+        let why = match (info["error"].as_str(), info["running"] == true) {
+            (Some(e), _) => e,
+            (None, true) => "it is still running",
+            (None, false) => "the daemon recorded none",
         };
-        eprintln!("inarray: exec {id} ended without an exit code ({why})");
+        eprintln!("inarray: exec {id} ended without an exit code: {why}");
     }
     Ok(exit_code(&info))
 }

@@ -1,5 +1,5 @@
-//! One interactive session over an upgraded stream (`exec`, `run -i/-t`, `attach`; the contract:
-//! docs/design/exec-contract.md): the stream to standard output (a terminal's raw bytes, or
+//! One interactive session over an upgraded stream (`exec`, `run -i/-t`, `attach`; the API:
+//! docs/api.md, "Exec and attach"): the stream to standard output (a terminal's raw bytes, or
 //! stdcopy frames split to stdout and stderr), standard input to the stream with `-i` (its end
 //! half-closes the stream), and the terminal's size to the resize endpoint with `-t`.
 

@@ -15,20 +15,23 @@ use serde_json::json;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-/// A tmux server of its own (`-L`, no config file) with one session running one command.
+/// A tmux server of its own (its socket in the test's temporary directory, no config file) with
+/// one session running one command.
 struct Tmux {
-    socket: String,
+    socket: PathBuf,
     /// Where the script sends the CLI's standard error (shown when a wait fails).
     stderr: PathBuf,
 }
 
 impl Tmux {
-    /// Starts `script` (a `sh -c` line) in a detached session of `cols` x `rows`.
+    /// Starts `script` (a `sh -c` line) in a detached session of `cols` x `rows`; `stderr` is
+    /// in the test's temporary directory, and so is the server's socket.
     fn start(script: &str, stderr: PathBuf, cols: u16, rows: u16) -> Self {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = stderr.parent().expect("a file in the test's directory");
         let t = Tmux {
-            socket: format!("inarray-e2e-{}-{n}", std::process::id()),
+            socket: dir.join(format!("tmux-{n}.sock")),
             stderr,
         };
         let (cols, rows) = (cols.to_string(), rows.to_string());
@@ -48,7 +51,9 @@ impl Tmux {
 
     fn command(&self) -> Command {
         let mut c = Command::new("tmux");
-        c.args(["-L", &self.socket, "-f", "/dev/null"])
+        c.arg("-S")
+            .arg(&self.socket)
+            .args(["-f", "/dev/null"])
             .env_remove("TMUX")
             .env_remove("INARRAY_TOKEN")
             .stdin(Stdio::null());

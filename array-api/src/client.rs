@@ -1,4 +1,11 @@
 //! A small HTTP/1 client for the CLI: talks to the daemon over its unix socket (or TCP).
+//!
+//! [`Client::upgrade`] turns a request into a raw byte stream (exec, attach); [`stdcopy`] decodes
+//! the framed output such a stream carries when there is no terminal.
+
+pub mod stdcopy;
+#[cfg(test)]
+mod tests;
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +19,11 @@ use crate::serve::Listen;
 
 /// The request methods [`Client::json`] takes (re-exported so that callers need no HTTP crate).
 pub use hyper::Method;
+
+/// The raw byte stream of a connection the daemon switched to (`101 Switching Protocols`): what
+/// [`Client::upgrade`] returns, a tokio `AsyncRead + AsyncWrite`. `shutdown()` half-closes it
+/// (the other side reads end-of-file, the stream stays readable).
+pub type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
 
 mod bytes_body {
     pub type Body = http_body_util::combinators::BoxBody<hyper::body::Bytes, std::io::Error>;
@@ -127,8 +139,10 @@ impl Client {
             ($stream:expr) => {{
                 let (mut sender, conn) =
                     hyper::client::conn::http1::handshake(TokioIo::new($stream)).await?;
+                // `with_upgrades`: after a 101 the connection hands its socket to
+                // `hyper::upgrade::on` instead of closing it; every other reply is served the same.
                 tokio::spawn(async move {
-                    let _ = conn.await;
+                    let _ = conn.with_upgrades().await;
                 });
                 Ok(sender.send_request(req).await?)
             }};
@@ -236,6 +250,43 @@ impl Client {
             }
         }
         Ok(())
+    }
+
+    /// Sends a request asking to switch the connection to a raw byte stream (`Connection: Upgrade`,
+    /// `Upgrade: tcp`) and returns that stream once the daemon answers `101 Switching Protocols`.
+    /// Any other answer is an error: a non-2xx one decoded as with [`Client::json`] (so the
+    /// daemon's message reaches the user), a 2xx one as [`ClientError::Reply`].
+    pub async fn upgrade(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Upgraded, ClientError> {
+        let bytes = body
+            .map(|b| serde_json::to_vec(b).expect("json"))
+            .unwrap_or_default();
+        let body = http_body_util::Full::new(hyper::body::Bytes::from(bytes))
+            .map_err(|e| match e {})
+            .boxed();
+        let mut req = Self::request(method, path, body, "application/json");
+        let h = req.headers_mut();
+        h.insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("Upgrade"),
+        );
+        h.insert(
+            hyper::header::UPGRADE,
+            hyper::header::HeaderValue::from_static("tcp"),
+        );
+        let resp = self.send(req).await?;
+        let status = resp.status();
+        if status != StatusCode::SWITCHING_PROTOCOLS {
+            decode(resp).await?;
+            return Err(ClientError::Reply(format!(
+                "the daemon answered {status} instead of switching to a stream"
+            )));
+        }
+        Ok(TokioIo::new(hyper::upgrade::on(resp).await?))
     }
 
     /// GETs `path` and hands every chunk of the body to `sink` as it arrives (log following).

@@ -9,6 +9,7 @@ use inarray_api::client::{Client, Method};
 use serde_json::{json, Value};
 
 use super::engines::LimitFlags;
+use super::session::check_tty;
 use super::{enc, output, print_json};
 
 #[derive(Debug, clap::Args)]
@@ -39,6 +40,12 @@ pub struct RunOpts {
     /// Print the id and return instead of attaching.
     #[arg(short = 'd', long)]
     detach: bool,
+    /// Keep standard input open and send it to the container.
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// Give the container a terminal (with -i, the local terminal goes raw).
+    #[arg(short = 't', long)]
+    tty: bool,
     /// Remove the container once it has exited (attached runs only).
     #[arg(long)]
     rm: bool,
@@ -60,7 +67,7 @@ pub fn parse_volume(s: &str) -> Result<Value> {
 }
 
 /// The process exit code for a `wait` answer: the container's, or 125 when it has none.
-fn exit_code(v: &Value) -> ExitCode {
+pub(super) fn exit_code(v: &Value) -> ExitCode {
     match v["exit_code"].as_i64() {
         Some(c) => ExitCode::from(u8::try_from(c.clamp(0, 255)).unwrap_or(255)),
         None => ExitCode::from(125),
@@ -77,8 +84,32 @@ async fn stream_logs(c: &Client, path: &str) -> Result<()> {
     Ok(())
 }
 
-/// `inarray run`: create, start, and unless detached follow the output and wait.
+/// `inarray run`: create, start, and unless detached follow the output and wait. With `-i`/`-t`
+/// (not detached) the container is created stopped and attached to (`exec.rs`).
 pub async fn run_container(c: &Client, o: RunOpts) -> Result<ExitCode> {
+    let attach = (o.interactive || o.tty) && !o.detach;
+    if attach {
+        check_tty(o.tty, o.interactive)?;
+    }
+    let body = create_body(&o, attach)?;
+    let created = c.json(Method::POST, "/v1/containers", Some(&body)).await?;
+    let id = created["id"]
+        .as_str()
+        .context("the daemon returned no id")?
+        .to_owned();
+    if o.detach {
+        println!("{id}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if attach {
+        return super::exec::run_attached(c, &id, o.tty, o.interactive, o.rm).await;
+    }
+    stream_logs(c, &format!("/v1/containers/{id}/logs?follow=true")).await?;
+    finish_run(c, &id, o.rm).await
+}
+
+/// The `POST /v1/containers` body of `inarray run`; created stopped when `attach` will start it.
+fn create_body(o: &RunOpts, attach: bool) -> Result<Value> {
     let volumes: Vec<Value> = o
         .volumes
         .iter()
@@ -106,20 +137,25 @@ pub async fn run_container(c: &Client, o: RunOpts) -> Result<ExitCode> {
     if let Some(u) = &o.user {
         body["user"] = json!(u);
     }
-    let created = c.json(Method::POST, "/v1/containers", Some(&body)).await?;
-    let id = created["id"]
-        .as_str()
-        .context("the daemon returned no id")?
-        .to_owned();
-    if o.detach {
-        println!("{id}");
-        return Ok(ExitCode::SUCCESS);
+    if o.tty {
+        body["tty"] = json!(true);
     }
-    stream_logs(c, &format!("/v1/containers/{id}/logs?follow=true")).await?;
+    if o.interactive {
+        body["open_stdin"] = json!(true);
+    }
+    if attach {
+        body["start"] = json!(false);
+    }
+    Ok(body)
+}
+
+/// The end of an attached `run`: waits for the exit, removes the container with `--rm`, and
+/// exits with its code.
+pub(super) async fn finish_run(c: &Client, id: &str, rm: bool) -> Result<ExitCode> {
     let v = c
         .json(Method::POST, &format!("/v1/containers/{id}/wait"), None)
         .await?;
-    if o.rm {
+    if rm {
         c.json(
             Method::DELETE,
             &format!("/v1/containers/{id}?force=true"),
@@ -237,6 +273,46 @@ pub async fn stats(c: &Client, container: &str) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn run_opts(args: &[&str]) -> RunOpts {
+        use clap::Parser;
+        let all = [&["inarray", "run"], args].concat();
+        match crate::cli::Args::try_parse_from(all).unwrap().command {
+            crate::cli::Command::Run(o) => *o,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn run_it_creates_stopped_with_a_terminal_and_input() {
+        let o = run_opts(&["-it", "--rm", "busybox", "sh", "-c", "exit 3"]);
+        assert!(o.interactive && o.tty && o.rm && !o.detach);
+        assert_eq!(o.command, ["sh", "-c", "exit 3"]);
+        let b = create_body(&o, true).unwrap();
+        assert_eq!((&b["tty"], &b["open_stdin"]), (&json!(true), &json!(true)));
+        assert_eq!(b["start"], false);
+        // Each on its own.
+        let b = create_body(&run_opts(&["-t", "busybox"]), true).unwrap();
+        assert_eq!((&b["tty"], &b.get("open_stdin")), (&json!(true), &None));
+        let b = create_body(&run_opts(&["--interactive", "busybox"]), true).unwrap();
+        assert_eq!((&b.get("tty"), &b["open_stdin"]), (&None, &json!(true)));
+    }
+
+    #[test]
+    fn run_without_i_or_t_sends_what_it_always_did() {
+        let b = create_body(&run_opts(&["--name", "w", "busybox", "true"]), false).unwrap();
+        assert_eq!(
+            b,
+            json!({
+                "image": "busybox", "volumes": [], "env": [], "restart": "no", "network": "none",
+                "name": "w", "command": ["true"],
+            })
+        );
+        // Detached with -it: the fields, started at once (no "start": false).
+        let b = create_body(&run_opts(&["-d", "-it", "busybox"]), false).unwrap();
+        assert_eq!((&b["tty"], &b["open_stdin"]), (&json!(true), &json!(true)));
+        assert_eq!(b.get("start"), None);
+    }
 
     #[test]
     fn volume_flags() {

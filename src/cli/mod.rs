@@ -1,19 +1,22 @@
 //! Command-line parsing and the client commands (they talk to the daemon over its socket).
 //!
 //! This file holds the clap structures and the dispatch; each command group has its own file
-//! (`containers.rs`, `images.rs` with `pull.rs`, `registries.rs`, `engines.rs`, `exports.rs`,
-//! `jobs.rs`, `events.rs`, `access.rs`), and the helpers they share are here: [`enc`] for URL
-//! path segments, [`print_json`] and [`output`].
+//! (`containers.rs`, `exec.rs` with `session.rs` and `terminal.rs`, `images.rs` with `pull.rs`,
+//! `registries.rs`, `engines.rs`, `exports.rs`, `jobs.rs`, `events.rs`, `access.rs`), and the
+//! helpers they share are here: [`enc`] for URL path segments, [`print_json`] and [`output`].
 
 mod access;
 mod containers;
 mod engines;
 mod events;
+mod exec;
 mod exports;
 mod images;
 mod jobs;
 mod pull;
 mod registries;
+mod session;
+mod terminal;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -104,6 +107,10 @@ pub enum Command {
     },
     /// Show a container as JSON.
     Inspect { container: String },
+    /// Run a command in a running container; exits with its exit code.
+    Exec(exec::ExecOpts),
+    /// Connect to a running container's terminal or output (and its input if it has one).
+    Attach { container: String },
     /// Manage IO engines.
     #[command(subcommand)]
     Engine(engines::EngineCmd),
@@ -204,6 +211,8 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         Command::Wait { container } => containers::wait(&c, &container).await,
         Command::Rm { force, container } => containers::rm(&c, force, &container).await,
         Command::Inspect { container } => containers::inspect(&c, &container).await,
+        Command::Exec(o) => exec::exec(&c, o).await,
+        Command::Attach { container } => exec::attach(&c, &container).await,
         Command::Update { limits, container } => containers::update(&c, &container, &limits).await,
         Command::Stats { container } => containers::stats(&c, &container).await,
         Command::Engine(cmd) => engines::engine(&c, as_json, cmd).await,

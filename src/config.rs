@@ -56,6 +56,10 @@ pub struct FileConfig {
     /// The shim executable (default: `inarray-shim` in the directory of the daemon's own
     /// executable).
     pub shim: Option<PathBuf>,
+    /// Containers' logs by default (a container's `log` overrides): bytes per file ("10m") and
+    /// files kept; the log never takes more than their product.
+    pub container_log_max_size: Option<String>,
+    pub container_log_max_files: Option<u32>,
 }
 
 /// `[io_guard]` in the config file (docs/operator-guide.md, "Engines"; the defaults in
@@ -223,6 +227,7 @@ pub(crate) struct Settings {
     pub(crate) nats: Option<inarray_events::nats::NatsConfig>,
     pub(crate) io_guard: inarray_runtime::GuardConfig,
     pub(crate) shim: Option<PathBuf>,
+    pub(crate) container_log: inarray_runtime::LogLimits,
 }
 
 type RegistryMaps = (
@@ -350,6 +355,20 @@ pub(crate) fn settings(opts: ServeOpts) -> Result<Settings> {
             None => inarray_runtime::engines::default_container_memory(),
         },
         engines: file.engines.unwrap_or_default(),
+        container_log: {
+            let d = inarray_runtime::LogLimits::default();
+            let l = inarray_runtime::LogLimits {
+                max_size: match file.container_log_max_size.as_deref() {
+                    Some(m) => inarray_runtime::resources::parse_bytes(m)
+                        .map_err(|e| anyhow::anyhow!("container_log_max_size: {e}"))?,
+                    None => d.max_size,
+                },
+                max_files: file.container_log_max_files.unwrap_or(d.max_files),
+            };
+            l.validate()
+                .map_err(|e| anyhow::anyhow!("container_{}", e.replace("log.", "log_")))?;
+            l
+        },
         nfs_listen: match opts.nfs_listen.or(file.nfs_listen) {
             Some(a) => Some(
                 a.parse()

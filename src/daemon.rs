@@ -123,6 +123,7 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
             shim_exe: sealed.path(),
             container_memory: s.container_memory,
             cgroups: s.cgroups.clone(),
+            container_log: s.container_log,
         },
     )
     .context("container manager")?;

@@ -119,6 +119,7 @@ impl Reloader {
             ),
             ("io_guard", new.io_guard != c.io_guard),
             ("shim", new.shim != c.shim),
+            ("container_log_*", new.container_log != c.container_log),
         ] {
             if changed {
                 tracing::warn!(
@@ -147,6 +148,7 @@ impl Reloader {
             nats: c.nats.clone(),
             io_guard: c.io_guard.clone(),
             shim: c.shim.clone(),
+            container_log: c.container_log,
             registries: new.registries,
             registry_credentials: new.registry_credentials,
             log: new.log,

@@ -153,6 +153,7 @@ impl Env {
                 shim_exe: tmp.path().join("no-such-shim"),
                 container_memory: 8 << 30,
                 cgroups: Default::default(),
+                container_log: Default::default(),
             },
         )
         .unwrap();
@@ -1475,8 +1476,8 @@ async fn bad_paths_and_queries_are_refused() {
             query(
                 "logs unknown parameter",
                 "GET",
-                &format!("/v1/containers/{id}/logs?tail=10"),
-                "tail",
+                &format!("/v1/containers/{id}/logs?lines=10"),
+                "lines",
             ),
             query("invalid UTF-8 in the path", "GET", "/v1/containers/%ff", ""),
             Case {

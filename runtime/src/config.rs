@@ -52,6 +52,9 @@ pub struct ContainerConfig {
     /// Keep stdin open for attached clients (otherwise it reads /dev/null).
     #[serde(default, skip_serializing_if = "is_false")]
     pub open_stdin: bool,
+    /// How big its log may grow (default: the daemon's `container_log_*` settings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<crate::LogLimits>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -133,6 +136,12 @@ impl ContainerConfig {
     pub fn validate(&self) -> Result<(), InvalidField> {
         if let Some(n) = &self.name {
             validate_name(n)?;
+        }
+        if let Some(l) = &self.log {
+            l.validate().map_err(|reason| {
+                let (field, reason) = reason.split_once(": ").unwrap_or(("log", &reason));
+                bad(field, reason)
+            })?;
         }
         if self.image.is_empty() || self.image.len() > 512 {
             return Err(bad("image", "must be an image reference of 1 to 512 bytes"));

@@ -12,6 +12,7 @@ pub mod config;
 pub mod engines;
 mod ioguard;
 mod launcher;
+pub mod logs;
 mod manager;
 pub mod resources;
 mod spec;
@@ -19,6 +20,7 @@ mod supervisor;
 mod user;
 
 pub use config::{ContainerConfig, InvalidField, Network, PullPolicy, RestartPolicy};
+pub use inarray_shim::logfile::LogLimits;
 pub use inarray_shim::volumes;
 pub use ioguard::{GuardConfig, GuardStatus};
 pub use manager::{

@@ -198,8 +198,41 @@ pub async fn ps(c: &Client, as_json: bool, all: bool) -> Result<ExitCode> {
 }
 
 /// `inarray logs [--follow] CONTAINER`
-pub async fn logs(c: &Client, follow: bool, container: &str) -> Result<ExitCode> {
-    let path = format!("/v1/containers/{}/logs?follow={follow}", enc(container));
+#[derive(Debug, clap::Args)]
+pub struct LogsOpts {
+    #[arg(short, long)]
+    follow: bool,
+    /// Only the last N lines.
+    #[arg(short = 'n', long)]
+    tail: Option<usize>,
+    /// Only output written at or after this time (RFC 3339, or seconds since the epoch).
+    #[arg(long)]
+    since: Option<String>,
+    /// Only output written before this time.
+    #[arg(long)]
+    until: Option<String>,
+    /// Start every line with the time it was written.
+    #[arg(short, long)]
+    timestamps: bool,
+    container: String,
+}
+
+/// `inarray logs [-f] [-n N] [--since T] [--until T] [-t] CONTAINER`
+pub async fn logs(c: &Client, o: LogsOpts) -> Result<ExitCode> {
+    let mut path = format!(
+        "/v1/containers/{}/logs?follow={}&timestamps={}",
+        enc(&o.container),
+        o.follow,
+        o.timestamps
+    );
+    if let Some(n) = o.tail {
+        path.push_str(&format!("&tail={n}"));
+    }
+    for (k, v) in [("since", &o.since), ("until", &o.until)] {
+        if let Some(v) = v {
+            path.push_str(&format!("&{k}={}", enc(v)));
+        }
+    }
     stream_logs(c, &path).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -78,11 +78,7 @@ pub enum Command {
         all: bool,
     },
     /// Print a container's output.
-    Logs {
-        #[arg(short, long)]
-        follow: bool,
-        container: String,
-    },
+    Logs(containers::LogsOpts),
     /// Start a created or stopped container.
     Start { container: String },
     /// Stop: SIGTERM, then SIGKILL after the timeout.
@@ -200,7 +196,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         Command::Registry(cmd) => registries::registry(&c, cmd, as_json).await,
         Command::Run(o) => containers::run_container(&c, *o).await,
         Command::Ps { all } => containers::ps(&c, as_json, all).await,
-        Command::Logs { follow, container } => containers::logs(&c, follow, &container).await,
+        Command::Logs(o) => containers::logs(&c, o).await,
         Command::Start { container } => containers::action(&c, &container, "start").await,
         Command::Stop { time, container } => {
             containers::action(&c, &container, &format!("stop?timeout={time}")).await

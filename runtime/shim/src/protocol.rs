@@ -35,11 +35,14 @@ pub struct ShimConfig {
     /// At most this many execs run in the container at once (0: the default).
     #[serde(default)]
     pub max_execs: u32,
+    /// How big the container log may grow (rotated by size).
+    #[serde(default)]
+    pub log: crate::logfile::LogLimits,
 }
 
-/// The init's stdio. With neither `tty` nor `stdin`, the container writes its log file itself
-/// and the shim relays nothing; otherwise the shim holds the terminal (or the pipes), copies the
-/// output to the log and to attached clients, and feeds attached clients' input to it.
+/// The init's stdio. The shim always holds the other ends — a terminal's master, or pipes —
+/// writes the output to the log (`logfile.rs`) and to attached clients, and feeds attached
+/// clients' input to it.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StdioConfig {
     /// A terminal: the shim keeps the master side.
@@ -52,13 +55,6 @@ pub struct StdioConfig {
     /// start-and-attach misses nothing.
     #[serde(default)]
     pub hold: bool,
-}
-
-impl StdioConfig {
-    /// Whether the shim relays the init's stdio.
-    pub fn relayed(&self) -> bool {
-        self.tty || self.stdin || self.hold
-    }
 }
 
 /// How long a held output waits for its first client.

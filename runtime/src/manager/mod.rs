@@ -56,6 +56,8 @@ pub struct ManagerOptions {
     pub container_memory: u64,
     /// Where this daemon's engines and containers live in the cgroup hierarchies.
     pub cgroups: CgroupLayout,
+    /// A container's log limits when its request has none.
+    pub container_log: inarray_shim::logfile::LogLimits,
 }
 
 /// Cheap to clone; all clones share one state.

@@ -261,6 +261,7 @@ impl Env {
             shim_exe: tmp.path().join("unused"),
             container_memory: 8 << 30,
             cgroups: Default::default(),
+            container_log: Default::default(),
         };
         let cgroups = Arc::new(RecordingDriver::default());
         let launcher = Arc::new(FakeLauncher::default());

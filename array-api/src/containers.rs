@@ -71,6 +71,8 @@ pub struct ContainerView {
     pub tty: bool,
     /// Its stdin is open for attached clients.
     pub open_stdin: bool,
+    /// While running with a health check: status, failing streak, the last results.
+    pub health: Option<inarray_runtime::health::Health>,
 }
 
 impl TryFrom<ContainerRow> for ContainerView {
@@ -103,12 +105,20 @@ impl TryFrom<ContainerRow> for ContainerView {
             oom_killed: r.oom_killed,
             tty: cfg.tty,
             open_stdin: cfg.open_stdin,
+            health: None,
         })
     }
 }
 
-fn view(r: ContainerRow) -> Result<axum::Json<ContainerView>, ApiError> {
-    Ok(axum::Json(r.try_into()?))
+fn view(m: &Manager, r: ContainerRow) -> Result<axum::Json<ContainerView>, ApiError> {
+    Ok(axum::Json(with_health(m, r.try_into()?)))
+}
+
+fn with_health(m: &Manager, mut v: ContainerView) -> ContainerView {
+    if v.state == ContainerState::Running {
+        v.health = m.health(&v.id);
+    }
+    v
 }
 
 async fn create_container(
@@ -116,7 +126,7 @@ async fn create_container(
     Json(cfg): Json<ContainerConfig>,
 ) -> Result<Response, ApiError> {
     let row = m.create(cfg).await?;
-    Ok((StatusCode::CREATED, view(row)?).into_response())
+    Ok((StatusCode::CREATED, view(&m, row)?).into_response())
 }
 
 #[derive(Deserialize)]
@@ -133,7 +143,7 @@ async fn list_containers(
     let rows = m.list(q.all).await?;
     Ok(axum::Json(
         rows.into_iter()
-            .map(ContainerView::try_from)
+            .map(|r| ContainerView::try_from(r).map(|v| with_health(&m, v)))
             .collect::<Result<_, _>>()?,
     ))
 }
@@ -142,14 +152,14 @@ async fn inspect_container(
     State(m): State<Manager>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<ContainerView>, ApiError> {
-    view(m.get(&id).await?)
+    view(&m, m.get(&id).await?)
 }
 
 async fn start_container(
     State(m): State<Manager>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<ContainerView>, ApiError> {
-    view(m.start(&id).await?)
+    view(&m, m.start(&id).await?)
 }
 
 #[derive(Deserialize)]
@@ -174,7 +184,7 @@ async fn stop_container(
     Path(id): Path<String>,
     Query(q): Query<StopQuery>,
 ) -> Result<axum::Json<ContainerView>, ApiError> {
-    view(m.stop(&id, stop_timeout(&q)?).await?)
+    view(&m, m.stop(&id, stop_timeout(&q)?).await?)
 }
 
 async fn restart_container(
@@ -182,7 +192,7 @@ async fn restart_container(
     Path(id): Path<String>,
     Query(q): Query<StopQuery>,
 ) -> Result<axum::Json<ContainerView>, ApiError> {
-    view(m.restart(&id, stop_timeout(&q)?).await?)
+    view(&m, m.restart(&id, stop_timeout(&q)?).await?)
 }
 
 #[derive(Deserialize)]
@@ -213,7 +223,7 @@ async fn kill_container(
     Query(q): Query<KillQuery>,
 ) -> Result<axum::Json<ContainerView>, ApiError> {
     let sig = parse_signal(q.signal.as_deref().unwrap_or("SIGKILL"))?;
-    view(m.kill(&id, sig).await?)
+    view(&m, m.kill(&id, sig).await?)
 }
 
 async fn wait_container(

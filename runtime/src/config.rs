@@ -55,6 +55,9 @@ pub struct ContainerConfig {
     /// How big its log may grow (default: the daemon's `container_log_*` settings).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<crate::LogLimits>,
+    /// A health check (default: the image's `HEALTHCHECK`, if any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<crate::health::HealthCheck>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -136,6 +139,9 @@ impl ContainerConfig {
     pub fn validate(&self) -> Result<(), InvalidField> {
         if let Some(n) = &self.name {
             validate_name(n)?;
+        }
+        if let Some(h) = &self.healthcheck {
+            h.validate()?;
         }
         if let Some(l) = &self.log {
             l.validate().map_err(|reason| {

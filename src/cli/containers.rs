@@ -176,17 +176,21 @@ pub async fn ps(c: &Client, as_json: bool, all: bool) -> Result<ExitCode> {
         .await?;
     output(as_json, &v, |v| {
         println!(
-            "{:<14} {:<20} {:<20} {:<11} {:>5}",
+            "{:<14} {:<20} {:<20} {:<21} {:>5}",
             "ID", "NAME", "IMAGE", "STATE", "EXIT"
         );
         for x in v.as_array().into_iter().flatten() {
             let id = x["id"].as_str().unwrap_or("");
+            let state = match x["health"]["status"].as_str() {
+                Some(h) => format!("{} ({h})", x["state"].as_str().unwrap_or("")),
+                None => x["state"].as_str().unwrap_or("").to_owned(),
+            };
             println!(
-                "{:<14} {:<20} {:<20} {:<11} {:>5}",
+                "{:<14} {:<20} {:<20} {:<21} {:>5}",
                 &id[..id.len().min(12)],
                 x["name"].as_str().unwrap_or(""),
                 x["image"].as_str().unwrap_or(""),
-                x["state"].as_str().unwrap_or(""),
+                state,
                 x["exit_code"]
                     .as_i64()
                     .map(|c| c.to_string())

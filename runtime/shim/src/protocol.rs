@@ -79,6 +79,8 @@ pub enum CtlRequest {
     },
     /// Attach to the init's stdio (relayed containers only).
     Attach { stdin: bool },
+    /// Send `signal` to a running exec (a health probe past its timeout).
+    Kill { exec: String, signal: i32 },
     /// Set the terminal size of the init (`exec: None`) or of an exec.
     Resize {
         #[serde(default)]

@@ -14,6 +14,7 @@
 mod engines;
 mod error;
 mod exec;
+mod health;
 mod images;
 mod io_guard;
 mod lifecycle;
@@ -81,6 +82,8 @@ struct Inner {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Consecutive quick crashes per container (resets after a run of 10 s), for the backoff.
     streaks: Mutex<HashMap<String, u32>>,
+    /// Health of running containers with a check (`health.rs`).
+    health: Mutex<HashMap<String, crate::health::Health>>,
     puller: Puller,
     /// Imports and pulls (through recording the image row) hold it shared; garbage collection
     /// holds it exclusively, so it never removes what an import is about to record.
@@ -138,6 +141,7 @@ impl Manager {
                 changes,
                 locks: Mutex::default(),
                 streaks: Mutex::default(),
+                health: Mutex::default(),
                 puller,
                 gc_lock: tokio::sync::RwLock::new(()),
                 pulls: Mutex::default(),

@@ -39,6 +39,7 @@ impl Manager {
         exited: Option<Pending<()>>,
         started: Instant,
     ) {
+        self.watch_health(id.clone());
         let this = self.clone();
         tokio::spawn(async move {
             match exited {

@@ -60,6 +60,9 @@ pub struct FileConfig {
     /// files kept; the log never takes more than their product.
     pub container_log_max_size: Option<String>,
     pub container_log_max_files: Option<u32>,
+    /// Containers the daemon starts on its own at once, at most: restarts by policy and the
+    /// starts after a reboot or a failover (default 8, 1 to 256).
+    pub restart_concurrency: Option<usize>,
 }
 
 /// `[io_guard]` in the config file (docs/operator-guide.md, "Engines"; the defaults in
@@ -201,6 +204,10 @@ pub struct ServeOpts {
     /// The shim executable (default: inarray-shim beside this executable).
     #[arg(long, value_name = "FILE")]
     pub shim: Option<PathBuf>,
+    /// For tests only: take this for the kernel's boot id (a different one than the last start's
+    /// makes the daemon reconcile as after a reboot).
+    #[arg(long, value_name = "ID", hide = true)]
+    pub boot_id: Option<String>,
 }
 
 pub(crate) struct Settings {
@@ -228,6 +235,9 @@ pub(crate) struct Settings {
     pub(crate) io_guard: inarray_runtime::GuardConfig,
     pub(crate) shim: Option<PathBuf>,
     pub(crate) container_log: inarray_runtime::LogLimits,
+    pub(crate) restart_concurrency: usize,
+    /// Test-only: the boot id to use instead of the kernel's.
+    pub(crate) boot_id: Option<String>,
 }
 
 type RegistryMaps = (
@@ -415,6 +425,12 @@ pub(crate) fn settings(opts: ServeOpts) -> Result<Settings> {
         events: file.events.unwrap_or_default().options()?,
         io_guard: file.io_guard.unwrap_or_default().options()?,
         shim: opts.shim.or(file.shim),
+        restart_concurrency: match file.restart_concurrency {
+            None => inarray_runtime::RESTART_CONCURRENCY,
+            Some(n) if (1..=256).contains(&n) => n,
+            Some(n) => bail!("restart_concurrency: {n} is not between 1 and 256"),
+        },
+        boot_id: opts.boot_id,
     })
 }
 
@@ -431,6 +447,7 @@ mod tests {
             nfs_listen: None,
             cgroup_root: None,
             shim: None,
+            boot_id: None,
         }
     }
 
@@ -487,6 +504,21 @@ mod tests {
         std::fs::write(&cfg, "array = \"/a\"\ncgroup_favordynmods = \"no\"\n").unwrap();
         let e = format!("{:#}", settings(opts(Some(cfg), None, &[])).err().unwrap());
         assert!(e.contains("cgroup_favordynmods"), "{e}");
+    }
+
+    #[test]
+    fn restart_concurrency_has_a_default_and_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("inarray.toml");
+        std::fs::write(&cfg, "array = \"/a\"\n").unwrap();
+        let s = settings(opts(Some(cfg.clone()), None, &[])).unwrap();
+        assert_eq!(s.restart_concurrency, inarray_runtime::RESTART_CONCURRENCY);
+        std::fs::write(&cfg, "array = \"/a\"\nrestart_concurrency = 2\n").unwrap();
+        let s = settings(opts(Some(cfg.clone()), None, &[])).unwrap();
+        assert_eq!(s.restart_concurrency, 2);
+        std::fs::write(&cfg, "array = \"/a\"\nrestart_concurrency = 0\n").unwrap();
+        let e = format!("{:#}", settings(opts(Some(cfg), None, &[])).err().unwrap());
+        assert!(e.starts_with("restart_concurrency: 0"), "{e}");
     }
 
     #[test]

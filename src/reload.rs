@@ -120,6 +120,10 @@ impl Reloader {
             ("io_guard", new.io_guard != c.io_guard),
             ("shim", new.shim != c.shim),
             ("container_log_*", new.container_log != c.container_log),
+            (
+                "restart_concurrency",
+                new.restart_concurrency != c.restart_concurrency,
+            ),
         ] {
             if changed {
                 tracing::warn!(
@@ -149,6 +153,8 @@ impl Reloader {
             io_guard: c.io_guard.clone(),
             shim: c.shim.clone(),
             container_log: c.container_log,
+            restart_concurrency: c.restart_concurrency,
+            boot_id: c.boot_id.clone(),
             registries: new.registries,
             registry_credentials: new.registry_credentials,
             log: new.log,

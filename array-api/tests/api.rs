@@ -154,6 +154,7 @@ impl Env {
                 container_memory: 8 << 30,
                 cgroups: Default::default(),
                 container_log: Default::default(),
+                restart_concurrency: inarray_runtime::RESTART_CONCURRENCY,
             },
         )
         .unwrap();

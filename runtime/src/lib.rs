@@ -25,7 +25,8 @@ pub use inarray_shim::logfile::LogLimits;
 pub use inarray_shim::volumes;
 pub use ioguard::{GuardConfig, GuardStatus};
 pub use manager::{
-    backoff, Attached, Attachment, Cause, ExecConfig, ExecInfo, ImageRemoval, Manager,
-    ManagerError, ManagerOptions, PruneReport, PrunedImage, ReconcileReport,
+    backoff, starts_at_boot, Attached, Attachment, Cause, ExecConfig, ExecInfo, ImageRemoval,
+    Manager, ManagerError, ManagerOptions, NodeBoot, PruneReport, PrunedImage, ReconcileReport,
+    Since, REBOOTED, RESTART_CONCURRENCY,
 };
 pub use volumes::{Volume, VolumeError};

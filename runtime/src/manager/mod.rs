@@ -7,10 +7,14 @@
 //!
 //! One file per concern, each an `impl Manager` block: `images.rs` (imports, pulls, registries,
 //! prune), `lifecycle.rs` (create, start, stop, kill, wait, delete), `monitor.rs` (exits, restart
-//! policies, reconcile), `engines.rs` (engines and live limits), `io_guard.rs` (the I/O guard's
+//! policies, reconcile), `boot.rs` (after a reboot or a failover: which containers start again,
+//! paced), `engines.rs` (engines and live limits), `io_guard.rs` (the I/O guard's
 //! list of containers). Processes are reached only through the [`Launcher`] seam, cgroups only
 //! through the [`CgroupDriver`] seam, SQL only through the store's typed methods.
 
+mod boot;
+#[cfg(test)]
+mod boot_tests;
 mod engines;
 mod error;
 mod exec;
@@ -38,6 +42,7 @@ use crate::volumes::ArrayRoot;
 use inarray_shim::protocol::ShimRecord;
 use inarray_shim::ContainerPaths;
 
+pub use boot::{starts_at_boot, NodeBoot, Since, REBOOTED};
 pub(crate) use error::internal;
 pub use error::{Cause, ManagerError, Result};
 pub use exec::{Attached, Attachment, ExecConfig, ExecInfo};
@@ -59,7 +64,12 @@ pub struct ManagerOptions {
     pub cgroups: CgroupLayout,
     /// A container's log limits when its request has none.
     pub container_log: inarray_shim::logfile::LogLimits,
+    /// Starts the daemon makes on its own (restart policies, after a reboot) at once, at most.
+    pub restart_concurrency: usize,
 }
+
+/// The default of [`ManagerOptions::restart_concurrency`].
+pub const RESTART_CONCURRENCY: usize = 8;
 
 /// Cheap to clone; all clones share one state.
 #[derive(Clone)]
@@ -84,6 +94,8 @@ struct Inner {
     streaks: Mutex<HashMap<String, u32>>,
     /// Health of running containers with a check (`health.rs`).
     health: Mutex<HashMap<String, crate::health::Health>>,
+    /// One permit per start the daemon makes on its own (`restart_concurrency`).
+    starts: Arc<tokio::sync::Semaphore>,
     puller: Puller,
     /// Imports and pulls (through recording the image row) hold it shared; garbage collection
     /// holds it exclusively, so it never removes what an import is about to record.
@@ -128,6 +140,7 @@ impl Manager {
         empty_trash(trash);
         let (changes, _) = broadcast::channel(4096);
         let puller = Puller::new(images.clone());
+        let starts = Arc::new(tokio::sync::Semaphore::new(opts.restart_concurrency.max(1)));
         Ok(Self {
             inner: Arc::new(Inner {
                 cgroups,
@@ -142,6 +155,7 @@ impl Manager {
                 locks: Mutex::default(),
                 streaks: Mutex::default(),
                 health: Mutex::default(),
+                starts,
                 puller,
                 gc_lock: tokio::sync::RwLock::new(()),
                 pulls: Mutex::default(),

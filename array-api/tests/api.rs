@@ -3199,3 +3199,74 @@ async fn the_storage_engine_takes_shares_not_hard_caps() {
     .await
     .expect(StatusCode::OK);
 }
+
+#[tokio::test]
+async fn patch_with_null_removes_one_limit() {
+    let env = Env::new().await;
+    env.import_tiny().await;
+    env.post_json(
+        "/v1/engines",
+        &json!({"name": "batch", "resources": {"memory": "1g", "pids": 100, "read_bps": "10m"}}),
+    )
+    .await
+    .expect(StatusCode::CREATED);
+    let e = patch_json(
+        &env,
+        "/v1/engines/batch",
+        &json!({"resources": {"memory": null, "pids": 50}}),
+    )
+    .await
+    .expect(StatusCode::OK)
+    .json();
+    assert_eq!(
+        e["resources"],
+        json!({"pids": 50, "read_bps": 10 << 20}),
+        "memory removed, pids replaced, read_bps left alone"
+    );
+    // Removing a limit that is not set changes nothing.
+    let again = patch_json(
+        &env,
+        "/v1/engines/batch",
+        &json!({"resources": {"memory": null}}),
+    )
+    .await
+    .expect(StatusCode::OK)
+    .json();
+    assert_eq!(again["resources"], e["resources"]);
+
+    let c = env
+        .post_json(
+            "/v1/containers",
+            &json!({"image": "test/tiny:1", "command": ["true"], "engine": "batch",
+                    "start": false, "resources": {"memory": "64m", "cpus": 0.5, "pids": 10}}),
+        )
+        .await
+        .expect(StatusCode::CREATED)
+        .json();
+    let uri = format!("/v1/containers/{}", c["id"].as_str().unwrap());
+    let c = patch_json(
+        &env,
+        &uri,
+        &json!({"resources": {"cpus": null, "pids": null}}),
+    )
+    .await
+    .expect(StatusCode::OK)
+    .json();
+    assert_eq!(c["resources"], json!({"memory": 64 << 20}));
+    let c = env.get(&uri).await.expect(StatusCode::OK).json();
+    assert_eq!(c["resources"], json!({"memory": 64 << 20}), "kept");
+    // Values are still checked; null is not an object of limits.
+    patch_json(&env, &uri, &json!({"resources": {"memory": "lots"}}))
+        .await
+        .expect_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            "resources.memory",
+        );
+    patch_json(&env, &uri, &json!({"resources": {"pids": 0}}))
+        .await
+        .expect_error(StatusCode::BAD_REQUEST, "invalid_request", "resources.pids");
+    patch_json(&env, &uri, &json!({"resources": null}))
+        .await
+        .expect(StatusCode::UNPROCESSABLE_ENTITY);
+}

@@ -180,6 +180,28 @@ async fn tokens_over_tcp_made_and_revoked_with_the_cli() {
         "{e:?}"
     );
 
+    // `token create --ttl`: served until it expires, then 401 "token expired".
+    let (ok, brief, err) = cli(&[
+        "--host", &unix, "token", "create", "brief", "--scope", "read", "--ttl", "2s",
+    ]);
+    assert!(ok && err.contains("expires"), "{err}");
+    let brief = brief.trim().to_owned();
+    tcp_client(port, Some(&brief))
+        .json(Method::GET, "/v1/info", None)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let e = tcp_client(port, Some(&brief))
+        .json(Method::GET, "/v1/info", None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Api { status, message, .. } if status.as_u16() == 401 && message == "token expired"),
+        "{e:?}"
+    );
+    let (ok, list, _) = cli(&["--host", &unix, "token", "ls"]);
+    assert!(ok && list.contains("expired 20"), "{list}");
+
     // The audit log names the unix caller by uid and the refused TCP caller by address.
     let (ok, audit, err) = cli(&["--host", &unix, "--json", "audit"]);
     assert!(ok, "{err}");

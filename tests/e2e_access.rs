@@ -604,9 +604,15 @@ async fn tls_and_client_certificates() {
         "ps",
     ]);
     assert!(
-        !ok && err.contains("cannot connect"),
+        !ok && err.contains("tls with") && err.contains("certificate"),
         "an untrusted server certificate: {err}"
     );
+    // By name: the certificate is checked for the DNS name (it has localhost), not the address.
+    let by_name = format!("tcp://localhost:{port}");
+    let (ok, out, err) = cli(&[
+        "--host", &by_name, "--token", &secret, "--tls-ca", &ca, "ps",
+    ]);
+    assert!(ok, "{out} {err}");
     let (_, status, body) = curl(port, "/v1/info", None, &["--cacert", &ca]);
     assert_eq!(status, 401, "{body}");
     // Plain HTTP to the TLS port gets no HTTP answer.

@@ -71,6 +71,9 @@ pub struct ContainerView {
     pub tty: bool,
     /// Its stdin is open for attached clients.
     pub open_stdin: bool,
+    /// It is deleted once it has exited.
+    pub auto_remove: bool,
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl TryFrom<ContainerRow> for ContainerView {
@@ -103,6 +106,8 @@ impl TryFrom<ContainerRow> for ContainerView {
             oom_killed: r.oom_killed,
             tty: cfg.tty,
             open_stdin: cfg.open_stdin,
+            auto_remove: cfg.auto_remove,
+            labels: cfg.labels,
         })
     }
 }

@@ -162,6 +162,20 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
+    /// Points `name` at the image `id` (moving it from another image, as `docker tag` does).
+    /// Returns false when there is no such image.
+    pub async fn tag_image(&self, name: &str, id: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO image_names (name, image_id) SELECT ?, id FROM images WHERE id = ?
+             ON CONFLICT(name) DO UPDATE SET image_id = excluded.image_id",
+        )
+        .bind(name)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     /// Removes one name; the image stays.
     pub async fn untag_image(&self, name: &str) -> Result<bool> {
         let done = sqlx::query("DELETE FROM image_names WHERE name = ?")

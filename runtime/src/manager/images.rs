@@ -458,6 +458,32 @@ impl Manager {
         })
     }
 
+    /// Gives the image `key` (a name or id) the name `name` too, moving the name from another
+    /// image if it had it (`docker tag`). Returns the image with its names.
+    pub async fn tag_image(&self, key: &str, name: &str) -> Result<ImageRow> {
+        let reference = Reference::parse(name)?;
+        if reference.digest.is_some() {
+            return Err(ManagerError::Invalid(InvalidField {
+                field: "name".into(),
+                reason: format!("{name:?}: a tag cannot name a digest"),
+            }));
+        }
+        let img = self.find_image(key).await?;
+        let _shared = self.inner.gc_lock.read().await;
+        if !self
+            .inner
+            .store
+            .tag_image(&reference.to_string(), &img.id)
+            .await?
+        {
+            return Err(ManagerError::NotFound {
+                kind: "image",
+                key: key.to_owned(),
+            });
+        }
+        self.find_image(&img.id).await
+    }
+
     /// Removes an image name, as `docker rmi` does: a name shared with other names is only
     /// untagged; the last name (or the image id) removes the image — 409 while a container uses
     /// it — and frees the blobs and layers nothing else uses.

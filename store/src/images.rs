@@ -232,6 +232,18 @@ mod tests {
         );
         assert!(store.find_image("nope:latest").await.unwrap().is_none());
         assert_eq!(store.list_images().await.unwrap().len(), 1);
+        // A tag adds a name; tagging a missing image changes nothing.
+        assert!(store.tag_image("mine/bb:1", &id).await.unwrap());
+        assert_eq!(
+            store.find_image("mine/bb:1").await.unwrap().unwrap().id,
+            id
+        );
+        assert!(!store
+            .tag_image("x:1", &format!("sha256:{}", "cd".repeat(32)))
+            .await
+            .unwrap());
+        assert!(store.find_image("x:1").await.unwrap().is_none());
+        assert!(store.untag_image("mine/bb:1").await.unwrap());
         assert!(store.untag_image("tools:1").await.unwrap());
         assert_eq!(
             store.find_image(&id).await.unwrap().unwrap().names,

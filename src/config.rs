@@ -56,6 +56,9 @@ pub struct FileConfig {
     /// The shim executable (default: `inarray-shim` in the directory of the daemon's own
     /// executable).
     pub shim: Option<PathBuf>,
+    /// Serve the Docker Engine API too: "unix" (its socket at /run/inarray/docker.sock), a
+    /// socket path ("/PATH" or "unix:/PATH"), or "off" (the default).
+    pub docker_listen: Option<String>,
 }
 
 /// `[io_guard]` in the config file (docs/operator-guide.md, "Engines"; the defaults in
@@ -173,6 +176,26 @@ impl EventsConfig {
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/inarray";
 pub const DEFAULT_SOCKET: &str = "/run/inarray/inarray.sock";
+pub const DEFAULT_DOCKER_SOCKET: &str = "/run/inarray/docker.sock";
+
+/// `docker_listen`: the Docker API's socket path, or none.
+fn docker_listen(v: &str) -> Result<Option<PathBuf>> {
+    match v {
+        "" | "off" | "none" => return Ok(None),
+        "unix" => return Ok(Some(DEFAULT_DOCKER_SOCKET.into())),
+        _ => {}
+    }
+    let path = v.strip_prefix("unix:").unwrap_or(v);
+    if path.starts_with('/') {
+        return Ok(Some(path.into()));
+    }
+    if v.starts_with("tcp:") {
+        bail!(
+            "docker_listen {v:?}: TCP is not available for the Docker API yet (only a unix socket, whose permissions are its access control); use \"unix\" or a socket path"
+        );
+    }
+    bail!("docker_listen {v:?}: expected \"unix\", an absolute socket path (or unix:/PATH), or \"off\"")
+}
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct ServeOpts {
@@ -197,6 +220,10 @@ pub struct ServeOpts {
     /// The shim executable (default: inarray-shim beside this executable).
     #[arg(long, value_name = "FILE")]
     pub shim: Option<PathBuf>,
+    /// Serve the Docker Engine API on a unix socket too: "unix" (/run/inarray/docker.sock), a
+    /// socket path, or "off". Default: off.
+    #[arg(long, value_name = "unix|PATH|off")]
+    pub docker_listen: Option<String>,
 }
 
 pub(crate) struct Settings {
@@ -223,6 +250,8 @@ pub(crate) struct Settings {
     pub(crate) nats: Option<inarray_events::nats::NatsConfig>,
     pub(crate) io_guard: inarray_runtime::GuardConfig,
     pub(crate) shim: Option<PathBuf>,
+    /// The Docker API's unix socket, when it is served.
+    pub(crate) docker_listen: Option<PathBuf>,
 }
 
 type RegistryMaps = (
@@ -396,6 +425,10 @@ pub(crate) fn settings(opts: ServeOpts) -> Result<Settings> {
         events: file.events.unwrap_or_default().options()?,
         io_guard: file.io_guard.unwrap_or_default().options()?,
         shim: opts.shim.or(file.shim),
+        docker_listen: match opts.docker_listen.or(file.docker_listen) {
+            Some(v) => docker_listen(&v)?,
+            None => None,
+        },
     })
 }
 
@@ -412,7 +445,51 @@ mod tests {
             nfs_listen: None,
             cgroup_root: None,
             shim: None,
+            docker_listen: None,
         }
+    }
+
+    #[test]
+    fn docker_listen_is_off_by_default_and_a_unix_socket_when_on() {
+        assert_eq!(
+            settings(opts(None, Some("/a"), &[])).unwrap().docker_listen,
+            None
+        );
+        let on = |v: &str| {
+            let mut o = opts(None, Some("/a"), &[]);
+            o.docker_listen = Some(v.into());
+            settings(o).map(|s| s.docker_listen)
+        };
+        assert_eq!(
+            on("unix").unwrap(),
+            Some(PathBuf::from(DEFAULT_DOCKER_SOCKET))
+        );
+        assert_eq!(
+            on("/run/d.sock").unwrap(),
+            Some(PathBuf::from("/run/d.sock"))
+        );
+        assert_eq!(
+            on("unix:/run/d.sock").unwrap(),
+            Some(PathBuf::from("/run/d.sock"))
+        );
+        assert_eq!(on("off").unwrap(), None);
+        let e = on("tcp:0.0.0.0:2375").unwrap_err().to_string();
+        assert!(e.starts_with("docker_listen") && e.contains("TCP"), "{e}");
+        let e = on("docker.sock").unwrap_err().to_string();
+        assert!(e.starts_with("docker_listen"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("inarray.toml");
+        std::fs::write(&cfg, "array = \"/a\"\ndocker_listen = \"unix\"\n").unwrap();
+        assert_eq!(
+            settings(opts(Some(cfg.clone()), None, &[]))
+                .unwrap()
+                .docker_listen,
+            Some(PathBuf::from(DEFAULT_DOCKER_SOCKET))
+        );
+        // The flag wins over the file.
+        let mut o = opts(Some(cfg), None, &[]);
+        o.docker_listen = Some("off".into());
+        assert_eq!(settings(o).unwrap().docker_listen, None);
     }
 
     #[test]

@@ -119,6 +119,7 @@ impl Reloader {
             ),
             ("io_guard", new.io_guard != c.io_guard),
             ("shim", new.shim != c.shim),
+            ("docker_listen", new.docker_listen != c.docker_listen),
         ] {
             if changed {
                 tracing::warn!(
@@ -147,6 +148,7 @@ impl Reloader {
             nats: c.nats.clone(),
             io_guard: c.io_guard.clone(),
             shim: c.shim.clone(),
+            docker_listen: c.docker_listen.clone(),
             registries: new.registries,
             registry_credentials: new.registry_credentials,
             log: new.log,

@@ -305,11 +305,16 @@ pub(crate) struct Follow {
 impl Follow {
     /// Follows the log of `id` from its current end (what an attach sees).
     pub(crate) async fn from_end(m: Manager, id: String) -> Self {
+        Self::starting_at(m, id, std::io::SeekFrom::End(0)).await
+    }
+
+    /// Follows the log of `id` from `at` (the Docker API's `logs?follow` with `tail`).
+    pub(crate) async fn starting_at(m: Manager, id: String, at: std::io::SeekFrom) -> Self {
         use tokio::io::AsyncSeekExt;
         let path = m.paths(&id).log();
         let mut file = tokio::fs::File::open(&path).await.ok();
         if let Some(f) = file.as_mut() {
-            let _ = f.seek(std::io::SeekFrom::End(0)).await;
+            let _ = f.seek(at).await;
         }
         let rx = m.subscribe();
         Self {

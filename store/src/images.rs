@@ -234,10 +234,7 @@ mod tests {
         assert_eq!(store.list_images().await.unwrap().len(), 1);
         // A tag adds a name; tagging a missing image changes nothing.
         assert!(store.tag_image("mine/bb:1", &id).await.unwrap());
-        assert_eq!(
-            store.find_image("mine/bb:1").await.unwrap().unwrap().id,
-            id
-        );
+        assert_eq!(store.find_image("mine/bb:1").await.unwrap().unwrap().id, id);
         assert!(!store
             .tag_image("x:1", &format!("sha256:{}", "cd".repeat(32)))
             .await

@@ -47,6 +47,7 @@
 //! - [`ImageStore::gc`] must not run while an import is in flight.
 
 mod error;
+mod export;
 mod fsutil;
 pub mod http;
 mod import;
@@ -64,6 +65,7 @@ mod tests;
 mod testutil;
 
 pub use error::ImageError;
+pub use export::ExportImage;
 pub use reference::Reference;
 pub use registry::{
     Credentials, PullEvent, Puller, RegistryError, RegistryErrorKind, RegistrySettings,

@@ -27,6 +27,7 @@ pub fn routes() -> Router<DockerState> {
         .route("/images/json", get(list))
         .route("/images/create", post(pull))
         .route("/images/load", post(load))
+        .route("/images/get", get(save_many))
         .route(
             "/images/{*rest}",
             get(by_name).post(by_name).delete(by_name),
@@ -135,10 +136,13 @@ async fn by_name(
     match method {
         Method::GET | Method::HEAD => match rest.strip_suffix("/json") {
             Some(name) => inspect(&st, name).await,
-            None if rest.ends_with("/get") || rest.ends_with("/history") => Err(DockerError::not_implemented(
-                "saving images and their history are not implemented by inarray's Docker API yet",
-            )),
-            None => Err(DockerError::not_found("page not found")),
+            None => match rest.strip_suffix("/get") {
+                Some(name) => save(&st, vec![name.to_owned()]).await,
+                None if rest.ends_with("/history") => Err(DockerError::not_implemented(
+                    "image history is not implemented by inarray's Docker API",
+                )),
+                None => Err(DockerError::not_found("page not found")),
+            },
         },
         Method::POST => match rest.strip_suffix("/tag") {
             Some(name) => tag(&st, name, &q).await,
@@ -148,7 +152,10 @@ async fn by_name(
             None => Err(DockerError::not_found("page not found")),
         },
         Method::DELETE => remove(&st, &rest).await,
-        _ => Err(DockerError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route")),
+        _ => Err(DockerError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed on this route",
+        )),
     }
 }
 
@@ -214,6 +221,37 @@ async fn remove(st: &DockerState, name: &str) -> Result<Response> {
         }
     };
     Ok(Json(out).into_response())
+}
+
+/// `GET /images/get?names=A&names=B`.
+async fn save_many(State(st): State<DockerState>, q: DockerQuery) -> Result<Response> {
+    let names = q.all("names");
+    if names.is_empty() {
+        return Err(DockerError::bad_request(
+            "names: at least one image to save",
+        ));
+    }
+    save(&st, names).await
+}
+
+/// `docker save`: the images as one archive (an OCI layout with Docker's manifest.json),
+/// streamed. A missing image is a 404 before anything is sent.
+async fn save(st: &DockerState, names: Vec<String>) -> Result<Response> {
+    let plan = st.manager.export_plan(&names).await?;
+    let (w, r) = tokio::io::duplex(256 * 1024);
+    let m = st.manager.clone();
+    tokio::spawn(async move {
+        let writer = tokio_util::io::SyncIoBridge::new(w);
+        if let Err(e) = m.export_images(plan, writer).await {
+            // The client sees the archive end short; the reason is here.
+            tracing::warn!(error = %e, "docker save: the archive could not be written whole");
+        }
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-tar")],
+        Body::from_stream(tokio_util::io::ReaderStream::with_capacity(r, 64 * 1024)),
+    )
+        .into_response())
 }
 
 fn line(v: Value) -> String {

@@ -24,7 +24,6 @@ mod system;
 mod types;
 mod views;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
@@ -216,7 +215,7 @@ async fn unrouted(req: Request) -> DockerError {
 
 /// The query string as Docker reads it: every parameter once (the last wins), unknown ones
 /// ignored (as Docker does: clients of different versions send different sets).
-pub struct DockerQuery(HashMap<String, String>);
+pub struct DockerQuery(Vec<(String, String)>);
 
 impl<S: Send + Sync> FromRequestParts<S> for DockerQuery {
     type Rejection = DockerError;
@@ -224,7 +223,7 @@ impl<S: Send + Sync> FromRequestParts<S> for DockerQuery {
         let q = parts.uri.query().unwrap_or("");
         let pairs: Vec<(String, String)> = serde_urlencoded_pairs(q)
             .map_err(|e| DockerError::bad_request(format!("query string: {e}")))?;
-        Ok(Self(pairs.into_iter().collect()))
+        Ok(Self(pairs))
     }
 }
 
@@ -237,16 +236,27 @@ fn serde_urlencoded_pairs(q: &str) -> std::result::Result<Vec<(String, String)>,
 }
 
 impl DockerQuery {
+    fn raw(&self, key: &str) -> Option<&String> {
+        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// The parameter (its last value), if not empty.
     pub fn str(&self, key: &str) -> Option<&str> {
+        self.raw(key).map(String::as_str).filter(|v| !v.is_empty())
+    }
+
+    /// Every value of a repeated parameter (`names=a&names=b`).
+    pub fn all(&self, key: &str) -> Vec<String> {
         self.0
-            .get(key)
-            .map(String::as_str)
-            .filter(|v| !v.is_empty())
+            .iter()
+            .filter(|(k, v)| k == key && !v.is_empty())
+            .map(|(_, v)| v.clone())
+            .collect()
     }
 
     /// Docker's boolean rule: anything but "", "0", "no", "false", "none" is true.
     pub fn bool(&self, key: &str) -> bool {
-        self.0.get(key).is_some_and(|v| {
+        self.raw(key).is_some_and(|v| {
             !matches!(
                 v.to_ascii_lowercase().as_str(),
                 "" | "0" | "no" | "false" | "none"
@@ -333,11 +343,15 @@ mod tests {
                 ("c", "0"),
                 ("d", "False"),
                 ("e", ""),
+                ("n", "x"),
+                ("n", "y"),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect(),
         );
+        assert_eq!(q.all("n"), ["x", "y"]);
+        assert_eq!(q.str("n"), Some("y"));
         assert!(q.bool("a") && q.bool("b"));
         assert!(!q.bool("c") && !q.bool("d") && !q.bool("e") && !q.bool("missing"));
     }

@@ -202,7 +202,28 @@ async fn unrouted(req: Request) -> DockerError {
         "grpc",
     ];
     let path = req.uri().path();
-    let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let first = parts[0];
+    // Looking up one object of a kind this layer has none of is a plain "no such" (the
+    // Docker CLI's `inspect NAME` asks each kind in turn until one knows the name).
+    const KINDS: [(&str, &str); 8] = [
+        ("networks", "network"),
+        ("volumes", "volume"),
+        ("services", "service"),
+        ("tasks", "task"),
+        ("nodes", "node"),
+        ("configs", "config"),
+        ("secrets", "secret"),
+        ("plugins", "plugin"),
+    ];
+    let lookup = matches!(parts.as_slice(), [_, _] | [_, _, "json"]);
+    if let Some((_, kind)) = KINDS.iter().find(|(area, _)| *area == first) {
+        if lookup
+            && (req.method() == axum::http::Method::GET || req.method() == axum::http::Method::HEAD)
+        {
+            return DockerError::not_found(format!("No such {kind}: {}", parts[1]));
+        }
+    }
     if AREAS.contains(&first) {
         DockerError::not_implemented(format!(
             "{} {path} is not implemented by inarray's Docker API (the routes it serves: docs/design/docker-api.md)",

@@ -16,6 +16,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::daemon::{Method, TestDaemon};
+use common::image_builder;
+use common::registry::Registry;
 use serde_json::Value;
 
 /// Where the docker CLIs are looked for: the current one, then Debian's.
@@ -504,4 +506,45 @@ async fn hostile_requests_are_refused_naming_the_field_and_create_nothing() {
         "nothing was created"
     );
     assert!(!d.array.join("x").exists());
+}
+
+/// `docker pull` from a registry on loopback (listed insecure in the daemon's config), and a
+/// `docker run` of an image that is not here: the create's 404 `No such image` makes the CLI
+/// pull it and try again.
+#[tokio::test]
+async fn pull_and_run_a_missing_image_from_a_registry() {
+    let scratch = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&scratch.path().join("registry"), None);
+    let layout = scratch.path().join("layout");
+    image_builder::write_oci_layout(&layout, "1");
+    reg.push(&layout, "team/bb:1", None);
+    let config = scratch.path().join("inarray.toml");
+    std::fs::write(
+        &config,
+        format!("[registries.\"{}\"]\ninsecure = true\n", reg.host()),
+    )
+    .unwrap();
+    let d = TestDaemon::start_with(vec![
+        "--docker-listen".into(),
+        "{tmp}/run/docker.sock".into(),
+        "--config".into(),
+        config.display().to_string(),
+    ])
+    .await;
+    let image = format!("{}/team/bb:1", reg.host());
+    for bin in clients() {
+        let docker = Docker::new(&bin, &d);
+        let out = docker.ok(&["pull", &image]);
+        assert!(out.contains("Digest: sha256:"), "{}: {out}", bin.display());
+        let list = docker.ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+        assert_eq!(list.trim(), image);
+        docker.ok(&["rmi", &image]);
+        let o = docker.run(&["run", "--rm", &image, "echo", "pulled"]);
+        assert_eq!(o.code, 0, "{}: {}\n{}", bin.display(), o.stderr, d.log());
+        assert_eq!(o.stdout, "pulled\n");
+        assert!(o.stderr.contains("Unable to find image"), "{}", o.stderr);
+        docker.ok(&["rmi", &image]);
+        let e = docker.fails(&["pull", &format!("{}/team/none:1", reg.host())]);
+        assert!(!e.is_empty());
+    }
 }

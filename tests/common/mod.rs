@@ -4,3 +4,4 @@
 
 pub mod daemon;
 pub mod image_builder;
+pub mod registry;

@@ -18,6 +18,7 @@ use std::time::Duration;
 use common::daemon::{Method, TestDaemon};
 use common::image_builder;
 use common::registry::Registry;
+use common::tmux::{wait_file, Tmux};
 use serde_json::Value;
 
 /// Where the docker CLIs are looked for: the current one, then Debian's.
@@ -546,5 +547,40 @@ async fn pull_and_run_a_missing_image_from_a_registry() {
         docker.ok(&["rmi", &image]);
         let e = docker.fails(&["pull", &format!("{}/team/none:1", reg.host())]);
         assert!(!e.is_empty());
+    }
+}
+
+/// `docker exec -it` and `docker run -it` in a real terminal (a tmux pane): a prompt, the
+/// container's terminal, keys typed, the exit status.
+#[tokio::test]
+async fn exec_it_and_run_it_in_a_terminal() {
+    let d = daemon().await;
+    for (i, bin) in clients().into_iter().enumerate() {
+        let docker = Docker::new(&bin, &d);
+        docker.ok(&["run", "-d", "--name", "t", "busybox", "sleep", "300"]);
+        for (what, args) in [
+            ("exec", "exec -it t sh"),
+            ("run", "run -it --rm busybox sh"),
+        ] {
+            let rc = d.tmp.path().join(format!("rc-{what}-{i}"));
+            let stderr = d.tmp.path().join(format!("stderr-{what}-{i}"));
+            let script = format!(
+                "DOCKER_HOST=unix://{} DOCKER_CONFIG={} {} {args} 2>{}; echo $? > {}",
+                docker_socket(&d).display(),
+                docker.config.display(),
+                bin.display(),
+                stderr.display(),
+                rc.display()
+            );
+            let t = Tmux::start(&script, stderr, 100, 30);
+            t.wait_prompt(&d).await;
+            t.line("tty; echo $((6*7)) $TERM");
+            t.wait_line(&d, "42 xterm").await;
+            let screen = t.screen().unwrap_or_default();
+            assert!(screen.contains("/dev/pts/"), "{what}: {screen}");
+            t.line("exit 9");
+            assert_eq!(wait_file(&d, &t, &rc).await.trim(), "9", "{what}");
+        }
+        docker.ok(&["rm", "-f", "t"]);
     }
 }

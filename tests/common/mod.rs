@@ -5,3 +5,4 @@
 pub mod daemon;
 pub mod image_builder;
 pub mod registry;
+pub mod tmux;

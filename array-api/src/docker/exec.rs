@@ -43,9 +43,14 @@ async fn create(
     let command = b.cmd.0.filter(|c| !c.is_empty()).ok_or_else(|| {
         DockerError::bad_request("Cmd: required (the command to run in the container)")
     })?;
+    let mut env = b.env;
+    if b.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
+        // As Docker does for an exec with a terminal.
+        env.push("TERM=xterm".into());
+    }
     let cfg = ExecConfig {
         command,
-        env: b.env,
+        env,
         workdir: Some(b.working_dir).filter(|w| !w.is_empty()),
         user: Some(b.user).filter(|u| !u.is_empty()),
         tty: b.tty,

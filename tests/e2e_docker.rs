@@ -234,9 +234,16 @@ async fn version_ping_and_the_supported_range() {
     assert_eq!(status, 400);
     assert!(message(&body).contains("too new"));
     // A route of the Docker API this layer does not serve says so.
-    let (status, _, body) = raw(&d, "GET", "/v1.50/volumes", None);
-    assert_eq!(status, 501);
-    assert!(message(&body).contains("not implemented"));
+    for (method, path) in [
+        ("GET", "/v1.50/volumes"),
+        ("POST", "/v1.50/containers/prune"),
+        ("POST", "/v1.50/images/prune"),
+        ("GET", "/events"),
+    ] {
+        let (status, _, body) = raw(&d, method, path, None);
+        assert_eq!(status, 501, "{method} {path}");
+        assert!(message(&body).contains("not implemented"), "{body}");
+    }
 }
 
 #[tokio::test]

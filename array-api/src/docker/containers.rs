@@ -29,7 +29,7 @@ pub fn routes() -> Router<DockerState> {
         .route("/containers/{id}/kill", post(kill))
         .route("/containers/{id}/wait", post(wait))
         .route("/containers/{id}/resize", post(resize))
-        .route("/containers/{id}", delete(remove))
+        .route("/containers/{id}", delete(remove).post(prune))
         .merge(super::views::routes())
 }
 
@@ -189,6 +189,20 @@ async fn remove(
     st.manager.delete(&row.id, force).await?;
     st.pending.forget(&row.id);
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /containers/prune` (it shares its path with `DELETE /containers/{id}`).
+async fn prune(Path(id): Path<String>) -> DockerError {
+    if id == "prune" {
+        DockerError::not_implemented(
+            "POST /containers/prune is not implemented by inarray's Docker API",
+        )
+    } else {
+        DockerError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed on this route",
+        )
+    }
 }
 
 async fn resize(

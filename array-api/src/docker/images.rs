@@ -138,16 +138,16 @@ async fn by_name(
             Some(name) => inspect(&st, name).await,
             None => match rest.strip_suffix("/get") {
                 Some(name) => save(&st, vec![name.to_owned()]).await,
-                None if rest.ends_with("/history") => Err(DockerError::not_implemented(
-                    "image history is not implemented by inarray's Docker API",
+                None if rest.ends_with("/history") || rest == "search" => Err(DockerError::not_implemented(
+                    format!("GET /images/{rest} is not implemented by inarray's Docker API"),
                 )),
                 None => Err(DockerError::not_found("page not found")),
             },
         },
         Method::POST => match rest.strip_suffix("/tag") {
             Some(name) => tag(&st, name, &q).await,
-            None if rest.ends_with("/push") => Err(DockerError::not_implemented(
-                "pushing images is not implemented by inarray",
+            None if rest.ends_with("/push") || rest == "prune" => Err(DockerError::not_implemented(
+                format!("POST /images/{rest} is not implemented by inarray's Docker API (the native POST /v1/images/prune prunes)"),
             )),
             None => Err(DockerError::not_found("page not found")),
         },

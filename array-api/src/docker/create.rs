@@ -521,11 +521,7 @@ pub fn docker_message(message: &str, origins: &[String]) -> String {
         " (set create: true to create it)",
         " (a Mounts bind source must exist; a Binds source is created)",
     );
-    if field.starts_with("volumes[") || field.starts_with("resources") {
-        format!("{}: {rest}", docker_field(field, origins))
-    } else {
-        format!("{field}: {rest}")
-    }
+    format!("{}: {rest}", docker_field(field, origins))
 }
 
 #[cfg(test)]
@@ -758,6 +754,14 @@ mod tests {
         );
         assert_eq!(docker_field("env[2]", &o), "Env[2]");
         assert_eq!(docker_field("resources.memory", &o), "HostConfig.Memory");
+        assert_eq!(
+            docker_message("user: no such user \"x\" in /etc/passwd", &o),
+            "User: no such user \"x\" in /etc/passwd"
+        );
+        assert_eq!(
+            docker_message("cannot start the container: exec failed", &o),
+            "cannot start the container: exec failed"
+        );
         assert_eq!(
             docker_message("volumes[1].source: source \"m\" does not exist in the array (set create: true to create it)", &o),
             "HostConfig.Mounts[0].source: source \"m\" does not exist in the array (a Mounts bind source must exist; a Binds source is created)"

@@ -59,6 +59,13 @@ pub struct FileConfig {
     /// Serve the Docker Engine API too: "unix" (its socket at /run/inarray/docker.sock), a
     /// socket path ("/PATH" or "unix:/PATH"), or "off" (the default).
     pub docker_listen: Option<String>,
+    /// Containers' logs by default (a container's `log` overrides): bytes per file ("10m") and
+    /// files kept; the log never takes more than their product.
+    pub container_log_max_size: Option<String>,
+    pub container_log_max_files: Option<u32>,
+    /// Containers the daemon starts on its own at once, at most: restarts by policy and the
+    /// starts after a reboot or a failover (default 8, 1 to 256).
+    pub restart_concurrency: Option<usize>,
 }
 
 /// `[io_guard]` in the config file (docs/operator-guide.md, "Engines"; the defaults in
@@ -224,6 +231,10 @@ pub struct ServeOpts {
     /// socket path, or "off". Default: off.
     #[arg(long, value_name = "unix|PATH|off")]
     pub docker_listen: Option<String>,
+    /// For tests only: take this for the kernel's boot id (a different one than the last start's
+    /// makes the daemon reconcile as after a reboot).
+    #[arg(long, value_name = "ID", hide = true)]
+    pub boot_id: Option<String>,
 }
 
 pub(crate) struct Settings {
@@ -252,6 +263,10 @@ pub(crate) struct Settings {
     pub(crate) shim: Option<PathBuf>,
     /// The Docker API's unix socket, when it is served.
     pub(crate) docker_listen: Option<PathBuf>,
+    pub(crate) container_log: inarray_runtime::LogLimits,
+    pub(crate) restart_concurrency: usize,
+    /// Test-only: the boot id to use instead of the kernel's.
+    pub(crate) boot_id: Option<String>,
 }
 
 type RegistryMaps = (
@@ -379,6 +394,20 @@ pub(crate) fn settings(opts: ServeOpts) -> Result<Settings> {
             None => inarray_runtime::engines::default_container_memory(),
         },
         engines: file.engines.unwrap_or_default(),
+        container_log: {
+            let d = inarray_runtime::LogLimits::default();
+            let l = inarray_runtime::LogLimits {
+                max_size: match file.container_log_max_size.as_deref() {
+                    Some(m) => inarray_runtime::resources::parse_bytes(m)
+                        .map_err(|e| anyhow::anyhow!("container_log_max_size: {e}"))?,
+                    None => d.max_size,
+                },
+                max_files: file.container_log_max_files.unwrap_or(d.max_files),
+            };
+            l.validate()
+                .map_err(|e| anyhow::anyhow!("container_{}", e.replace("log.", "log_")))?;
+            l
+        },
         nfs_listen: match opts.nfs_listen.or(file.nfs_listen) {
             Some(a) => Some(
                 a.parse()
@@ -429,6 +458,12 @@ pub(crate) fn settings(opts: ServeOpts) -> Result<Settings> {
             Some(v) => docker_listen(&v)?,
             None => None,
         },
+        restart_concurrency: match file.restart_concurrency {
+            None => inarray_runtime::RESTART_CONCURRENCY,
+            Some(n) if (1..=256).contains(&n) => n,
+            Some(n) => bail!("restart_concurrency: {n} is not between 1 and 256"),
+        },
+        boot_id: opts.boot_id,
     })
 }
 
@@ -446,6 +481,7 @@ mod tests {
             cgroup_root: None,
             shim: None,
             docker_listen: None,
+            boot_id: None,
         }
     }
 
@@ -545,6 +581,21 @@ mod tests {
         std::fs::write(&cfg, "array = \"/a\"\ncgroup_favordynmods = \"no\"\n").unwrap();
         let e = format!("{:#}", settings(opts(Some(cfg), None, &[])).err().unwrap());
         assert!(e.contains("cgroup_favordynmods"), "{e}");
+    }
+
+    #[test]
+    fn restart_concurrency_has_a_default_and_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("inarray.toml");
+        std::fs::write(&cfg, "array = \"/a\"\n").unwrap();
+        let s = settings(opts(Some(cfg.clone()), None, &[])).unwrap();
+        assert_eq!(s.restart_concurrency, inarray_runtime::RESTART_CONCURRENCY);
+        std::fs::write(&cfg, "array = \"/a\"\nrestart_concurrency = 2\n").unwrap();
+        let s = settings(opts(Some(cfg.clone()), None, &[])).unwrap();
+        assert_eq!(s.restart_concurrency, 2);
+        std::fs::write(&cfg, "array = \"/a\"\nrestart_concurrency = 0\n").unwrap();
+        let e = format!("{:#}", settings(opts(Some(cfg), None, &[])).err().unwrap());
+        assert!(e.starts_with("restart_concurrency: 0"), "{e}");
     }
 
     #[test]

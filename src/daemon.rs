@@ -129,6 +129,8 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
             shim_exe: sealed.path(),
             container_memory: s.container_memory,
             cgroups: s.cgroups.clone(),
+            container_log: s.container_log,
+            restart_concurrency: s.restart_concurrency,
         },
     )
     .context("container manager")?;
@@ -169,7 +171,22 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
             }
         });
     }
-    let report = manager.reconcile().await.context("reconcile")?;
+    let node = node_boot(s.boot_id.as_deref())?;
+    let report = manager.reconcile(&node).await.context("reconcile")?;
+    match report.since {
+        inarray_runtime::Since::Reboot | inarray_runtime::Since::Failover => tracing::info!(
+            after = report.since.as_str(),
+            boot_id = %node.boot_id,
+            ended = report.exited,
+            to_start = report.boot_starts,
+            "nothing of the previous boot runs (another boot id than the last start's): runs recorded ended, restart policies applied"
+        ),
+        inarray_runtime::Since::Unknown => tracing::info!(
+            boot_id = %node.boot_id,
+            "no boot recorded by an earlier start: reconciled as after a daemon restart"
+        ),
+        inarray_runtime::Since::Restart => {}
+    }
     {
         let manager = manager.clone();
         let cfg = s.io_guard.clone();
@@ -282,6 +299,26 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
     tracing::info!("stopped; containers keep running under their shims");
     drop(sealed);
     Ok(())
+}
+
+/// The node and kernel boot this daemon runs in (`test_boot_id`: the test-only override).
+fn node_boot(test_boot_id: Option<&str>) -> Result<inarray_runtime::NodeBoot> {
+    const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+    let boot_id = match test_boot_id {
+        Some(id) => id.to_owned(),
+        None => std::fs::read_to_string(BOOT_ID)
+            .with_context(|| format!("cannot read the kernel's boot id ({BOOT_ID})"))?
+            .trim()
+            .to_owned(),
+    };
+    if boot_id.is_empty() {
+        bail!("the kernel's boot id ({BOOT_ID}) is empty");
+    }
+    let hostname = nix::unistd::gethostname()
+        .context("cannot read the host name")?
+        .to_string_lossy()
+        .into_owned();
+    Ok(inarray_runtime::NodeBoot { boot_id, hostname })
 }
 
 /// Prunes the audit log now (before the API serves) and then every hour.

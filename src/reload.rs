@@ -120,6 +120,11 @@ impl Reloader {
             ("io_guard", new.io_guard != c.io_guard),
             ("shim", new.shim != c.shim),
             ("docker_listen", new.docker_listen != c.docker_listen),
+            ("container_log_*", new.container_log != c.container_log),
+            (
+                "restart_concurrency",
+                new.restart_concurrency != c.restart_concurrency,
+            ),
         ] {
             if changed {
                 tracing::warn!(
@@ -149,6 +154,9 @@ impl Reloader {
             io_guard: c.io_guard.clone(),
             shim: c.shim.clone(),
             docker_listen: c.docker_listen.clone(),
+            container_log: c.container_log,
+            restart_concurrency: c.restart_concurrency,
+            boot_id: c.boot_id.clone(),
             registries: new.registries,
             registry_credentials: new.registry_credentials,
             log: new.log,

@@ -180,6 +180,28 @@ async fn tokens_over_tcp_made_and_revoked_with_the_cli() {
         "{e:?}"
     );
 
+    // `token create --ttl`: served until it expires, then 401 "token expired".
+    let (ok, brief, err) = cli(&[
+        "--host", &unix, "token", "create", "brief", "--scope", "read", "--ttl", "2s",
+    ]);
+    assert!(ok && err.contains("expires"), "{err}");
+    let brief = brief.trim().to_owned();
+    tcp_client(port, Some(&brief))
+        .json(Method::GET, "/v1/info", None)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let e = tcp_client(port, Some(&brief))
+        .json(Method::GET, "/v1/info", None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Api { status, message, .. } if status.as_u16() == 401 && message == "token expired"),
+        "{e:?}"
+    );
+    let (ok, list, _) = cli(&["--host", &unix, "token", "ls"]);
+    assert!(ok && list.contains("expired 20"), "{list}");
+
     // The audit log names the unix caller by uid and the refused TCP caller by address.
     let (ok, audit, err) = cli(&["--host", &unix, "--json", "audit"]);
     assert!(ok, "{err}");
@@ -582,9 +604,15 @@ async fn tls_and_client_certificates() {
         "ps",
     ]);
     assert!(
-        !ok && err.contains("cannot connect"),
+        !ok && err.contains("tls with") && err.contains("certificate"),
         "an untrusted server certificate: {err}"
     );
+    // By name: the certificate is checked for the DNS name (it has localhost), not the address.
+    let by_name = format!("tcp://localhost:{port}");
+    let (ok, out, err) = cli(&[
+        "--host", &by_name, "--token", &secret, "--tls-ca", &ca, "ps",
+    ]);
+    assert!(ok, "{out} {err}");
     let (_, status, body) = curl(port, "/v1/info", None, &["--cacert", &ca]);
     assert_eq!(status, 401, "{body}");
     // Plain HTTP to the TLS port gets no HTTP answer.

@@ -365,14 +365,32 @@ async fn quick_exits_logs_tail_and_follow() {
         ]);
         assert_eq!(o.code, 1, "{}", o.stderr);
         assert_eq!(o.stdout, "one\ntwo\n");
-        // The native log is one file: stdout and stderr come back merged, on stdout.
-        let logs = docker.ok(&["logs", "q"]);
-        assert!(
-            logs.contains("one\ntwo\n") && logs.contains("three\n"),
-            "{logs}"
+        // The log keeps each line's stream and time.
+        let o = docker.run(&["logs", "q"]);
+        assert_eq!(
+            (o.code, o.stdout.as_str(), o.stderr.as_str()),
+            (0, "one\ntwo\n", "three\n")
         );
-        assert_eq!(docker.ok(&["logs", "--tail", "1", "q"]).lines().count(), 1);
-        assert!(docker.fails(&["logs", "-t", "q"]).contains("timestamps"));
+        let o = docker.run(&["logs", "--tail", "1", "q"]);
+        assert_eq!(
+            o.stdout.lines().count() + o.stderr.lines().count(),
+            1,
+            "{}{}",
+            o.stdout,
+            o.stderr
+        );
+        let stamped = docker.ok(&["logs", "-t", "q"]);
+        let first = stamped.lines().next().unwrap_or_default();
+        let (time, text) = first.split_once(' ').unwrap_or_default();
+        assert_eq!(text, "one", "{stamped}");
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(time).is_ok(),
+            "a timestamp first: {stamped}"
+        );
+        assert_eq!(
+            docker.ok(&["logs", "--since", "2100-01-01T00:00:00Z", "q"]),
+            ""
+        );
         docker.ok(&[
             "run",
             "-d",
@@ -589,5 +607,45 @@ async fn exec_it_and_run_it_in_a_terminal() {
             assert_eq!(wait_file(&d, &t, &rc).await.trim(), "9", "{what}");
         }
         docker.ok(&["rm", "-f", "t"]);
+    }
+}
+
+/// A health check set with the docker CLI runs: inspect and ps show the status.
+#[tokio::test]
+async fn health_checks_from_the_cli() {
+    let d = daemon().await;
+    for bin in clients() {
+        let docker = Docker::new(&bin, &d);
+        docker.ok(&[
+            "run",
+            "-d",
+            "--name",
+            "h",
+            "--health-cmd",
+            "test -e /tmp",
+            "--health-interval",
+            "1s",
+            "--health-retries",
+            "2",
+            "busybox",
+            "sleep",
+            "300",
+        ]);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = docker.ok(&["inspect", "--format", "{{.State.Health.Status}}", "h"]);
+            if s.trim() == "healthy" {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}: still {s}",
+                bin.display()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let ps = docker.ok(&["ps", "--format", "{{.Status}}"]);
+        assert!(ps.contains("(healthy)"), "{ps}");
+        docker.ok(&["rm", "-f", "h"]);
     }
 }

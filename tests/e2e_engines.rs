@@ -191,6 +191,33 @@ async fn a_probe_sees_its_limits_and_a_live_update() {
         422,
     )
     .await;
+    // `null` removes one limit: its cgroup file goes back to unlimited, the other stays.
+    let cleared = d
+        .ok(
+            Method::PATCH,
+            &format!("/v1/containers/{id}"),
+            Some(json!({"resources": {"memory": null}})),
+        )
+        .await;
+    assert_eq!(cleared["resources"], json!({"pids": 70}), "{cleared}");
+    let root = inarray_runtime::cgroups::MOUNT_ROOT;
+    let cg = format!("{}/default/{id}", d.cgroup_root);
+    let (v1, v2) = (
+        format!("{root}/memory/{cg}/memory.limit_in_bytes"),
+        format!("{root}/{cg}/memory.max"),
+    );
+    let limit = std::fs::read_to_string(&v1)
+        .or_else(|_| std::fs::read_to_string(&v2))
+        .unwrap();
+    assert!(
+        limit.trim() == "max" || limit.trim().parse::<u64>().unwrap() >= 1 << 62,
+        "memory is unlimited again: {limit}"
+    );
+    let stats = d
+        .ok(Method::GET, &format!("/v1/containers/{id}/stats"), None)
+        .await;
+    assert!(stats["memory"]["limit"].is_null(), "{stats}");
+    assert_eq!(stats["pids"]["limit"], 70);
     d.ok(
         Method::DELETE,
         &format!("/v1/containers/{id}?force=true"),

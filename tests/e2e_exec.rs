@@ -511,3 +511,75 @@ async fn concurrent_execs_are_capped_per_container() {
     assert_eq!(e["state"], "exited");
     assert!(e["error"].as_str().unwrap().contains("32"), "{e}");
 }
+
+/// The WebSocket form of a stream: the same bytes as binary messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_streams_over_a_websocket_too() {
+    let d = TestDaemon::start().await;
+    d.with_busybox().await;
+    sleeper(&d, "box").await;
+    let eid = create_exec(
+        &d,
+        "box",
+        json!({"command": ["sh", "-c", "read x; echo got-$x; echo err >&2; exit 6"], "stdin": true}),
+    )
+    .await;
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        s,
+        "POST /v1/execs/{eid}/start HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).unwrap(), 1);
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    // A masked binary message from the client: the stdin line.
+    let payload = b"hi\n";
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x82, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    s.write_all(&frame).unwrap();
+    // Binary messages back, each one stdcopy frame, then a close.
+    let (mut out, mut err) = (String::new(), String::new());
+    loop {
+        let mut h = [0u8; 2];
+        s.read_exact(&mut h).unwrap();
+        let len = match h[1] & 0x7f {
+            126 => {
+                let mut l = [0u8; 2];
+                s.read_exact(&mut l).unwrap();
+                u16::from_be_bytes(l) as usize
+            }
+            n => n as usize,
+        };
+        let mut data = vec![0u8; len];
+        s.read_exact(&mut data).unwrap();
+        match h[0] & 0x0f {
+            8 => break,
+            2 => {
+                let text = String::from_utf8_lossy(&data[8..]).into_owned();
+                if data[0] == 1 {
+                    out += &text
+                } else {
+                    err += &text
+                }
+            }
+            op => panic!("opcode {op}"),
+        }
+    }
+    assert_eq!((out.as_str(), err.as_str()), ("got-hi\n", "err\n"));
+    let e = d.ok(Method::GET, &format!("/v1/execs/{eid}"), None).await;
+    assert_eq!(e["exit_code"], 6, "{e}");
+}

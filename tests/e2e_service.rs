@@ -67,6 +67,7 @@ fn the_units_verify() {
                 "socket_group",
                 "log",
                 "log_format",
+                "restart_concurrency",
                 "api"
             ]
             .contains(&k.as_str()),

@@ -61,7 +61,7 @@ pub enum Source {
     /// A shim connection (frames in, raw stdin out).
     Shim { stream: UnixStream, stdin: bool },
     /// A container log followed from its current end (output only).
-    Log(crate::containers::Follow),
+    Log(Box<crate::containers::Follow>),
 }
 
 /// Answers 101 and runs the stream on the upgraded connection; `done` runs once it has ended.
@@ -203,7 +203,8 @@ async fn run_raw<C: AsyncRead + AsyncWrite + Unpin>(
             // Output only; the client's input is read (and dropped) to notice it going.
             let down = async {
                 while let Some(chunk) = follow.next_chunk().await {
-                    cw.write_all(&client_bytes(1, &chunk, tty)).await?;
+                    cw.write_all(&client_bytes(chunk.stream, &chunk.data, tty))
+                        .await?;
                 }
                 cw.shutdown().await
             };
@@ -289,7 +290,7 @@ async fn run_ws<C: AsyncRead + AsyncWrite + Unpin>(
             }
         } else if let Some(f) = follow.as_mut() {
             while let Some(chunk) = f.next_chunk().await {
-                send(frame(2, &client_bytes(1, &chunk, tty))).await?;
+                send(frame(2, &client_bytes(chunk.stream, &chunk.data, tty))).await?;
             }
         }
         send(frame(8, &1000u16.to_be_bytes())).await

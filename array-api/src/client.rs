@@ -1,4 +1,5 @@
-//! A small HTTP/1 client for the CLI: talks to the daemon over its unix socket (or TCP).
+//! A small HTTP/1 client for the CLI: talks to the daemon over its unix socket (or TCP, by IP
+//! address or DNS name; over TLS the server's certificate is checked for that name).
 //!
 //! [`Client::upgrade`] turns a request into a raw byte stream (exec, attach); [`stdcopy`] decodes
 //! the framed output such a stream carries when there is no terminal.
@@ -8,6 +9,7 @@ pub mod stdcopy;
 mod tests;
 
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use bytes_body::Body;
 use http_body_util::BodyExt;
@@ -36,6 +38,13 @@ pub enum ClientError {
         host: String,
         source: std::io::Error,
     },
+    /// The TLS handshake failed: most often a certificate not signed by the CA given, or not
+    /// made out to the host name or address connected to.
+    #[error("tls with {host} failed: {source}")]
+    Tls {
+        host: String,
+        source: std::io::Error,
+    },
     #[error("request failed: {0}")]
     Http(#[from] hyper::Error),
     #[error("{message}")]
@@ -53,8 +62,92 @@ pub enum ClientError {
     Reply(String),
 }
 
+/// Where the daemon is: its unix socket, or a TCP host by IP address or DNS name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Host {
+    Unix(PathBuf),
+    /// `name`: an IP address or a DNS name, resolved when connecting; over TLS the server's
+    /// certificate must be made out to it (an IP address SAN for an address, a DNS name SAN
+    /// for a name).
+    Tcp {
+        name: String,
+        port: u16,
+    },
+}
+
+impl FromStr for Host {
+    type Err = String;
+    /// `unix:/PATH`, `tcp:HOST:PORT` or `tcp://HOST:PORT`; HOST is a DNS name, an IPv4 address
+    /// or a bracketed IPv6 one (`[::1]`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(p) = s.strip_prefix("unix:") {
+            let p = p.strip_prefix("//").unwrap_or(p);
+            if !p.starts_with('/') {
+                return Err(format!("host {s:?}: the socket path must be absolute"));
+            }
+            return Ok(Self::Unix(p.into()));
+        }
+        let Some(rest) = s.strip_prefix("tcp:") else {
+            return Err(format!(
+                "host {s:?}: expected unix:/PATH or tcp://HOST:PORT"
+            ));
+        };
+        let rest = rest.strip_prefix("//").unwrap_or(rest);
+        let bad = |why: &str| format!("host {s:?}: {why} (expected tcp://HOST:PORT)");
+        let (name, port) = rest.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+        let port: u16 = port.parse().map_err(|_| bad("the port is not a number"))?;
+        let name = match name.strip_prefix('[') {
+            Some(v6) => {
+                let v6 = v6.strip_suffix(']').ok_or_else(|| bad("an unclosed ["))?;
+                v6.parse::<std::net::Ipv6Addr>()
+                    .map_err(|_| bad("not an IPv6 address between [ ]"))?;
+                v6
+            }
+            None => name,
+        };
+        let dns = |n: &str| {
+            !n.is_empty()
+                && n.len() <= 253
+                && n.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                })
+        };
+        if name.parse::<std::net::IpAddr>().is_err() && !dns(name) {
+            return Err(bad("not an IP address or a DNS name"));
+        }
+        Ok(Self::Tcp {
+            name: name.to_owned(),
+            port,
+        })
+    }
+}
+
+impl std::fmt::Display for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unix(p) => write!(f, "unix:{}", p.display()),
+            Self::Tcp { name, port } if name.contains(':') => write!(f, "tcp://[{name}]:{port}"),
+            Self::Tcp { name, port } => write!(f, "tcp://{name}:{port}"),
+        }
+    }
+}
+
+impl From<Listen> for Host {
+    fn from(l: Listen) -> Self {
+        match l {
+            Listen::Unix(p) => Self::Unix(p),
+            Listen::Tcp(a) => Self::Tcp {
+                name: a.ip().to_string(),
+                port: a.port(),
+            },
+        }
+    }
+}
+
 pub struct Client {
-    host: Listen,
+    host: Host,
     token: Option<String>,
     tls: Option<tokio_rustls::TlsConnector>,
 }
@@ -101,9 +194,9 @@ impl TlsOptions {
 }
 
 impl Client {
-    pub fn new(host: Listen) -> Self {
+    pub fn new(host: impl Into<Host>) -> Self {
         Self {
-            host,
+            host: host.into(),
             token: None,
             tls: None,
         }
@@ -148,15 +241,31 @@ impl Client {
             }};
         }
         match &self.host {
-            Listen::Unix(p) => go!(tokio::net::UnixStream::connect(p).await.map_err(conn_err)?),
-            Listen::Tcp(a) => {
-                let tcp = tokio::net::TcpStream::connect(a).await.map_err(conn_err)?;
+            Host::Unix(p) => go!(tokio::net::UnixStream::connect(p).await.map_err(conn_err)?),
+            Host::Tcp { name, port } => {
+                // A name is resolved here; each of its addresses is tried in turn.
+                let tcp = tokio::net::TcpStream::connect((name.as_str(), *port))
+                    .await
+                    .map_err(conn_err)?;
                 match &self.tls {
                     None => go!(tcp),
                     Some(tls) => {
-                        let name =
-                            tokio_rustls::rustls::pki_types::ServerName::IpAddress(a.ip().into());
-                        let stream = tls.connect(name, tcp).await.map_err(conn_err)?;
+                        // An address is checked against the certificate's IP SANs, a name
+                        // against its DNS SANs.
+                        let server =
+                            tokio_rustls::rustls::pki_types::ServerName::try_from(name.clone())
+                                .map_err(|e| {
+                                    ClientError::Reply(format!(
+                                        "{name}: not a TLS server name: {e}"
+                                    ))
+                                })?;
+                        let stream =
+                            tls.connect(server, tcp)
+                                .await
+                                .map_err(|source| ClientError::Tls {
+                                    host: self.host.to_string(),
+                                    source,
+                                })?;
                         go!(stream)
                     }
                 }

@@ -10,11 +10,11 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use inarray_runtime::logs::{LogChunk, LogFollower, LogQuery};
 use inarray_runtime::{ContainerConfig, Manager};
 use inarray_store::{ContainerRow, ContainerState};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tokio::io::AsyncReadExt;
 
 use crate::engines::ResourcesPatch;
 use crate::error::ApiError;
@@ -74,6 +74,8 @@ pub struct ContainerView {
     /// It is deleted once it has exited.
     pub auto_remove: bool,
     pub labels: std::collections::BTreeMap<String, String>,
+    /// While running with a health check: status, failing streak, the last results.
+    pub health: Option<inarray_runtime::health::Health>,
 }
 
 impl TryFrom<ContainerRow> for ContainerView {
@@ -108,12 +110,20 @@ impl TryFrom<ContainerRow> for ContainerView {
             open_stdin: cfg.open_stdin,
             auto_remove: cfg.auto_remove,
             labels: cfg.labels,
+            health: None,
         })
     }
 }
 
-fn view(r: ContainerRow) -> Result<axum::Json<ContainerView>, ApiError> {
-    Ok(axum::Json(r.try_into()?))
+fn view(m: &Manager, r: ContainerRow) -> Result<axum::Json<ContainerView>, ApiError> {
+    Ok(axum::Json(with_health(m, r.try_into()?)))
+}
+
+fn with_health(m: &Manager, mut v: ContainerView) -> ContainerView {
+    if v.state == ContainerState::Running {
+        v.health = m.health(&v.id);
+    }
+    v
 }
 
 async fn create_container(
@@ -121,7 +131,7 @@ async fn create_container(
     Json(cfg): Json<ContainerConfig>,
 ) -> Result<Response, ApiError> {
     let row = m.create(cfg).await?;
-    Ok((StatusCode::CREATED, view(row)?).into_response())
+    Ok((StatusCode::CREATED, view(&m, row)?).into_response())
 }
 
 #[derive(Deserialize)]
@@ -138,7 +148,7 @@ async fn list_containers(
     let rows = m.list(q.all).await?;
     Ok(axum::Json(
         rows.into_iter()
-            .map(ContainerView::try_from)
+            .map(|r| ContainerView::try_from(r).map(|v| with_health(&m, v)))
             .collect::<Result<_, _>>()?,
     ))
 }
@@ -147,14 +157,14 @@ async fn inspect_container(
     State(m): State<Manager>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<ContainerView>, ApiError> {
-    view(m.get(&id).await?)
+    view(&m, m.get(&id).await?)
 }
 
 async fn start_container(
     State(m): State<Manager>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<ContainerView>, ApiError> {
-    view(m.start(&id).await?)
+    view(&m, m.start(&id).await?)
 }
 
 #[derive(Deserialize)]
@@ -179,7 +189,7 @@ async fn stop_container(
     Path(id): Path<String>,
     Query(q): Query<StopQuery>,
 ) -> Result<axum::Json<ContainerView>, ApiError> {
-    view(m.stop(&id, stop_timeout(&q)?).await?)
+    view(&m, m.stop(&id, stop_timeout(&q)?).await?)
 }
 
 async fn restart_container(
@@ -187,7 +197,7 @@ async fn restart_container(
     Path(id): Path<String>,
     Query(q): Query<StopQuery>,
 ) -> Result<axum::Json<ContainerView>, ApiError> {
-    view(m.restart(&id, stop_timeout(&q)?).await?)
+    view(&m, m.restart(&id, stop_timeout(&q)?).await?)
 }
 
 #[derive(Deserialize)]
@@ -218,7 +228,7 @@ async fn kill_container(
     Query(q): Query<KillQuery>,
 ) -> Result<axum::Json<ContainerView>, ApiError> {
     let sig = parse_signal(q.signal.as_deref().unwrap_or("SIGKILL"))?;
-    view(m.kill(&id, sig).await?)
+    view(&m, m.kill(&id, sig).await?)
 }
 
 async fn wait_container(
@@ -252,97 +262,144 @@ async fn delete_container(
 struct LogsQuery {
     #[serde(default)]
     follow: bool,
+    /// RFC 3339 or seconds since the epoch.
+    #[serde(default)]
+    since: Option<String>,
+    #[serde(default)]
+    until: Option<String>,
+    #[serde(default)]
+    tail: Option<usize>,
+    #[serde(default)]
+    timestamps: bool,
+    #[serde(default = "yes")]
+    stdout: bool,
+    #[serde(default = "yes")]
+    stderr: bool,
 }
 
-/// The container's output as text; with `follow`, streams until the container stops for good.
+fn yes() -> bool {
+    true
+}
+
+/// A time of a query parameter: RFC 3339, or (fractional) seconds since the epoch.
+pub(crate) fn parse_time(field: &str, v: &str) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(v) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    v.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .and_then(|s| chrono::DateTime::from_timestamp(s.trunc() as i64, (s.fract() * 1e9) as u32))
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "{field}: {v:?} is neither an RFC 3339 time nor seconds since the epoch"
+            ))
+        })
+}
+
+impl LogsQuery {
+    fn to_query(&self) -> Result<LogQuery, ApiError> {
+        Ok(LogQuery {
+            stdout: self.stdout,
+            stderr: self.stderr,
+            since: self
+                .since
+                .as_deref()
+                .map(|v| parse_time("since", v))
+                .transpose()?,
+            until: self
+                .until
+                .as_deref()
+                .map(|v| parse_time("until", v))
+                .transpose()?,
+            tail: self.tail,
+            timestamps: self.timestamps,
+        })
+    }
+}
+
+/// The container's output as text (stdout and stderr as they came, each line once), across its
+/// rotated files; with `follow`, then streams what comes until the container stops for good.
 async fn container_logs(
     State(m): State<Manager>,
     Path(id): Path<String>,
     Query(q): Query<LogsQuery>,
 ) -> Result<Response, ApiError> {
     let row = m.get(&id).await?;
+    let query = q.to_query()?;
     let path = m.paths(&row.id).log();
-    let file = match tokio::fs::File::open(&path).await {
-        Ok(f) => Some(f),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(ApiError::internal(format!("{}: {e}", path.display()))),
-    };
     let text = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
-    if !q.follow {
-        // Streamed: memory stays bounded whatever the log's size.
-        let body = match file {
-            Some(f) => Body::from_stream(tokio_util::io::ReaderStream::new(f)),
-            None => Body::empty(),
-        };
-        return Ok((text, body).into_response());
-    }
-    let rx = m.subscribe();
-    let state = Follow {
-        m,
-        id: row.id,
-        path,
-        file,
-        rx,
-        done: false,
+    // What is there now (bounded by the log's size limits), read off the async threads; a
+    // follower goes on from exactly where that read stopped.
+    let (now, end) = {
+        let (p, query) = (path.clone(), query.clone());
+        tokio::task::spawn_blocking(move || inarray_runtime::logs::read(&p, &query))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|e| ApiError::internal(format!("{}: {e}", path.display())))?
     };
-    let stream = futures_util::stream::unfold(state, |mut s| async move {
-        let chunk = s.next_chunk().await?;
-        Some((Ok::<_, std::io::Error>(chunk), s))
+    let follower = q.follow.then(|| {
+        let log = LogFollower::from(&path, query.clone(), end);
+        Follow::new(m.clone(), row.id.clone(), log)
     });
-    Ok((text, Body::from_stream(stream)).into_response())
+    let head: Vec<Result<Vec<u8>, std::io::Error>> = now.into_iter().map(|c| Ok(c.data)).collect();
+    let head = futures_util::stream::iter(head);
+    let Some(follower) = follower else {
+        return Ok((text, Body::from_stream(head)).into_response());
+    };
+    let tail = futures_util::stream::unfold(follower, |mut s| async move {
+        let chunk = s.next_chunk().await?;
+        Some((Ok::<_, std::io::Error>(chunk.data), s))
+    });
+    Ok((
+        text,
+        Body::from_stream(futures_util::StreamExt::chain(head, tail)),
+    )
+        .into_response())
 }
 
-/// A container log followed as it grows, until the container stops for good.
+/// A container log followed as it grows and rotates, until the container stops for good.
 pub(crate) struct Follow {
     m: Manager,
     id: String,
-    path: std::path::PathBuf,
-    file: Option<tokio::fs::File>,
+    log: LogFollower,
+    ready: std::collections::VecDeque<LogChunk>,
     rx: tokio::sync::broadcast::Receiver<String>,
     done: bool,
 }
 
 impl Follow {
-    /// Follows the log of `id` from its current end (what an attach sees).
-    pub(crate) async fn from_end(m: Manager, id: String) -> Self {
-        Self::starting_at(m, id, std::io::SeekFrom::End(0)).await
+    /// Follows the log of `id` from its current end.
+    pub(crate) fn from_end(m: Manager, id: String, q: LogQuery) -> Self {
+        let log = LogFollower::from_end(&m.paths(&id).log(), q);
+        Self::new(m, id, log)
     }
 
-    /// Follows the log of `id` from `at` (the Docker API's `logs?follow` with `tail`).
-    pub(crate) async fn starting_at(m: Manager, id: String, at: std::io::SeekFrom) -> Self {
-        use tokio::io::AsyncSeekExt;
-        let path = m.paths(&id).log();
-        let mut file = tokio::fs::File::open(&path).await.ok();
-        if let Some(f) = file.as_mut() {
-            let _ = f.seek(at).await;
-        }
+    pub(crate) fn new(m: Manager, id: String, log: LogFollower) -> Self {
         let rx = m.subscribe();
         Self {
             m,
             id,
-            path,
-            file,
+            log,
+            ready: Default::default(),
             rx,
             done: false,
         }
     }
 
     /// The next piece of output; None once the container is gone or stopped and all is read.
-    pub(crate) async fn next_chunk(&mut self) -> Option<Vec<u8>> {
+    pub(crate) async fn next_chunk(&mut self) -> Option<LogChunk> {
         loop {
-            if self.file.is_none() {
-                self.file = tokio::fs::File::open(&self.path).await.ok();
+            if let Some(c) = self.ready.pop_front() {
+                return Some(c);
             }
-            if let Some(f) = self.file.as_mut() {
-                let mut buf = vec![0u8; 64 * 1024];
-                match f.read(&mut buf).await {
-                    Ok(n) if n > 0 => {
-                        buf.truncate(n);
-                        return Some(buf);
-                    }
-                    Ok(_) => {}
-                    Err(_) => return None,
+            match self.log.poll() {
+                Ok(chunks) if !chunks.is_empty() => {
+                    self.ready.extend(chunks);
+                    continue;
                 }
+                Ok(_) => {}
+                Err(_) => return None,
             }
             if self.done {
                 return None;

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use inarray_runtime::engines::{self, EngineDef};
-use inarray_runtime::resources::Resources;
+use inarray_runtime::resources::{Resources, ResourcesUpdate};
 use inarray_runtime::Manager;
 use serde::{Deserialize, Serialize};
 
@@ -70,11 +70,12 @@ async fn create(
     Ok((StatusCode::CREATED, axum::Json(EngineView::new(&m, e))).into_response())
 }
 
-/// The body of `PATCH /v1/engines/{name}` and `PATCH /v1/containers/{id}`.
+/// The body of `PATCH /v1/engines/{name}` and `PATCH /v1/containers/{id}`: a limit left out is
+/// unchanged, `null` removes it, a value replaces it.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResourcesPatch {
-    pub resources: Resources,
+    pub resources: ResourcesUpdate,
 }
 
 async fn update(

@@ -18,6 +18,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Sent as `Retry-After` (whole seconds, rounded up).
+    pub retry_after: Option<Duration>,
 }
 
 impl ApiError {
@@ -26,6 +28,21 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+    /// 429: the peer failed to authenticate too often; refused for `left` more.
+    pub fn auth_blocked(left: Duration) -> Self {
+        Self {
+            retry_after: Some(left),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_auth_failures",
+                format!(
+                    "too many failed authentications from this peer; retry in {} s",
+                    secs_up(left)
+                ),
+            )
         }
     }
     /// 400: the request is invalid; the message names the field or parameter.
@@ -182,8 +199,17 @@ impl IntoResponse for ApiError {
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if let Some(d) = self.retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs_up(d)));
+        }
         r
     }
+}
+
+/// Whole seconds, rounded up (at least 1).
+fn secs_up(d: Duration) -> u64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }
 
 impl From<ManagerError> for ApiError {

@@ -142,8 +142,12 @@ async fn attach_container(
             async {},
         )),
         Attachment::Log { tty } => {
-            let follow = crate::containers::Follow::from_end(m, row.id).await;
-            Ok(respond(up, Source::Log(follow), tty, async {}))
+            let follow = crate::containers::Follow::from_end(
+                m,
+                row.id,
+                inarray_runtime::logs::LogQuery::default(),
+            );
+            Ok(respond(up, Source::Log(Box::new(follow)), tty, async {}))
         }
     }
 }

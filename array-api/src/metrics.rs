@@ -85,6 +85,16 @@ async fn metrics(
         }
     }
     for c in containers.iter().filter(|c| c.state.as_str() == "running") {
+        if let Some(h) = m.health(&c.id) {
+            for status in ["starting", "healthy", "unhealthy"] {
+                out.gauge(
+                    "inarray_container_health",
+                    "1 for the health status of a running container with a check",
+                    &[("container", &c.name), ("id", &c.id), ("status", status)],
+                    f64::from(u8::from(h.status.as_str() == status)),
+                );
+            }
+        }
         if let Ok(u) = m.container_usage(&c.id).await {
             out.usage(
                 "container",

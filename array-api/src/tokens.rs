@@ -10,7 +10,7 @@ use inarray_store::TokenRow;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::access::{Access, Caller, Scope};
+use crate::access::{parse_ttl, Access, Caller, Scope};
 use crate::error::ApiError;
 use crate::extract::{Json, Path, Query};
 use crate::state::AppState;
@@ -29,6 +29,10 @@ struct TokenView {
     scope: String,
     created_at: chrono::DateTime<chrono::Utc>,
     created_by: String,
+    /// From then on it is refused (401 "token expired"); null: never.
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// It has expired (it stays listed until deleted).
+    expired: bool,
     /// The secret, in the reply to its creation only.
     #[serde(skip_serializing_if = "Option::is_none")]
     token: Option<String>,
@@ -42,6 +46,8 @@ impl From<TokenRow> for TokenView {
             scope: r.scope,
             created_at: r.created_at,
             created_by: r.created_by,
+            expired: r.expires_at.is_some_and(|at| at <= chrono::Utc::now()),
+            expires_at: r.expires_at,
             token: None,
         }
     }
@@ -52,6 +58,17 @@ impl From<TokenRow> for TokenView {
 struct NewToken {
     name: String,
     scope: Scope,
+    /// When it expires (RFC 3339) …
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// … or how long it lives: `30d`, `12h`, `90m`, or seconds (a number or a string).
+    ttl: Option<Ttl>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Ttl {
+    Seconds(u64),
+    Text(String),
 }
 
 async fn list_tokens(State(a): State<Access>) -> Result<axum::Json<Vec<TokenView>>, ApiError> {
@@ -65,8 +82,26 @@ async fn create_token(
     Caller(caller): Caller,
     Json(req): Json<NewToken>,
 ) -> Result<Response, ApiError> {
-    let (row, secret) = a.create_token(&req.name, req.scope, &caller.who).await?;
-    tracing::info!(token = %row.name, scope = %row.scope, by = %caller.who, "token created");
+    let expires_at = match (req.expires_at, req.ttl) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "ttl: give expires_at or ttl, not both",
+            ))
+        }
+        (at, None) => at,
+        (None, Some(ttl)) => {
+            let text = match ttl {
+                Ttl::Seconds(n) => n.to_string(),
+                Ttl::Text(t) => t,
+            };
+            Some(chrono::Utc::now() + parse_ttl("ttl", &text)?)
+        }
+    };
+    let (row, secret) = a
+        .create_token(&req.name, req.scope, &caller.who, expires_at)
+        .await?;
+    tracing::info!(token = %row.name, scope = %row.scope, by = %caller.who,
+        expires_at = ?row.expires_at, "token created");
     let mut view = TokenView::from(row);
     view.token = Some(secret);
     Ok((StatusCode::CREATED, axum::Json(view)).into_response())

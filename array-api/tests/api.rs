@@ -153,6 +153,8 @@ impl Env {
                 shim_exe: tmp.path().join("no-such-shim"),
                 container_memory: 8 << 30,
                 cgroups: Default::default(),
+                container_log: Default::default(),
+                restart_concurrency: inarray_runtime::RESTART_CONCURRENCY,
             },
         )
         .unwrap();
@@ -270,6 +272,7 @@ impl Env {
             .headers()
             .get("content-type")
             .map(|v| v.to_str().unwrap().to_owned());
+        let headers = resp.headers().clone();
         let bytes = resp
             .into_body()
             .collect()
@@ -281,6 +284,7 @@ impl Env {
             what: format!("{method} {}", shorten(uri)),
             status,
             content_type,
+            headers,
             body: bytes,
         }
     }
@@ -323,6 +327,7 @@ struct Reply {
     what: String,
     status: StatusCode,
     content_type: Option<String>,
+    headers: axum::http::HeaderMap,
     body: Vec<u8>,
 }
 
@@ -579,6 +584,10 @@ fn pattern_matches(pattern: &str, s: &str) -> bool {
                 .trim_end_matches(|c: char| "kKmMgGtT".contains(c))
                 .trim_end();
             !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        }
+        "^[0-9]+[smhdwSMHDW]?$" => {
+            let n = s.trim_end_matches(|c: char| "smhdwSMHDW".contains(c));
+            !n.is_empty() && s.len() - n.len() <= 1 && n.bytes().all(|b| b.is_ascii_digit())
         }
         "^[0-9a-f]{24}$" => hex(s, 24) && s == s.to_ascii_lowercase(),
         "^sha256:[0-9a-f]{64}$" => s
@@ -1476,8 +1485,8 @@ async fn bad_paths_and_queries_are_refused() {
             query(
                 "logs unknown parameter",
                 "GET",
-                &format!("/v1/containers/{id}/logs?tail=10"),
-                "tail",
+                &format!("/v1/containers/{id}/logs?lines=10"),
+                "lines",
             ),
             query("invalid UTF-8 in the path", "GET", "/v1/containers/%ff", ""),
             Case {
@@ -2484,7 +2493,12 @@ impl Env {
 
 #[tokio::test]
 async fn tcp_needs_a_token_with_the_right_scope() {
-    let env = Env::new().await;
+    // Dozens of failing tokens from one peer: the limiter (its own test below) is out of the way.
+    let env = Env::with_limits(Limits {
+        auth_failures: 1000,
+        ..Limits::default()
+    })
+    .await;
     let read = env.token("ro", "read").await;
     let operate = env.token("ops", "operate").await;
     let admin = env.token("root-ci", "admin").await;
@@ -2989,7 +3003,7 @@ fn every_operation_documents_access_errors() {
                 continue;
             }
             let r = &op["responses"];
-            let mut need = vec!["401", "403", "503"];
+            let mut need = vec!["401", "403", "429", "503"];
             if op.get("requestBody").is_some() {
                 need.push("408");
             }
@@ -3197,4 +3211,212 @@ async fn the_storage_engine_takes_shares_not_hard_caps() {
     )
     .await
     .expect(StatusCode::OK);
+}
+
+#[tokio::test]
+async fn patch_with_null_removes_one_limit() {
+    let env = Env::new().await;
+    env.import_tiny().await;
+    env.post_json(
+        "/v1/engines",
+        &json!({"name": "batch", "resources": {"memory": "1g", "pids": 100, "read_bps": "10m"}}),
+    )
+    .await
+    .expect(StatusCode::CREATED);
+    let e = patch_json(
+        &env,
+        "/v1/engines/batch",
+        &json!({"resources": {"memory": null, "pids": 50}}),
+    )
+    .await
+    .expect(StatusCode::OK)
+    .json();
+    assert_eq!(
+        e["resources"],
+        json!({"pids": 50, "read_bps": 10 << 20}),
+        "memory removed, pids replaced, read_bps left alone"
+    );
+    // Removing a limit that is not set changes nothing.
+    let again = patch_json(
+        &env,
+        "/v1/engines/batch",
+        &json!({"resources": {"memory": null}}),
+    )
+    .await
+    .expect(StatusCode::OK)
+    .json();
+    assert_eq!(again["resources"], e["resources"]);
+
+    let c = env
+        .post_json(
+            "/v1/containers",
+            &json!({"image": "test/tiny:1", "command": ["true"], "engine": "batch",
+                    "start": false, "resources": {"memory": "64m", "cpus": 0.5, "pids": 10}}),
+        )
+        .await
+        .expect(StatusCode::CREATED)
+        .json();
+    let uri = format!("/v1/containers/{}", c["id"].as_str().unwrap());
+    let c = patch_json(
+        &env,
+        &uri,
+        &json!({"resources": {"cpus": null, "pids": null}}),
+    )
+    .await
+    .expect(StatusCode::OK)
+    .json();
+    assert_eq!(c["resources"], json!({"memory": 64 << 20}));
+    let c = env.get(&uri).await.expect(StatusCode::OK).json();
+    assert_eq!(c["resources"], json!({"memory": 64 << 20}), "kept");
+    // Values are still checked; null is not an object of limits.
+    patch_json(&env, &uri, &json!({"resources": {"memory": "lots"}}))
+        .await
+        .expect_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            "resources.memory",
+        );
+    patch_json(&env, &uri, &json!({"resources": {"pids": 0}}))
+        .await
+        .expect_error(StatusCode::BAD_REQUEST, "invalid_request", "resources.pids");
+    patch_json(&env, &uri, &json!({"resources": null}))
+        .await
+        .expect(StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn tokens_may_expire() {
+    let env = Env::new().await;
+    let t = env
+        .post_json(
+            "/v1/tokens",
+            &json!({"name": "brief", "scope": "read", "expires_at": (chrono::Utc::now() + chrono::Duration::milliseconds(1500)).to_rfc3339()}),
+        )
+        .await
+        .expect(StatusCode::CREATED)
+        .json();
+    assert_eq!(t["expired"], false);
+    let secret = t["token"].as_str().unwrap().to_owned();
+    let month = env
+        .post_json(
+            "/v1/tokens",
+            &json!({"name": "month", "scope": "read", "ttl": "30d"}),
+        )
+        .await
+        .expect(StatusCode::CREATED)
+        .json();
+    let at = chrono::DateTime::parse_from_rfc3339(month["expires_at"].as_str().unwrap()).unwrap();
+    let left = at.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    assert!((left.num_seconds() - 30 * 86_400).abs() < 60, "{month}");
+    let forever = env
+        .post_json("/v1/tokens", &json!({"name": "forever", "scope": "read"}))
+        .await
+        .expect(StatusCode::CREATED)
+        .json();
+    assert!(forever["expires_at"].is_null(), "{forever}");
+    for (body, needle) in [
+        (
+            json!({"name": "a", "scope": "read", "ttl": "30d", "expires_at": "2999-01-01T00:00:00Z"}),
+            "ttl: ",
+        ),
+        (
+            json!({"name": "a", "scope": "read", "expires_at": "2000-01-01T00:00:00Z"}),
+            "expires_at: ",
+        ),
+        (
+            json!({"name": "a", "scope": "read", "ttl": "soon"}),
+            "ttl: ",
+        ),
+        (json!({"name": "a", "scope": "read", "ttl": 0}), "ttl: "),
+    ] {
+        env.post_json("/v1/tokens", &body).await.expect_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            needle,
+        );
+    }
+    env.over_tcp(Some(&format!("Bearer {secret}")));
+    env.get("/v1/containers").await.expect(StatusCode::OK);
+    tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
+    env.get("/v1/containers").await.expect_error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "token expired",
+    );
+    env.over_unix();
+    let list = env.get("/v1/tokens").await.expect(StatusCode::OK).json();
+    let expired: Vec<(&str, bool)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["name"].as_str().unwrap(), t["expired"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(
+        expired,
+        [("brief", true), ("month", false), ("forever", false)],
+        "an expired token stays listed until deleted"
+    );
+}
+
+#[tokio::test]
+async fn failed_authentications_block_the_peer_for_a_while() {
+    let env = Env::with_limits(Limits {
+        auth_failures: 3,
+        auth_block: std::time::Duration::from_millis(1500),
+        ..Limits::default()
+    })
+    .await;
+    let good = env.token("good", "admin").await;
+    // Requests without any credential are plain 401s, however many.
+    env.over_tcp(None);
+    for _ in 0..5 {
+        env.get("/v1/containers")
+            .await
+            .expect(StatusCode::UNAUTHORIZED);
+    }
+    env.over_tcp(Some(&format!("Bearer {good}")));
+    env.get("/v1/containers").await.expect(StatusCode::OK);
+    // Three wrong tokens: 401s; then this peer is refused whatever it sends.
+    env.over_tcp(Some("Bearer inarray_wrong"));
+    for _ in 0..3 {
+        env.get("/v1/containers").await.expect_error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "unknown",
+        );
+    }
+    env.over_tcp(Some(&format!("Bearer {good}")));
+    let r = env.get("/v1/containers").await;
+    r.expect_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_auth_failures",
+        "too many failed authentications",
+    );
+    assert_eq!(r.headers["retry-after"], "2", "1.5 s, rounded up");
+    env.post_json("/v1/tokens", &json!({"name": "x", "scope": "read"}))
+        .await
+        .expect(StatusCode::TOO_MANY_REQUESTS);
+    // Another address is served.
+    *env.peer.lock().unwrap() = (
+        Peer::Tcp {
+            addr: "198.51.100.9:40000".parse().unwrap(),
+            client_cert: None,
+        },
+        Some(format!("Bearer {good}")),
+    );
+    env.get("/v1/containers").await.expect(StatusCode::OK);
+    // The refusal is audited, as every mutating call that reaches the guard.
+    let (log, _) = env.audit_log().await;
+    assert!(
+        log.iter()
+            .any(|(who, m, _, target, status)| who == "anonymous:192.0.2.7"
+                && m == "POST"
+                && target == "/v1/tokens"
+                && *status == 429),
+        "{log:?}"
+    );
+    // The block ends.
+    tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
+    env.over_tcp(Some(&format!("Bearer {good}")));
+    env.get("/v1/containers").await.expect(StatusCode::OK);
 }

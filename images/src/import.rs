@@ -90,6 +90,8 @@ struct ContainerConfigJson {
     working_dir: Option<String>,
     #[serde(default)]
     user: Option<String>,
+    #[serde(default)]
+    healthcheck: Option<crate::ImageHealthcheck>,
 }
 
 #[derive(Deserialize)]
@@ -525,6 +527,7 @@ fn parse_config(
         env: c.env.unwrap_or_default(),
         working_dir: c.working_dir.filter(|w| !w.is_empty()),
         user: c.user.filter(|u| !u.is_empty()),
+        healthcheck: c.healthcheck.filter(|h| !h.test.is_empty()),
     };
     Ok((runtime, config.rootfs.diff_ids))
 }

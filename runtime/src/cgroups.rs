@@ -124,6 +124,96 @@ fn remove_tree(dir: &Path) -> std::io::Result<()> {
 
 pub use inarray_shim::{is_v2, oom_kills, MOUNT_ROOT};
 
+/// Sets `limits` of cgroup `rel` back to none: caps to unlimited, shares to the kernel's default
+/// (what a `null` in a `PATCH` of limits asks for). `v2`: the unified hierarchy at `root`, else
+/// one v1 hierarchy per controller; `device`: the array's block device, which I/O limits are set
+/// on. A controller that is not there has nothing to clear.
+pub fn clear_limits(
+    root: &Path,
+    v2: bool,
+    rel: &str,
+    limits: &[crate::resources::Limit],
+    device: Option<(u64, u64)>,
+) -> Result<(), String> {
+    use crate::resources::Limit::*;
+    let rel = rel.trim_start_matches('/');
+    let dev = device.map(|(major, minor)| format!("{major}:{minor}"));
+    for &limit in limits {
+        // (controller's hierarchy on v1, file, value); alternatives in order, the first whose
+        // file exists is written.
+        let writes: Vec<(&str, &str, String)> = match (v2, limit) {
+            (true, Memory) => vec![("", "memory.max", "max".into())],
+            (true, MemoryReservation) => vec![("", "memory.low", "0".into())],
+            (true, Cpus) => vec![("", "cpu.max", "max".into())],
+            (true, CpuWeight) => vec![("", "cpu.weight", "100".into())],
+            // Empty: the parent's CPUs.
+            (true, Cpuset) => vec![("", "cpuset.cpus", String::new())],
+            (true, Pids) => vec![("", "pids.max", "max".into())],
+            (true, IoWeight) => vec![
+                ("", "io.weight", "default 100".into()),
+                ("", "io.bfq.weight", "100".into()),
+            ],
+            (true, l) => {
+                let key = match l {
+                    ReadBps => "rbps",
+                    WriteBps => "wbps",
+                    ReadIops => "riops",
+                    _ => "wiops",
+                };
+                dev.iter()
+                    .map(|d| ("", "io.max", format!("{d} {key}=max")))
+                    .collect()
+            }
+            (false, Memory) => vec![("memory", "memory.limit_in_bytes", "-1".into())],
+            (false, MemoryReservation) => {
+                vec![("memory", "memory.soft_limit_in_bytes", "-1".into())]
+            }
+            (false, Cpus) => vec![("cpu", "cpu.cfs_quota_us", "-1".into())],
+            (false, CpuWeight) => vec![("cpu", "cpu.shares", "1024".into())],
+            (false, Cpuset) => {
+                let parent = Path::new(rel).parent().unwrap_or(Path::new(""));
+                let cpus = std::fs::read_to_string(
+                    root.join("cpuset").join(parent).join("cpuset.cpus"),
+                )
+                .map_err(|e| format!("cannot read the cpuset of {}: {e}", parent.display()))?;
+                vec![("cpuset", "cpuset.cpus", cpus.trim().to_owned())]
+            }
+            (false, Pids) => vec![("pids", "pids.max", "max".into())],
+            (false, IoWeight) => vec![
+                ("blkio", "blkio.bfq.weight", "100".into()),
+                ("blkio", "blkio.weight", "500".into()),
+            ],
+            (false, l) => {
+                let file = match l {
+                    ReadBps => "blkio.throttle.read_bps_device",
+                    WriteBps => "blkio.throttle.write_bps_device",
+                    ReadIops => "blkio.throttle.read_iops_device",
+                    _ => "blkio.throttle.write_iops_device",
+                };
+                // A rate of 0 deletes the device's rule.
+                dev.iter()
+                    .map(|d| ("blkio", file, format!("{d} 0")))
+                    .collect()
+            }
+        };
+        let Some((dir, file, value)) = writes
+            .iter()
+            .map(|(ctl, file, value)| (root.join(ctl).join(rel), *file, value))
+            .find(|(dir, file, _)| dir.join(file).exists())
+        else {
+            continue;
+        };
+        std::fs::write(dir.join(file), value).map_err(|e| {
+            format!(
+                "cannot clear {} ({} = {value:?}): {e}",
+                limit.as_str(),
+                dir.join(file).display()
+            )
+        })?;
+    }
+    Ok(())
+}
+
 /// The cgroup paths (relative, e.g. `/inarray/default/<id>`) of any container `id` under
 /// `parent`, whatever its engine: for cleaning up after a crash without trusting the database.
 pub fn find_container(root: &Path, parent: &str, id: &str) -> Vec<String> {
@@ -288,5 +378,86 @@ mod tests {
         assert_eq!(v2.super_opts, "rw,nsdelegate,memory_recursiveprot");
         assert_eq!(unescape("/a\\040b"), "/a b");
         assert!(MountLine::parse("garbage").is_none());
+    }
+
+    /// A cgroup's files as plain files in a temporary directory: `(dir, file, content)`.
+    fn tree(files: &[(&str, &str, &str)]) -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        for (dir, file, content) in files {
+            std::fs::create_dir_all(t.path().join(dir)).unwrap();
+            std::fs::write(t.path().join(dir).join(file), content).unwrap();
+        }
+        t
+    }
+
+    fn read(t: &tempfile::TempDir, path: &str) -> String {
+        std::fs::read_to_string(t.path().join(path)).unwrap()
+    }
+
+    #[test]
+    fn cleared_limits_go_back_to_none_on_v2() {
+        use crate::resources::Limit::*;
+        let c = "inarray/default/c1";
+        let t = tree(&[
+            (c, "memory.max", "1048576"),
+            (c, "cpu.max", "50000 100000"),
+            (c, "pids.max", "20"),
+            (c, "io.max", ""),
+            (c, "io.weight", "default 300"),
+        ]);
+        let all = [
+            Memory,
+            Cpus,
+            Pids,
+            ReadBps,
+            WriteIops,
+            IoWeight,
+            MemoryReservation,
+        ];
+        clear_limits(t.path(), true, c, &all, Some((254, 0))).unwrap();
+        assert_eq!(read(&t, &format!("{c}/memory.max")), "max");
+        assert_eq!(read(&t, &format!("{c}/cpu.max")), "max");
+        assert_eq!(read(&t, &format!("{c}/pids.max")), "max");
+        // A plain file keeps the last write: the kernel's io.max takes one key per write.
+        assert_eq!(read(&t, &format!("{c}/io.max")), "254:0 wiops=max");
+        assert_eq!(read(&t, &format!("{c}/io.weight")), "default 100");
+        assert!(
+            !t.path().join(c).join("memory.low").exists(),
+            "a file the kernel does not have is not made"
+        );
+    }
+
+    #[test]
+    fn cleared_limits_go_back_to_none_on_v1() {
+        use crate::resources::Limit::*;
+        let t = tree(&[
+            ("memory/inarray/e/c1", "memory.limit_in_bytes", "1048576"),
+            ("cpu/inarray/e/c1", "cpu.cfs_quota_us", "50000"),
+            ("cpu/inarray/e/c1", "cpu.shares", "2048"),
+            ("cpuset/inarray/e", "cpuset.cpus", "0-1\n"),
+            ("cpuset/inarray/e/c1", "cpuset.cpus", "0"),
+            ("pids/inarray/e/c1", "pids.max", "20"),
+            ("blkio/inarray/e/c1", "blkio.throttle.read_bps_device", ""),
+        ]);
+        let rel = "/inarray/e/c1";
+        clear_limits(
+            t.path(),
+            false,
+            rel,
+            &[Memory, Cpus, CpuWeight, Cpuset, Pids, ReadBps],
+            Some((8, 0)),
+        )
+        .unwrap();
+        assert_eq!(read(&t, "memory/inarray/e/c1/memory.limit_in_bytes"), "-1");
+        assert_eq!(read(&t, "cpu/inarray/e/c1/cpu.cfs_quota_us"), "-1");
+        assert_eq!(read(&t, "cpu/inarray/e/c1/cpu.shares"), "1024");
+        assert_eq!(read(&t, "cpuset/inarray/e/c1/cpuset.cpus"), "0-1");
+        assert_eq!(read(&t, "pids/inarray/e/c1/pids.max"), "max");
+        assert_eq!(
+            read(&t, "blkio/inarray/e/c1/blkio.throttle.read_bps_device"),
+            "8:0 0"
+        );
+        // Without the array's device there is no I/O rule to delete.
+        clear_limits(t.path(), false, rel, &[WriteBps], None).unwrap();
     }
 }

@@ -61,6 +61,12 @@ pub struct ContainerConfig {
     /// the engine).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// How big its log may grow (default: the daemon's `container_log_*` settings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<crate::LogLimits>,
+    /// A health check (default: the image's `HEALTHCHECK`, if any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<crate::health::HealthCheck>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -169,6 +175,15 @@ impl ContainerConfig {
     pub fn validate(&self) -> Result<(), InvalidField> {
         if let Some(n) = &self.name {
             validate_name(n)?;
+        }
+        if let Some(h) = &self.healthcheck {
+            h.validate()?;
+        }
+        if let Some(l) = &self.log {
+            l.validate().map_err(|reason| {
+                let (field, reason) = reason.split_once(": ").unwrap_or(("log", &reason));
+                bad(field, reason)
+            })?;
         }
         if self.image.is_empty() || self.image.len() > 512 {
             return Err(bad("image", "must be an image reference of 1 to 512 bytes"));

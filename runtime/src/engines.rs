@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use libcgroups::common::{CgroupManager, ControllerOpt};
 use serde::{Deserialize, Serialize};
 
-use crate::resources::{Bytes, Resources};
+use crate::resources::{Bytes, Limit, Resources};
 
 pub const STORAGE: &str = "storage";
 pub const DEFAULT: &str = "default";
@@ -183,6 +183,8 @@ pub struct PidsUsage {
 pub trait CgroupDriver: Send + Sync {
     /// Creates the cgroup (in every hierarchy) if needed and applies `resources` to it.
     fn apply(&self, path: &str, resources: &Resources) -> Result<(), String>;
+    /// Sets `limits` of the cgroup back to none (unlimited, or the kernel's default share).
+    fn clear(&self, path: &str, limits: &[Limit]) -> Result<(), String>;
     /// Moves a whole process into the cgroup.
     fn add_process(&self, path: &str, pid: i32) -> Result<(), String>;
     fn usage(&self, path: &str) -> Result<Usage, String>;
@@ -324,6 +326,10 @@ impl CgroupDriver for LibcgroupsDriver {
             .map_err(|e| format!("cannot apply limits to cgroup {path}: {e}"))
     }
 
+    fn clear(&self, path: &str, limits: &[Limit]) -> Result<(), String> {
+        crate::cgroups::clear_limits(&self.root, self.v2, path, limits, self.device)
+    }
+
     fn add_process(&self, path: &str, pid: i32) -> Result<(), String> {
         self.ensure_dirs(path)?;
         self.manager(path)?
@@ -427,6 +433,7 @@ impl CgroupDriver for LibcgroupsDriver {
 #[derive(Default)]
 pub struct RecordingDriver {
     pub applied: std::sync::Mutex<Vec<(String, Resources)>>,
+    pub cleared: std::sync::Mutex<Vec<(String, Vec<Limit>)>>,
     pub moved: std::sync::Mutex<Vec<(String, i32)>>,
     /// Cgroup paths removed (`remove`), and `parent/*/id` for `remove_container`.
     pub removed: std::sync::Mutex<Vec<String>>,
@@ -438,6 +445,13 @@ impl CgroupDriver for RecordingDriver {
             .lock()
             .expect("lock")
             .push((path.to_owned(), resources.clone()));
+        Ok(())
+    }
+    fn clear(&self, path: &str, limits: &[Limit]) -> Result<(), String> {
+        self.cleared
+            .lock()
+            .expect("lock")
+            .push((path.to_owned(), limits.to_vec()));
         Ok(())
     }
     fn add_process(&self, path: &str, pid: i32) -> Result<(), String> {

@@ -10,8 +10,10 @@
 pub mod cgroups;
 pub mod config;
 pub mod engines;
+pub mod health;
 mod ioguard;
 mod launcher;
+pub mod logs;
 mod manager;
 pub mod resources;
 mod spec;
@@ -19,10 +21,12 @@ mod supervisor;
 mod user;
 
 pub use config::{ContainerConfig, InvalidField, Network, PullPolicy, RestartPolicy};
+pub use inarray_shim::logfile::LogLimits;
 pub use inarray_shim::volumes;
 pub use ioguard::{GuardConfig, GuardStatus};
 pub use manager::{
-    backoff, Attached, Attachment, Cause, ExecConfig, ExecInfo, ImageRemoval, Manager,
-    ManagerError, ManagerOptions, PruneReport, PrunedImage, ReconcileReport,
+    backoff, starts_at_boot, Attached, Attachment, Cause, ExecConfig, ExecInfo, ImageRemoval,
+    Manager, ManagerError, ManagerOptions, NodeBoot, PruneReport, PrunedImage, ReconcileReport,
+    Since, REBOOTED, RESTART_CONCURRENCY,
 };
 pub use volumes::{Volume, VolumeError};

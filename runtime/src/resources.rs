@@ -340,6 +340,108 @@ impl Resources {
     }
 }
 
+/// The fields of [`Resources`] and [`ResourcesUpdate`], and [`Limit`], from one list.
+macro_rules! limits {
+    ($($field:ident: $ty:ty => $variant:ident),* $(,)?) => {
+        /// One limit of [`Resources`], by its field.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Limit {
+            $($variant),*
+        }
+
+        impl Limit {
+            /// The field's name in requests.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => stringify!($field)),*
+                }
+            }
+        }
+
+        /// A change of limits (the body of a `PATCH`): a field left out stays as it is, `null`
+        /// removes that limit (its cgroup is set back to unlimited, a share to the kernel's
+        /// default), a value replaces it.
+        #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct ResourcesUpdate {
+            $(
+                #[serde(default, deserialize_with = "present")]
+                pub $field: Option<Option<$ty>>,
+            )*
+        }
+
+        impl ResourcesUpdate {
+            /// The values it sets (no field it removes or leaves alone).
+            pub fn values(&self) -> Resources {
+                Resources {
+                    $($field: self.$field.clone().flatten(),)*
+                }
+            }
+
+            /// The limits it removes.
+            pub fn cleared(&self) -> Vec<Limit> {
+                let mut out = Vec::new();
+                $(
+                    if matches!(self.$field, Some(None)) {
+                        out.push(Limit::$variant);
+                    }
+                )*
+                out
+            }
+
+            /// `current` with this change made.
+            pub fn applied_to(&self, current: &Resources) -> Resources {
+                Resources {
+                    $($field: match &self.$field {
+                        Some(v) => v.clone(),
+                        None => current.$field.clone(),
+                    },)*
+                }
+            }
+        }
+
+        impl Resources {
+            /// Whether `limit` is set.
+            pub fn has(&self, limit: Limit) -> bool {
+                match limit {
+                    $(Limit::$variant => self.$field.is_some()),*
+                }
+            }
+        }
+    };
+}
+
+limits! {
+    memory: Bytes => Memory,
+    memory_reservation: Bytes => MemoryReservation,
+    cpus: f64 => Cpus,
+    cpu_weight: u64 => CpuWeight,
+    cpuset: String => Cpuset,
+    pids: i64 => Pids,
+    io_weight: u16 => IoWeight,
+    read_bps: Bytes => ReadBps,
+    write_bps: Bytes => WriteBps,
+    read_iops: u64 => ReadIops,
+    write_iops: u64 => WriteIops,
+}
+
+impl Limit {
+    /// A per-device I/O limit (on cgroup v1 a container's cgroup carries its engine's).
+    pub fn is_io(self) -> bool {
+        matches!(
+            self,
+            Self::ReadBps | Self::WriteBps | Self::ReadIops | Self::WriteIops
+        )
+    }
+}
+
+/// `null` → `Some(None)`, a value → `Some(Some(v))`; a field left out is `None` (the default).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
 pub const CPU_PERIOD: u64 = 100_000;
 
 /// cgroup v2 weight (1..10000, default 100) → v1 shares (default 1024), proportionally, so that
@@ -421,6 +523,38 @@ mod tests {
         ok.validate("resources").unwrap();
         let most: Resources = serde_json::from_str(r#"{"pids":4194304}"#).unwrap();
         most.validate("resources").unwrap();
+    }
+
+    #[test]
+    fn an_update_leaves_out_removes_with_null_and_replaces() {
+        let current: Resources =
+            serde_json::from_str(r#"{"memory":"1g","pids":100,"cpus":1,"read_bps":"10m"}"#)
+                .unwrap();
+        let u: ResourcesUpdate =
+            serde_json::from_str(r#"{"memory":null,"pids":50,"read_bps":null}"#).unwrap();
+        assert_eq!(u.cleared(), vec![Limit::Memory, Limit::ReadBps]);
+        assert_eq!(
+            u.values(),
+            Resources {
+                pids: Some(50),
+                ..Default::default()
+            }
+        );
+        let after = u.applied_to(&current);
+        assert_eq!(
+            (after.memory, after.pids, after.cpus, after.read_bps),
+            (None, Some(50), Some(1.0), None)
+        );
+        assert!(after.has(Limit::Cpus) && !after.has(Limit::Memory));
+        assert_eq!(
+            ResourcesUpdate::default().applied_to(&current),
+            current,
+            "an empty update changes nothing"
+        );
+        assert!(serde_json::from_str::<ResourcesUpdate>(r#"{"memroy":null}"#).is_err());
+        assert!(serde_json::from_str::<ResourcesUpdate>(r#"{"memory":"lots"}"#).is_err());
+        assert_eq!(Limit::MemoryReservation.as_str(), "memory_reservation");
+        assert!(Limit::WriteIops.is_io() && !Limit::IoWeight.is_io());
     }
 
     #[test]

@@ -176,17 +176,21 @@ pub async fn ps(c: &Client, as_json: bool, all: bool) -> Result<ExitCode> {
         .await?;
     output(as_json, &v, |v| {
         println!(
-            "{:<14} {:<20} {:<20} {:<11} {:>5}",
+            "{:<14} {:<20} {:<20} {:<21} {:>5}",
             "ID", "NAME", "IMAGE", "STATE", "EXIT"
         );
         for x in v.as_array().into_iter().flatten() {
             let id = x["id"].as_str().unwrap_or("");
+            let state = match x["health"]["status"].as_str() {
+                Some(h) => format!("{} ({h})", x["state"].as_str().unwrap_or("")),
+                None => x["state"].as_str().unwrap_or("").to_owned(),
+            };
             println!(
-                "{:<14} {:<20} {:<20} {:<11} {:>5}",
+                "{:<14} {:<20} {:<20} {:<21} {:>5}",
                 &id[..id.len().min(12)],
                 x["name"].as_str().unwrap_or(""),
                 x["image"].as_str().unwrap_or(""),
-                x["state"].as_str().unwrap_or(""),
+                state,
                 x["exit_code"]
                     .as_i64()
                     .map(|c| c.to_string())
@@ -198,8 +202,41 @@ pub async fn ps(c: &Client, as_json: bool, all: bool) -> Result<ExitCode> {
 }
 
 /// `inarray logs [--follow] CONTAINER`
-pub async fn logs(c: &Client, follow: bool, container: &str) -> Result<ExitCode> {
-    let path = format!("/v1/containers/{}/logs?follow={follow}", enc(container));
+#[derive(Debug, clap::Args)]
+pub struct LogsOpts {
+    #[arg(short, long)]
+    follow: bool,
+    /// Only the last N lines.
+    #[arg(short = 'n', long)]
+    tail: Option<usize>,
+    /// Only output written at or after this time (RFC 3339, or seconds since the epoch).
+    #[arg(long)]
+    since: Option<String>,
+    /// Only output written before this time.
+    #[arg(long)]
+    until: Option<String>,
+    /// Start every line with the time it was written.
+    #[arg(short, long)]
+    timestamps: bool,
+    container: String,
+}
+
+/// `inarray logs [-f] [-n N] [--since T] [--until T] [-t] CONTAINER`
+pub async fn logs(c: &Client, o: LogsOpts) -> Result<ExitCode> {
+    let mut path = format!(
+        "/v1/containers/{}/logs?follow={}&timestamps={}",
+        enc(&o.container),
+        o.follow,
+        o.timestamps
+    );
+    if let Some(n) = o.tail {
+        path.push_str(&format!("&tail={n}"));
+    }
+    for (k, v) in [("since", &o.since), ("until", &o.until)] {
+        if let Some(v) = v {
+            path.push_str(&format!("&{k}={}", enc(v)));
+        }
+    }
     stream_logs(c, &path).await?;
     Ok(ExitCode::SUCCESS)
 }

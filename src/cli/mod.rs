@@ -23,8 +23,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use inarray_api::client::{Client, Method};
-use inarray_api::serve::Listen;
+use inarray_api::client::{Client, Host, Method};
 use serde_json::Value;
 
 use crate::config::{ServeOpts, DEFAULT_SOCKET};
@@ -36,7 +35,8 @@ use crate::config::{ServeOpts, DEFAULT_SOCKET};
     about = "Containers inside the storage array"
 )]
 pub struct Args {
-    /// The daemon to talk to: unix:/PATH or tcp:HOST:PORT.
+    /// The daemon to talk to: unix:/PATH or tcp://HOST:PORT (HOST: a DNS name or an IP address;
+    /// with --tls-ca the server's certificate must be made out to it).
     #[arg(long, global = true, env = "INARRAY_HOST", default_value_t = format!("unix:{DEFAULT_SOCKET}"))]
     pub host: String,
     /// Print JSON instead of tables.
@@ -78,11 +78,7 @@ pub enum Command {
         all: bool,
     },
     /// Print a container's output.
-    Logs {
-        #[arg(short, long)]
-        follow: bool,
-        container: String,
-    },
+    Logs(containers::LogsOpts),
     /// Start a created or stopped container.
     Start { container: String },
     /// Stop: SIGTERM, then SIGKILL after the timeout.
@@ -187,7 +183,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         tls_key,
         command,
     } = args;
-    let host: Listen = host.parse().map_err(anyhow::Error::msg)?;
+    let host: Host = host.parse().map_err(anyhow::Error::msg)?;
     let tls = tls_ca.map(|ca| inarray_api::client::TlsOptions {
         ca,
         cert: tls_cert,
@@ -200,7 +196,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         Command::Registry(cmd) => registries::registry(&c, cmd, as_json).await,
         Command::Run(o) => containers::run_container(&c, *o).await,
         Command::Ps { all } => containers::ps(&c, as_json, all).await,
-        Command::Logs { follow, container } => containers::logs(&c, follow, &container).await,
+        Command::Logs(o) => containers::logs(&c, o).await,
         Command::Start { container } => containers::action(&c, &container, "start").await,
         Command::Stop { time, container } => {
             containers::action(&c, &container, &format!("stop?timeout={time}")).await

@@ -14,6 +14,8 @@ pub struct TokenRow {
     pub secret_hash: Vec<u8>,
     pub created_at: DateTime<Utc>,
     pub created_by: String,
+    /// From this instant on the token is refused; None: never.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,7 +39,15 @@ pub struct NewAudit<'a> {
 }
 
 type AuditTuple = (i64, DateTime<Utc>, String, String, String, String, i64);
-type TokenTuple = (i64, String, String, Vec<u8>, DateTime<Utc>, String);
+type TokenTuple = (
+    i64,
+    String,
+    String,
+    Vec<u8>,
+    DateTime<Utc>,
+    String,
+    Option<DateTime<Utc>>,
+);
 
 fn token(t: TokenTuple) -> TokenRow {
     TokenRow {
@@ -47,28 +57,31 @@ fn token(t: TokenTuple) -> TokenRow {
         secret_hash: t.3,
         created_at: t.4,
         created_by: t.5,
+        expires_at: t.6,
     }
 }
 
 impl Store {
-    /// Adds a token; a name already taken is a conflict.
+    /// Adds a token (expiring at `expires_at`, if given); a name already taken is a conflict.
     pub async fn insert_token(
         &self,
         name: &str,
         scope: &str,
         secret_hash: &[u8],
         created_by: &str,
+        expires_at: Option<DateTime<Utc>>,
     ) -> Result<TokenRow> {
         let t: TokenTuple = sqlx::query_as(
-            "INSERT INTO api_tokens (name, scope, secret_hash, created_at, created_by)
-             VALUES (?, ?, ?, ?, ?)
-             RETURNING id, name, scope, secret_hash, created_at, created_by",
+            "INSERT INTO api_tokens (name, scope, secret_hash, created_at, created_by, expires_at)
+             VALUES (?, ?, ?, ?, ?, ?)
+             RETURNING id, name, scope, secret_hash, created_at, created_by, expires_at",
         )
         .bind(name)
         .bind(scope)
         .bind(secret_hash)
         .bind(Utc::now())
         .bind(created_by)
+        .bind(expires_at)
         .fetch_one(&self.pool)
         .await
         .map_err(|e| unique_conflict(e, "token", name))?;
@@ -77,7 +90,8 @@ impl Store {
 
     pub async fn list_tokens(&self) -> Result<Vec<TokenRow>> {
         let rows: Vec<TokenTuple> = sqlx::query_as(
-            "SELECT id, name, scope, secret_hash, created_at, created_by FROM api_tokens ORDER BY id",
+            "SELECT id, name, scope, secret_hash, created_at, created_by, expires_at
+             FROM api_tokens ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -161,17 +175,19 @@ mod tests {
     async fn tokens_are_unique_by_name_and_hash() {
         let (_d, s) = crate::test_store().await;
         let t = s
-            .insert_token("ci", "read", &[1; 32], "unix:0")
+            .insert_token("ci", "read", &[1; 32], "unix:0", None)
             .await
             .unwrap();
         assert_eq!((t.name.as_str(), t.scope.as_str()), ("ci", "read"));
-        let e = s.insert_token("ci", "admin", &[2; 32], "unix:0").await;
+        let e = s
+            .insert_token("ci", "admin", &[2; 32], "unix:0", None)
+            .await;
         assert!(
             matches!(e, Err(crate::StoreError::Conflict { .. })),
             "{e:?}"
         );
         assert!(s
-            .insert_token("x", "bogus", &[3; 32], "unix:0")
+            .insert_token("x", "bogus", &[3; 32], "unix:0", None)
             .await
             .is_err());
         assert_eq!(s.list_tokens().await.unwrap(), vec![t]);
@@ -179,10 +195,18 @@ mod tests {
         assert!(!s.delete_token("ci").await.unwrap());
         // Ids are never reused.
         let t2 = s
-            .insert_token("ci", "read", &[1; 32], "unix:0")
+            .insert_token("ci", "read", &[1; 32], "unix:0", None)
             .await
             .unwrap();
         assert!(t2.id > 1);
+        let at = Utc::now() + chrono::Duration::days(30);
+        let t3 = s
+            .insert_token("short", "read", &[4; 32], "unix:0", Some(at))
+            .await
+            .unwrap();
+        assert_eq!(t3.expires_at, Some(at));
+        assert_eq!(s.list_tokens().await.unwrap()[1].expires_at, Some(at));
+        assert_eq!(t2.expires_at, None);
     }
 
     #[tokio::test]

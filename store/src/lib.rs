@@ -4,6 +4,7 @@
 //! a crash or power loss. Every other crate sees typed rows, never SQL.
 
 mod access;
+mod boots;
 mod containers;
 mod engines;
 mod events;
@@ -22,6 +23,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::SqlitePool;
 
 pub use access::{AuditRow, NewAudit, TokenRow};
+pub use boots::{BootChange, BootRow};
 pub use containers::{ContainerRow, ContainerState, ExitUpdate, NewContainer};
 pub use engines::EngineRow;
 pub use events::{EventRow, NewEvent, StateEntry, SubscriptionRow, WatchRow};

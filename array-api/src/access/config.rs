@@ -30,6 +30,11 @@ pub struct Limits {
     pub max_connections: usize,
     /// How long SIGTERM waits for in-flight requests before closing their connections.
     pub shutdown_timeout: Duration,
+    /// Failed authentications from one peer within `auth_failure_window` that block it.
+    pub auth_failures: u32,
+    pub auth_failure_window: Duration,
+    /// How long a blocked peer is refused (429).
+    pub auth_block: Duration,
 }
 
 impl Default for Limits {
@@ -44,6 +49,9 @@ impl Default for Limits {
             max_in_flight: 256,
             max_connections: 1024,
             shutdown_timeout: Duration::from_secs(30),
+            auth_failures: 10,
+            auth_failure_window: Duration::from_secs(60),
+            auth_block: Duration::from_secs(300),
         }
     }
 }
@@ -61,6 +69,12 @@ pub struct ApiConfig {
     pub max_in_flight: Option<usize>,
     pub max_connections: Option<usize>,
     pub shutdown_timeout_secs: Option<f64>,
+    /// Failed authentications from one peer (an address; an IPv6 /64) within
+    /// `auth_failure_window_secs` that block it (default 10 in 60 s) …
+    pub auth_failures: Option<usize>,
+    pub auth_failure_window_secs: Option<f64>,
+    /// … for this long (default 300 s): 429 with Retry-After.
+    pub auth_block_secs: Option<f64>,
     /// Days an audit entry is kept (default 90).
     pub audit_retention_days: Option<u32>,
     /// Most audit entries kept (default 1,000,000).
@@ -127,6 +141,18 @@ impl ApiConfig {
                 self.shutdown_timeout_secs,
                 d.shutdown_timeout,
             )?,
+            auth_failures: count(
+                "auth_failures",
+                self.auth_failures,
+                d.auth_failures as usize,
+                1000,
+            )? as u32,
+            auth_failure_window: secs(
+                "auth_failure_window_secs",
+                self.auth_failure_window_secs,
+                d.auth_failure_window,
+            )?,
+            auth_block: secs("auth_block_secs", self.auth_block_secs, d.auth_block)?,
         })
     }
 
@@ -183,5 +209,20 @@ mod tests {
             (l.header_timeout, l.max_in_flight),
             (Duration::from_millis(500), 2)
         );
+        let c = ApiConfig {
+            auth_failures: Some(3),
+            auth_block_secs: Some(30.0),
+            ..Default::default()
+        };
+        let l = c.limits().unwrap();
+        assert_eq!(
+            (l.auth_failures, l.auth_failure_window, l.auth_block),
+            (3, Duration::from_secs(60), Duration::from_secs(30))
+        );
+        let c = ApiConfig {
+            auth_failures: Some(0),
+            ..Default::default()
+        };
+        assert!(c.limits().unwrap_err().starts_with("api.auth_failures"));
     }
 }

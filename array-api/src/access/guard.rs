@@ -3,18 +3,21 @@
 //!
 //! 1. [`observe`]: the request's span, its latency in the histograms, one log line;
 //! 2. [`identify`]: the peer and the `Authorization` header become a principal — who the
-//!    caller is (or `anonymous`), and whether authentication succeeded; nothing is refused yet;
+//!    caller is (or `anonymous`), and whether authentication succeeded (a token that failed is
+//!    counted against its peer, and a peer blocked for failing too often is not authenticated
+//!    at all, see `limiter.rs`); nothing is refused yet;
 //! 3. [`audit`]: a mutating call's entry is written to the audit log with the reply's status,
 //!    before the reply is sent — whatever the steps below answered, refusals included;
 //! 4. [`limit`]: at most `max_in_flight` requests at once (503 beyond); the slot is held until
 //!    the reply's body is sent;
-//! 5. [`authorize`]: 401 without a valid token, 403 when its scope does not cover the route;
-//!    otherwise the [`Identity`] is attached for the handler and the request goes on.
+//! 5. [`authorize`]: 429 for a blocked peer, 401 without a valid token (an expired one
+//!    included), 403 when its scope does not cover the route; otherwise the [`Identity`] is
+//!    attached for the handler and the request goes on.
 //!
 //! The guard's steps hand their findings on as request extensions of its own (`Principal`);
 //! [`layers`] adds them together, so none runs without the others.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
@@ -26,6 +29,7 @@ use axum::Router;
 use inarray_store::NewAudit;
 use tracing::Instrument;
 
+use super::limiter::PeerKey;
 use super::{required_scope, Access, Identity, Peer, Scope};
 use crate::error::ApiError;
 
@@ -49,7 +53,22 @@ struct Principal {
     /// `unix:<uid>`, `token:<id>:<name>`, `anonymous:<ip>` or `anonymous`.
     who: String,
     /// The identity, or why authentication failed.
-    authenticated: Result<Identity, &'static str>,
+    authenticated: Result<Identity, Refusal>,
+}
+
+#[derive(Clone, Copy)]
+enum Refusal {
+    /// 401, with the reason.
+    Unauthorized(&'static str),
+    /// 429: the peer failed too often; refused for this much longer.
+    Blocked(Duration),
+}
+
+/// Why a request is not authenticated, and whether it presented a credential (only those that
+/// did count as failures).
+struct Failure {
+    reason: &'static str,
+    presented: bool,
 }
 
 fn is_mutating(method: &Method) -> bool {
@@ -117,7 +136,27 @@ async fn observe(State(access): State<Access>, req: Request, next: Next) -> Resp
 /// needs a bearer token.
 async fn identify(State(access): State<Access>, mut req: Request, next: Next) -> Response {
     let peer = req.extensions().get::<Peer>();
-    let authenticated = authenticate(&access, peer, req.headers());
+    let key = peer.map(PeerKey::of);
+    let now = Instant::now();
+    let limiter = &access.inner.auth_failures;
+    let authenticated = match key.and_then(|k| limiter.blocked(k, now)) {
+        Some(left) => Err(Refusal::Blocked(left)),
+        None => authenticate(&access, peer, req.headers()).map_err(|f| {
+            if let (true, Some(k)) = (f.presented, key) {
+                if limiter.failed(k, now) {
+                    let l = access.inner.limits;
+                    tracing::warn!(
+                        peer = %k,
+                        failures = l.auth_failures,
+                        within_s = l.auth_failure_window.as_secs_f64(),
+                        blocked_s = l.auth_block.as_secs_f64(),
+                        "too many failed authentications: the peer is refused for a while"
+                    );
+                }
+            }
+            Refusal::Unauthorized(f.reason)
+        }),
+    };
     let who = match (&authenticated, peer) {
         (Ok(id), _) => id.who.clone(),
         (Err(_), Some(Peer::Tcp { addr, .. })) => format!("anonymous:{}", addr.ip()),
@@ -133,16 +172,21 @@ fn authenticate(
     access: &Access,
     peer: Option<&Peer>,
     headers: &HeaderMap,
-) -> Result<Identity, &'static str> {
+) -> Result<Identity, Failure> {
     if let Some(Peer::Unix { uid, .. }) = peer {
         return Ok(Identity {
             who: format!("unix:{uid}"),
             scope: Scope::Admin,
         });
     }
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .ok_or("a bearer token is required")?;
+    let failed = |reason| Failure {
+        reason,
+        presented: true,
+    };
+    let value = headers.get(header::AUTHORIZATION).ok_or(Failure {
+        reason: "a bearer token is required",
+        presented: false,
+    })?;
     let secret = value
         .to_str()
         .ok()
@@ -150,8 +194,13 @@ fn authenticate(
             let (kind, rest) = v.split_once(' ')?;
             kind.eq_ignore_ascii_case("bearer").then(|| rest.trim())
         })
-        .ok_or("the authorization header must be `Bearer <token>`")?;
-    let t = access.lookup(secret).ok_or("unknown or revoked token")?;
+        .ok_or_else(|| failed("the authorization header must be `Bearer <token>`"))?;
+    let t = access
+        .lookup(secret)
+        .ok_or_else(|| failed("unknown or revoked token"))?;
+    if t.expires_at.is_some_and(|at| at <= chrono::Utc::now()) {
+        return Err(failed("token expired"));
+    }
     Ok(Identity {
         who: format!("token:{}:{}", t.id, t.name),
         scope: t.scope,
@@ -206,7 +255,10 @@ async fn authorize(mut req: Request, next: Next) -> Response {
     };
     let id = match principal.authenticated {
         Ok(id) => id,
-        Err(reason) => return ApiError::unauthorized(reason).into_response(),
+        Err(Refusal::Unauthorized(reason)) => {
+            return ApiError::unauthorized(reason).into_response()
+        }
+        Err(Refusal::Blocked(left)) => return ApiError::auth_blocked(left).into_response(),
     };
     let route = route_of(&req);
     let need = required_scope(req.method(), &route);

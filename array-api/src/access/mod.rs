@@ -11,8 +11,10 @@
 //! The rules:
 //! - over a unix socket the caller is `unix:<uid>` (SO_PEERCRED) and has the `admin` scope: the
 //!   socket's mode and group are the access control;
-//! - over TCP the caller must send `Authorization: Bearer <token>`; a missing or unknown token is
-//!   401, a token whose scope does not cover the route is 403, both in the API's error shape;
+//! - over TCP the caller must send `Authorization: Bearer <token>`; a missing, unknown or expired
+//!   token is 401, a token whose scope does not cover the route is 403, both in the API's error
+//!   shape; a peer whose tokens failed `auth_failures` times within `auth_failure_window` is
+//!   refused (429 with `Retry-After`) for `auth_block` (`limiter.rs`);
 //! - at most `max_in_flight` requests are served at once (503 beyond);
 //! - every mutating call (any method but GET/HEAD), refused ones included — by authentication,
 //!   scope or the in-flight limit —, is appended to the audit log in SQL before its reply is sent.
@@ -23,6 +25,7 @@
 
 mod config;
 pub(crate) mod guard;
+mod limiter;
 mod tokens;
 
 use std::collections::HashMap;
@@ -38,7 +41,7 @@ use crate::error::ApiError;
 
 pub use config::{ApiConfig, Limits, Retention, MAX_BODY_CEILING};
 pub use guard::Caller;
-pub use tokens::TOKEN_PREFIX;
+pub use tokens::{parse_ttl, TOKEN_PREFIX};
 
 /// The other end of a connection, attached to every request by the listener.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -137,6 +140,7 @@ struct Inner {
     tokens: RwLock<HashMap<[u8; 32], tokens::CachedToken>>,
     in_flight: Arc<tokio::sync::Semaphore>,
     latency: Mutex<crate::metrics::Histograms>,
+    auth_failures: limiter::AuthLimiter,
 }
 
 impl Access {
@@ -150,6 +154,11 @@ impl Access {
                 info,
                 tokens: RwLock::new(HashMap::new()),
                 latency: Mutex::new(crate::metrics::Histograms::default()),
+                auth_failures: limiter::AuthLimiter::new(
+                    limits.auth_failures,
+                    limits.auth_failure_window,
+                    limits.auth_block,
+                ),
             }),
         };
         a.reload_tokens().await?;

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use chrono::{DateTime, Utc};
 use inarray_store::{StoreError, TokenRow};
 use sha2::{Digest, Sha256};
 
@@ -18,6 +19,41 @@ pub(super) struct CachedToken {
     pub(super) id: i64,
     pub(super) name: String,
     pub(super) scope: Scope,
+    pub(super) expires_at: Option<DateTime<Utc>>,
+}
+
+/// The longest life a token may be given (ten years).
+const MAX_TTL_SECS: u64 = 10 * 366 * 86_400;
+
+/// A token's life as `<number><unit>` (s, m, h, d or w, e.g. `30d`, `12h`) or a number of
+/// seconds; the error names the field.
+pub fn parse_ttl(field: &str, s: &str) -> Result<chrono::Duration, ApiError> {
+    let bad = || {
+        ApiError::bad_request(format!(
+            "{field}: {s:?} is not a duration like 3600, 90m, 12h, 30d or 2w"
+        ))
+    };
+    let t = s.trim();
+    let (num, unit) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&t[..i], c.to_ascii_lowercase()),
+        _ => (t, 's'),
+    };
+    let n: u64 = num.trim().parse().map_err(|_| bad())?;
+    let mult = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3_600,
+        'd' => 86_400,
+        'w' => 7 * 86_400,
+        _ => return Err(bad()),
+    };
+    let secs = n.checked_mul(mult).ok_or_else(bad)?;
+    if secs == 0 || secs > MAX_TTL_SECS {
+        return Err(ApiError::bad_request(format!(
+            "{field}: {s:?} is not between 1 second and 10 years"
+        )));
+    }
+    Ok(chrono::Duration::seconds(secs as i64))
 }
 
 fn hash_secret(secret: &str) -> [u8; 32] {
@@ -68,6 +104,7 @@ impl Access {
                     id: r.id,
                     name: r.name,
                     scope,
+                    expires_at: r.expires_at,
                 },
             );
         }
@@ -99,19 +136,35 @@ impl Access {
         Ok(self.inner.store.list_tokens().await?)
     }
 
-    /// Makes a token; returns its row and its secret, which is never seen again.
+    /// Makes a token, refused from `expires_at` on (if given; it must lie ahead); returns its row
+    /// and its secret, which is never seen again.
     pub async fn create_token(
         &self,
         name: &str,
         scope: Scope,
         created_by: &str,
+        expires_at: Option<DateTime<Utc>>,
     ) -> Result<(TokenRow, String), ApiError> {
         check_token_name(name)?;
+        if let Some(at) = expires_at {
+            if at <= Utc::now() {
+                return Err(ApiError::bad_request(format!(
+                    "expires_at: {} has passed",
+                    at.to_rfc3339()
+                )));
+            }
+        }
         let secret = new_secret()?;
         let row = self
             .inner
             .store
-            .insert_token(name, scope.as_str(), &hash_secret(&secret), created_by)
+            .insert_token(
+                name,
+                scope.as_str(),
+                &hash_secret(&secret),
+                created_by,
+                expires_at,
+            )
             .await
             .map_err(|e| match e {
                 StoreError::Conflict { .. } => {
@@ -144,5 +197,29 @@ mod tests {
         assert_ne!(a, b);
         assert!(a.starts_with(TOKEN_PREFIX) && a.len() == TOKEN_PREFIX.len() + 64);
         assert_ne!(hash_secret(&a), hash_secret(&b));
+    }
+
+    #[test]
+    fn token_lives() {
+        let secs = |s: &str| parse_ttl("ttl", s).unwrap().num_seconds();
+        assert_eq!(secs("3600"), 3600);
+        assert_eq!(secs("90m"), 5400);
+        assert_eq!(secs("12h"), 43_200);
+        assert_eq!(secs("30d"), 30 * 86_400);
+        assert_eq!(secs("2W"), 14 * 86_400);
+        for bad in [
+            "",
+            "d",
+            "0",
+            "0d",
+            "-1d",
+            "1.5d",
+            "3y",
+            "99999999999999999999",
+            "11000d",
+        ] {
+            let e = parse_ttl("ttl", bad).unwrap_err();
+            assert!(e.message.starts_with("ttl: "), "{bad}: {}", e.message);
+        }
     }
 }

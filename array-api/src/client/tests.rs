@@ -179,9 +179,14 @@ async fn plain_calls_still_work_on_a_connection_driven_with_upgrades() {
 /// A CA and a certificate for 127.0.0.1 it signed, with the openssl CLI, in `dir`: `ca.pem`,
 /// `server.pem`, `server.key`.
 fn make_certs(dir: &std::path::Path) {
+    make_certs_for(dir, "IP:127.0.0.1");
+}
+
+/// [`make_certs`] with the server certificate made out to `san` (`subjectAltName` syntax).
+fn make_certs_for(dir: &std::path::Path, san: &str) {
     std::fs::write(
         dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        format!("subjectAltName={san}\nextendedKeyUsage=serverAuth\n"),
     )
     .unwrap();
     let key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
@@ -228,4 +233,114 @@ async fn upgrade_over_tls_half_closes_too() {
         switch_and_echo(acceptor.accept(tcp).await.unwrap()).await
     });
     upgrade_and_talk(&c, server).await;
+}
+
+/// A TLS listener on 127.0.0.1 whose certificate is made out to `san`, and the CA to trust.
+async fn tls_server(
+    san: &str,
+) -> (
+    tempfile::TempDir,
+    tokio::net::TcpListener,
+    tokio_rustls::TlsAcceptor,
+    TlsOptions,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    make_certs_for(dir.path(), san);
+    let config = crate::serve::tls_config(
+        &dir.path().join("server.pem"),
+        &dir.path().join("server.key"),
+        None,
+    )
+    .unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tls = TlsOptions {
+        ca: dir.path().join("ca.pem"),
+        cert: None,
+        key: None,
+    };
+    (dir, l, tokio_rustls::TlsAcceptor::from(config), tls)
+}
+
+#[tokio::test]
+async fn tls_checks_the_certificate_for_the_dns_name_connected_to() {
+    let (_dir, l, acceptor, tls) = tls_server("DNS:localhost").await;
+    let port = l.local_addr().unwrap().port();
+    let c = Client::new(format!("tcp://localhost:{port}").parse::<Host>().unwrap())
+        .with_tls(Some(&tls))
+        .unwrap();
+    let server = tokio::spawn(async move {
+        let tcp = l.accept().await.unwrap().0;
+        switch_and_echo(acceptor.accept(tcp).await.unwrap()).await
+    });
+    upgrade_and_talk(&c, server).await;
+}
+
+#[tokio::test]
+async fn tls_refuses_a_certificate_made_out_to_another_name() {
+    for (san, host) in [
+        // A name the certificate does not have.
+        ("DNS:other.example", "localhost"),
+        // The address, where the certificate has only a name.
+        ("DNS:localhost", "127.0.0.1"),
+    ] {
+        let (_dir, l, acceptor, tls) = tls_server(san).await;
+        let port = l.local_addr().unwrap().port();
+        let c = Client::new(format!("tcp://{host}:{port}").parse::<Host>().unwrap())
+            .with_tls(Some(&tls))
+            .unwrap();
+        let server = tokio::spawn(async move {
+            let tcp = l.accept().await.unwrap().0;
+            acceptor.accept(tcp).await.is_ok()
+        });
+        let err = c.json(Method::GET, "/v1/health", None).await.unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Tls { .. })
+                && err.to_string().contains("not valid for name"),
+            "{san} for {host}: {err}"
+        );
+        assert!(
+            !server.await.unwrap(),
+            "the handshake failed on the server too"
+        );
+    }
+}
+
+#[test]
+fn hosts_by_socket_address_or_name() {
+    let tcp = |name: &str, port| Host::Tcp {
+        name: name.into(),
+        port,
+    };
+    for (text, want) in [
+        (
+            "unix:/run/inarray/inarray.sock",
+            Host::Unix("/run/inarray/inarray.sock".into()),
+        ),
+        ("tcp://array-1.example:8443", tcp("array-1.example", 8443)),
+        ("tcp:array-1:8443", tcp("array-1", 8443)),
+        ("tcp://10.0.0.5:1", tcp("10.0.0.5", 1)),
+        ("tcp://[::1]:8443", tcp("::1", 8443)),
+        ("tcp:[fd00::5]:80", tcp("fd00::5", 80)),
+    ] {
+        assert_eq!(text.parse::<Host>().unwrap(), want, "{text}");
+    }
+    assert_eq!(tcp("::1", 80).to_string(), "tcp://[::1]:80");
+    assert_eq!(tcp("a.example", 80).to_string(), "tcp://a.example:80");
+    for bad in [
+        "tcp://a.example",
+        "tcp://:80",
+        "tcp://a.example:http",
+        "tcp://a b:80",
+        "tcp://[::1:80",
+        "tcp://[a.example]:80",
+        "http://a.example:80",
+        "unix:relative.sock",
+        "tcp://a..b:80",
+    ] {
+        assert!(bad.parse::<Host>().is_err(), "{bad}");
+    }
+    assert_eq!(
+        Host::from(Listen::Tcp("127.0.0.1:9".parse().unwrap())),
+        tcp("127.0.0.1", 9)
+    );
 }

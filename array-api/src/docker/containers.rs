@@ -47,7 +47,7 @@ async fn create(State(st): State<DockerState>, q: DockerQuery, body: Body) -> Re
     }
     let v = json_body(body, &st.access.limits()).await?;
     let array = st.access.info().array.clone();
-    let mut t = translate(&v, name, &array)?;
+    let mut t = translate(&v, name, &array, st.manager.default_log_limits())?;
     // A missing image is a 404 with Docker's words: the CLI pulls it and tries again.
     let image = match st.manager.find_image(&t.config.image).await {
         Ok(i) => i,

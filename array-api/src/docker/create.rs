@@ -11,13 +11,14 @@
 use std::collections::BTreeMap;
 use std::path::{Component, Path};
 
+use inarray_runtime::health::HealthCheck;
 use inarray_runtime::resources::{Bytes, Resources};
-use inarray_runtime::{ContainerConfig, Network, PullPolicy, RestartPolicy, Volume};
+use inarray_runtime::{ContainerConfig, LogLimits, Network, PullPolicy, RestartPolicy, Volume};
 use serde_json::Value;
 
 use super::errors::{DockerError, Result};
 use super::fields::{self, neutral};
-use super::types::{CreateBody, HostConfig, StrSlice};
+use super::types::{CreateBody, HealthConfig, HostConfig, StrSlice};
 
 /// The label that picks a container's engine.
 pub const ENGINE_LABEL: &str = "inarray.engine";
@@ -34,7 +35,12 @@ pub struct Translated {
 
 /// Checks `body` against Docker's schema and translates it. `array` is the array's canonical
 /// path (bind sources must be inside it).
-pub fn translate(body: &Value, name: Option<String>, array: &Path) -> Result<Translated> {
+pub fn translate(
+    body: &Value,
+    name: Option<String>,
+    array: &Path,
+    default_log: LogLimits,
+) -> Result<Translated> {
     check_fields(body)?;
     let b: CreateBody = super::typed(body.clone())?;
     if b.image.is_empty() {
@@ -46,12 +52,13 @@ pub fn translate(body: &Value, name: Option<String>, array: &Path) -> Result<Tra
     let mut warnings = Vec::new();
     check_namespaces(h)?;
     check_stop_signal(&b.stop_signal)?;
-    if !matches!(h.log_config.kind.as_str(), "" | "json-file" | "local") {
-        return Err(DockerError::bad_request(format!(
-            "HostConfig.LogConfig.Type: {:?} is not supported by inarray: a container's output goes to its own log file (read with docker logs)",
-            h.log_config.kind
-        )));
-    }
+    let log = log_limits(h, default_log)?;
+    let healthcheck = b
+        .healthcheck
+        .as_ref()
+        .map(healthcheck)
+        .transpose()?
+        .flatten();
     let network = network(&b, &mut warnings)?;
     let restart = restart_policy(h)?;
     if h.auto_remove && restart != RestartPolicy::No {
@@ -93,6 +100,8 @@ pub fn translate(body: &Value, name: Option<String>, array: &Path) -> Result<Tra
         open_stdin: b.open_stdin,
         auto_remove: h.auto_remove,
         labels: b.labels,
+        log,
+        healthcheck,
     };
     config.validate().map_err(|e| {
         DockerError::bad_request(format!(
@@ -107,6 +116,86 @@ pub fn translate(body: &Value, name: Option<String>, array: &Path) -> Result<Tra
         warnings,
         image_cmd_alone,
     })
+}
+
+/// `LogConfig` → the native log limits. The log is inarray's own rotated file (what json-file
+/// and local are to dockerd); `max-size` and `max-file` size it, the other one of the pair from
+/// the daemon's default.
+fn log_limits(h: &HostConfig, default: LogLimits) -> Result<Option<LogLimits>> {
+    let c = &h.log_config;
+    if !matches!(c.kind.as_str(), "" | "json-file" | "local") {
+        return Err(DockerError::bad_request(format!(
+            "HostConfig.LogConfig.Type: {:?} is not supported by inarray: a container's output goes to its own rotated log file (json-file or local; read with docker logs)",
+            c.kind
+        )));
+    }
+    if c.config.is_empty() {
+        return Ok(None);
+    }
+    let mut limits = default;
+    for (k, v) in &c.config {
+        let field = format!("HostConfig.LogConfig.Config.{k}");
+        match k.as_str() {
+            "max-size" => {
+                limits.max_size = inarray_runtime::resources::parse_bytes(v)
+                    .map_err(|e| DockerError::bad_request(format!("{field}: {e}")))?;
+            }
+            "max-file" => {
+                limits.max_files = v.parse().map_err(|_| {
+                    DockerError::bad_request(format!("{field}: {v:?} is not a number of files"))
+                })?;
+            }
+            _ => {
+                return Err(DockerError::bad_request(format!(
+                    "{field}: not supported by inarray (only max-size and max-file)"
+                )))
+            }
+        }
+    }
+    limits
+        .validate()
+        .map_err(|e| DockerError::bad_request(format!("HostConfig.LogConfig.Config: {e}")))?;
+    Ok(Some(limits))
+}
+
+/// `Healthcheck` → the native health check (nanoseconds → seconds). Empty (or only zeros):
+/// the image's check, as Docker does.
+fn healthcheck(h: &HealthConfig) -> Result<Option<HealthCheck>> {
+    let secs = |field: &str, ns: i64| -> Result<Option<f64>> {
+        match ns {
+            0 => Ok(None),
+            n if n > 0 => Ok(Some(n as f64 / 1e9)),
+            n => Err(DockerError::bad_request(format!(
+                "Healthcheck.{field}: {n} is negative"
+            ))),
+        }
+    };
+    let check = HealthCheck {
+        test: h.test.clone(),
+        interval: secs("Interval", h.interval)?,
+        timeout: secs("Timeout", h.timeout)?,
+        start_period: secs("StartPeriod", h.start_period)?,
+        retries: match h.retries {
+            0 => None,
+            n => Some(u32::try_from(n).map_err(|_| {
+                DockerError::bad_request(format!("Healthcheck.Retries: {n} is out of range"))
+            })?),
+        },
+        restart_on_unhealthy: false,
+    };
+    if check.test.is_empty() {
+        if check.interval.is_some()
+            || check.timeout.is_some()
+            || check.start_period.is_some()
+            || check.retries.is_some()
+        {
+            return Err(DockerError::bad_request(
+                "Healthcheck.Test: required with the other Healthcheck settings (the image's test with other timings is not available)",
+            ));
+        }
+        return Ok(None);
+    }
+    Ok(Some(check))
 }
 
 fn check_fields(body: &Value) -> Result<()> {
@@ -124,6 +213,7 @@ fn check_fields(body: &Value) -> Result<()> {
         fields::RESTART_POLICY,
     )?;
     fields::check(&h["LogConfig"], "HostConfig.LogConfig", fields::LOG_CONFIG)?;
+    fields::check(&body["Healthcheck"], "Healthcheck", fields::HEALTHCHECK)?;
     if let Some(mounts) = h["Mounts"].as_array() {
         for (i, m) in mounts.iter().enumerate() {
             let at = format!("HostConfig.Mounts[{i}]");
@@ -488,6 +578,8 @@ pub fn docker_field(native: &str, origins: &[String]) -> String {
         ("engine", "Labels.inarray.engine"),
         ("labels", "Labels"),
         ("auto_remove", "HostConfig.AutoRemove"),
+        ("healthcheck", "Healthcheck"),
+        ("log", "HostConfig.LogConfig.Config"),
         ("resources.memory", "HostConfig.Memory"),
         (
             "resources.memory_reservation",
@@ -534,7 +626,7 @@ mod tests {
     }
 
     fn tr(v: Value) -> Result<Translated> {
-        translate(&v, Some("web".into()), array())
+        translate(&v, Some("web".into()), array(), LogLimits::default())
     }
 
     /// What the Docker CLI 28.2 sends for `docker create busybox true` and
@@ -662,6 +754,76 @@ mod tests {
         assert_eq!(t.config.network, Network::None);
         assert!(t.config.auto_remove);
         assert!(t.warnings[0].contains("issue #18"), "{:?}", t.warnings);
+    }
+
+    #[test]
+    fn healthcheck_and_log_options() {
+        let t = tr(json!({
+            "Image": "b",
+            "Healthcheck": {"Test": ["CMD-SHELL", "true"], "Interval": 2_000_000_000i64, "Retries": 3},
+            "HostConfig": {"LogConfig": {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "2"}}}
+        }))
+        .unwrap();
+        let h = t.config.healthcheck.unwrap();
+        assert_eq!(h.test, ["CMD-SHELL", "true"]);
+        assert_eq!(
+            (h.interval, h.retries, h.timeout),
+            (Some(2.0), Some(3), None)
+        );
+        assert_eq!(
+            t.config.log,
+            Some(LogLimits {
+                max_size: 1 << 20,
+                max_files: 2
+            })
+        );
+        // Only one of the pair: the other is the daemon's default.
+        let t = tr(json!({"Image": "b", "HostConfig": {"LogConfig": {"Type": "", "Config": {"max-file": "5"}}}})).unwrap();
+        assert_eq!(
+            t.config.log.unwrap().max_size,
+            LogLimits::default().max_size
+        );
+        // Zeros: the image's check; NONE: no check.
+        let t = tr(json!({"Image": "b", "Healthcheck": {"Test": null, "Interval": 0}})).unwrap();
+        assert!(t.config.healthcheck.is_none());
+        let t = tr(json!({"Image": "b", "Healthcheck": {"Test": ["NONE"]}})).unwrap();
+        assert_eq!(t.config.healthcheck.unwrap().test, ["NONE"]);
+        for (body, needle) in [
+            (
+                json!({"Image": "b", "Healthcheck": {"Interval": 1_000_000_000i64}}),
+                "Healthcheck.Test: required",
+            ),
+            (
+                json!({"Image": "b", "Healthcheck": {"Test": ["CMD", "true"], "StartInterval": 5}}),
+                "Healthcheck.StartInterval",
+            ),
+            (
+                json!({"Image": "b", "Healthcheck": {"Test": ["BOGUS"]}}),
+                "Healthcheck",
+            ),
+            (
+                json!({"Image": "b", "HostConfig": {"LogConfig": {"Type": "syslog"}}}),
+                "HostConfig.LogConfig.Type",
+            ),
+            (
+                json!({"Image": "b", "HostConfig": {"LogConfig": {"Config": {"compress": "true"}}}}),
+                "HostConfig.LogConfig.Config.compress",
+            ),
+            (
+                json!({"Image": "b", "HostConfig": {"LogConfig": {"Config": {"max-size": "10"}}}}),
+                "HostConfig.LogConfig.Config",
+            ),
+            (
+                json!({"Image": "b", "HostConfig": {"LogConfig": {"Config": {"max-file": "x"}}}}),
+                "max-file",
+            ),
+        ] {
+            let e = tr(body.clone())
+                .err()
+                .unwrap_or_else(|| panic!("{body} was accepted"));
+            assert_eq!(e.status.as_u16(), 400, "{body}: {}", e.message);
+            assert!(e.message.contains(needle), "{body}: {}", e.message);
+        }
     }
 
     #[test]

@@ -54,7 +54,7 @@ pub const CONFIG: Table = &[
     ("StdinOnce", Ignored),
     ("Env", Honoured),
     ("Cmd", Honoured),
-    ("Healthcheck", Unsupported("health checks are not run")),
+    ("Healthcheck", Honoured),
     ("ArgsEscaped", Ignored),
     ("Image", Honoured),
     ("Volumes", Unsupported(VOLUMES)),
@@ -156,12 +156,19 @@ pub const HOST_CONFIG: Table = &[
 
 pub const RESTART_POLICY: Table = &[("Name", Honoured), ("MaximumRetryCount", Honoured)];
 
-pub const LOG_CONFIG: Table = &[
-    ("Type", Honoured),
+pub const LOG_CONFIG: Table = &[("Type", Honoured), ("Config", Honoured)];
+
+/// `HealthConfig` (durations in nanoseconds).
+pub const HEALTHCHECK: Table = &[
+    ("Test", Honoured),
+    ("Interval", Honoured),
+    ("Timeout", Honoured),
+    ("StartPeriod", Honoured),
     (
-        "Config",
-        Unsupported("the container log is inarray's own file; it takes no options"),
+        "StartInterval",
+        Unsupported("probes run every Interval, also during the start period"),
     ),
+    ("Retries", Honoured),
 ];
 
 pub const NETWORKING_CONFIG: Table = &[("EndpointsConfig", Honoured)];
@@ -224,7 +231,7 @@ pub const EXEC_START: Table = &[
 
 /// Fields whose value is a map (its keys are data, not field names): they ask for something as
 /// soon as they have an entry (`"ExposedPorts": {"80/tcp": {}}`).
-const MAPS: [&str; 8] = [
+const MAPS: [&str; 7] = [
     "ExposedPorts",
     "Volumes",
     "PortBindings",
@@ -232,7 +239,6 @@ const MAPS: [&str; 8] = [
     "Tmpfs",
     "Sysctls",
     "Annotations",
-    "Config",
 ];
 
 /// Whether the field `name` with value `v` asks for something.

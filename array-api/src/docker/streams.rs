@@ -10,13 +10,11 @@
 //! fails, and a removal, close the pending attaches. The stream is the native one
 //! (`crate::attach`): stdcopy frames for a container without a terminal, raw bytes with one.
 //!
-//! **Logs**: the native log is one file with stdout and stderr merged, without timestamps; so
-//! without a terminal it is framed as the one stream asked for (stdout when both are), `tail`
-//! counts lines from the end, `follow` follows it, and `timestamps`, `since` and `until` are
-//! refused (400) rather than guessed.
+//! **Logs**: the native log records each entry's stream and time (the shim writes it in the CRI
+//! format, rotated by size), so `logs` frames stdout and stderr apart and honours `since`,
+//! `until`, `tail` and `timestamps` through the native reader (`inarray_runtime::logs`).
 
 use std::collections::HashMap;
-use std::io::SeekFrom;
 use std::sync::Mutex;
 
 use axum::body::Body;
@@ -25,9 +23,9 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use inarray_runtime::logs::{LogFollower, LogQuery};
 use inarray_runtime::{Attachment, ContainerConfig, Manager};
 use inarray_store::ContainerState;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::oneshot;
 
 use super::errors::{DockerError, Result};
@@ -106,7 +104,9 @@ async fn source(m: Manager, id: String, a: Attachment, stdin: bool) -> Source {
             stream: a.stream,
             stdin,
         },
-        Attachment::Log { .. } => Source::Log(Follow::from_end(m, id).await),
+        Attachment::Log { .. } => {
+            Source::Log(Box::new(Follow::from_end(m, id, LogQuery::default())))
+        }
     }
 }
 
@@ -152,41 +152,6 @@ async fn attach(
     Ok(respond_later(up, cfg.tty, later, async {}))
 }
 
-/// Where the last `n` lines of the file begin.
-async fn tail_offset(file: &mut tokio::fs::File, n: u64) -> std::io::Result<u64> {
-    let len = file.metadata().await?.len();
-    if n == 0 {
-        return Ok(len);
-    }
-    let mut pos = len;
-    let mut newlines = 0u64;
-    let mut buf = vec![0u8; 64 * 1024];
-    // A final newline ends the last line; it does not start another.
-    let mut skip_last = true;
-    while pos > 0 {
-        let step = (buf.len() as u64).min(pos);
-        pos -= step;
-        file.seek(SeekFrom::Start(pos)).await?;
-        let chunk = &mut buf[..step as usize];
-        file.read_exact(chunk).await?;
-        for (i, b) in chunk.iter().enumerate().rev() {
-            if *b != b'\n' {
-                continue;
-            }
-            if skip_last && pos + i as u64 == len - 1 {
-                skip_last = false;
-                continue;
-            }
-            newlines += 1;
-            if newlines == n {
-                return Ok(pos + i as u64 + 1);
-            }
-        }
-        skip_last = false;
-    }
-    Ok(0)
-}
-
 /// One stdcopy frame (or the bytes themselves on a terminal).
 fn frame(stream: u8, data: &[u8], tty: bool) -> Vec<u8> {
     if tty {
@@ -199,6 +164,17 @@ fn frame(stream: u8, data: &[u8], tty: bool) -> Vec<u8> {
     out
 }
 
+/// `since`/`until`: seconds since the epoch (fractions allowed) or RFC 3339; 0 is no bound.
+fn time(q: &DockerQuery, key: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+    match q.str(key) {
+        None | Some("0") => Ok(None),
+        Some(v) => Ok(Some(crate::containers::parse_time(key, v)?)),
+    }
+}
+
+/// The container log through the native reader (`inarray_runtime::logs`): each entry framed as
+/// the stream it came from, filtered by `stdout`/`stderr`, `since`/`until`, `tail`, with
+/// `timestamps`; with `follow`, what comes after until the container stops for good.
 async fn logs(
     State(st): State<DockerState>,
     Path(id): Path<String>,
@@ -210,90 +186,67 @@ async fn logs(
             "Bad parameters: you must choose at least one stream",
         ));
     }
-    if q.bool("timestamps") {
-        return Err(DockerError::bad_request(
-            "timestamps: not supported by inarray: the container log records no time per line",
-        ));
-    }
-    for k in ["since", "until"] {
-        if q.str(k).is_some_and(|v| v != "0") {
-            return Err(DockerError::bad_request(format!(
-                "{k}: not supported by inarray: the container log records no time per line (use tail)"
-            )));
-        }
-    }
     let tail = match q.str("tail") {
         None | Some("all") => None,
-        Some(t) => Some(t.parse::<u64>().map_err(|_| {
+        Some(t) => Some(t.parse::<usize>().map_err(|_| {
             DockerError::bad_request(format!("tail: {t:?} is not \"all\" or a number of lines"))
         })?),
+    };
+    let query = LogQuery {
+        stdout,
+        stderr,
+        since: time(&q, "since")?,
+        until: time(&q, "until")?,
+        tail,
+        timestamps: q.bool("timestamps"),
     };
     let row = st.manager.get(&id).await?;
     let cfg: ContainerConfig = serde_json::from_str(&row.spec).map_err(DockerError::internal)?;
     let tty = cfg.tty;
-    let stream = if stdout { 1 } else { 2 };
     let path = st.manager.paths(&row.id).log();
-    let mut start = 0;
-    let mut file = match tokio::fs::File::open(&path).await {
-        Ok(f) => Some(f),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(DockerError::internal(format!("{}: {e}", path.display()))),
-    };
-    if let (Some(f), Some(n)) = (file.as_mut(), tail) {
-        start = tail_offset(f, n)
+    let (now, end) = {
+        let (p, query) = (path.clone(), query.clone());
+        tokio::task::spawn_blocking(move || inarray_runtime::logs::read(&p, &query))
             .await
-            .map_err(|e| DockerError::internal(format!("{}: {e}", path.display())))?;
-    }
+            .map_err(DockerError::internal)?
+            .map_err(|e| DockerError::internal(format!("{}: {e}", path.display())))?
+    };
     let content_type = if tty {
         "application/vnd.docker.raw-stream"
     } else {
         "application/vnd.docker.multiplexed-stream"
     };
-    let body = if q.bool("follow") {
-        let follow = Follow::starting_at(st.manager.clone(), row.id, SeekFrom::Start(start)).await;
-        Body::from_stream(futures_util::stream::unfold(
-            follow,
-            move |mut f| async move {
-                let chunk = f.next_chunk().await?;
-                Some((Ok::<_, std::io::Error>(frame(stream, &chunk, tty)), f))
-            },
-        ))
-    } else {
-        match file {
-            None => Body::empty(),
-            Some(mut f) => {
-                f.seek(SeekFrom::Start(start))
-                    .await
-                    .map_err(|e| DockerError::internal(format!("{}: {e}", path.display())))?;
-                let chunks = tokio_util::io::ReaderStream::with_capacity(f, 64 * 1024);
-                Body::from_stream(futures_util::StreamExt::map(chunks, move |c| {
-                    c.map(|b| frame(stream, &b, tty))
-                }))
-            }
-        }
-    };
-    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
+    let head: Vec<std::io::Result<Vec<u8>>> = now
+        .into_iter()
+        .map(|c| Ok(frame(c.stream, &c.data, tty)))
+        .collect();
+    let head = futures_util::stream::iter(head);
+    if !q.bool("follow") {
+        return Ok((
+            [(header::CONTENT_TYPE, content_type)],
+            Body::from_stream(head),
+        )
+            .into_response());
+    }
+    let follow = Follow::new(
+        st.manager.clone(),
+        row.id,
+        LogFollower::from(&path, query, end),
+    );
+    let rest = futures_util::stream::unfold(follow, move |mut f| async move {
+        let c = f.next_chunk().await?;
+        Some((Ok::<_, std::io::Error>(frame(c.stream, &c.data, tty)), f))
+    });
+    Ok((
+        [(header::CONTENT_TYPE, content_type)],
+        Body::from_stream(futures_util::StreamExt::chain(head, rest)),
+    )
+        .into_response())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn tail_counts_lines_from_the_end() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("log");
-        std::fs::write(&p, b"a\nbb\nccc\n").unwrap();
-        let mut f = tokio::fs::File::open(&p).await.unwrap();
-        assert_eq!(tail_offset(&mut f, 1).await.unwrap(), 5);
-        assert_eq!(tail_offset(&mut f, 2).await.unwrap(), 2);
-        assert_eq!(tail_offset(&mut f, 3).await.unwrap(), 0);
-        assert_eq!(tail_offset(&mut f, 10).await.unwrap(), 0);
-        assert_eq!(tail_offset(&mut f, 0).await.unwrap(), 9);
-        std::fs::write(&p, b"a\nno newline").unwrap();
-        let mut f = tokio::fs::File::open(&p).await.unwrap();
-        assert_eq!(tail_offset(&mut f, 1).await.unwrap(), 2);
-    }
 
     #[test]
     fn frames_are_stdcopy() {

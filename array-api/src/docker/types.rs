@@ -58,6 +58,7 @@ pub struct CreateBody {
     pub labels: BTreeMap<String, String>,
     #[serde(deserialize_with = "nullable")]
     pub stop_signal: String,
+    pub healthcheck: Option<HealthConfig>,
     #[serde(deserialize_with = "nullable")]
     pub host_config: HostConfig,
     #[serde(deserialize_with = "nullable")]
@@ -114,6 +115,24 @@ pub struct HostConfig {
 pub struct LogConfig {
     #[serde(rename = "Type", deserialize_with = "nullable")]
     pub kind: String,
+    #[serde(deserialize_with = "nullable")]
+    pub config: BTreeMap<String, String>,
+}
+
+/// `Healthcheck` (durations in nanoseconds; 0 inherits).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct HealthConfig {
+    #[serde(deserialize_with = "nullable")]
+    pub test: Vec<String>,
+    #[serde(deserialize_with = "nullable")]
+    pub interval: i64,
+    #[serde(deserialize_with = "nullable")]
+    pub timeout: i64,
+    #[serde(deserialize_with = "nullable")]
+    pub start_period: i64,
+    #[serde(deserialize_with = "nullable")]
+    pub retries: i64,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -261,6 +280,9 @@ pub struct ContainerState {
     pub error: String,
     pub started_at: String,
     pub finished_at: String,
+    /// While running with a health check: `{Status, FailingStreak, Log}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<Value>,
 }
 
 #[derive(Debug, Serialize)]

@@ -66,12 +66,29 @@ pub fn human_duration(d: chrono::Duration) -> String {
     }
 }
 
+/// Docker's `State.Health` of a running container with a check.
+fn health(m: &Manager, r: &ContainerRow) -> Option<Value> {
+    if r.state != Native::Running {
+        return None;
+    }
+    let h = m.health(&r.id)?;
+    let log: Vec<Value> = h
+        .log
+        .iter()
+        .map(|p| json!({"Start": time(Some(p.start)), "End": time(Some(p.end)), "ExitCode": p.exit_code, "Output": p.output}))
+        .collect();
+    Some(json!({"Status": h.status.as_str(), "FailingStreak": h.failing_streak, "Log": log}))
+}
+
 /// The `Status` column of `docker ps`.
-fn status_text(r: &ContainerRow, now: DateTime<Utc>) -> String {
+fn status_text(m: &Manager, r: &ContainerRow, now: DateTime<Utc>) -> String {
     let ago = |t: Option<DateTime<Utc>>| human_duration(now - t.unwrap_or(now));
     match r.state {
         Native::Created => "Created".into(),
-        Native::Running => format!("Up {}", ago(r.started_at)),
+        Native::Running => match m.health(&r.id) {
+            Some(h) => format!("Up {} ({})", ago(r.started_at), h.status.as_str()),
+            None => format!("Up {}", ago(r.started_at)),
+        },
         Native::Restarting => format!(
             "Restarting ({}) {} ago",
             r.exit_code.unwrap_or(-1),
@@ -138,6 +155,7 @@ fn argv(
 }
 
 fn summary(
+    m: &Manager,
     r: ContainerRow,
     image: &inarray_images::RuntimeConfig,
     array: &Path,
@@ -153,7 +171,7 @@ fn summary(
         created: r.created_at.timestamp(),
         ports: Vec::new(),
         state: status(r.state),
-        status: status_text(&r, now),
+        status: status_text(m, &r, now),
         host_config: SummaryHostConfig {
             network_mode: network_mode(cfg.network).into(),
         },
@@ -277,7 +295,7 @@ async fn list(
             continue;
         }
         let image = image_defaults(&st.manager, &r).await;
-        out.push(summary(r, &image, &array, now)?);
+        out.push(summary(&st.manager, r, &image, &array, now)?);
         if limit.is_some_and(|l| out.len() as i64 >= l) {
             break;
         }
@@ -345,6 +363,7 @@ pub async fn inspect_row(st: &DockerState, r: ContainerRow) -> Result<ContainerI
             error: r.error.clone().unwrap_or_default(),
             started_at: time(r.started_at),
             finished_at: time(r.finished_at),
+            health: health(&st.manager, &r),
         },
         image: r.image_id.clone(),
         log_path: st.manager.paths(&r.id).log().display().to_string(),

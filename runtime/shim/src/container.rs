@@ -15,6 +15,7 @@ use nix::sys::stat::Mode;
 use nix::unistd::dup2;
 
 use crate::exec::ProcessIo;
+use crate::logfile::LogWriter;
 use crate::paths::ContainerPaths;
 use crate::protocol::{process_start_time, ShimConfig, ShimRecord, StdioConfig};
 use crate::volumes::{validate_target, ArrayRoot};
@@ -25,8 +26,10 @@ pub(crate) struct Started {
     pub record: ShimRecord,
     /// The container's cgroup path (OOM kills are read there after the exit).
     pub cgroup: String,
-    /// The shim's ends of the init's stdio, when the shim relays it.
-    pub io: Option<ProcessIo>,
+    /// The shim's ends of the init's stdio.
+    pub io: ProcessIo,
+    /// The container log.
+    pub log: LogWriter,
     /// The shim's instructions.
     pub config: ShimConfig,
 }
@@ -99,7 +102,13 @@ pub(crate) fn start(paths: &ContainerPaths) -> Result<Started, StartError> {
     check_rootfs(&rootfs)?;
     mount_volumes(&cfg, &rootfs)?;
     drop(rootfs);
-    redirect_stdio(paths)?;
+    redirect_stdio()?;
+    // Opened before the container exists: a full disk or a bad limit is a start error.
+    cfg.log
+        .validate()
+        .map_err(|e| StartError::from(format!("bad shim config: {e}")))?;
+    let log = LogWriter::open(&paths.log(), cfg.log)
+        .map_err(|e| StartError::io(format!("cannot open {}", paths.log().display()), &e))?;
     let _ = nix::sys::prctl::set_child_subreaper(true);
     std::fs::create_dir_all(&cfg.runtime_root)
         .map_err(|e| StartError::io(format!("cannot create {}", cfg.runtime_root.display()), &e))?;
@@ -156,6 +165,7 @@ pub(crate) fn start(paths: &ContainerPaths) -> Result<Started, StartError> {
         },
         cgroup: cfg.cgroup.clone(),
         io,
+        log,
         config: cfg,
     })
 }
@@ -176,7 +186,6 @@ pub(crate) fn ignore_sigpipe(ignore: bool) -> bool {
 /// The init's stdio when the shim relays it: pipes, or a terminal whose master the runtime
 /// sends over a console socket.
 enum InitStdio {
-    Direct,
     Pipes {
         child: Vec<OwnedFd>,
         io: Option<ProcessIo>,
@@ -191,9 +200,6 @@ enum InitStdio {
 impl InitStdio {
     fn new(cfg: &ShimConfig) -> Result<Self, StartError> {
         let StdioConfig { tty, stdin, .. } = cfg.stdio;
-        if !cfg.stdio.relayed() {
-            return Ok(Self::Direct);
-        }
         if tty {
             let path = cfg.runtime_root.join(format!("{}-tty.sock", cfg.id));
             let _ = std::fs::remove_file(&path);
@@ -236,7 +242,6 @@ impl InitStdio {
         b: libcontainer::container::builder::ContainerBuilder,
     ) -> Result<libcontainer::container::builder::ContainerBuilder, StartError> {
         Ok(match self {
-            Self::Direct => b,
             Self::Pipes { child, .. } => {
                 let dup = |fd: &OwnedFd| {
                     inarray_sys::dup(fd).map_err(|e| StartError::from(format!("dup: {e}")))
@@ -250,10 +255,9 @@ impl InitStdio {
     }
 
     /// After the runtime created the container: the shim's ends.
-    fn finish(self) -> Result<Option<ProcessIo>, StartError> {
+    fn finish(self) -> Result<ProcessIo, StartError> {
         match self {
-            Self::Direct => Ok(None),
-            Self::Pipes { io, .. } => Ok(io),
+            Self::Pipes { io, .. } => io.ok_or_else(|| "the init's pipes are gone".into()),
             Self::Tty {
                 path,
                 listener,
@@ -266,11 +270,11 @@ impl InitStdio {
                 let dup = |fd: &OwnedFd| {
                     inarray_sys::dup(fd).map_err(|e| StartError::from(format!("dup: {e}")))
                 };
-                Ok(Some(ProcessIo {
+                Ok(ProcessIo {
                     stdin: if stdin { Some(dup(&master)?) } else { None },
                     outputs: vec![(dup(&master)?, crate::protocol::STDOUT)],
                     tty: Some(master),
-                }))
+                })
             }
         }
     }
@@ -460,21 +464,16 @@ fn mount_volumes(cfg: &ShimConfig, rootfs: &OwnedFd) -> Result<(), String> {
     Ok(())
 }
 
-/// stdin ← /dev/null, stdout and stderr → the container log (appending).
-fn redirect_stdio(paths: &ContainerPaths) -> Result<(), StartError> {
-    let null =
-        File::open("/dev/null").map_err(|e| StartError::io("cannot open /dev/null".into(), &e))?;
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(paths.log())
-        .map_err(|e| StartError::io(format!("cannot open {}", paths.log().display()), &e))?;
-    for (fd, to) in [
-        (null.as_raw_fd(), 0),
-        (log.as_raw_fd(), 1),
-        (log.as_raw_fd(), 2),
-    ] {
-        dup2(fd, to).map_err(|e| format!("cannot set up stdio: {e}"))?;
+/// The shim's own stdin and stdout ← /dev/null (its stderr stays the diagnostics file the daemon
+/// gave it): the container's stdio are pipes or a terminal the shim relays to the log.
+fn redirect_stdio() -> Result<(), StartError> {
+    let null = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| StartError::io("cannot open /dev/null".into(), &e))?;
+    for to in [0, 1] {
+        dup2(null.as_raw_fd(), to).map_err(|e| format!("cannot set up stdio: {e}"))?;
     }
     Ok(())
 }

@@ -22,6 +22,7 @@
 mod cgroup;
 mod container;
 mod exec;
+pub mod logfile;
 mod memory;
 pub mod paths;
 pub mod protocol;

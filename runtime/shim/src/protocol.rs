@@ -35,11 +35,14 @@ pub struct ShimConfig {
     /// At most this many execs run in the container at once (0: the default).
     #[serde(default)]
     pub max_execs: u32,
+    /// How big the container log may grow (rotated by size).
+    #[serde(default)]
+    pub log: crate::logfile::LogLimits,
 }
 
-/// The init's stdio. With neither `tty` nor `stdin`, the container writes its log file itself
-/// and the shim relays nothing; otherwise the shim holds the terminal (or the pipes), copies the
-/// output to the log and to attached clients, and feeds attached clients' input to it.
+/// The init's stdio. The shim always holds the other ends — a terminal's master, or pipes —
+/// writes the output to the log (`logfile.rs`) and to attached clients, and feeds attached
+/// clients' input to it.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StdioConfig {
     /// A terminal: the shim keeps the master side.
@@ -53,13 +56,6 @@ pub struct StdioConfig {
     /// (and so the container's exit) waits for that client or the limit.
     #[serde(default)]
     pub hold: bool,
-}
-
-impl StdioConfig {
-    /// Whether the shim relays the init's stdio.
-    pub fn relayed(&self) -> bool {
-        self.tty || self.stdin || self.hold
-    }
 }
 
 /// How long a held output waits for its first client.
@@ -84,6 +80,8 @@ pub enum CtlRequest {
     },
     /// Attach to the init's stdio (relayed containers only).
     Attach { stdin: bool },
+    /// Send `signal` to a running exec (a health probe past its timeout).
+    Kill { exec: String, signal: i32 },
     /// Set the terminal size of the init (`exec: None`) or of an exec.
     Resize {
         #[serde(default)]

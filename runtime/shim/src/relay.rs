@@ -6,11 +6,11 @@
 //! to the process. Everything is non-blocking; the event loop (`serve.rs`) polls the
 //! descriptors [`Relay::interest`] names and calls back with what is ready.
 
-use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
+use crate::logfile::LogWriter;
 use crate::protocol::frame_header;
 
 /// Bytes buffered for one client before the output is held back.
@@ -63,7 +63,7 @@ pub(crate) struct Relay {
     pub tty: Option<OwnedFd>,
     pub clients: Vec<Client>,
     /// The container's log gets a copy of the output (the init's relay).
-    pub log: Option<File>,
+    pub log: Option<LogWriter>,
     /// The process has been reaped.
     pub exited: bool,
     /// Output is held (until the first client attaches).
@@ -80,7 +80,7 @@ pub(crate) enum Pump {
 }
 
 impl Relay {
-    pub fn new(io: crate::exec::ProcessIo, log: Option<File>) -> Self {
+    pub fn new(io: crate::exec::ProcessIo, log: Option<LogWriter>) -> Self {
         let set_nonblocking = |fd: &OwnedFd| {
             let _ = nix::fcntl::fcntl(
                 fd.as_raw_fd(),
@@ -189,7 +189,7 @@ impl Relay {
         };
         let stream = o.stream;
         if let Some(log) = self.log.as_mut() {
-            let _ = log.write_all(&buf[..n]);
+            log.write(stream, &buf[..n]);
         }
         for c in self.clients.iter_mut().filter(|c| !c.gone) {
             c.out.extend_from_slice(&frame_header(stream, n));
@@ -289,6 +289,9 @@ impl Relay {
                     Pump::Full => return false,
                 }
             }
+        }
+        if let Some(log) = self.log.as_mut() {
+            log.flush();
         }
         self.clients.iter().all(|c| c.gone || c.out.is_empty())
     }

@@ -416,6 +416,23 @@ impl<'a> Supervisor<'a> {
                     &CtlReply::refused("not_relayed", "the container's output goes to its log"),
                 ),
             },
+            CtlRequest::Kill { exec, signal } => {
+                let target = self
+                    .execs
+                    .iter()
+                    .find(|(_, e)| e.id == exec && !e.relay.exited);
+                let answer = match target {
+                    None => CtlReply::refused("not_found", "no such running exec"),
+                    Some((pid, _)) => match Signal::try_from(signal) {
+                        Err(_) => CtlReply::refused("invalid", format!("bad signal {signal}")),
+                        Ok(sig) => match nix::sys::signal::kill(Pid::from_raw(*pid), sig) {
+                            Ok(()) => CtlReply::default(),
+                            Err(e) => CtlReply::refused("not_found", format!("kill: {e}")),
+                        },
+                    },
+                };
+                reply(&sock, &answer);
+            }
             CtlRequest::Resize { exec, rows, cols } => {
                 let relay = match &exec {
                     None => self.init_relay.as_ref(),

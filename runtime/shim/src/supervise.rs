@@ -71,6 +71,7 @@ pub fn main(dir: &Path) -> ! {
         record: rec,
         cgroup,
         io,
+        log: container_log,
         config,
     } = match crate::container::start(&paths) {
         Ok(x) => x,
@@ -108,20 +109,7 @@ pub fn main(dir: &Path) -> ! {
             std::process::exit(1);
         }
     };
-    let relay = match io {
-        None => None,
-        Some(io) => match OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(paths.log())
-        {
-            Ok(f) => Some(crate::relay::Relay::new(io, Some(f))),
-            Err(e) => {
-                log(&format!("cannot open the container log: {e}"));
-                Some(crate::relay::Relay::new(io, None))
-            }
-        },
-    };
+    let relay = crate::relay::Relay::new(io, Some(container_log));
     if let Err(e) = write_atomic(
         &paths.shim_record(),
         serde_json::to_string(&rec).unwrap_or_default().as_bytes(),
@@ -136,7 +124,7 @@ pub fn main(dir: &Path) -> ! {
         &paths,
         Pid::from_raw(rec.pid),
         listener,
-        relay,
+        Some(relay),
         config.stdio.hold,
         config.max_execs,
         &mut log,

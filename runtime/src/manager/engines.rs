@@ -6,7 +6,7 @@ use inarray_store::{ContainerRow, ContainerState, StoreError};
 use super::{internal, Manager, ManagerError, Result};
 use crate::config::{ContainerConfig, InvalidField};
 use crate::engines::{self, EngineDef, Usage};
-use crate::resources::Resources;
+use crate::resources::{Limit, Resources, ResourcesUpdate};
 
 impl Manager {
     /// Where this daemon's engines and containers live in the cgroup hierarchies.
@@ -110,7 +110,7 @@ impl Manager {
                 .map_err(|m| internal("engine cgroup", m))?;
             // Containers that ran on across the restart get what the config says now.
             if e.resources.has_io_limits() {
-                self.push_io_limits(e).await?;
+                self.push_io_limits(e, &[]).await?;
             }
         }
         self.inner
@@ -163,14 +163,15 @@ impl Manager {
         Ok(def)
     }
 
-    /// Changes an engine's limits live (fields in `patch` replace the current ones). 409 when
-    /// the memory limits would over-commit, or a container in it asks for more than the new limits.
-    pub async fn update_engine(&self, name: &str, patch: &Resources) -> Result<EngineDef> {
-        validate_resources(patch)?;
+    /// Changes an engine's limits live (values in `patch` replace the current ones, `null`s
+    /// remove them). 409 when the memory limits would over-commit, or a container in it asks
+    /// for more than the new limits.
+    pub async fn update_engine(&self, name: &str, patch: &ResourcesUpdate) -> Result<EngineDef> {
+        validate_resources(&patch.values())?;
         let current = self.engine(name).await?;
         let updated = EngineDef {
             name: name.to_owned(),
-            resources: current.resources.merged(patch),
+            resources: patch.applied_to(&current.resources),
         };
         validate_engine_resources(name, &updated.resources)?;
         let mut all: Vec<EngineDef> = self
@@ -195,24 +196,30 @@ impl Manager {
                 )));
             }
         }
+        let path = self.inner.opts.cgroups.engine(name);
+        let refused = |m| ManagerError::Conflict(format!("the kernel refused the new limits: {m}"));
         self.inner
             .cgroups
-            .apply(&self.inner.opts.cgroups.engine(name), &updated.resources)
-            .map_err(|m| {
-                ManagerError::Conflict(format!("the kernel refused the new limits: {m}"))
-            })?;
+            .apply(&path, &updated.resources)
+            .map_err(refused)?;
+        let cleared = patch.cleared();
+        if !cleared.is_empty() {
+            self.inner.cgroups.clear(&path, &cleared).map_err(refused)?;
+        }
         let json = serde_json::to_string(&updated.resources).map_err(|e| internal("engine", e))?;
         self.inner.store.update_engine(name, &json).await?;
-        if patch.has_io_limits() {
-            self.push_io_limits(&updated).await?;
+        let io_cleared: Vec<Limit> = cleared.into_iter().filter(|l| l.is_io()).collect();
+        if patch.values().has_io_limits() || !io_cleared.is_empty() {
+            self.push_io_limits(&updated, &io_cleared).await?;
         }
         Ok(updated)
     }
 
     /// cgroup v1 throttles each cgroup on its own: the running containers' cgroups carry their
     /// engine's I/O limits (where they have none of their own) and get the engine's current ones
-    /// here. Nothing to do on v2, where the engine's io.max binds its containers.
-    async fn push_io_limits(&self, engine: &EngineDef) -> Result<()> {
+    /// here — the `cleared` ones removed where the container has none of its own. Nothing to do
+    /// on v2, where the engine's io.max binds its containers.
+    async fn push_io_limits(&self, engine: &EngineDef, cleared: &[Limit]) -> Result<()> {
         if self.inner.cgroups.is_v2() {
             return Ok(());
         }
@@ -228,7 +235,15 @@ impl Manager {
             if !self.inner.cgroups.exists(&path) {
                 continue;
             }
-            if let Err(m) = self.inner.cgroups.apply(&path, &io) {
+            let gone: Vec<Limit> = cleared.iter().copied().filter(|l| !io.has(*l)).collect();
+            let done = self.inner.cgroups.apply(&path, &io).and_then(|()| {
+                if gone.is_empty() {
+                    Ok(())
+                } else {
+                    self.inner.cgroups.clear(&path, &gone)
+                }
+            });
+            if let Err(m) = done {
                 // It may have exited meanwhile (its cgroup gone); its next start applies them.
                 tracing::warn!(container = %row.id, engine = %engine.name, "the engine's I/O limits were not applied to the container: {m}");
             }
@@ -281,17 +296,22 @@ impl Manager {
             .map_err(|m| internal("container stats", m))
     }
 
-    /// Changes a container's limits (fields in `patch` replace the current ones), live when it
-    /// runs, and for every later start. Allowed in any state; 409 beyond its engine.
-    pub async fn update_resources(&self, key: &str, patch: &Resources) -> Result<ContainerRow> {
-        validate_resources(patch)?;
+    /// Changes a container's limits (values in `patch` replace the current ones, `null`s remove
+    /// them), live when it runs, and for every later start. Allowed in any state; 409 beyond its
+    /// engine.
+    pub async fn update_resources(
+        &self,
+        key: &str,
+        patch: &ResourcesUpdate,
+    ) -> Result<ContainerRow> {
+        validate_resources(&patch.values())?;
         let row = self.get(key).await?;
         let lock = self.lock_for(&row.id);
         let _g = lock.lock().await;
         let row = self.get(&row.id).await?;
         let mut cfg: ContainerConfig =
             serde_json::from_str(&row.spec).map_err(|e| internal("stored spec", e))?;
-        let merged = cfg.resources.merged(patch);
+        let merged = patch.applied_to(&cfg.resources);
         validate_resources(&merged)?;
         let engine = self.engine(&row.engine).await?;
         if let Some(excess) = merged.excess_over(&engine.resources) {
@@ -304,19 +324,23 @@ impl Manager {
             // v2: what changed; v1: everything, with the engine's I/O limits where the
             // container has none of its own.
             let live = if self.inner.cgroups.is_v2() {
-                patch.clone()
+                patch.values()
             } else {
                 self.container_limits(&merged, &engine.resources)
             };
-            self.inner
-                .cgroups
-                .apply(
-                    &self.inner.opts.cgroups.container(&row.engine, &row.id),
-                    &live,
-                )
-                .map_err(|m| {
-                    ManagerError::Conflict(format!("the kernel refused the new limits: {m}"))
-                })?;
+            // On v1 a cleared I/O limit may fall back to its engine's (then in `live`).
+            let cleared: Vec<Limit> = patch
+                .cleared()
+                .into_iter()
+                .filter(|l| !live.has(*l))
+                .collect();
+            let path = self.inner.opts.cgroups.container(&row.engine, &row.id);
+            let refused =
+                |m| ManagerError::Conflict(format!("the kernel refused the new limits: {m}"));
+            self.inner.cgroups.apply(&path, &live).map_err(refused)?;
+            if !cleared.is_empty() {
+                self.inner.cgroups.clear(&path, &cleared).map_err(refused)?;
+            }
         }
         cfg.resources = merged;
         let json = serde_json::to_string(&cfg).map_err(|e| internal("spec json", e))?;

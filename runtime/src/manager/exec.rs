@@ -142,7 +142,7 @@ impl Manager {
     }
 
     /// Resolves the exec's user against the container's files: its own changes over its image.
-    async fn exec_identity(
+    pub(super) async fn exec_identity(
         &self,
         row: &ContainerRow,
         user: Option<&str>,
@@ -325,7 +325,7 @@ impl Manager {
         }))
     }
 
-    async fn control(&self, row: &ContainerRow, req: CtlRequest) -> Result<Controlled> {
+    pub(super) async fn control(&self, row: &ContainerRow, req: CtlRequest) -> Result<Controlled> {
         let socket = inarray_shim::paths::control_socket(&self.inner.runtime_root, &row.id);
         self.inner
             .launcher

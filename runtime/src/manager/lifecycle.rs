@@ -170,6 +170,7 @@ impl Manager {
                 hold: false,
             },
             max_execs: 0,
+            log: cfg.log.unwrap_or(self.inner.opts.container_log),
         };
         Ok(Plan { spec, shim })
     }

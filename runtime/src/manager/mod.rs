@@ -7,13 +7,18 @@
 //!
 //! One file per concern, each an `impl Manager` block: `images.rs` (imports, pulls, registries,
 //! prune), `lifecycle.rs` (create, start, stop, kill, wait, delete), `monitor.rs` (exits, restart
-//! policies, reconcile), `engines.rs` (engines and live limits), `io_guard.rs` (the I/O guard's
+//! policies, reconcile), `boot.rs` (after a reboot or a failover: which containers start again,
+//! paced), `engines.rs` (engines and live limits), `io_guard.rs` (the I/O guard's
 //! list of containers). Processes are reached only through the [`Launcher`] seam, cgroups only
 //! through the [`CgroupDriver`] seam, SQL only through the store's typed methods.
 
+mod boot;
+#[cfg(test)]
+mod boot_tests;
 mod engines;
 mod error;
 mod exec;
+mod health;
 mod images;
 mod io_guard;
 mod lifecycle;
@@ -37,6 +42,7 @@ use crate::volumes::ArrayRoot;
 use inarray_shim::protocol::ShimRecord;
 use inarray_shim::ContainerPaths;
 
+pub use boot::{starts_at_boot, NodeBoot, Since, REBOOTED};
 pub(crate) use error::internal;
 pub use error::{Cause, ManagerError, Result};
 pub use exec::{Attached, Attachment, ExecConfig, ExecInfo};
@@ -56,7 +62,14 @@ pub struct ManagerOptions {
     pub container_memory: u64,
     /// Where this daemon's engines and containers live in the cgroup hierarchies.
     pub cgroups: CgroupLayout,
+    /// A container's log limits when its request has none.
+    pub container_log: inarray_shim::logfile::LogLimits,
+    /// Starts the daemon makes on its own (restart policies, after a reboot) at once, at most.
+    pub restart_concurrency: usize,
 }
+
+/// The default of [`ManagerOptions::restart_concurrency`].
+pub const RESTART_CONCURRENCY: usize = 8;
 
 /// Cheap to clone; all clones share one state.
 #[derive(Clone)]
@@ -79,6 +92,10 @@ struct Inner {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Consecutive quick crashes per container (resets after a run of 10 s), for the backoff.
     streaks: Mutex<HashMap<String, u32>>,
+    /// Health of running containers with a check (`health.rs`).
+    health: Mutex<HashMap<String, crate::health::Health>>,
+    /// One permit per start the daemon makes on its own (`restart_concurrency`).
+    starts: Arc<tokio::sync::Semaphore>,
     puller: Puller,
     /// Imports and pulls (through recording the image row) hold it shared; garbage collection
     /// holds it exclusively, so it never removes what an import is about to record.
@@ -129,6 +146,7 @@ impl Manager {
         empty_trash(trash);
         let (changes, _) = broadcast::channel(4096);
         let puller = Puller::new(images.clone());
+        let starts = Arc::new(tokio::sync::Semaphore::new(opts.restart_concurrency.max(1)));
         Ok(Self {
             inner: Arc::new(Inner {
                 cgroups,
@@ -142,6 +160,8 @@ impl Manager {
                 changes,
                 locks: Mutex::default(),
                 streaks: Mutex::default(),
+                health: Mutex::default(),
+                starts,
                 puller,
                 gc_lock: tokio::sync::RwLock::new(()),
                 pulls: Mutex::default(),
@@ -155,6 +175,11 @@ impl Manager {
     /// Where a container's files live (its log, its records).
     pub fn paths(&self, id: &str) -> ContainerPaths {
         ContainerPaths::new(&self.inner.containers_root, id)
+    }
+
+    /// The log limits a container gets when its request sets none (`container_log_*`).
+    pub fn default_log_limits(&self) -> inarray_shim::logfile::LogLimits {
+        self.inner.opts.container_log
     }
 
     /// Subscribe to "container <id> changed" notifications.

@@ -1,14 +1,15 @@
 //! Exits and restarts: a monitor task per running container records its exit (from the shim's
 //! exit record) and applies the restart policy; [`Manager::reconcile`] does the same for what
-//! happened while the daemon was away.
+//! happened while the daemon was away (after a reboot, with the rules of `boot.rs`). Restarts
+//! are paced with the starts after a reboot: at most `restart_concurrency` at once.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use inarray_store::{ContainerState, ExitUpdate};
+use inarray_store::{BootRow, ContainerState, ExitUpdate};
 
-use super::{internal, shim_record, Manager, Result};
+use super::{internal, shim_record, Manager, NodeBoot, Result, Since};
 use crate::config::ContainerConfig;
 use crate::launcher::Pending;
 use crate::supervisor;
@@ -39,6 +40,7 @@ impl Manager {
         exited: Option<Pending<()>>,
         started: Instant,
     ) {
+        self.watch_health(id.clone());
         let this = self.clone();
         tokio::spawn(async move {
             match exited {
@@ -61,6 +63,12 @@ impl Manager {
         let Some(row) = self.inner.store.container(id).await? else {
             return Ok(());
         };
+        if row.state == ContainerState::Restarting {
+            // Its exit was recorded and a start decided on (by a daemon killed since, or after
+            // a reboot): it starts again, paced, whatever the shim's files say.
+            drop(g);
+            return self.start_when_allowed(id, true).await;
+        }
         let paths = self.paths(id);
         let mut exit = supervisor::read_exit_record(&paths);
         if exit.is_none() {
@@ -138,35 +146,57 @@ impl Manager {
         drop(g);
         tracing::info!(container = %id, delay_ms = delay.as_millis() as u64, "restarting per policy");
         tokio::time::sleep(delay).await;
-        let _g = lock.lock().await;
-        match self.inner.store.container(id).await? {
-            // Still waiting to restart (not stopped, removed or started by hand meanwhile).
-            Some(r) if r.state == ContainerState::Restarting && !r.stop_requested => {
-                self.inner.store.bump_restart_count(id).await?;
-                if let Err(e) = self.spawn(&r).await {
-                    tracing::warn!(container = %id, error = %e, "restart failed");
-                }
-            }
-            // A stop arrived during the backoff: it stays exited.
-            Some(r) if r.state == ContainerState::Restarting => {
-                self.inner
-                    .store
-                    .set_state(id, ContainerState::Exited)
-                    .await?;
-                self.changed(id);
-            }
-            _ => {}
-        }
-        Ok(())
+        self.start_when_allowed(id, true).await
     }
 
-    /// Brings SQL in line with reality after a (re)start of the daemon: re-adopts containers whose
-    /// shims live, records exits that happened meanwhile (and applies restart policies), removes
-    /// directories and cgroups that belong to no container.
-    pub async fn reconcile(&self) -> Result<ReconcileReport> {
-        let mut report = ReconcileReport::default();
+    /// [`Manager::start_again`] once one of the `restart_concurrency` permits is free.
+    async fn start_when_allowed(&self, id: &str, count: bool) -> Result<()> {
+        let Ok(_permit) = self.inner.starts.acquire().await else {
+            return Ok(());
+        };
+        self.start_again(id, count).await.map(drop)
+    }
+
+    /// Brings SQL in line with reality after a (re)start of the daemon in the boot `node`.
+    /// After a daemon restart: re-adopts containers whose shims live, records exits that
+    /// happened meanwhile (and applies restart policies). After a reboot or a failover (another
+    /// boot id recorded): nothing of that boot runs; see `boot.rs`. Either way, removes
+    /// directories and cgroups that belong to no container, and records this boot.
+    pub async fn reconcile(&self, node: &NodeBoot) -> Result<ReconcileReport> {
+        let last = self.inner.store.last_boot().await?;
+        let since = Since::of(last.as_ref(), node);
+        let boot = BootRow {
+            boot_id: node.boot_id.clone(),
+            hostname: node.hostname.clone(),
+            recorded_at: Utc::now(),
+        };
+        let mut report = ReconcileReport {
+            since,
+            ..Default::default()
+        };
+        if since.after_boot() {
+            self.reconcile_after_boot(&boot, &mut report).await?;
+        } else {
+            self.reconcile_live(&mut report).await?;
+            self.inner.store.record_boot(&boot, &[]).await?;
+        }
         let rows = self.inner.store.list_containers(true).await?;
         let known: HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        if let Ok(entries) = std::fs::read_dir(&self.inner.containers_root) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !known.contains(name.as_str()) {
+                    let _ = self.remove_files(&name);
+                    report.removed_orphans += 1;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Reconcile after a daemon restart in the same boot: adopt live shims, record the rest.
+    async fn reconcile_live(&self, report: &mut ReconcileReport) -> Result<()> {
+        let rows = self.inner.store.list_containers(true).await?;
         for row in &rows {
             match row.state {
                 ContainerState::Running => {
@@ -227,16 +257,7 @@ impl Manager {
                 }
             }
         }
-        if let Ok(entries) = std::fs::read_dir(&self.inner.containers_root) {
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if !known.contains(name.as_str()) {
-                    let _ = self.remove_files(&name);
-                    report.removed_orphans += 1;
-                }
-            }
-        }
-        Ok(report)
+        Ok(())
     }
 
     /// Deletes an `auto_remove` container after its exit was recorded (and its shim is gone).
@@ -276,10 +297,14 @@ impl Manager {
 /// What [`Manager::reconcile`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReconcileReport {
+    /// A daemon restart, or a reboot or failover since the last start.
+    pub since: Since,
     pub adopted: usize,
     pub exited: usize,
     pub restarted: usize,
     pub removed_orphans: usize,
+    /// After a reboot or a failover: the containers being started again (in the background).
+    pub boot_starts: usize,
 }
 
 #[cfg(test)]

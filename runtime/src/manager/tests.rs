@@ -38,14 +38,27 @@ struct FakeState {
     fail_errno: Option<i32>,
     /// SIGTERM is ignored (the container only ends on SIGKILL).
     ignore_term: bool,
+    /// Exit notifications of supervisors that ended unseen (a power loss: the daemon that
+    /// waited on them went too): never sent, never dropped.
+    limbo: Vec<oneshot::Sender<()>>,
+    /// How long each spawn takes to report its container running.
+    spawn_delay: Duration,
+}
+
+/// Spawns under way and the most there ever were at once.
+#[derive(Default)]
+pub(super) struct Pace {
+    pub(super) in_flight: usize,
+    pub(super) max_in_flight: usize,
 }
 
 /// A [`Launcher`] that records what it is asked and lets the test decide when containers exit.
 /// Like the real shim it writes `shim-pid.json` at a start (removing an old `exit.json`) and
 /// `exit.json` at an exit, so the manager reads the same records it reads in production.
 #[derive(Default)]
-struct FakeLauncher {
+pub(super) struct FakeLauncher {
     state: Mutex<FakeState>,
+    pub(super) pace: Arc<Mutex<Pace>>,
 }
 
 fn id_of(paths: &ContainerPaths) -> String {
@@ -58,7 +71,7 @@ fn id_of(paths: &ContainerPaths) -> String {
 }
 
 impl FakeLauncher {
-    fn spawns(&self) -> Vec<String> {
+    pub(super) fn spawns(&self) -> Vec<String> {
         self.state.lock().unwrap().spawns.clone()
     }
 
@@ -76,18 +89,40 @@ impl FakeLauncher {
     }
 
     /// The container `id` exits with `code`: its exit record is written, then its supervisor ends.
-    fn exit(&self, id: &str, code: i32) {
+    pub(super) fn exit(&self, id: &str, code: i32) {
         let mut s = self.state.lock().unwrap();
-        Self::exit_locked(&mut s, id, code, true);
+        Self::exit_locked(&mut s, id, code, true, true);
     }
 
     /// The supervisor of `id` dies without recording an exit (killed with SIGKILL, say).
     fn die(&self, id: &str) {
         let mut s = self.state.lock().unwrap();
-        Self::exit_locked(&mut s, id, 137, false);
+        Self::exit_locked(&mut s, id, 137, false, true);
     }
 
-    fn exit_locked(s: &mut FakeState, id: &str, code: i32, record: bool) {
+    /// As the node goes down, after its daemon: the container `id` exits with `code` and its
+    /// shim records it, unseen by any daemon.
+    pub(super) fn exit_unseen(&self, id: &str, code: i32) {
+        let mut s = self.state.lock().unwrap();
+        Self::exit_locked(&mut s, id, code, true, false);
+    }
+
+    /// A power loss: every supervisor is gone without an exit record, unseen by any daemon.
+    pub(super) fn power_loss(&self) {
+        let mut s = self.state.lock().unwrap();
+        let ids: Vec<String> = s.live.values().map(|l| id_of(&l.paths)).collect();
+        for id in ids {
+            Self::exit_locked(&mut s, &id, 137, false, false);
+        }
+    }
+
+    /// Each spawn from now on takes `d` to report.
+    pub(super) fn set_spawn_delay(&self, d: Duration) {
+        self.state.lock().unwrap().spawn_delay = d;
+    }
+
+    fn exit_locked(s: &mut FakeState, id: &str, code: i32, record: bool, notify: bool) {
+        let mut unseen = Vec::new();
         for live in s.live.values_mut() {
             if id_of(&live.paths) != id || *live.gone.borrow() {
                 continue;
@@ -103,10 +138,15 @@ impl FakeLauncher {
                     .unwrap();
             }
             if let Some(tx) = live.exited.take() {
-                let _ = tx.send(());
+                if notify {
+                    let _ = tx.send(());
+                } else {
+                    unseen.push(tx);
+                }
             }
             live.gone.send_replace(true);
         }
+        s.limbo.extend(unseen);
     }
 }
 
@@ -150,7 +190,16 @@ impl Launcher for FakeLauncher {
                 gone,
             },
         );
+        let delay = s.spawn_delay;
+        let pace = self.pace.clone();
+        {
+            let mut p = pace.lock().unwrap();
+            p.in_flight += 1;
+            p.max_in_flight = p.max_in_flight.max(p.in_flight);
+        }
         Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            pace.lock().unwrap().in_flight -= 1;
             Ok(Launched {
                 record: rec,
                 exited: Box::pin(async move {
@@ -172,7 +221,7 @@ impl Launcher for FakeLauncher {
         };
         s.signals.push((id.clone(), sig));
         if sig == Signal::SIGKILL || (sig == Signal::SIGTERM && !s.ignore_term) {
-            FakeLauncher::exit_locked(&mut s, &id, 128 + sig as i32, true);
+            FakeLauncher::exit_locked(&mut s, &id, 128 + sig as i32, true, true);
         }
         Ok(())
     }
@@ -211,18 +260,18 @@ impl Launcher for FakeLauncher {
     }
 }
 
-struct Env {
+pub(super) struct Env {
     _tmp: tempfile::TempDir,
-    store: Store,
+    pub(super) store: Store,
     images: Arc<inarray_images::ImageStore>,
     cgroups: Arc<RecordingDriver>,
-    launcher: Arc<FakeLauncher>,
-    opts: ManagerOptions,
-    manager: Manager,
+    pub(super) launcher: Arc<FakeLauncher>,
+    pub(super) opts: ManagerOptions,
+    pub(super) manager: Manager,
 }
 
 impl Env {
-    async fn new() -> Self {
+    pub(super) async fn new() -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let state = tmp.path().join("state");
         let array = tmp.path().join("array");
@@ -261,6 +310,8 @@ impl Env {
             shim_exe: tmp.path().join("unused"),
             container_memory: 8 << 30,
             cgroups: Default::default(),
+            container_log: Default::default(),
+            restart_concurrency: super::RESTART_CONCURRENCY,
         };
         let cgroups = Arc::new(RecordingDriver::default());
         let launcher = Arc::new(FakeLauncher::default());
@@ -285,18 +336,23 @@ impl Env {
     }
 
     /// The same state, as a daemon started again would see it (same store, same supervisors).
-    fn restarted(&self) -> Manager {
+    pub(super) fn restarted(&self) -> Manager {
+        self.restarted_with(self.opts.clone())
+    }
+
+    /// [`Env::restarted`] with other options.
+    pub(super) fn restarted_with(&self, opts: ManagerOptions) -> Manager {
         Manager::with_launcher(
             self.store.clone(),
             self.images.clone(),
             self.cgroups.clone(),
             self.launcher.clone(),
-            self.opts.clone(),
+            opts,
         )
         .unwrap()
     }
 
-    async fn create(&self, extra: serde_json::Value) -> inarray_store::ContainerRow {
+    pub(super) async fn create(&self, extra: serde_json::Value) -> inarray_store::ContainerRow {
         let mut cfg = serde_json::json!({"image": "test", "pull": "never"});
         cfg.as_object_mut()
             .unwrap()
@@ -305,12 +361,12 @@ impl Env {
         self.manager.create(cfg).await.unwrap()
     }
 
-    async fn state(&self, id: &str) -> inarray_store::ContainerRow {
+    pub(super) async fn state(&self, id: &str) -> inarray_store::ContainerRow {
         self.manager.get(id).await.unwrap()
     }
 
     /// Waits (bounded) until the launcher has had `n` spawns.
-    async fn until_spawns(&self, n: usize) {
+    pub(super) async fn until_spawns(&self, n: usize) {
         for _ in 0..500 {
             if self.launcher.spawns().len() >= n {
                 assert_eq!(self.launcher.spawns().len(), n);
@@ -322,7 +378,11 @@ impl Env {
     }
 
     /// Waits (bounded) until the container is in `state`.
-    async fn until(&self, id: &str, state: ContainerState) -> inarray_store::ContainerRow {
+    pub(super) async fn until(
+        &self,
+        id: &str,
+        state: ContainerState,
+    ) -> inarray_store::ContainerRow {
         for _ in 0..500 {
             let row = self.state(id).await;
             if row.state == state {
@@ -552,6 +612,7 @@ async fn kill_and_delete_respect_the_state() {
 #[tokio::test]
 async fn reconcile_adopts_live_supervisors_and_records_what_ended_meanwhile() {
     let env = Env::new().await;
+    env.manager.reconcile(&boot("boot-1")).await.unwrap();
     let alive = env.create(serde_json::json!({"name": "alive"})).await;
     let exited = env.create(serde_json::json!({"name": "exited"})).await;
     let died = env.create(serde_json::json!({"name": "died"})).await;
@@ -574,7 +635,12 @@ async fn reconcile_adopts_live_supervisors_and_records_what_ended_meanwhile() {
             .await
             .unwrap();
     }
-    let report = restarted.reconcile().await.unwrap();
+    let report = restarted.reconcile(&boot("boot-1")).await.unwrap();
+    assert_eq!(
+        report.since,
+        super::Since::Restart,
+        "the same boot: a daemon restart"
+    );
     assert_eq!(report.adopted, 1);
     assert_eq!(report.exited, 2);
     let row = env.until(&exited.id, ContainerState::Exited).await;
@@ -602,6 +668,14 @@ async fn find_by_name_matches_names_only() {
         .await
         .unwrap()
         .is_none());
+}
+
+/// The boot `id` of the node `node-a`.
+pub(super) fn boot(id: &str) -> super::NodeBoot {
+    super::NodeBoot {
+        boot_id: id.into(),
+        hostname: "node-a".into(),
+    }
 }
 
 /// Waits (bounded) until no container has `id`.
@@ -661,6 +735,7 @@ async fn auto_remove_deletes_after_the_exit_is_recorded_and_remembers_it() {
 #[tokio::test]
 async fn auto_remove_applies_to_an_exit_seen_at_reconcile_and_to_a_failed_start() {
     let env = Env::new().await;
+    env.manager.reconcile(&boot("boot-1")).await.unwrap();
     let row = env
         .create(serde_json::json!({"name": "meanwhile", "auto_remove": true}))
         .await;
@@ -679,7 +754,7 @@ async fn auto_remove_applies_to_an_exit_seen_at_reconcile_and_to_a_failed_start(
             )
             .await
             .unwrap();
-        restarted.reconcile().await.unwrap();
+        restarted.reconcile(&boot("boot-1")).await.unwrap();
     }
     until_gone(&env, &row.id).await;
 

@@ -56,6 +56,9 @@ pub struct FileConfig {
     /// The shim executable (default: `inarray-shim` in the directory of the daemon's own
     /// executable).
     pub shim: Option<PathBuf>,
+    /// Serve the Docker Engine API too: "unix" (its socket at /run/inarray/docker.sock), a
+    /// socket path ("/PATH" or "unix:/PATH"), or "off" (the default).
+    pub docker_listen: Option<String>,
     /// Containers' logs by default (a container's `log` overrides): bytes per file ("10m") and
     /// files kept; the log never takes more than their product.
     pub container_log_max_size: Option<String>,
@@ -180,6 +183,26 @@ impl EventsConfig {
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/inarray";
 pub const DEFAULT_SOCKET: &str = "/run/inarray/inarray.sock";
+pub const DEFAULT_DOCKER_SOCKET: &str = "/run/inarray/docker.sock";
+
+/// `docker_listen`: the Docker API's socket path, or none.
+fn docker_listen(v: &str) -> Result<Option<PathBuf>> {
+    match v {
+        "" | "off" | "none" => return Ok(None),
+        "unix" => return Ok(Some(DEFAULT_DOCKER_SOCKET.into())),
+        _ => {}
+    }
+    let path = v.strip_prefix("unix:").unwrap_or(v);
+    if path.starts_with('/') {
+        return Ok(Some(path.into()));
+    }
+    if v.starts_with("tcp:") {
+        bail!(
+            "docker_listen {v:?}: TCP is not available for the Docker API yet (only a unix socket, whose permissions are its access control); use \"unix\" or a socket path"
+        );
+    }
+    bail!("docker_listen {v:?}: expected \"unix\", an absolute socket path (or unix:/PATH), or \"off\"")
+}
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct ServeOpts {
@@ -204,6 +227,10 @@ pub struct ServeOpts {
     /// The shim executable (default: inarray-shim beside this executable).
     #[arg(long, value_name = "FILE")]
     pub shim: Option<PathBuf>,
+    /// Serve the Docker Engine API on a unix socket too: "unix" (/run/inarray/docker.sock), a
+    /// socket path, or "off". Default: off.
+    #[arg(long, value_name = "unix|PATH|off")]
+    pub docker_listen: Option<String>,
     /// For tests only: take this for the kernel's boot id (a different one than the last start's
     /// makes the daemon reconcile as after a reboot).
     #[arg(long, value_name = "ID", hide = true)]
@@ -234,6 +261,8 @@ pub(crate) struct Settings {
     pub(crate) nats: Option<inarray_events::nats::NatsConfig>,
     pub(crate) io_guard: inarray_runtime::GuardConfig,
     pub(crate) shim: Option<PathBuf>,
+    /// The Docker API's unix socket, when it is served.
+    pub(crate) docker_listen: Option<PathBuf>,
     pub(crate) container_log: inarray_runtime::LogLimits,
     pub(crate) restart_concurrency: usize,
     /// Test-only: the boot id to use instead of the kernel's.
@@ -425,6 +454,10 @@ pub(crate) fn settings(opts: ServeOpts) -> Result<Settings> {
         events: file.events.unwrap_or_default().options()?,
         io_guard: file.io_guard.unwrap_or_default().options()?,
         shim: opts.shim.or(file.shim),
+        docker_listen: match opts.docker_listen.or(file.docker_listen) {
+            Some(v) => docker_listen(&v)?,
+            None => None,
+        },
         restart_concurrency: match file.restart_concurrency {
             None => inarray_runtime::RESTART_CONCURRENCY,
             Some(n) if (1..=256).contains(&n) => n,
@@ -447,8 +480,52 @@ mod tests {
             nfs_listen: None,
             cgroup_root: None,
             shim: None,
+            docker_listen: None,
             boot_id: None,
         }
+    }
+
+    #[test]
+    fn docker_listen_is_off_by_default_and_a_unix_socket_when_on() {
+        assert_eq!(
+            settings(opts(None, Some("/a"), &[])).unwrap().docker_listen,
+            None
+        );
+        let on = |v: &str| {
+            let mut o = opts(None, Some("/a"), &[]);
+            o.docker_listen = Some(v.into());
+            settings(o).map(|s| s.docker_listen)
+        };
+        assert_eq!(
+            on("unix").unwrap(),
+            Some(PathBuf::from(DEFAULT_DOCKER_SOCKET))
+        );
+        assert_eq!(
+            on("/run/d.sock").unwrap(),
+            Some(PathBuf::from("/run/d.sock"))
+        );
+        assert_eq!(
+            on("unix:/run/d.sock").unwrap(),
+            Some(PathBuf::from("/run/d.sock"))
+        );
+        assert_eq!(on("off").unwrap(), None);
+        let e = on("tcp:0.0.0.0:2375").unwrap_err().to_string();
+        assert!(e.starts_with("docker_listen") && e.contains("TCP"), "{e}");
+        let e = on("docker.sock").unwrap_err().to_string();
+        assert!(e.starts_with("docker_listen"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("inarray.toml");
+        std::fs::write(&cfg, "array = \"/a\"\ndocker_listen = \"unix\"\n").unwrap();
+        assert_eq!(
+            settings(opts(Some(cfg.clone()), None, &[]))
+                .unwrap()
+                .docker_listen,
+            Some(PathBuf::from(DEFAULT_DOCKER_SOCKET))
+        );
+        // The flag wins over the file.
+        let mut o = opts(Some(cfg), None, &[]);
+        o.docker_listen = Some("off".into());
+        assert_eq!(settings(o).unwrap().docker_listen, None);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use inarray_api::serve::{bind, serve, Listen};
+use inarray_api::serve::{bind, serve_each, Listen};
 
 use crate::config::{settings, ServeOpts, Settings};
 use crate::reload::Reloader;
@@ -57,7 +57,8 @@ fn check_dirs(s: &Settings) -> Result<(PathBuf, PathBuf)> {
             array.display()
         );
     }
-    for l in &s.listen {
+    let docker = s.docker_listen.iter().map(|p| Listen::Unix(p.clone()));
+    for l in s.listen.iter().cloned().chain(docker) {
         if let Listen::Unix(p) = l {
             if let Some(dir) = p.parent() {
                 if dir
@@ -99,6 +100,11 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
         Listen::Unix(p) => p.parent().map(Path::to_path_buf),
         Listen::Tcp(_) => None,
     }));
+    protected.extend(
+        s.docker_listen
+            .iter()
+            .filter_map(|p| p.parent().map(Path::to_path_buf)),
+    );
     let cgroup_root = Path::new(inarray_runtime::cgroups::MOUNT_ROOT);
     let cgroups = inarray_runtime::engines::LibcgroupsDriver::new(cgroup_root, &array)
         .map_err(anyhow::Error::msg)?;
@@ -136,6 +142,15 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
     let bound = bind(&s.listen, s.socket_mode, s.socket_group, tls)
         .await
         .map_err(anyhow::Error::msg)?;
+    // The Docker API: a unix socket with the native sockets' mode and group.
+    let docker_listen: Vec<Listen> = s
+        .docker_listen
+        .iter()
+        .map(|p| Listen::Unix(p.clone()))
+        .collect();
+    let docker_bound = bind(&docker_listen, s.socket_mode, s.socket_group, None)
+        .await
+        .map_err(|e| anyhow::anyhow!("docker_listen: {e}"))?;
     manager.init_engines(&s.engines).await.context("engines")?;
     io_weights(&s, &array, &manager).await?;
     manager
@@ -214,6 +229,7 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
             cgroup_mode: manager.cgroup_mode().as_str().into(),
             listen: s.listen.iter().map(ToString::to_string).collect(),
             nfs_listen: nfs.as_ref().map(|n| n.addr.to_string()),
+            docker_listen: docker_listen.first().map(ToString::to_string),
         },
     )
     .await
@@ -223,6 +239,7 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
         array = %array.display(),
         state = %state.display(),
         listen = ?s.listen.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        docker_listen = ?docker_listen.first().map(ToString::to_string),
         adopted = report.adopted,
         exited_meanwhile = report.exited,
         orphans_removed = report.removed_orphans,
@@ -243,14 +260,18 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
             }
         });
     }
-    let app = inarray_api::router(inarray_api::AppState {
+    let state = inarray_api::AppState {
         manager: manager.clone(),
         jobs: jobs.clone(),
         events: events.clone(),
         exports: exports.clone(),
         nfs_metrics: nfs.as_ref().map(|n| n.metrics.clone()),
         access: access.clone(),
-    });
+    };
+    let docker_app = inarray_api::docker::router(&state);
+    let app = inarray_api::router(state);
+    let mut listeners: Vec<_> = bound.into_iter().map(|b| (b, app.clone())).collect();
+    listeners.extend(docker_bound.into_iter().map(|b| (b, docker_app.clone())));
     if let Some(path) = opts.config.clone() {
         let reloader = Reloader {
             opts,
@@ -269,7 +290,7 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
         // Long-polls, SSE and WebSocket streams end, so in-flight requests can finish.
         closing.begin_shutdown();
     };
-    serve(app, bound, limits, shutdown)
+    serve_each(listeners, limits, shutdown)
         .await
         .context("serving the API")?;
     jobs.stop();

@@ -119,6 +119,7 @@ impl Reloader {
             ),
             ("io_guard", new.io_guard != c.io_guard),
             ("shim", new.shim != c.shim),
+            ("docker_listen", new.docker_listen != c.docker_listen),
             ("container_log_*", new.container_log != c.container_log),
             (
                 "restart_concurrency",
@@ -152,6 +153,7 @@ impl Reloader {
             nats: c.nats.clone(),
             io_guard: c.io_guard.clone(),
             shim: c.shim.clone(),
+            docker_listen: c.docker_listen.clone(),
             container_log: c.container_log,
             restart_concurrency: c.restart_concurrency,
             boot_id: c.boot_id.clone(),

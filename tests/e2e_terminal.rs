@@ -6,156 +6,13 @@
 mod common;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::daemon::{Method, TestDaemon};
+use common::tmux::{wait_file, Tmux, DEADLINE};
 use serde_json::json;
-
-const DEADLINE: Duration = Duration::from_secs(30);
-
-/// A tmux server of its own (its socket in the test's temporary directory, no config file) with
-/// one session running one command.
-struct Tmux {
-    socket: PathBuf,
-    /// Where the script sends the CLI's standard error (shown when a wait fails).
-    stderr: PathBuf,
-}
-
-impl Tmux {
-    /// Starts `script` (a `sh -c` line) in a detached session of `cols` x `rows`; `stderr` is
-    /// in the test's temporary directory, and so is the server's socket.
-    fn start(script: &str, stderr: PathBuf, cols: u16, rows: u16) -> Self {
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = stderr.parent().expect("a file in the test's directory");
-        let t = Tmux {
-            socket: dir.join(format!("tmux-{n}.sock")),
-            stderr,
-        };
-        let (cols, rows) = (cols.to_string(), rows.to_string());
-        t.run(&[
-            "new-session",
-            "-d",
-            "-s",
-            "t",
-            "-x",
-            &cols,
-            "-y",
-            &rows,
-            script,
-        ]);
-        t
-    }
-
-    fn command(&self) -> Command {
-        let mut c = Command::new("tmux");
-        c.arg("-S")
-            .arg(&self.socket)
-            .args(["-f", "/dev/null"])
-            .env_remove("TMUX")
-            .env_remove("INARRAY_TOKEN")
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> String {
-        let out = self.command().args(args).output().unwrap_or_else(|e| {
-            panic!("cannot run tmux ({e}): `./dev test` installs it (TEST_PKGS)")
-        });
-        assert!(
-            out.status.success(),
-            "tmux {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Types `keys` (tmux key names: "Enter", "C-c"; anything else literally).
-    fn keys(&self, keys: &[&str]) {
-        self.run(&[&["send-keys", "-t", "t"], keys].concat());
-    }
-
-    /// Types a line and Enter.
-    fn line(&self, text: &str) {
-        self.run(&["send-keys", "-t", "t", "-l", text]);
-        self.keys(&["Enter"]);
-    }
-
-    /// What the pane shows now; `None` once the session has ended.
-    fn screen(&self) -> Option<String> {
-        let out = self
-            .command()
-            .args(["capture-pane", "-p", "-t", "t"])
-            .output()
-            .expect("run tmux");
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    /// For failure messages: the screen, the CLI's standard error and the daemon's log.
-    fn report(&self, d: &TestDaemon) -> String {
-        format!(
-            "the screen:\n{}\n--- the CLI's stderr:\n{}\n--- daemon log:\n{}",
-            self.screen()
-                .unwrap_or_else(|| "(the session has ended)".into()),
-            std::fs::read_to_string(&self.stderr).unwrap_or_default(),
-            d.log()
-        )
-    }
-
-    fn resize(&self, cols: u16, rows: u16) {
-        let (cols, rows) = (cols.to_string(), rows.to_string());
-        self.run(&["resize-window", "-t", "t", "-x", &cols, "-y", &rows]);
-    }
-
-    /// Polls the screen until `pred` holds; panics after the deadline, or at once when the
-    /// session has ended (the CLI exited).
-    async fn wait_screen(&self, d: &TestDaemon, what: &str, pred: impl Fn(&str) -> bool) {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let Some(s) = self.screen() else {
-                panic!("waiting for {what}: the CLI has exited; {}", self.report(d));
-            };
-            if pred(&s) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; {}",
-                self.report(d)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Waits for a line of the screen that is exactly `text` (output, not the typed command).
-    async fn wait_line(&self, d: &TestDaemon, text: &str) {
-        self.wait_screen(d, &format!("the line {text:?}"), |s| {
-            s.lines().any(|l| l.trim_end() == text)
-        })
-        .await;
-    }
-
-    /// Waits for the shell's prompt: the last line shown ends with `#` (root) or `$`.
-    async fn wait_prompt(&self, d: &TestDaemon) {
-        self.wait_screen(d, "a prompt", |s| {
-            s.lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .is_some_and(|l| l.trim_end().ends_with('#') || l.trim_end().ends_with('$'))
-        })
-        .await;
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = self.command().arg("kill-server").output();
-    }
-}
 
 /// The CLI against `d`, as a shell command line.
 fn cli_line(d: &TestDaemon, args: &str) -> String {
@@ -164,25 +21,6 @@ fn cli_line(d: &TestDaemon, args: &str) -> String {
         TestDaemon::bin().display(),
         d.socket.display()
     )
-}
-
-/// Waits for a file the pane's script writes at its end; returns its text.
-async fn wait_file(d: &TestDaemon, t: &Tmux, path: &Path) -> String {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Ok(s) = std::fs::read_to_string(path) {
-            if s.ends_with('\n') {
-                return s;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {}; {}",
-            path.display(),
-            t.report(d)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// `ps` inside the container (through the non-tty exec).

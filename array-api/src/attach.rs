@@ -71,6 +71,18 @@ pub fn respond(
     tty: bool,
     done: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Response {
+    respond_later(up, tty, async move { Some(source) }, done)
+}
+
+/// Answers 101 at once and runs the stream once `source` is there (the Docker API's attach to a
+/// container that is not started yet: its start hands the stream over). Without a source (the
+/// start failed, the container went away) the upgraded connection is closed.
+pub fn respond_later(
+    up: Upgrade,
+    tty: bool,
+    source: impl std::future::Future<Output = Option<Source>> + Send + 'static,
+    done: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Response {
     let (on, headers) = match up {
         Upgrade::Raw(on) => {
             let mut h = HeaderMap::new();
@@ -103,10 +115,10 @@ pub fn respond(
         match on.await {
             Ok(up) => {
                 let io = TokioIo::new(up);
-                let r = if ws {
-                    run_ws(io, source, tty).await
-                } else {
-                    run_raw(io, source, tty).await
+                let r = match source.await {
+                    Some(source) if ws => run_ws(io, source, tty).await,
+                    Some(source) => run_raw(io, source, tty).await,
+                    None => Ok(()),
                 };
                 if let Err(e) = r {
                     tracing::debug!(error = %e, "attach stream ended with an error");

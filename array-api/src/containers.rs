@@ -71,6 +71,9 @@ pub struct ContainerView {
     pub tty: bool,
     /// Its stdin is open for attached clients.
     pub open_stdin: bool,
+    /// It is deleted once it has exited.
+    pub auto_remove: bool,
+    pub labels: std::collections::BTreeMap<String, String>,
     /// While running with a health check: status, failing streak, the last results.
     pub health: Option<inarray_runtime::health::Health>,
 }
@@ -105,6 +108,8 @@ impl TryFrom<ContainerRow> for ContainerView {
             oom_killed: r.oom_killed,
             tty: cfg.tty,
             open_stdin: cfg.open_stdin,
+            auto_remove: cfg.auto_remove,
+            labels: cfg.labels,
             health: None,
         })
     }
@@ -370,7 +375,7 @@ impl Follow {
         Self::new(m, id, log)
     }
 
-    fn new(m: Manager, id: String, log: LogFollower) -> Self {
+    pub(crate) fn new(m: Manager, id: String, log: LogFollower) -> Self {
         let rx = m.subscribe();
         Self {
             m,

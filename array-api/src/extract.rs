@@ -69,7 +69,10 @@ where
 }
 
 /// The whole body, within the size limit (413) and the body timeout (408).
-async fn read_body(body: axum::body::Body, limits: &Limits) -> Result<axum::body::Bytes, ApiError> {
+pub(crate) async fn read_body(
+    body: axum::body::Body,
+    limits: &Limits,
+) -> Result<axum::body::Bytes, ApiError> {
     use http_body_util::BodyExt;
     let limited = http_body_util::Limited::new(body, limits.max_body_bytes);
     match tokio::time::timeout(limits.body_timeout, limited.collect()).await {

@@ -67,7 +67,24 @@ async fn import_image(
     Query(q): Query<ImportQuery>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    // A client that stops sending mid-upload is cut off after the idle timeout (408).
+    let images = import_upload(&m, &limits, body, q.name).await?;
+    let views: Vec<ImageView> = images.into_iter().map(ImageView::from).collect();
+    let first = views
+        .first()
+        .map(|v| json!({"id": v.id, "names": v.names}))
+        .unwrap_or(Value::Null);
+    let body = json!({"id": first["id"], "names": first["names"], "images": views});
+    Ok((StatusCode::CREATED, axum::Json(body)).into_response())
+}
+
+/// Imports the archive streamed in `body` (compressed or not). A client that stops sending
+/// mid-upload is cut off after the idle timeout (408); nothing is imported then.
+pub(crate) async fn import_upload(
+    m: &Manager,
+    limits: &Limits,
+    body: Body,
+    name: Option<String>,
+) -> Result<Vec<ImageRow>, ApiError> {
     let idle = limits.idle_timeout;
     let stalled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = stalled.clone();
@@ -94,20 +111,13 @@ async fn import_image(
         },
     ));
     let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
-    let images = match m.import_image(reader, q.name).await {
-        Ok(i) => i,
+    match m.import_image(reader, name).await {
+        Ok(i) => Ok(i),
         Err(_) if stalled.load(std::sync::atomic::Ordering::Relaxed) => {
-            return Err(ApiError::upload_stalled(idle))
+            Err(ApiError::upload_stalled(idle))
         }
-        Err(e) => return Err(e.into()),
-    };
-    let views: Vec<ImageView> = images.into_iter().map(ImageView::from).collect();
-    let first = views
-        .first()
-        .map(|v| json!({"id": v.id, "names": v.names}))
-        .unwrap_or(Value::Null);
-    let body = json!({"id": first["id"], "names": first["names"], "images": views});
-    Ok((StatusCode::CREATED, axum::Json(body)).into_response())
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn list_images(State(m): State<Manager>) -> Result<axum::Json<Vec<ImageView>>, ApiError> {

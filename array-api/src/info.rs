@@ -51,6 +51,7 @@ async fn info(State(s): State<AppState>) -> Result<axum::Json<Value>, ApiError> 
         "cgroup_mode": i.cgroup_mode,
         "listen": i.listen,
         "nfs_listen": i.nfs_listen,
+        "docker_listen": i.docker_listen,
         "engines": engines,
         "exports": exports,
     })))

@@ -4,6 +4,7 @@ pub mod access;
 mod attach;
 pub mod client;
 pub mod containers;
+pub mod docker;
 pub mod engines;
 pub mod error;
 pub mod events;

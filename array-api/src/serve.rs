@@ -192,12 +192,29 @@ pub async fn serve<F>(
 where
     F: Future<Output = ()> + Send + 'static,
 {
+    serve_each(
+        bound.into_iter().map(|b| (b, router.clone())).collect(),
+        limits,
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`] with a router per listener (the native API on some, the Docker API on another),
+/// under one shutdown.
+pub async fn serve_each<F>(
+    listeners_and_routers: Vec<(Bound, Router)>,
+    limits: Limits,
+    shutdown: F,
+) -> std::io::Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
     let (tx, _) = tokio::sync::watch::channel(false);
     let mut listeners = Vec::new();
     let conns = Arc::new(Mutex::new(tokio::task::JoinSet::new()));
-    for b in bound {
+    for (b, r) in listeners_and_routers {
         let rx = tx.subscribe();
-        let r = router.clone();
         let conns = conns.clone();
         listeners.push(tokio::spawn(accept_loop(b, r, limits, rx, conns)));
     }

@@ -170,6 +170,7 @@ impl Env {
                 cgroup_mode: "v2".into(),
                 listen: vec!["unix:/run/test.sock".into()],
                 nfs_listen: None,
+                docker_listen: None,
             },
         )
         .await

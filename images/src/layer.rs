@@ -178,6 +178,79 @@ impl<R: BufRead> Read for ZstdStream<R> {
     }
 }
 
+/// A reader that fails (instead of truncating) once more than `left` bytes have passed.
+struct Capped<R> {
+    inner: R,
+    left: u64,
+    what: &'static str,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        match self.left.checked_sub(n as u64) {
+            Some(left) => {
+                self.left = left;
+                Ok(n)
+            }
+            None => Err(io::Error::other(format!(
+                "the decompressed {} is larger than the limit (max_unpacked_layer_bytes)",
+                self.what
+            ))),
+        }
+    }
+}
+
+/// A whole image archive, as `docker load` takes it: plain tar, or gzip- or zstd-compressed
+/// (by its first bytes; a decompressed stream is capped at `limit` bytes, so a small
+/// compressed bomb cannot fill the disk). bzip2 and xz are recognized and refused by name.
+pub(crate) fn archive_stream<'a, R: Read + 'a>(
+    reader: R,
+    limit: u64,
+) -> Result<Box<dyn Read + 'a>, ImageError> {
+    // The first bytes tell the formats apart; they are put back in front of the stream.
+    let mut reader = reader;
+    let mut buf = [0u8; 6];
+    let mut n = 0;
+    while n < buf.len() {
+        match reader.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(ImageError::ArchiveRead(e)),
+        }
+    }
+    let head = &buf[..n];
+    let r = BufReader::with_capacity(256 * 1024, io::Cursor::new(head.to_vec()).chain(reader));
+    if head.starts_with(b"BZh") || head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        let kind = if head.starts_with(b"BZh") {
+            "bzip2"
+        } else {
+            "xz"
+        };
+        return Err(ImageError::InvalidArchive(format!(
+            "the archive is {kind}-compressed, which is not supported; send it uncompressed or gzip- or zstd-compressed"
+        )));
+    }
+    Ok(match Compression::sniff(head) {
+        Compression::None => Box::new(r),
+        Compression::Gzip => Box::new(Capped {
+            inner: MultiGzDecoder::new(r),
+            left: limit,
+            what: "gzip archive",
+        }),
+        Compression::Zstd => Box::new(Capped {
+            inner: ZstdStream {
+                source: r,
+                decoder: FrameDecoder::new(),
+                in_frame: false,
+            },
+            left: limit,
+            what: "zstd archive",
+        }),
+    })
+}
+
 /// Opens a layer blob as its decompressed tar stream.
 pub(crate) fn decompressed(path: &Path) -> io::Result<Box<dyn Read>> {
     let compression = Compression::of_file(path)?;

@@ -35,6 +35,9 @@
 //!   `lowerdir+` (Linux 6.8+) for deeper images. The kernel caps lowers at 500.
 //! - Layer compression is taken from the magic bytes (gzip, zstd including skippable and
 //!   multiple frames, or none), whatever the media type says; bzip2/xz layers are refused.
+//!   So is a whole archive's (`docker save img | gzip`): its decompressed stream is capped at
+//!   `max_unpacked_layer_bytes`; bzip2/xz archives are refused by name (no decoder among our
+//!   dependencies).
 //! - GNU sparse files, device nodes and extended attributes other than `security.capability` and
 //!   `user.*` are refused or dropped.
 //! - A streamed archive is staged whole (every regular file, each up to `max_blob_bytes`, at most
@@ -44,6 +47,7 @@
 //! - [`ImageStore::gc`] must not run while an import is in flight.
 
 mod error;
+mod export;
 mod fsutil;
 pub mod http;
 mod import;
@@ -61,6 +65,7 @@ mod tests;
 mod testutil;
 
 pub use error::ImageError;
+pub use export::ExportImage;
 pub use reference::Reference;
 pub use registry::{
     Credentials, PullEvent, Puller, RegistryError, RegistryErrorKind, RegistrySettings,

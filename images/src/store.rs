@@ -80,14 +80,16 @@ impl ImageStore {
     }
 
     /// Imports an OCI image-layout archive (`skopeo copy … oci-archive:`) or a docker archive
-    /// (`docker save`, `podman save`) from a stream. With `name`, the (single) image is named
-    /// `name` instead of what the archive says. Every image in the archive is imported.
+    /// (`docker save`, `podman save`) from a stream, plain or gzip- or zstd-compressed (`docker
+    /// save img | gzip`). With `name`, the (single) image is named `name` instead of what the
+    /// archive says. Every image in the archive is imported.
     pub fn import_archive<R: Read>(
         &self,
         reader: R,
         name: Option<&Reference>,
     ) -> Result<Vec<ImportedImage>, ImageError> {
         let staging = Staging::create(&self.tmp_dir(), "import")?;
+        let reader = crate::layer::archive_stream(reader, self.limits.max_unpacked_layer_bytes)?;
         let mut source = ArchiveSource::read(reader, &staging, &self.limits)?;
         import::import(self, &staging, &mut source, name)
     }

@@ -949,3 +949,97 @@ fn imported_image_round_trips_as_json() {
     let back: ImportedImage = serde_json::from_str(&text).unwrap();
     assert_eq!(back, images[0]);
 }
+
+/// `docker save img | gzip` (and zstd) loads as the plain archive does; bzip2 and xz are refused
+/// by name; a compressed archive that inflates beyond the limit is refused with the store
+/// unchanged.
+#[test]
+fn imports_compressed_archives_and_refuses_what_it_cannot_read() {
+    let img = two_layer_image();
+    let files = docker_files(&[(&img, &["app:2"])]);
+    let plain = tar_of(&files);
+    for (what, data) in [("gzip", gzip(&plain)), ("zstd", zstd(&plain))] {
+        let (_t, store) = store();
+        let images = store
+            .import_archive(&data[..], None)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(images[0].id, img.config_digest, "{what}");
+        assert_eq!(images[0].names, vec!["app:2"], "{what}");
+    }
+    let (_t, store) = store();
+    for (kind, head) in [
+        ("bzip2", &b"BZh91AY&SY"[..]),
+        ("xz", &b"\xfd7zXZ\0\0\x04"[..]),
+    ] {
+        let e = store.import_archive(head, None).unwrap_err().to_string();
+        assert!(e.contains(&format!("{kind}-compressed")), "{e}");
+    }
+    // A short stream is still read as what it is (an empty tar is no image).
+    assert!(store.import_archive(&b"x"[..], None).is_err());
+    let small = ImageStore::open(
+        &_t.path().join("small"),
+        crate::Limits {
+            max_unpacked_layer_bytes: 1024,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let e = small
+        .import_archive(&gzip(&plain)[..], None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("larger than the limit"), "{e}");
+    assert!(
+        fs::read_dir(small.root().join("blobs/sha256"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "nothing was kept"
+    );
+}
+
+/// An exported archive is a valid tar (the `tar` crate reads it) that imports again, gzipped
+/// too, as the same image with the same names.
+#[test]
+fn export_round_trips_through_import() {
+    let (_t, store) = store();
+    let img = two_layer_image();
+    let files = docker_files(&[(&img, &["app:2"])]);
+    let got = import_tar(&store, &files).unwrap().remove(0);
+    let export = crate::ExportImage {
+        names: vec!["app:2".into()],
+        manifest_digest: got.manifest_digest.clone(),
+        config_digest: got.id.clone(),
+        layer_digests: got.layers.iter().map(|l| l.digest.clone()).collect(),
+    };
+    let mut out = Vec::new();
+    store
+        .export_archive(std::slice::from_ref(&export), &mut out)
+        .unwrap();
+    let mut names: Vec<String> = tar::Archive::new(&out[..])
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect();
+    names.sort();
+    assert!(names.contains(&"index.json".to_string()), "{names:?}");
+    assert!(names.contains(&"manifest.json".to_string()), "{names:?}");
+    assert!(
+        names.contains(&format!("blobs/sha256/{}", hex_of(&got.id))),
+        "{names:?}"
+    );
+    for data in [out.clone(), gzip(&out)] {
+        let (_t2, other) = self::store();
+        let again = other.import_archive(&data[..], None).unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].id, got.id);
+        assert_eq!(again[0].manifest_digest, got.manifest_digest);
+        assert_eq!(again[0].names, vec!["app:2"]);
+    }
+    // A blob the store lacks is an error, not a short archive.
+    let mut missing = export;
+    missing
+        .layer_digests
+        .push(format!("sha256:{}", "0".repeat(64)));
+    assert!(store.export_archive(&[missing], &mut Vec::new()).is_err());
+}

@@ -174,6 +174,12 @@ impl JobSpec {
                 "must be \"no\": a job's failed runs are retried through `retries`",
             ));
         }
+        if c.auto_remove {
+            return Err(bad(
+                "container.auto_remove",
+                "must be false: a job keeps its runs' containers (see `history`)",
+            ));
+        }
         if !c.start {
             return Err(bad(
                 "container.start",
@@ -328,6 +334,11 @@ mod tests {
                 r#"{"name":"n","schedule":"* * * * *","container":{"image":"b","restart":"always"}}"#
                     .into(),
                 "container.restart: ",
+            ),
+            (
+                r#"{"name":"n","schedule":"* * * * *","container":{"image":"b","auto_remove":true}}"#
+                    .into(),
+                "container.auto_remove: ",
             ),
             (
                 r#"{"name":"n","schedule":"* * * * *","container":{"image":"b","start":false}}"#

@@ -1,5 +1,6 @@
 //! The typed container request: what a caller may ask for, validated before anything is created.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -52,6 +53,14 @@ pub struct ContainerConfig {
     /// Keep stdin open for attached clients (otherwise it reads /dev/null).
     #[serde(default, skip_serializing_if = "is_false")]
     pub open_stdin: bool,
+    /// Delete the container once it has exited (its exit is recorded first; not with a restart
+    /// policy). Done by the daemon's monitor, so it also happens for an exit seen at reconcile.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub auto_remove: bool,
+    /// Free-form `key: value` metadata (the Docker API's labels; `inarray.engine` there picks
+    /// the engine).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     /// How big its log may grow (default: the daemon's `container_log_*` settings).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<crate::LogLimits>,
@@ -90,6 +99,9 @@ fn yes() -> bool {
 pub const MAX_ARGS: usize = 4096;
 pub const MAX_ENV: usize = 4096;
 pub const MAX_VOLUMES: usize = 256;
+pub const MAX_LABELS: usize = 256;
+const MAX_LABEL_KEY: usize = 1024;
+const MAX_LABEL_VALUE: usize = 16 * 1024;
 const MAX_STRING: usize = 128 * 1024;
 
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +140,30 @@ fn check_strings(field: &str, items: &[String], max: usize) -> Result<(), Invali
             return Err(bad(
                 format!("{field}[{i}]"),
                 format!("is longer than {MAX_STRING} bytes"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), InvalidField> {
+    if labels.len() > MAX_LABELS {
+        return Err(bad(
+            "labels",
+            format!("has {} entries, at most {MAX_LABELS} allowed", labels.len()),
+        ));
+    }
+    for (k, v) in labels {
+        if k.is_empty() || k.len() > MAX_LABEL_KEY || k.contains('\0') {
+            return Err(bad(
+                format!("labels[{k:?}]"),
+                format!("a key must be 1 to {MAX_LABEL_KEY} bytes without NUL"),
+            ));
+        }
+        if v.len() > MAX_LABEL_VALUE || v.contains('\0') {
+            return Err(bad(
+                format!("labels[{k:?}]"),
+                format!("a value must be at most {MAX_LABEL_VALUE} bytes without NUL"),
             ));
         }
     }
@@ -191,6 +227,16 @@ impl ContainerConfig {
                 return Err(bad("user", "must be uid[:gid] or a user name"));
             }
         }
+        if self.auto_remove && self.restart != RestartPolicy::No {
+            return Err(bad(
+                "auto_remove",
+                format!(
+                    "cannot be combined with a restart policy (restart is {})",
+                    self.restart
+                ),
+            ));
+        }
+        check_labels(&self.labels)?;
         if self.volumes.len() > MAX_VOLUMES {
             return Err(bad("volumes", format!("at most {MAX_VOLUMES} volumes")));
         }
@@ -322,6 +368,17 @@ mod tests {
             .unwrap();
         assert_eq!(c.restart, RestartPolicy::OnFailure { max: Some(3) });
         assert!(!c.start);
+        assert!(!c.auto_remove && c.labels.is_empty());
+        // Both left out of the stored form when unset: rows written before they existed and
+        // rows written now read the same.
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(
+            !json.contains("auto_remove") && !json.contains("labels"),
+            "{json}"
+        );
+        let c = cfg(r#"{"image":"b","auto_remove":true,"labels":{"a.b":"c"}}"#).unwrap();
+        assert!(c.auto_remove);
+        assert_eq!(c.labels["a.b"], "c");
     }
 
     #[test]
@@ -349,6 +406,12 @@ mod tests {
             ),
             (r#"{"image":"","command":[]}"#, "image"),
             (r#"{"image":5}"#, "invalid type"),
+            (
+                r#"{"image":"b","auto_remove":true,"restart":"always"}"#,
+                "auto_remove: cannot be combined",
+            ),
+            (r#"{"image":"b","labels":{"":"x"}}"#, "labels[\"\"]"),
+            (r#"{"image":"b","labels":{"k":"a\u0000"}}"#, "labels[\"k\"]"),
         ];
         for (json, want) in cases {
             let e = cfg(json).unwrap_err();

@@ -162,6 +162,20 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
+    /// Points `name` at the image `id` (moving it from another image, as `docker tag` does).
+    /// Returns false when there is no such image.
+    pub async fn tag_image(&self, name: &str, id: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO image_names (name, image_id) SELECT ?, id FROM images WHERE id = ?
+             ON CONFLICT(name) DO UPDATE SET image_id = excluded.image_id",
+        )
+        .bind(name)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     /// Removes one name; the image stays.
     pub async fn untag_image(&self, name: &str) -> Result<bool> {
         let done = sqlx::query("DELETE FROM image_names WHERE name = ?")
@@ -218,6 +232,15 @@ mod tests {
         );
         assert!(store.find_image("nope:latest").await.unwrap().is_none());
         assert_eq!(store.list_images().await.unwrap().len(), 1);
+        // A tag adds a name; tagging a missing image changes nothing.
+        assert!(store.tag_image("mine/bb:1", &id).await.unwrap());
+        assert_eq!(store.find_image("mine/bb:1").await.unwrap().unwrap().id, id);
+        assert!(!store
+            .tag_image("x:1", &format!("sha256:{}", "cd".repeat(32)))
+            .await
+            .unwrap());
+        assert!(store.find_image("x:1").await.unwrap().is_none());
+        assert!(store.untag_image("mine/bb:1").await.unwrap());
         assert!(store.untag_image("tools:1").await.unwrap());
         assert_eq!(
             store.find_image(&id).await.unwrap().unwrap().names,

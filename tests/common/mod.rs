@@ -4,3 +4,5 @@
 
 pub mod daemon;
 pub mod image_builder;
+pub mod registry;
+pub mod tmux;

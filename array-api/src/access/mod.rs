@@ -123,6 +123,8 @@ pub struct DaemonInfo {
     pub cgroup_mode: String,
     pub listen: Vec<String>,
     pub nfs_listen: Option<String>,
+    /// The Docker API's socket (`unix:/PATH`) when `docker_listen` is set.
+    pub docker_listen: Option<String>,
 }
 
 /// API access state, shared by every request; cheap to clone.

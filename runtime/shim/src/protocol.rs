@@ -52,7 +52,8 @@ pub struct StdioConfig {
     #[serde(default)]
     pub stdin: bool,
     /// Hold the output until the first client attaches (at most [`HOLD_LIMIT_MS`]), so that a
-    /// start-and-attach misses nothing.
+    /// start-and-attach misses nothing — also when the process has exited by then: the shim
+    /// (and so the container's exit) waits for that client or the limit.
     #[serde(default)]
     pub hold: bool,
 }

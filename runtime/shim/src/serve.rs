@@ -120,7 +120,7 @@ impl<'a> Supervisor<'a> {
         self.reap();
         let mut final_deadline: Option<Instant> = None;
         loop {
-            if let Some((code, signal)) = self.init_exit {
+            if let Some((code, signal)) = self.init_exit.filter(|_| self.hold_until.is_none()) {
                 let deadline = *final_deadline.get_or_insert_with(|| Instant::now() + FINAL_FLUSH);
                 let init_done = self.init_relay.as_mut().is_none_or(|r| r.finished());
                 self.finish_execs();
@@ -129,6 +129,9 @@ impl<'a> Supervisor<'a> {
                     return (code, signal);
                 }
             } else {
+                // Running, or ended while its output is held for the client a start-and-attach
+                // promised (until it attaches, at most the hold limit): an init that exits at
+                // once must not end before its first client has seen its output.
                 self.finish_execs();
             }
             let (mut fds, tokens) = self.interest();
@@ -258,8 +261,8 @@ impl<'a> Supervisor<'a> {
             if pid == self.init {
                 self.init_exit = Some((code, signal));
                 if let Some(r) = self.init_relay.as_mut() {
+                    // A held output stays held: see `run`.
                     r.exited = true;
-                    r.hold = false;
                 }
             } else if let Some(e) = self.execs.get_mut(&pid.as_raw()) {
                 e.relay.exited = true;
@@ -398,7 +401,8 @@ impl<'a> Supervisor<'a> {
                 }
             }
             CtlRequest::Attach { stdin } => match self.init_relay.as_mut() {
-                Some(r) if self.init_exit.is_none() => {
+                // After the init's exit only the client a held output waits for.
+                Some(r) if self.init_exit.is_none() || self.hold_until.is_some() => {
                     reply(&sock, &CtlReply::default());
                     r.attach(sock, stdin);
                     self.hold_until = None;

@@ -127,6 +127,8 @@ impl Manager {
         let rows = self.inner.store.list_containers(true).await?;
         let mut changes = Vec::new();
         let mut starts: Vec<&ContainerRow> = Vec::new();
+        // `auto_remove` containers the reboot ended: removed once that is recorded.
+        let mut removals: Vec<String> = Vec::new();
         for row in &rows {
             let cfg: ContainerConfig =
                 serde_json::from_str(&row.spec).map_err(|e| internal("stored spec", e))?;
@@ -174,6 +176,8 @@ impl Manager {
             }
             if again {
                 starts.push(row);
+            } else if interrupted && cfg.auto_remove {
+                removals.push(row.id.clone());
             }
             changes.push(BootChange {
                 id: row.id.clone(),
@@ -191,6 +195,9 @@ impl Manager {
         self.inner.store.record_boot(boot, &changes).await?;
         for c in &changes {
             self.changed(&c.id);
+        }
+        for id in removals {
+            self.auto_remove(&id).await;
         }
         starts.sort_by(|a, b| start_order(a).cmp(&start_order(b)));
         report.boot_starts = starts.len();

@@ -272,3 +272,20 @@ async fn starts_a_killed_daemon_left_undone_are_made_at_its_next_start() {
     let row = env.until(&c.id, ContainerState::Running).await;
     assert_eq!(row.error, None);
 }
+
+#[tokio::test]
+async fn after_a_reboot_an_auto_remove_container_it_ended_is_removed() {
+    let env = Env::new().await;
+    env.manager.reconcile(&boot("boot-1")).await.unwrap();
+    let gone = env
+        .create(json!({"name": "once", "auto_remove": true}))
+        .await;
+    let kept = env.create(json!({"name": "kept"})).await;
+    env.launcher.power_loss();
+    let rebooted = env.restarted();
+    rebooted.reconcile(&boot("boot-2")).await.unwrap();
+    assert!(rebooted.get(&gone.id).await.is_err(), "removed");
+    let last = rebooted.removed_container(&gone.id).expect("remembered");
+    assert_eq!(last.error.as_deref(), Some(REBOOTED));
+    assert_eq!(env.state(&kept.id).await.state, ContainerState::Exited);
+}

@@ -458,6 +458,68 @@ impl Manager {
         })
     }
 
+    /// Gives the image `key` (a name or id) the name `name` too, moving the name from another
+    /// image if it had it (`docker tag`). Returns the image with its names.
+    pub async fn tag_image(&self, key: &str, name: &str) -> Result<ImageRow> {
+        let reference = Reference::parse(name)?;
+        if reference.digest.is_some() {
+            return Err(ManagerError::Invalid(InvalidField {
+                field: "name".into(),
+                reason: format!("{name:?}: a tag cannot name a digest"),
+            }));
+        }
+        let img = self.find_image(key).await?;
+        let _shared = self.inner.gc_lock.read().await;
+        if !self
+            .inner
+            .store
+            .tag_image(&reference.to_string(), &img.id)
+            .await?
+        {
+            return Err(ManagerError::NotFound {
+                kind: "image",
+                key: key.to_owned(),
+            });
+        }
+        self.find_image(&img.id).await
+    }
+
+    /// What `docker save KEY…` writes: each image by a name (saved under that name) or by id
+    /// (saved without names). A missing image is an error before anything is written.
+    pub async fn export_plan(&self, keys: &[String]) -> Result<Vec<inarray_images::ExportImage>> {
+        let mut out = Vec::new();
+        for key in keys {
+            let img = self.find_image(key).await?;
+            let name = Reference::parse(key)
+                .ok()
+                .map(|r| r.to_string())
+                .filter(|n| img.names.contains(n));
+            let layers: Vec<inarray_images::Layer> = img.layers_as()?;
+            out.push(inarray_images::ExportImage {
+                names: name.into_iter().collect(),
+                manifest_digest: img.manifest_digest,
+                config_digest: img.id,
+                layer_digests: layers.into_iter().map(|l| l.digest).collect(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Writes the images of `plan` as one archive to `out` (on a blocking thread); garbage
+    /// collection waits meanwhile, so no blob goes away mid-archive.
+    pub async fn export_images<W: std::io::Write + Send + 'static>(
+        &self,
+        plan: Vec<inarray_images::ExportImage>,
+        out: W,
+    ) -> Result<()> {
+        let _shared = self.inner.gc_lock.read().await;
+        let images = self.inner.images.clone();
+        tokio::task::spawn_blocking(move || images.export_archive(&plan, out))
+            .await
+            .map_err(|e| internal("export task", e))??;
+        Ok(())
+    }
+
     /// Removes an image name, as `docker rmi` does: a name shared with other names is only
     /// untagged; the last name (or the image id) removes the image — 409 while a container uses
     /// it — and frees the blobs and layers nothing else uses.

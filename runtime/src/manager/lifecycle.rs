@@ -85,8 +85,14 @@ impl Manager {
             return Ok(row);
         }
         let lock = self.lock_for(&id);
-        let _g = lock.lock().await;
-        self.launch(&row, Ok(plan)).await.map_err(|e| match e {
+        let g = lock.lock().await;
+        let launched = self.launch(&row, Ok(plan)).await;
+        drop(g);
+        if launched.is_err() && cfg.auto_remove {
+            self.auto_remove(&id).await;
+            return launched;
+        }
+        launched.map_err(|e| match e {
             ManagerError::Start { message, source } => ManagerError::Start {
                 message: format!(
                     "{message} (the container {name}, id {id}, is kept in state dead: inspect or delete it)"
@@ -237,7 +243,7 @@ impl Manager {
     pub async fn start_with(&self, key: &str, hold: bool) -> Result<ContainerRow> {
         let id = self.get(key).await?.id;
         let lock = self.lock_for(&id);
-        let _g = lock.lock().await;
+        let g = lock.lock().await;
         let row = self.get(&id).await?;
         if matches!(
             row.state,
@@ -255,7 +261,16 @@ impl Manager {
         if let Ok(p) = plan.as_mut() {
             p.shim.stdio.hold = hold;
         }
-        self.launch(&row, plan).await
+        let launched = self.launch(&row, plan).await;
+        drop(g);
+        let auto_remove =
+            serde_json::from_str::<ContainerConfig>(&row.spec).is_ok_and(|c| c.auto_remove);
+        if launched.is_err() && auto_remove {
+            // As Docker does: a container that is to be removed when it stops is removed when
+            // it cannot start.
+            self.auto_remove(&id).await;
+        }
+        launched
     }
 
     /// Plans and launches a start of `row`. The caller holds the container's lock.

@@ -106,7 +106,13 @@ struct Inner {
     config_credentials: Mutex<HashMap<String, Credentials>>,
     /// What the I/O guard does now, for `/metrics`.
     io_guard: Arc<Mutex<crate::ioguard::GuardStatus>>,
+    /// The last rows of containers auto-removed after their exit, newest last (at most
+    /// [`REMEMBER_REMOVED`]): a waiter that wakes after the delete still learns the exit.
+    removed: Mutex<std::collections::VecDeque<ContainerRow>>,
 }
+
+/// How many auto-removed containers' last rows are remembered.
+const REMEMBER_REMOVED: usize = 256;
 
 impl Manager {
     /// A manager whose containers are supervised by `inarray-shim` processes (`opts.shim_exe`).
@@ -161,6 +167,7 @@ impl Manager {
                 pulls: Mutex::default(),
                 config_credentials: Mutex::default(),
                 io_guard: Arc::default(),
+                removed: Mutex::default(),
             }),
         })
     }
@@ -170,6 +177,11 @@ impl Manager {
         ContainerPaths::new(&self.inner.containers_root, id)
     }
 
+    /// The log limits a container gets when its request sets none (`container_log_*`).
+    pub fn default_log_limits(&self) -> inarray_shim::logfile::LogLimits {
+        self.inner.opts.container_log
+    }
+
     /// Subscribe to "container <id> changed" notifications.
     pub fn subscribe(&self) -> broadcast::Receiver<String> {
         self.inner.changes.subscribe()
@@ -177,6 +189,27 @@ impl Manager {
 
     fn changed(&self, id: &str) {
         let _ = self.inner.changes.send(id.to_owned());
+    }
+
+    /// The last row of a container that was auto-removed after its exit (recently: the newest
+    /// few hundred are remembered, in memory only).
+    pub fn removed_container(&self, id: &str) -> Option<ContainerRow> {
+        self.inner
+            .removed
+            .lock()
+            .expect("removed")
+            .iter()
+            .rev()
+            .find(|r| r.id == id)
+            .cloned()
+    }
+
+    fn remember_removed(&self, row: ContainerRow) {
+        let mut removed = self.inner.removed.lock().expect("removed");
+        if removed.len() >= REMEMBER_REMOVED {
+            removed.pop_front();
+        }
+        removed.push_back(row);
     }
 
     fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {

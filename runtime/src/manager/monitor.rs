@@ -115,6 +115,10 @@ impl Manager {
         // Whatever the shim left behind (it was killed, say) goes now.
         let _ = self.cleanup_cgroups(id);
         if !restart {
+            drop(g);
+            if cfg.auto_remove {
+                self.auto_remove(id).await;
+            }
             return Ok(());
         }
         let streak = {
@@ -254,6 +258,29 @@ impl Manager {
             }
         }
         Ok(())
+    }
+
+    /// Deletes an `auto_remove` container after its exit was recorded (and its shim is gone).
+    /// Its last row is remembered for a while ([`Manager::removed_container`]), so a waiter
+    /// that wakes after the delete still learns how it ended. A container started again in
+    /// between (by hand) is left alone.
+    pub(super) async fn auto_remove(&self, id: &str) {
+        let row = match self.inner.store.container(id).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(container = %id, error = %e, "auto-remove: cannot read the container");
+                return;
+            }
+        };
+        if !matches!(row.state, ContainerState::Exited | ContainerState::Dead) {
+            return;
+        }
+        self.remember_removed(row);
+        match self.delete(id, false).await {
+            Ok(()) => tracing::debug!(container = %id, "auto-removed after its exit"),
+            Err(e) => tracing::warn!(container = %id, error = %e, "auto-remove failed"),
+        }
     }
 
     fn on_exit_detached(&self, id: &str) {

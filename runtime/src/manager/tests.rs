@@ -677,3 +677,96 @@ pub(super) fn boot(id: &str) -> super::NodeBoot {
         hostname: "node-a".into(),
     }
 }
+
+/// Waits (bounded) until no container has `id`.
+async fn until_gone(env: &Env, id: &str) {
+    for _ in 0..500 {
+        if env.manager.get(id).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "container {id} was never removed: {:?}",
+        env.state(id).await
+    );
+}
+
+#[tokio::test]
+async fn auto_remove_deletes_after_the_exit_is_recorded_and_remembers_it() {
+    let env = Env::new().await;
+    let row = env
+        .create(serde_json::json!({"name": "once", "auto_remove": true}))
+        .await;
+    let waiter = {
+        let m = env.manager.clone();
+        let id = row.id.clone();
+        tokio::spawn(async move { m.wait(&id).await })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    env.launcher.exit(&row.id, 3);
+    // A waiter woken by the exit sees it (recorded before the delete).
+    let done = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("wait returned")
+        .unwrap();
+    if let Ok(done) = done {
+        assert_eq!(done.exit_code, Some(3));
+    }
+    until_gone(&env, &row.id).await;
+    assert!(
+        !env.manager.paths(&row.id).dir.exists(),
+        "its files went with it"
+    );
+    let last = env.manager.removed_container(&row.id).expect("remembered");
+    assert_eq!(
+        (last.state, last.exit_code),
+        (ContainerState::Exited, Some(3))
+    );
+    // Without auto_remove nothing is deleted.
+    let kept = env.create(serde_json::json!({})).await;
+    env.launcher.exit(&kept.id, 0);
+    env.until(&kept.id, ContainerState::Exited).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(env.state(&kept.id).await.state, ContainerState::Exited);
+    assert!(env.manager.removed_container(&kept.id).is_none());
+}
+
+#[tokio::test]
+async fn auto_remove_applies_to_an_exit_seen_at_reconcile_and_to_a_failed_start() {
+    let env = Env::new().await;
+    env.manager.reconcile(&boot("boot-1")).await.unwrap();
+    let row = env
+        .create(serde_json::json!({"name": "meanwhile", "auto_remove": true}))
+        .await;
+    let restarted = env.restarted();
+    env.launcher.exit(&row.id, 0);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // As a daemon killed before it saw the exit left it: still running in SQL.
+    if env.manager.get(&row.id).await.is_ok() {
+        let rec = crate::manager::shim_record(&row).unwrap();
+        env.store
+            .mark_running(
+                &row.id,
+                rec.pid.into(),
+                rec.shim_pid.into(),
+                rec.shim_start as i64,
+            )
+            .await
+            .unwrap();
+        restarted.reconcile(&boot("boot-1")).await.unwrap();
+    }
+    until_gone(&env, &row.id).await;
+
+    env.launcher.state.lock().unwrap().fail_next = Some("exec: no such file".into());
+    let cfg: ContainerConfig = serde_json::from_value(
+        serde_json::json!({"image": "test", "name": "broken", "auto_remove": true}),
+    )
+    .unwrap();
+    let err = env.manager.create(cfg).await.unwrap_err();
+    assert!(err.start_message().is_some(), "{err:?}");
+    assert!(
+        env.manager.get("broken").await.is_err(),
+        "a container that cannot start is removed, as Docker does"
+    );
+}

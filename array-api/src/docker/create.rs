@@ -1,0 +1,932 @@
+//! A Docker create body → a native [`ContainerConfig`]. Every field is first checked against
+//! [`fields`](super::fields) (unknown → 400, unsupported → 400, unsafe → 403, each naming the
+//! field); then the honoured ones are translated here, and the native validation's field names
+//! are put back into Docker's (`volumes[0].source` → `HostConfig.Binds[0]`).
+//!
+//! Bind sources: an absolute host path inside the array becomes the native volume source
+//! relative to the array root (lexically: no `..`, the array's canonical path as its prefix);
+//! anything else is a 400 naming the field. The native create then resolves it beneath the
+//! array root (openat2) as for any container.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path};
+
+use inarray_runtime::health::HealthCheck;
+use inarray_runtime::resources::{Bytes, Resources};
+use inarray_runtime::{ContainerConfig, LogLimits, Network, PullPolicy, RestartPolicy, Volume};
+use serde_json::Value;
+
+use super::errors::{DockerError, Result};
+use super::fields::{self, neutral};
+use super::types::{CreateBody, HealthConfig, HostConfig, StrSlice};
+
+/// The label that picks a container's engine.
+pub const ENGINE_LABEL: &str = "inarray.engine";
+
+/// A translated create: the native request, the Docker field each native volume came from (for
+/// error messages) and warnings for the client.
+pub struct Translated {
+    pub config: ContainerConfig,
+    pub origins: Vec<String>,
+    pub warnings: Vec<String>,
+    /// `Entrypoint: [""]` without a `Cmd`: Docker then runs the image's Cmd alone.
+    pub image_cmd_alone: bool,
+}
+
+/// Checks `body` against Docker's schema and translates it. `array` is the array's canonical
+/// path (bind sources must be inside it).
+pub fn translate(
+    body: &Value,
+    name: Option<String>,
+    array: &Path,
+    default_log: LogLimits,
+) -> Result<Translated> {
+    check_fields(body)?;
+    let b: CreateBody = super::typed(body.clone())?;
+    if b.image.is_empty() {
+        return Err(DockerError::bad_request(
+            "Image: required (the image to run)",
+        ));
+    }
+    let h = &b.host_config;
+    let mut warnings = Vec::new();
+    check_namespaces(h)?;
+    check_stop_signal(&b.stop_signal)?;
+    let log = log_limits(h, default_log)?;
+    let healthcheck = b
+        .healthcheck
+        .as_ref()
+        .map(healthcheck)
+        .transpose()?
+        .flatten();
+    let network = network(&b, &mut warnings)?;
+    let restart = restart_policy(h)?;
+    if h.auto_remove && restart != RestartPolicy::No {
+        return Err(DockerError::bad_request(format!(
+            "HostConfig.AutoRemove: conflicting options: cannot remove a container when it exits and restart it ({restart})"
+        )));
+    }
+    let (volumes, origins) = volumes(h, array)?;
+    let entrypoint = match b.entrypoint {
+        StrSlice(Some(e)) if e.is_empty() || e == [""] => Some(Vec::new()),
+        StrSlice(e) => e,
+    };
+    let command = b.cmd.0.filter(|c| !c.is_empty());
+    let image_cmd_alone = entrypoint.as_ref().is_some_and(Vec::is_empty) && command.is_none();
+    let engine = b.labels.get(ENGINE_LABEL).cloned();
+    let mut env = b.env;
+    if b.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
+        // As Docker does for a container with a terminal.
+        env.push("TERM=xterm".into());
+    }
+    let config = ContainerConfig {
+        name,
+        image: b.image,
+        command,
+        entrypoint,
+        env,
+        workdir: Some(b.working_dir).filter(|w| !w.is_empty()),
+        user: Some(b.user).filter(|u| !u.is_empty()),
+        volumes,
+        restart,
+        network,
+        engine,
+        resources: resources(h)?,
+        // Started by `POST /containers/{id}/start`, as Docker does.
+        start: false,
+        // A missing image is the client's to pull (404 `No such image`): the CLI does so.
+        pull: PullPolicy::Never,
+        tty: b.tty,
+        open_stdin: b.open_stdin,
+        auto_remove: h.auto_remove,
+        labels: b.labels,
+        log,
+        healthcheck,
+    };
+    config.validate().map_err(|e| {
+        DockerError::bad_request(format!(
+            "{}: {}",
+            docker_field(&e.field, &origins),
+            e.reason
+        ))
+    })?;
+    Ok(Translated {
+        config,
+        origins,
+        warnings,
+        image_cmd_alone,
+    })
+}
+
+/// `LogConfig` → the native log limits. The log is inarray's own rotated file (what json-file
+/// and local are to dockerd); `max-size` and `max-file` size it, the other one of the pair from
+/// the daemon's default.
+fn log_limits(h: &HostConfig, default: LogLimits) -> Result<Option<LogLimits>> {
+    let c = &h.log_config;
+    if !matches!(c.kind.as_str(), "" | "json-file" | "local") {
+        return Err(DockerError::bad_request(format!(
+            "HostConfig.LogConfig.Type: {:?} is not supported by inarray: a container's output goes to its own rotated log file (json-file or local; read with docker logs)",
+            c.kind
+        )));
+    }
+    if c.config.is_empty() {
+        return Ok(None);
+    }
+    let mut limits = default;
+    for (k, v) in &c.config {
+        let field = format!("HostConfig.LogConfig.Config.{k}");
+        match k.as_str() {
+            "max-size" => {
+                limits.max_size = inarray_runtime::resources::parse_bytes(v)
+                    .map_err(|e| DockerError::bad_request(format!("{field}: {e}")))?;
+            }
+            "max-file" => {
+                limits.max_files = v.parse().map_err(|_| {
+                    DockerError::bad_request(format!("{field}: {v:?} is not a number of files"))
+                })?;
+            }
+            _ => {
+                return Err(DockerError::bad_request(format!(
+                    "{field}: not supported by inarray (only max-size and max-file)"
+                )))
+            }
+        }
+    }
+    limits
+        .validate()
+        .map_err(|e| DockerError::bad_request(format!("HostConfig.LogConfig.Config: {e}")))?;
+    Ok(Some(limits))
+}
+
+/// `Healthcheck` → the native health check (nanoseconds → seconds). Empty (or only zeros):
+/// the image's check, as Docker does.
+fn healthcheck(h: &HealthConfig) -> Result<Option<HealthCheck>> {
+    let secs = |field: &str, ns: i64| -> Result<Option<f64>> {
+        match ns {
+            0 => Ok(None),
+            n if n > 0 => Ok(Some(n as f64 / 1e9)),
+            n => Err(DockerError::bad_request(format!(
+                "Healthcheck.{field}: {n} is negative"
+            ))),
+        }
+    };
+    let check = HealthCheck {
+        test: h.test.clone(),
+        interval: secs("Interval", h.interval)?,
+        timeout: secs("Timeout", h.timeout)?,
+        start_period: secs("StartPeriod", h.start_period)?,
+        retries: match h.retries {
+            0 => None,
+            n => Some(u32::try_from(n).map_err(|_| {
+                DockerError::bad_request(format!("Healthcheck.Retries: {n} is out of range"))
+            })?),
+        },
+        restart_on_unhealthy: false,
+    };
+    if check.test.is_empty() {
+        if check.interval.is_some()
+            || check.timeout.is_some()
+            || check.start_period.is_some()
+            || check.retries.is_some()
+        {
+            return Err(DockerError::bad_request(
+                "Healthcheck.Test: required with the other Healthcheck settings (the image's test with other timings is not available)",
+            ));
+        }
+        return Ok(None);
+    }
+    Ok(Some(check))
+}
+
+fn check_fields(body: &Value) -> Result<()> {
+    if !body.is_object() {
+        return Err(DockerError::bad_request(
+            "the request body must be a JSON object",
+        ));
+    }
+    fields::check(body, "", fields::CONFIG)?;
+    let h = &body["HostConfig"];
+    fields::check(h, "HostConfig", fields::HOST_CONFIG)?;
+    fields::check(
+        &h["RestartPolicy"],
+        "HostConfig.RestartPolicy",
+        fields::RESTART_POLICY,
+    )?;
+    fields::check(&h["LogConfig"], "HostConfig.LogConfig", fields::LOG_CONFIG)?;
+    fields::check(&body["Healthcheck"], "Healthcheck", fields::HEALTHCHECK)?;
+    if let Some(mounts) = h["Mounts"].as_array() {
+        for (i, m) in mounts.iter().enumerate() {
+            let at = format!("HostConfig.Mounts[{i}]");
+            fields::check(m, &at, fields::MOUNT)?;
+            fields::check(
+                &m["BindOptions"],
+                &format!("{at}.BindOptions"),
+                fields::BIND_OPTIONS,
+            )?;
+        }
+    }
+    fields::check(
+        &body["NetworkingConfig"],
+        "NetworkingConfig",
+        fields::NETWORKING_CONFIG,
+    )
+}
+
+/// Host namespaces and confinement options: 403 for what would open the host, 400 for what
+/// is not available.
+fn check_namespaces(h: &HostConfig) -> Result<()> {
+    let host_ns = |field: &str, what: &str| {
+        DockerError::forbidden(format!(
+            "HostConfig.{field}: the host's {what} namespace is refused: a container in it could see and signal (or share memory with) the node's own processes, the storage daemon among them"
+        ))
+    };
+    match h.pid_mode.as_str() {
+        "" | "private" => {}
+        "host" => return Err(host_ns("PidMode", "PID")),
+        other => {
+            return Err(unsupported(
+                "PidMode",
+                other,
+                "only a private PID namespace",
+            ))
+        }
+    }
+    match h.ipc_mode.as_str() {
+        "" | "private" | "shareable" => {}
+        "host" => return Err(host_ns("IpcMode", "IPC")),
+        other => {
+            return Err(unsupported(
+                "IpcMode",
+                other,
+                "only a private IPC namespace",
+            ))
+        }
+    }
+    if !matches!(h.userns_mode.as_str(), "" | "host") {
+        return Err(unsupported(
+            "UsernsMode",
+            &h.userns_mode,
+            "user namespaces are not used",
+        ));
+    }
+    if !matches!(h.isolation.as_str(), "" | "default") {
+        return Err(unsupported("Isolation", &h.isolation, "a Windows setting"));
+    }
+    if let Some(s) = h.memory_swappiness.filter(|s| *s != -1) {
+        return Err(unsupported(
+            "MemorySwappiness",
+            &s.to_string(),
+            "swap is not configurable per container",
+        ));
+    }
+    for (i, opt) in h.security_opt.iter().enumerate() {
+        let o = opt.replace('=', ":");
+        if o == "no-new-privileges" || o == "no-new-privileges:true" {
+            // Every container has it already.
+            continue;
+        }
+        if o.contains("unconfined")
+            || o.starts_with("label:disable")
+            || o == "no-new-privileges:false"
+        {
+            return Err(DockerError::forbidden(format!(
+                "HostConfig.SecurityOpt[{i}]: {opt:?} is refused: containers always run with their seccomp profile, masked kernel paths and no-new-privileges"
+            )));
+        }
+        return Err(unsupported(
+            &format!("SecurityOpt[{i}]"),
+            opt,
+            "only no-new-privileges (always on)",
+        ));
+    }
+    Ok(())
+}
+
+fn unsupported(field: &str, value: &str, why: &str) -> DockerError {
+    DockerError::bad_request(format!(
+        "HostConfig.{field}: {value:?} is not supported by inarray: {why}"
+    ))
+}
+
+fn check_stop_signal(s: &str) -> Result<()> {
+    if matches!(s, "" | "SIGTERM" | "TERM" | "15") {
+        return Ok(());
+    }
+    Err(DockerError::bad_request(format!(
+        "StopSignal: {s:?} is not supported by inarray: a stop sends SIGTERM, then SIGKILL after the timeout"
+    )))
+}
+
+/// `NetworkMode` (and `NetworkDisabled`, `NetworkingConfig`) → the native network.
+fn network(b: &CreateBody, warnings: &mut Vec<String>) -> Result<Network> {
+    let mode = b.host_config.network_mode.as_str();
+    let net = match mode {
+        _ if b.network_disabled => Network::None,
+        "none" => Network::None,
+        "host" => Network::Host,
+        "" | "default" => {
+            warnings.push(
+                "NetworkMode default: the container gets a network namespace of its own with only loopback (as --network none); bridge networks are not available yet (issue #18), --network host shares the node's".into(),
+            );
+            Network::None
+        }
+        other => {
+            return Err(DockerError::bad_request(format!(
+                "HostConfig.NetworkMode: {other:?} is not supported by inarray: bridge and user-defined networks are not available yet (issue #18); use none or host"
+            )))
+        }
+    };
+    for (k, v) in &b.networking_config.endpoints_config {
+        let named = k == mode || matches!(k.as_str(), "default" | "none" | "host");
+        if !named || !neutral(v) {
+            return Err(DockerError::bad_request(format!(
+                "NetworkingConfig.EndpointsConfig.{k}: not supported by inarray: networks, aliases and addresses are not available yet (issue #18)"
+            )));
+        }
+    }
+    Ok(net)
+}
+
+fn restart_policy(h: &HostConfig) -> Result<RestartPolicy> {
+    let p = &h.restart_policy;
+    let n = p.maximum_retry_count;
+    if n < 0 {
+        return Err(DockerError::bad_request(
+            "HostConfig.RestartPolicy.MaximumRetryCount: must not be negative",
+        ));
+    }
+    if n != 0 && p.name != "on-failure" {
+        return Err(DockerError::bad_request(
+            "HostConfig.RestartPolicy.MaximumRetryCount: only with the on-failure policy",
+        ));
+    }
+    Ok(match p.name.as_str() {
+        "" | "no" => RestartPolicy::No,
+        "always" => RestartPolicy::Always,
+        "unless-stopped" => RestartPolicy::UnlessStopped,
+        "on-failure" => RestartPolicy::OnFailure {
+            max: (n > 0).then(|| u32::try_from(n).unwrap_or(u32::MAX)),
+        },
+        other => {
+            return Err(DockerError::bad_request(format!(
+                "HostConfig.RestartPolicy.Name: {other:?} is not one of no, always, unless-stopped, on-failure"
+            )))
+        }
+    })
+}
+
+/// Docker's resource fields → the native `Resources` (a nested cgroup inside the engine).
+fn resources(h: &HostConfig) -> Result<Resources> {
+    let positive = |field: &str, v: i64| -> Result<Option<u64>> {
+        match v {
+            0 => Ok(None),
+            v if v > 0 => Ok(Some(v as u64)),
+            v => Err(DockerError::bad_request(format!(
+                "HostConfig.{field}: {v} is negative"
+            ))),
+        }
+    };
+    let mut r = Resources {
+        memory: positive("Memory", h.memory)?.map(Bytes),
+        memory_reservation: positive("MemoryReservation", h.memory_reservation)?.map(Bytes),
+        ..Resources::default()
+    };
+    let nano = positive("NanoCpus", h.nano_cpus)?;
+    let quota = match h.cpu_quota {
+        -1 | 0 => None,
+        q => positive("CpuQuota", q)?,
+    };
+    let period = positive("CpuPeriod", h.cpu_period)?;
+    r.cpus = match (nano, quota) {
+        (Some(_), Some(_)) => return Err(DockerError::bad_request(
+            "HostConfig.NanoCpus: conflicting options: NanoCpus and CpuQuota cannot both be set",
+        )),
+        (Some(n), None) => Some(n as f64 / 1e9),
+        (None, Some(q)) => Some(q as f64 / period.unwrap_or(100_000) as f64),
+        (None, None) if period.is_some() => {
+            return Err(DockerError::bad_request(
+                "HostConfig.CpuPeriod: only with CpuQuota (or use NanoCpus)",
+            ))
+        }
+        (None, None) => None,
+    };
+    // Docker's own conversion of cgroup v1 shares to a cgroup v2 weight.
+    r.cpu_weight = positive("CpuShares", h.cpu_shares)?
+        .map(|s| (1 + (s.max(2) - 2) * 9999 / 262_142).clamp(1, 10_000));
+    r.cpuset = Some(h.cpuset_cpus.clone()).filter(|c| !c.is_empty());
+    r.pids = match h.pids_limit {
+        None | Some(0) | Some(-1) => None,
+        Some(n) if n > 0 => Some(n),
+        Some(n) => {
+            return Err(DockerError::bad_request(format!(
+                "HostConfig.PidsLimit: {n} (use -1 or 0 for no limit)"
+            )))
+        }
+    };
+    r.io_weight = (h.blkio_weight > 0).then_some(h.blkio_weight);
+    Ok(r)
+}
+
+/// `Binds` and bind `Mounts` → native volumes, with the Docker field each came from.
+fn volumes(h: &HostConfig, array: &Path) -> Result<(Vec<Volume>, Vec<String>)> {
+    let mut out = Vec::new();
+    let mut origins = Vec::new();
+    for (i, bind) in h.binds.iter().enumerate() {
+        let field = format!("HostConfig.Binds[{i}]");
+        let parts: Vec<&str> = bind.split(':').collect();
+        let (src, dst, mode) = match parts.as_slice() {
+            [s, d] => (*s, *d, ""),
+            [s, d, m] => (*s, *d, *m),
+            _ => {
+                return Err(DockerError::bad_request(format!(
+                    "{field}: {bind:?} is not SOURCE:TARGET[:OPTIONS]"
+                )))
+            }
+        };
+        if !src.starts_with('/') {
+            return Err(DockerError::bad_request(format!(
+                "{field}: {src:?} names a volume: named volumes are not available yet (issue #19); bind an absolute path inside the array ({})",
+                array.display()
+            )));
+        }
+        let mut read_only = false;
+        for opt in mode.split(',').filter(|o| !o.is_empty()) {
+            match opt {
+                "ro" => read_only = true,
+                "rw" | "private" | "rprivate" | "nocopy" | "consistent" | "cached" | "delegated" => {}
+                other => {
+                    return Err(DockerError::bad_request(format!(
+                        "{field}: option {other:?} is not supported by inarray (binds are private; SELinux relabelling and shared propagation are not available)"
+                    )))
+                }
+            }
+        }
+        out.push(Volume {
+            source: in_array(&field, src, array)?,
+            target: dst.to_owned(),
+            read_only,
+            // Docker creates a missing bind source directory.
+            create: true,
+        });
+        origins.push(field);
+    }
+    for (i, m) in h.mounts.iter().enumerate() {
+        let field = format!("HostConfig.Mounts[{i}]");
+        if m.kind != "bind" {
+            return Err(DockerError::bad_request(format!(
+                "{field}.Type: {:?} is not supported by inarray: only bind mounts of directories inside the array (named volumes: issue #19)",
+                m.kind
+            )));
+        }
+        if !matches!(
+            m.bind_options.propagation.as_str(),
+            "" | "private" | "rprivate"
+        ) {
+            return Err(DockerError::bad_request(format!(
+                "{field}.BindOptions.Propagation: {:?} is not supported by inarray (binds are private)",
+                m.bind_options.propagation
+            )));
+        }
+        if !m.source.starts_with('/') {
+            return Err(DockerError::bad_request(format!(
+                "{field}.Source: {:?} must be an absolute path inside the array ({})",
+                m.source,
+                array.display()
+            )));
+        }
+        out.push(Volume {
+            source: in_array(&format!("{field}.Source"), &m.source, array)?,
+            target: m.target.clone(),
+            read_only: m.read_only,
+            create: m.bind_options.create_mountpoint,
+        });
+        origins.push(field);
+    }
+    Ok((out, origins))
+}
+
+/// An absolute host path inside the array → its path relative to the array root.
+fn in_array(field: &str, src: &str, array: &Path) -> Result<String> {
+    let outside = || {
+        DockerError::bad_request(format!(
+            "{field}: source {src:?} is outside the array ({}): only paths inside the array can be bound into a container",
+            array.display()
+        ))
+    };
+    if src.contains('\0') {
+        return Err(DockerError::bad_request(format!(
+            "{field}: source contains a NUL byte"
+        )));
+    }
+    let mut parts = Vec::new();
+    for c in Path::new(src).components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(n) => parts.push(n),
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(DockerError::bad_request(format!(
+                    "{field}: source {src:?} contains \"..\""
+                )))
+            }
+        }
+    }
+    let root: Vec<_> = array
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n),
+            _ => None,
+        })
+        .collect();
+    if parts.len() < root.len() || parts[..root.len()] != root[..] {
+        return Err(outside());
+    }
+    let rel: Vec<String> = parts[root.len()..]
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    Ok(if rel.is_empty() {
+        ".".into()
+    } else {
+        rel.join("/")
+    })
+}
+
+/// A native field name (from the native validation) as the Docker field it came from.
+pub fn docker_field(native: &str, origins: &[String]) -> String {
+    if let Some(rest) = native.strip_prefix("volumes[") {
+        if let Some((i, tail)) = rest.split_once(']') {
+            if let Some(o) = i.parse::<usize>().ok().and_then(|i| origins.get(i)) {
+                return format!(
+                    "{o}{}",
+                    if tail == ".source" && o.contains("Binds") {
+                        ""
+                    } else {
+                        tail
+                    }
+                );
+            }
+        }
+    }
+    let map: BTreeMap<&str, &str> = [
+        ("name", "name"),
+        ("image", "Image"),
+        ("command", "Cmd"),
+        ("entrypoint", "Entrypoint"),
+        ("env", "Env"),
+        ("workdir", "WorkingDir"),
+        ("user", "User"),
+        ("engine", "Labels.inarray.engine"),
+        ("labels", "Labels"),
+        ("auto_remove", "HostConfig.AutoRemove"),
+        ("healthcheck", "Healthcheck"),
+        ("log", "HostConfig.LogConfig.Config"),
+        ("resources.memory", "HostConfig.Memory"),
+        (
+            "resources.memory_reservation",
+            "HostConfig.MemoryReservation",
+        ),
+        ("resources.cpus", "HostConfig.NanoCpus"),
+        ("resources.cpu_weight", "HostConfig.CpuShares"),
+        ("resources.cpuset", "HostConfig.CpusetCpus"),
+        ("resources.pids", "HostConfig.PidsLimit"),
+        ("resources.io_weight", "HostConfig.BlkioWeight"),
+    ]
+    .into_iter()
+    .collect();
+    let (head, tail) = native
+        .find(['[', '.'])
+        .filter(|_| !native.starts_with("resources."))
+        .map_or((native, ""), |i| native.split_at(i));
+    match map.get(head) {
+        Some(d) => format!("{d}{tail}"),
+        None => native.to_owned(),
+    }
+}
+
+/// A native error message about a request translated from Docker, with Docker's field names.
+pub fn docker_message(message: &str, origins: &[String]) -> String {
+    let (field, rest) = match message.split_once(": ") {
+        Some(x) => x,
+        None => return message.to_owned(),
+    };
+    let rest = rest.replace(
+        " (set create: true to create it)",
+        " (a Mounts bind source must exist; a Binds source is created)",
+    );
+    format!("{}: {rest}", docker_field(field, origins))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn array() -> &'static Path {
+        Path::new("/srv/array")
+    }
+
+    fn tr(v: Value) -> Result<Translated> {
+        translate(&v, Some("web".into()), array(), LogLimits::default())
+    }
+
+    /// What the Docker CLI 28.2 sends for `docker create busybox true` and
+    /// `docker create -it -m 64m busybox true` (captured): accepted as they are.
+    #[test]
+    fn the_docker_clis_bodies_translate() {
+        let plain: Value =
+            serde_json::from_str(include_str!("testdata/cli-28-create.json")).unwrap();
+        let t = tr(plain).unwrap();
+        assert_eq!(t.config.command, Some(vec!["true".to_owned()]));
+        assert_eq!((t.config.tty, t.config.open_stdin), (false, false));
+        assert_eq!(t.config.network, Network::None);
+        assert_eq!(t.config.resources, Resources::default());
+        let it: Value =
+            serde_json::from_str(include_str!("testdata/cli-28-create-it-m64m.json")).unwrap();
+        let t = tr(it).unwrap();
+        assert_eq!((t.config.tty, t.config.open_stdin), (true, true));
+        assert_eq!(t.config.resources.memory, Some(Bytes(64 << 20)));
+        assert!(t.config.env.contains(&"TERM=xterm".to_owned()));
+        // The Debian docker CLI (20.10, API 1.41), with -v on a path of the array.
+        let old: Value =
+            serde_json::from_str(include_str!("testdata/cli-20.10-create-bind.json")).unwrap();
+        let t = tr(old).unwrap();
+        assert_eq!(t.config.volumes[0].source, "z");
+        assert_eq!(t.config.volumes[0].target, "/z");
+    }
+
+    #[test]
+    fn binds_inside_the_array_become_relative_volumes() {
+        let t = tr(json!({
+            "Image": "busybox", "Cmd": ["sh"],
+            "HostConfig": {"Binds": ["/srv/array/x/y:/data:ro", "/srv/array:/all"],
+                           "Mounts": [{"Type": "bind", "Source": "/srv/array/m", "Target": "/m"}]}
+        }))
+        .unwrap();
+        let v = &t.config.volumes;
+        assert_eq!(
+            (
+                v[0].source.as_str(),
+                v[0].target.as_str(),
+                v[0].read_only,
+                v[0].create
+            ),
+            ("x/y", "/data", true, true)
+        );
+        assert_eq!(v[1].source, ".");
+        assert_eq!((v[2].source.as_str(), v[2].create), ("m", false));
+        assert_eq!(
+            t.origins,
+            [
+                "HostConfig.Binds[0]",
+                "HostConfig.Binds[1]",
+                "HostConfig.Mounts[0]"
+            ]
+        );
+        assert!(!t.config.start);
+        assert_eq!(t.config.pull, PullPolicy::Never);
+    }
+
+    #[test]
+    fn binds_outside_the_array_are_refused_naming_the_field() {
+        for (bind, needle) in [
+            (
+                "/etc:/x",
+                "HostConfig.Binds[0]: source \"/etc\" is outside the array",
+            ),
+            (
+                "/:/host",
+                "HostConfig.Binds[0]: source \"/\" is outside the array",
+            ),
+            ("/srv/arrayx/a:/x", "outside the array"),
+            ("/srv/array/../etc:/x", "contains \"..\""),
+            ("data:/x", "named volumes are not available yet"),
+            ("/srv/array/a:/x:z", "option \"z\""),
+        ] {
+            let e = tr(json!({"Image": "b", "HostConfig": {"Binds": [bind]}}))
+                .err()
+                .unwrap();
+            assert_eq!(e.status.as_u16(), 400, "{bind}");
+            assert!(e.message.contains(needle), "{bind}: {}", e.message);
+        }
+        let e = tr(json!({"Image": "b", "HostConfig": {"Mounts": [{"Type": "volume", "Source": "v", "Target": "/v"}]}}))
+            .err()
+            .unwrap();
+        assert!(
+            e.message.starts_with("HostConfig.Mounts[0].Type"),
+            "{}",
+            e.message
+        );
+        let e = tr(json!({"Image": "b", "HostConfig": {"Mounts": [{"Type": "bind", "Source": "/etc", "Target": "/v"}]}}))
+            .err()
+            .unwrap();
+        assert!(
+            e.message
+                .starts_with("HostConfig.Mounts[0].Source: source \"/etc\" is outside"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn resources_restart_network_and_labels() {
+        let t = tr(json!({
+            "Image": "b", "Labels": {"inarray.engine": "batch", "team": "x"},
+            "HostConfig": {"Memory": 268435456, "NanoCpus": 500000000, "CpuShares": 1024,
+                           "PidsLimit": 64, "BlkioWeight": 300, "NetworkMode": "host",
+                           "RestartPolicy": {"Name": "on-failure", "MaximumRetryCount": 3},
+                           "MemorySwappiness": -1},
+            "NetworkingConfig": {"EndpointsConfig": {"host": {}}}
+        }))
+        .unwrap();
+        let c = &t.config;
+        let r = &c.resources;
+        assert_eq!(r.memory, Some(Bytes(256 << 20)));
+        assert_eq!(r.cpus, Some(0.5));
+        assert_eq!(r.cpu_weight, Some(39));
+        assert_eq!((r.pids, r.io_weight), (Some(64), Some(300)));
+        assert_eq!(c.network, Network::Host);
+        assert_eq!(c.restart, RestartPolicy::OnFailure { max: Some(3) });
+        assert_eq!(c.engine.as_deref(), Some("batch"));
+        assert!(t.warnings.is_empty());
+        let t =
+            tr(json!({"Image": "b", "HostConfig": {"NetworkMode": "default", "AutoRemove": true}}))
+                .unwrap();
+        assert_eq!(t.config.network, Network::None);
+        assert!(t.config.auto_remove);
+        assert!(t.warnings[0].contains("issue #18"), "{:?}", t.warnings);
+    }
+
+    #[test]
+    fn healthcheck_and_log_options() {
+        let t = tr(json!({
+            "Image": "b",
+            "Healthcheck": {"Test": ["CMD-SHELL", "true"], "Interval": 2_000_000_000i64, "Retries": 3},
+            "HostConfig": {"LogConfig": {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "2"}}}
+        }))
+        .unwrap();
+        let h = t.config.healthcheck.unwrap();
+        assert_eq!(h.test, ["CMD-SHELL", "true"]);
+        assert_eq!(
+            (h.interval, h.retries, h.timeout),
+            (Some(2.0), Some(3), None)
+        );
+        assert_eq!(
+            t.config.log,
+            Some(LogLimits {
+                max_size: 1 << 20,
+                max_files: 2
+            })
+        );
+        // Only one of the pair: the other is the daemon's default.
+        let t = tr(json!({"Image": "b", "HostConfig": {"LogConfig": {"Type": "", "Config": {"max-file": "5"}}}})).unwrap();
+        assert_eq!(
+            t.config.log.unwrap().max_size,
+            LogLimits::default().max_size
+        );
+        // Zeros: the image's check; NONE: no check.
+        let t = tr(json!({"Image": "b", "Healthcheck": {"Test": null, "Interval": 0}})).unwrap();
+        assert!(t.config.healthcheck.is_none());
+        let t = tr(json!({"Image": "b", "Healthcheck": {"Test": ["NONE"]}})).unwrap();
+        assert_eq!(t.config.healthcheck.unwrap().test, ["NONE"]);
+        for (body, needle) in [
+            (
+                json!({"Image": "b", "Healthcheck": {"Interval": 1_000_000_000i64}}),
+                "Healthcheck.Test: required",
+            ),
+            (
+                json!({"Image": "b", "Healthcheck": {"Test": ["CMD", "true"], "StartInterval": 5}}),
+                "Healthcheck.StartInterval",
+            ),
+            (
+                json!({"Image": "b", "Healthcheck": {"Test": ["BOGUS"]}}),
+                "Healthcheck",
+            ),
+            (
+                json!({"Image": "b", "HostConfig": {"LogConfig": {"Type": "syslog"}}}),
+                "HostConfig.LogConfig.Type",
+            ),
+            (
+                json!({"Image": "b", "HostConfig": {"LogConfig": {"Config": {"compress": "true"}}}}),
+                "HostConfig.LogConfig.Config.compress",
+            ),
+            (
+                json!({"Image": "b", "HostConfig": {"LogConfig": {"Config": {"max-size": "10"}}}}),
+                "HostConfig.LogConfig.Config",
+            ),
+            (
+                json!({"Image": "b", "HostConfig": {"LogConfig": {"Config": {"max-file": "x"}}}}),
+                "max-file",
+            ),
+        ] {
+            let e = tr(body.clone())
+                .err()
+                .unwrap_or_else(|| panic!("{body} was accepted"));
+            assert_eq!(e.status.as_u16(), 400, "{body}: {}", e.message);
+            assert!(e.message.contains(needle), "{body}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        for (body, status, needle) in [
+            (
+                json!({"Image": "b", "HostConfig": {"Privileged": true}}),
+                403,
+                "HostConfig.Privileged",
+            ),
+            (
+                json!({"Image": "b", "HostConfig": {"PidMode": "host"}}),
+                403,
+                "HostConfig.PidMode: the host's PID namespace",
+            ),
+            (
+                json!({"Image": "b", "HostConfig": {"IpcMode": "host"}}),
+                403,
+                "HostConfig.IpcMode",
+            ),
+            (
+                json!({"Image": "b", "HostConfig": {"SecurityOpt": ["seccomp=unconfined"]}}),
+                403,
+                "SecurityOpt[0]",
+            ),
+            (
+                json!({"Image": "b", "HostConfig": {"NetworkMode": "bridge"}}),
+                400,
+                "HostConfig.NetworkMode",
+            ),
+            (
+                json!({"Image": "b", "HostConfig": {"AutoRemove": true, "RestartPolicy": {"Name": "always"}}}),
+                400,
+                "HostConfig.AutoRemove",
+            ),
+            (
+                json!({"Image": "b", "HostConfig": {"Memory": 1024}}),
+                400,
+                "HostConfig.Memory",
+            ),
+            (
+                json!({"Image": "b", "HostConfig": {"Memory": "1g"}}),
+                400,
+                "HostConfig.Memory",
+            ),
+            (json!({"Image": "b", "Env": ["NOVALUE"]}), 400, "Env[0]"),
+            (
+                json!({"Image": "b", "Bogus": 1}),
+                400,
+                "Bogus: unknown field",
+            ),
+            (
+                json!({"Image": "b", "Volumes": {"/data": {}}}),
+                400,
+                "Volumes: not supported",
+            ),
+            (
+                json!({"Image": "b", "StopSignal": "SIGQUIT"}),
+                400,
+                "StopSignal",
+            ),
+            (json!({"Cmd": ["x"]}), 400, "Image: required"),
+            (
+                json!({"Image": "b", "NetworkingConfig": {"EndpointsConfig": {"web": {"Aliases": ["a"]}}}}),
+                400,
+                "EndpointsConfig.web",
+            ),
+        ] {
+            let e = tr(body.clone())
+                .err()
+                .unwrap_or_else(|| panic!("{body} was accepted"));
+            assert_eq!(e.status.as_u16(), status, "{body}: {}", e.message);
+            assert!(e.message.contains(needle), "{body}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn entrypoint_reset_and_native_field_names() {
+        let t = tr(json!({"Image": "b", "Entrypoint": [""]})).unwrap();
+        assert_eq!(t.config.entrypoint, Some(vec![]));
+        assert!(t.image_cmd_alone);
+        let o = vec![
+            "HostConfig.Binds[0]".to_owned(),
+            "HostConfig.Mounts[0]".to_owned(),
+        ];
+        assert_eq!(docker_field("volumes[0].source", &o), "HostConfig.Binds[0]");
+        assert_eq!(
+            docker_field("volumes[1].target", &o),
+            "HostConfig.Mounts[0].target"
+        );
+        assert_eq!(docker_field("env[2]", &o), "Env[2]");
+        assert_eq!(docker_field("resources.memory", &o), "HostConfig.Memory");
+        assert_eq!(
+            docker_message("user: no such user \"x\" in /etc/passwd", &o),
+            "User: no such user \"x\" in /etc/passwd"
+        );
+        assert_eq!(
+            docker_message("cannot start the container: exec failed", &o),
+            "cannot start the container: exec failed"
+        );
+        assert_eq!(
+            docker_message("volumes[1].source: source \"m\" does not exist in the array (set create: true to create it)", &o),
+            "HostConfig.Mounts[0].source: source \"m\" does not exist in the array (a Mounts bind source must exist; a Binds source is created)"
+        );
+    }
+}

@@ -102,8 +102,9 @@ impl IoGuardConfig {
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryConfig {
+    /// Plain HTTP (`true`) or TLS only (`false`); unset: plain HTTP for loopback registries.
     #[serde(default)]
-    pub insecure: bool,
+    pub insecure: Option<bool>,
     #[serde(default)]
     pub mirrors: Vec<String>,
     pub username: Option<String>,

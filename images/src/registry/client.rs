@@ -98,8 +98,18 @@ impl Client {
             .cloned()
     }
 
+    /// Listed with `insecure = true`: the only hosts a redirect or a token realm may send us to
+    /// over plain HTTP.
     fn is_insecure(&self, authority: &str) -> bool {
-        self.settings(authority).insecure
+        self.settings(authority).insecure == Some(true)
+    }
+
+    /// Whether the registry `host` itself is spoken to over plain HTTP: as listed, else when it
+    /// is on the loopback interface.
+    fn speaks_plain_http(&self, host: &str) -> bool {
+        self.settings(host)
+            .insecure
+            .unwrap_or_else(|| is_loopback_authority(host))
     }
 
     /// The API base of a registry host: HTTPS, or HTTP when the host is listed insecure.
@@ -116,7 +126,7 @@ impl Client {
                 format!("registry name: {e}"),
             )
         })?;
-        let scheme = if self.is_insecure(host) {
+        let scheme = if self.speaks_plain_http(host) {
             "http"
         } else {
             "https"
@@ -338,7 +348,9 @@ impl Client {
     ) -> Result<String, RegistryError> {
         let proto = |m: String| RegistryError::new(RegistryErrorKind::Protocol, host, m);
         let realm_url = Url::parse(realm).map_err(|e| proto(format!("token realm: {e}")))?;
-        if !realm_url.https && !self.is_insecure(&realm_url.authority()) && !self.is_insecure(host)
+        if !realm_url.https
+            && !self.is_insecure(&realm_url.authority())
+            && !self.speaks_plain_http(host)
         {
             return Err(proto(format!(
                 "token realm {realm_url} is plain HTTP and not listed as insecure; refused"
@@ -535,5 +547,42 @@ mod tests {
     fn encodes_query_values() {
         assert_eq!(encode("repository:a/b:pull"), "repository:a/b:pull");
         assert_eq!(encode("a b&c=d"), "a%20b%26c%3Dd");
+    }
+}
+
+/// `localhost`, an address of 127.0.0.0/8 or `[::1]`, with or without a port.
+fn is_loopback_authority(authority: &str) -> bool {
+    match crate::http::split_authority(authority) {
+        Ok((host, _)) => {
+            host.eq_ignore_ascii_case("localhost")
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod loopback_tests {
+    #[test]
+    fn loopback_authorities() {
+        for a in [
+            "localhost:5000",
+            "127.0.0.1:5000",
+            "127.8.9.10",
+            "[::1]:5000",
+            "LOCALHOST",
+        ] {
+            assert!(super::is_loopback_authority(a), "{a}");
+        }
+        for a in [
+            "registry.example:5000",
+            "10.0.0.1:5000",
+            "[2001:db8::1]:5000",
+            "docker.io",
+        ] {
+            assert!(!super::is_loopback_authority(a), "{a}");
+        }
     }
 }

@@ -27,9 +27,10 @@ pub use pull::{LayerProgress, PullEvent, Puller};
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RegistrySettings {
-    /// Speak plain HTTP to this registry. Only hosts listed with `insecure = true` are ever
-    /// reached over HTTP (and redirects to plain HTTP are refused for all others).
-    pub insecure: bool,
+    /// Speak plain HTTP to this registry (`true`) or only TLS (`false`). Unset: plain HTTP for
+    /// a loopback registry (`localhost`, 127.0.0.0/8, `[::1]`), as dockerd does, and TLS for
+    /// every other. Redirects and token realms on plain HTTP go only to hosts listed `true`.
+    pub insecure: Option<bool>,
     /// Registries (`host[:port]`) tried in order before this one, for the same repository.
     pub mirrors: Vec<String>,
     /// PEM file of CA certificates trusted for this host besides the system's (a private CA).

@@ -142,7 +142,7 @@ fn insecure(p: &Puller, hosts: &[String]) {
                 (
                     h.clone(),
                     RegistrySettings {
-                        insecure: true,
+                        insecure: Some(true),
                         ..Default::default()
                     },
                 )
@@ -380,15 +380,39 @@ async fn basic_auth_and_unknown_tags() {
 }
 
 #[tokio::test]
-async fn registry_not_listed_insecure_is_not_spoken_to_over_http() {
+async fn a_loopback_registry_speaks_plain_http_unless_listed_otherwise() {
+    let img = test_image();
+    let routes = registry_for(&img, "x");
+    let server = serve(Arc::new(move |path, _| {
+        routes(path).unwrap_or_else(not_found)
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = puller(dir.path(), Timeouts::default());
+    // Not listed at all: a loopback registry is plain HTTP, as dockerd treats 127.0.0.0/8.
+    let (result, _) = pull(&p, &format!("localhost:{}/x:1", server.port)).await;
+    assert_eq!(result.unwrap().manifest_digest, img.manifest_digest);
+}
+
+#[tokio::test]
+async fn registry_listed_tls_only_is_not_spoken_to_over_http() {
     let server = serve(Arc::new(|_, _| not_found())).await;
     let dir = tempfile::tempdir().unwrap();
     let p = puller(dir.path(), Timeouts::default());
-    // Not listed insecure: the client speaks TLS, which the plain server cannot answer.
-    let err = pull(&p, &format!("127.0.0.1:{}/x:1", server.port))
-        .await
-        .0
-        .unwrap_err();
+    let host = format!("127.0.0.1:{}", server.port);
+    p.set_settings(
+        [(
+            host.clone(),
+            RegistrySettings {
+                insecure: Some(false),
+                ..Default::default()
+            },
+        )]
+        .into_iter()
+        .collect(),
+    );
+    // Listed `insecure = false`: the client speaks TLS, which the plain server cannot answer.
+    let err = pull(&p, &format!("{host}/x:1")).await.0.unwrap_err();
     assert_eq!(err.kind, RegistryErrorKind::Unreachable, "{err}");
     assert!(err.message.contains("TLS"), "{err}");
     assert!(server.log.lock().unwrap().is_empty());
@@ -422,7 +446,7 @@ async fn unreachable_registry_and_mirrors() {
     settings.insert(
         upstream.clone(),
         RegistrySettings {
-            insecure: true,
+            insecure: Some(true),
             mirrors: vec![mirror_host.clone()],
             ..Default::default()
         },
@@ -430,7 +454,7 @@ async fn unreachable_registry_and_mirrors() {
     settings.insert(
         mirror_host,
         RegistrySettings {
-            insecure: true,
+            insecure: Some(true),
             ..Default::default()
         },
     );

@@ -144,11 +144,12 @@ async fn pulls_from_a_real_registry() {
     std::fs::write(
         &config,
         format!(
-            "[registries.\"{}\"]\ninsecure = true\n[registries.\"{}\"]\ninsecure = true\n[registries.\"{}\"]\nca_file = \"{}\"\n",
+            "[registries.\"{}\"]\ninsecure = true\n[registries.\"{}\"]\ninsecure = true\n[registries.\"{}\"]\nca_file = \"{}\"\n[registries.\"localhost:{}\"]\ninsecure = false\n",
             open.host(),
             locked.host(),
             tls.host(),
-            cert.display()
+            cert.display(),
+            tls.port
         ),
     )
     .unwrap();
@@ -322,7 +323,8 @@ async fn pulls_from_a_real_registry() {
     .await;
 
     // 5b. HTTPS, verified against the registry's configured CA; the same registry named
-    // `localhost:PORT` has no CA configured (and the certificate names 127.0.0.1): refused.
+    // `localhost:PORT` (listed `insecure = false`: TLS only, though on loopback) has no CA
+    // configured (and the certificate names 127.0.0.1): refused.
     let lines = pull(&d, &format!("{}/test/busybox:1", tls.host()))
         .await
         .unwrap();

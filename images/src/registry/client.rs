@@ -105,11 +105,11 @@ impl Client {
     }
 
     /// Whether the registry `host` itself is spoken to over plain HTTP: as listed, else when it
-    /// is on the loopback interface.
+    /// is on the loopback interface and no CA file says it speaks TLS.
     fn speaks_plain_http(&self, host: &str) -> bool {
-        self.settings(host)
-            .insecure
-            .unwrap_or_else(|| is_loopback_authority(host))
+        let s = self.settings(host);
+        s.insecure
+            .unwrap_or_else(|| s.ca_file.is_none() && is_loopback_authority(host))
     }
 
     /// The API base of a registry host: HTTPS, or HTTP when the host is listed insecure.

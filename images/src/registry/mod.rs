@@ -28,8 +28,8 @@ pub use pull::{LayerProgress, PullEvent, Puller};
 #[serde(default, deny_unknown_fields)]
 pub struct RegistrySettings {
     /// Speak plain HTTP to this registry (`true`) or only TLS (`false`). Unset: plain HTTP for
-    /// a loopback registry (`localhost`, 127.0.0.0/8, `[::1]`), as dockerd does, and TLS for
-    /// every other. Redirects and token realms on plain HTTP go only to hosts listed `true`.
+    /// a loopback registry (`localhost`, 127.0.0.0/8, `[::1]`) without a `ca_file`, as dockerd
+    /// does, and TLS for every other. Redirects and token realms on plain HTTP go only to hosts listed `true`.
     pub insecure: Option<bool>,
     /// Registries (`host[:port]`) tried in order before this one, for the same repository.
     pub mirrors: Vec<String>,

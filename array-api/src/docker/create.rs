@@ -204,6 +204,19 @@ fn check_fields(body: &Value) -> Result<()> {
             "the request body must be a JSON object",
         ));
     }
+    // Clients (the Python SDK among them) declare each bind's target in `Volumes` too: those
+    // entries ask for no volume of their own.
+    let declared_binds_only;
+    let body = if bind_targets_only(body) {
+        let mut b = body.clone();
+        if let Some(o) = b.as_object_mut() {
+            o.remove("Volumes");
+        }
+        declared_binds_only = b;
+        &declared_binds_only
+    } else {
+        body
+    };
     fields::check(body, "", fields::CONFIG)?;
     let h = &body["HostConfig"];
     fields::check(h, "HostConfig", fields::HOST_CONFIG)?;
@@ -230,6 +243,32 @@ fn check_fields(body: &Value) -> Result<()> {
         "NetworkingConfig",
         fields::NETWORKING_CONFIG,
     )
+}
+
+/// Whether every entry of `Volumes` is the target of a bind in `HostConfig.Binds` or `Mounts`.
+fn bind_targets_only(body: &Value) -> bool {
+    let Some(declared) = body["Volumes"].as_object().filter(|v| !v.is_empty()) else {
+        return false;
+    };
+    let h = &body["HostConfig"];
+    let mut targets: Vec<&str> = h["Binds"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b.as_str()?.split(':').nth(1))
+        .collect();
+    targets.extend(
+        h["Mounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["Type"].as_str().is_none_or(|t| t == "bind"))
+            .filter_map(|m| m["Target"].as_str()),
+    );
+    let norm = |p: &str| p.trim_end_matches('/').to_owned();
+    declared
+        .keys()
+        .all(|k| targets.iter().any(|t| norm(t) == norm(k)))
 }
 
 /// Host namespaces and confinement options: 403 for what would open the host, 400 for what

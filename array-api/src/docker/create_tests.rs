@@ -262,6 +262,13 @@ fn refusals_name_the_field() {
             "Volumes: not supported",
         ),
         (
+            // A declared target that no bind covers is still an anonymous volume.
+            json!({"Image": "b", "Volumes": {"/data": {}, "/other": {}},
+                   "HostConfig": {"Binds": ["/srv/array/x:/data"]}}),
+            400,
+            "Volumes: not supported",
+        ),
+        (
             json!({"Image": "b", "StopSignal": "SIGQUIT"}),
             400,
             "StopSignal",
@@ -309,4 +316,16 @@ fn entrypoint_reset_and_native_field_names() {
         docker_message("volumes[1].source: source \"m\" does not exist in the array (set create: true to create it)", &o),
         "HostConfig.Mounts[0].source: source \"m\" does not exist in the array (a Mounts bind source must exist; a Binds source is created)"
     );
+}
+
+#[test]
+fn volumes_declaring_only_bind_targets_pass() {
+    // What the Python docker SDK sends for `volumes={host: {"bind": …}}`.
+    let t = tr(json!({
+        "Image": "busybox", "Volumes": {"/data": {}, "/logs/": {}},
+        "HostConfig": {"Binds": ["/srv/array/x:/data:rw"],
+                       "Mounts": [{"Type": "bind", "Source": "/srv/array/y", "Target": "/logs"}]},
+    }))
+    .unwrap();
+    assert_eq!(t.config.volumes.len(), 2);
 }

@@ -16,7 +16,7 @@ use super::errors::{DockerError, Result};
 use super::fields;
 use super::types::{ExecCreateBody, ExecInspect, ExecStartBody};
 use super::{json_body, typed, DockerQuery, DockerState};
-use crate::attach::{requested, respond, Source};
+use crate::attach::{requested, respond_later, Source};
 use crate::extract::Path;
 
 pub fn routes() -> Router<DockerState> {
@@ -95,22 +95,42 @@ async fn start(
             "exec start needs an upgraded connection (Connection: Upgrade, Upgrade: tcp) unless Detach is true",
         ));
     };
-    let (info, attached) = st.manager.start_exec(&id, true).await?;
-    let a = attached.ok_or_else(|| DockerError::internal("exec started without its stream"))?;
+    // Refusals while an HTTP answer is still possible; the process itself starts only once the
+    // 101 is written, as dockerd does: a client that reads the 101 through a buffered reader
+    // (the Python SDK) would otherwise swallow the first output along with the headers.
+    let info = st.manager.exec_info(&id).await?;
+    if info.state != "created" {
+        return Err(DockerError::from(inarray_runtime::ManagerError::Conflict(
+            format!("exec {id} was already started"),
+        )));
+    }
+    let row = st.manager.get(&info.container_id).await?;
+    if row.state != inarray_store::ContainerState::Running {
+        return Err(DockerError::from(inarray_runtime::ManagerError::Conflict(
+            format!("container {} is not running", row.name),
+        )));
+    }
+    let m = st.manager.clone();
+    let exec = id.clone();
+    let source = async move {
+        match m.start_exec(&exec, true).await {
+            Ok((info, Some(a))) => Some(Source::Shim {
+                stream: a.stream,
+                stdin: info.stdin,
+            }),
+            Ok((_, None)) => None,
+            Err(e) => {
+                tracing::info!(exec = %exec, error = %e, "docker exec start failed after the upgrade");
+                None
+            }
+        }
+    };
     let m = st.manager.clone();
     let done = async move {
         // Records the exit as soon as the stream has ended.
         let _ = m.exec_info(&id).await;
     };
-    Ok(respond(
-        up,
-        Source::Shim {
-            stream: a.stream,
-            stdin: info.stdin,
-        },
-        a.tty,
-        done,
-    ))
+    Ok(respond_later(up, info.tty, source, done))
 }
 
 async fn inspect(

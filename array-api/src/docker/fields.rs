@@ -220,6 +220,9 @@ pub const EXEC_CREATE: Table = &[
     ("Env", Honoured),
     ("WorkingDir", Honoured),
     ("Cmd", Honoured),
+    // The container's id, repeated in the body by older clients (the Python SDK); the path
+    // names the container.
+    ("Container", Ignored),
 ];
 
 /// `ExecStartOptions` (`POST /exec/{id}/start`).

@@ -69,18 +69,8 @@ async fn list(State(st): State<DockerState>, q: DockerQuery) -> Result<Json<Vec<
         let v: Value = serde_json::from_str(raw)
             .map_err(|e| DockerError::bad_request(format!("filters: not JSON: {e}")))?;
         for (k, vals) in v.as_object().into_iter().flatten() {
-            let list: Vec<String> = match vals {
-                Value::Array(a) => a
-                    .iter()
-                    .filter_map(|x| x.as_str().map(String::from))
-                    .collect(),
-                Value::Object(o) => o
-                    .iter()
-                    .filter(|(_, on)| on.as_bool() == Some(true))
-                    .map(|(k, _)| k.clone())
-                    .collect(),
-                _ => Vec::new(),
-            };
+            // Lenient here, as before: a value that is not a list selects nothing.
+            let list = super::filter_values(k, vals).unwrap_or_default();
             match k.as_str() {
                 "reference" => references = list,
                 "dangling" => dangling = list.first().map(|d| d == "true" || d == "1"),

@@ -310,6 +310,25 @@ pub async fn json_body(body: Body, limits: &Limits) -> Result<Value> {
 }
 
 /// Reads a checked body into its typed form; a wrong type is a 400 naming the field.
+/// The values of one entry of a `filters` query: Docker sends `{"k": ["v", …]}` or the older
+/// `{"k": {"v": true}}`; anything else is a 400 naming the filter.
+pub fn filter_values(k: &str, vals: &Value) -> Result<Vec<String>> {
+    match vals {
+        Value::Array(a) => Ok(a
+            .iter()
+            .filter_map(|x| x.as_str().map(String::from))
+            .collect()),
+        Value::Object(o) => Ok(o
+            .iter()
+            .filter(|(_, on)| on.as_bool() == Some(true))
+            .map(|(k, _)| k.clone())
+            .collect()),
+        _ => Err(DockerError::bad_request(format!(
+            "filters: {k}: expected a list"
+        ))),
+    }
+}
+
 pub fn typed<T: serde::de::DeserializeOwned>(v: Value) -> Result<T> {
     serde_path_to_error::deserialize(v).map_err(|e| {
         let path = e.path().to_string();

@@ -206,22 +206,7 @@ impl Filters {
                     "invalid filter '{k}' (inarray serves status, name, id, label, ancestor, exited)"
                 )));
             }
-            let list: Vec<String> = match vals {
-                Value::Array(a) => a
-                    .iter()
-                    .filter_map(|x| x.as_str().map(String::from))
-                    .collect(),
-                Value::Object(o) => o
-                    .iter()
-                    .filter(|(_, on)| on.as_bool() == Some(true))
-                    .map(|(k, _)| k.clone())
-                    .collect(),
-                _ => {
-                    return Err(DockerError::bad_request(format!(
-                        "filters: {k}: expected a list"
-                    )))
-                }
-            };
+            let list = super::filter_values(k, vals)?;
             if k == "status" {
                 if let Some(bad) = list.iter().find(|s| {
                     !matches!(

@@ -149,15 +149,7 @@ impl Manager {
     ) -> Result<crate::spec::Identity> {
         let cfg: ContainerConfig =
             serde_json::from_str(&row.spec).map_err(|e| internal("stored spec", e))?;
-        let image = self
-            .inner
-            .store
-            .image_by_id(&row.image_id)
-            .await?
-            .ok_or_else(|| ManagerError::NotFound {
-                kind: "image",
-                key: row.image_id.clone(),
-            })?;
+        let image = self.image_of(row).await?;
         let defaults: ImageDefaults = image.config_as()?;
         let layers: Vec<inarray_images::Layer> = image.layers_as()?;
         let diff_ids: Vec<String> = layers.iter().map(|l| l.diff_id.clone()).collect();

@@ -29,6 +29,14 @@ impl Manager {
             let Some((probe, run_started)) = this.health_probe(&id).await else {
                 return;
             };
+            // The probe's user, resolved once per run (not at every probe).
+            let identity = match this.inner.store.container(&id).await {
+                Ok(Some(row)) => this
+                    .exec_identity(&row, None)
+                    .await
+                    .map_err(|e| e.to_string()),
+                _ => return,
+            };
             this.inner
                 .health
                 .lock()
@@ -45,7 +53,7 @@ impl Manager {
                     // Another run has its own runner.
                     return;
                 }
-                let result = this.probe_once(&row, &probe).await;
+                let result = this.probe_once(&row, &probe, &identity).await;
                 let changed = {
                     let mut map = this.inner.health.lock().expect("health");
                     let h = map.entry(id.clone()).or_default();
@@ -71,14 +79,19 @@ impl Manager {
     async fn health_probe(&self, id: &str) -> Option<(Probe, Option<chrono::DateTime<Utc>>)> {
         let row = self.inner.store.container(id).await.ok()??;
         let cfg: ContainerConfig = serde_json::from_str(&row.spec).ok()?;
-        let image = self.inner.store.image_by_id(&row.image_id).await.ok()??;
+        let image = self.image_of(&row).await.ok()?;
         let defaults: ImageDefaults = image.config_as().ok()?;
         let probe = health::probe(cfg.healthcheck.as_ref(), defaults.healthcheck.as_ref())?;
         Some((probe, row.started_at))
     }
 
     /// Runs the probe once in the container: its exit code and the start of its output.
-    async fn probe_once(&self, row: &inarray_store::ContainerRow, p: &Probe) -> ProbeResult {
+    async fn probe_once(
+        &self,
+        row: &inarray_store::ContainerRow,
+        p: &Probe,
+        identity: &std::result::Result<crate::spec::Identity, String>,
+    ) -> ProbeResult {
         let start = Utc::now();
         let fail = |output: String| ProbeResult {
             start,
@@ -86,9 +99,9 @@ impl Manager {
             exit_code: -1,
             output,
         };
-        let identity = match self.exec_identity(row, None).await {
-            Ok(i) => i,
-            Err(e) => return fail(e.to_string()),
+        let identity = match identity {
+            Ok(i) => *i,
+            Err(e) => return fail(e.clone()),
         };
         let Ok(exec_id) = new_id().map(|id| format!("health-{id}")) else {
             return fail("no random id".into());

@@ -175,19 +175,23 @@ impl Manager {
         Ok(Plan { spec, shim })
     }
 
-    /// The plan of a recorded container: its stored request, its image and its engine now.
-    async fn plan_row(&self, row: &ContainerRow) -> Result<Plan> {
-        let cfg: ContainerConfig =
-            serde_json::from_str(&row.spec).map_err(|e| internal("stored spec", e))?;
-        let image = self
-            .inner
+    /// The image a recorded container was created from.
+    pub(super) async fn image_of(&self, row: &ContainerRow) -> Result<ImageRow> {
+        self.inner
             .store
             .image_by_id(&row.image_id)
             .await?
             .ok_or_else(|| ManagerError::NotFound {
                 kind: "image",
                 key: row.image_id.clone(),
-            })?;
+            })
+    }
+
+    /// The plan of a recorded container: its stored request, its image and its engine now.
+    async fn plan_row(&self, row: &ContainerRow) -> Result<Plan> {
+        let cfg: ContainerConfig =
+            serde_json::from_str(&row.spec).map_err(|e| internal("stored spec", e))?;
+        let image = self.image_of(row).await?;
         let engine = self.engine(&row.engine).await?;
         self.plan(&row.id, &cfg, &image, &engine.resources)
     }

@@ -267,6 +267,22 @@ fn parse_disk_stat(text: &str) -> u64 {
     (f[2] + f[6]) * 512
 }
 
+/// Whether a cap of `target` bytes/s needs a write over the `written` one, and what to write.
+///
+/// The written cap never stays above its target: a lower target is written at once (a cap above
+/// the budget would let the containers take more than their share), a higher one only once it is
+/// a tenth above (no write each interval while the budget wanders). What is written is the target
+/// rounded down to 5 significant bits (steps of at most 1/16), so a budget that decays slowly with
+/// the disk's peak costs a write every few percent, not one per interval.
+pub fn settle(written: Option<u64>, target: u64) -> Option<u64> {
+    let shift = (u64::BITS - target.leading_zeros()).saturating_sub(5);
+    let q = (target >> shift) << shift;
+    match written {
+        Some(w) if q >= w && q <= w + w / 10 => None,
+        _ => Some(q),
+    }
+}
+
 /// Writes a read/write cap on device `dev` into cgroup `dir`; None = no cap (v1 `0`, v2 `max`).
 pub fn write_cap(
     dir: &Path,
@@ -346,8 +362,6 @@ pub fn run(
     let mut ctl = Controller::new(cfg.clone());
     let mut holding = false;
     let mut written_root: Option<u64> = None;
-    // Off by more than a tenth: worth a write.
-    let differs = |a: u64, b: u64| a.abs_diff(b) > a.max(b) / 10;
     let own = |l: &Resources| {
         (
             l.read_bps.map_or(0, |b| b.0),
@@ -408,10 +422,10 @@ pub fn run(
                     status.lock().expect("lock").engagements += 1;
                 }
                 if v2 {
-                    if written_root.is_none_or(|w| differs(w, b))
-                        && write_cap(&dirs.containers, true, dev, Some((b, b))).is_ok()
-                    {
-                        written_root = Some(b);
+                    if let Some(q) = settle(written_root, b) {
+                        if write_cap(&dirs.containers, true, dev, Some((q, q))).is_ok() {
+                            written_root = Some(q);
+                        }
                     }
                 } else {
                     // v1 throttles each cgroup on its own: the budget is split among the
@@ -426,12 +440,15 @@ pub fn run(
                     }
                     let per = b / active.max(1);
                     for h in held.values_mut() {
-                        let cap = capped(per, &h.limits);
-                        let stale = h
-                            .written
-                            .is_none_or(|w| differs(w.0, cap.0) || differs(w.1, cap.1));
+                        let (r, w) = capped(per, &h.limits);
+                        let (was_r, was_w) = h.written.unzip();
+                        let (new_r, new_w) = (settle(was_r, r), settle(was_w, w));
+                        if new_r.is_none() && new_w.is_none() {
+                            continue;
+                        }
+                        let cap = (new_r.or(was_r).unwrap_or(r), new_w.or(was_w).unwrap_or(w));
                         // A container gone meanwhile fails here; the next refresh drops it.
-                        if stale && write_cap(&h.dir, false, dev, Some(cap)).is_ok() {
+                        if write_cap(&h.dir, false, dev, Some(cap)).is_ok() {
                             h.written = Some(cap);
                         }
                     }
@@ -589,6 +606,36 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(capped(64 << 20, &own), (5 << 20, 64 << 20));
+    }
+
+    #[test]
+    fn a_written_cap_never_stays_above_its_target() {
+        // The first write rounds down, never up.
+        let first = settle(None, 25_128_338).unwrap();
+        assert!(first <= 25_128_338 && first >= 25_128_338 - 25_128_338 / 16);
+        // The budget decays a little below what was written: written again at once.
+        let lower = settle(Some(first), first - 1).unwrap();
+        assert!(lower < first);
+        // A little above: nothing to write (no write each interval as the budget wanders)...
+        assert_eq!(settle(Some(first), first + first / 20), None);
+        assert_eq!(settle(Some(first), first), None);
+        // ...a tenth above: written.
+        assert!(settle(Some(first), first * 2).unwrap() > first);
+        // A decay of the peak over many samples costs a write every few percent.
+        let (mut w, mut writes) = (None, 0);
+        let mut b = 100_000_000f64;
+        for _ in 0..1000 {
+            b *= 0.99995;
+            if let Some(q) = settle(w, b as u64) {
+                assert!(q <= b as u64);
+                w = Some(q);
+                writes += 1;
+            }
+            assert!(w.unwrap() <= b as u64);
+        }
+        assert!(writes <= 3, "{writes} writes for a 5 % decay");
+        // Small values are exact.
+        assert_eq!(settle(None, 17), Some(17));
     }
 
     #[test]

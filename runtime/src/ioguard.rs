@@ -612,7 +612,7 @@ mod tests {
     fn a_written_cap_never_stays_above_its_target() {
         // The first write rounds down, never up.
         let first = settle(None, 25_128_338).unwrap();
-        assert!(first <= 25_128_338 && first >= 25_128_338 - 25_128_338 / 16);
+        assert!((25_128_338 - 25_128_338 / 16..=25_128_338).contains(&first));
         // The budget decays a little below what was written: written again at once.
         let lower = settle(Some(first), first - 1).unwrap();
         assert!(lower < first);

@@ -16,7 +16,6 @@ use inarray_store::{ContainerRow, ContainerState};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::engines::ResourcesPatch;
 use crate::error::ApiError;
 use crate::extract::{Json, Path, Query};
 use crate::state::AppState;
@@ -41,6 +40,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/containers/{id}/wait", post(wait_container))
         .route("/v1/containers/{id}/logs", get(container_logs))
         .route("/v1/containers/{id}/stats", get(container_stats))
+        .route("/v1/containers/{id}/top", get(container_processes))
 }
 
 /// The container object of the API.
@@ -422,14 +422,52 @@ impl Follow {
 }
 
 /// `PATCH /v1/containers/{id}`: live resource limits, like `docker update`.
+/// The body of `PATCH /v1/containers/{id}`: each part left out is unchanged. `resources` as for
+/// engines (`null` removes a limit); `restart` a new policy; `name` another name.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContainerPatch {
+    #[serde(default, deserialize_with = "given")]
+    resources: Option<inarray_runtime::resources::ResourcesUpdate>,
+    #[serde(default, deserialize_with = "given")]
+    restart: Option<inarray_runtime::RestartPolicy>,
+    #[serde(default, deserialize_with = "given")]
+    name: Option<String>,
+}
+
+/// A part that is given must be a value: `null` is JSON of the wrong shape (422), not "unchanged".
+fn given<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
 async fn update_container(
     State(m): State<Manager>,
     Path(id): Path<String>,
-    Json(p): Json<ResourcesPatch>,
+    Json(p): Json<ContainerPatch>,
 ) -> Result<axum::Json<ContainerView>, ApiError> {
-    Ok(axum::Json(
-        m.update_resources(&id, &p.resources).await?.try_into()?,
-    ))
+    if p.resources.is_none() && p.restart.is_none() && p.name.is_none() {
+        return Err(ApiError::bad_request(
+            "nothing to change: give resources, restart or name",
+        ));
+    }
+    let update = inarray_runtime::ContainerUpdate {
+        resources: p.resources,
+        restart: p.restart,
+        name: p.name,
+    };
+    let row = m.update(&id, &update).await?;
+    Ok(axum::Json(row.try_into()?))
+}
+
+/// The processes of a running container, as the host's `/proc` shows them.
+async fn container_processes(
+    State(m): State<Manager>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let processes = m.processes(&id).await?;
+    Ok(axum::Json(json!({ "processes": processes })))
 }
 
 async fn container_stats(

@@ -43,6 +43,7 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/containers/{id}/wait", &["post"]),
     ("/v1/containers/{id}/logs", &["get"]),
     ("/v1/containers/{id}/stats", &["get"]),
+    ("/v1/containers/{id}/top", &["get"]),
     ("/v1/containers/{id}/exec", &["post"]),
     ("/v1/containers/{id}/attach", &["post"]),
     ("/v1/containers/{id}/resize", &["post"]),
@@ -3268,6 +3269,36 @@ async fn patch_with_null_removes_one_limit() {
     assert_eq!(c["resources"], json!({"memory": 64 << 20}));
     let c = env.get(&uri).await.expect(StatusCode::OK).json();
     assert_eq!(c["resources"], json!({"memory": 64 << 20}), "kept");
+    // The record's parts: another name and policy, checked whole first.
+    let c = patch_json(
+        &env,
+        &uri,
+        &json!({"name": "renamed", "restart": "on-failure:3"}),
+    )
+    .await
+    .expect(StatusCode::OK)
+    .json();
+    assert_eq!(
+        (c["name"].as_str(), c["restart"].as_str()),
+        (Some("renamed"), Some("on-failure:3"))
+    );
+    patch_json(
+        &env,
+        &uri,
+        &json!({"name": "bad/name", "resources": {"memory": "32m"}}),
+    )
+    .await
+    .expect_error(StatusCode::BAD_REQUEST, "invalid_request", "name");
+    assert_eq!(
+        env.get(&uri).await.expect(StatusCode::OK).json()["resources"],
+        json!({"memory": 64 << 20}),
+        "nothing changed"
+    );
+    patch_json(&env, &uri, &json!({})).await.expect_error(
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        "nothing to change",
+    );
     // Values are still checked; null is not an object of limits.
     patch_json(&env, &uri, &json!({"resources": {"memory": "lots"}}))
         .await

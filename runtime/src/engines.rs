@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use libcgroups::common::{CgroupManager, ControllerOpt};
 use serde::{Deserialize, Serialize};
 
+pub use crate::recording::RecordingDriver;
 use crate::resources::{Bytes, Limit, Resources};
 
 pub const STORAGE: &str = "storage";
@@ -201,6 +202,8 @@ pub trait CgroupDriver: Send + Sync {
     fn remove_if_empty(&self, path: &str);
     /// Kills and removes container `id`'s cgroups below `parent`, whichever engine they are in.
     fn remove_container(&self, parent: &str, id: &str) -> std::io::Result<()>;
+    /// The processes in the cgroup `path` and below it (host pids).
+    fn pids(&self, path: &str) -> Result<Vec<i32>, String>;
 }
 
 /// The real driver: youki's libcgroups over the mounted hierarchies.
@@ -337,6 +340,15 @@ impl CgroupDriver for LibcgroupsDriver {
             .map_err(|e| format!("cannot move process {pid} into cgroup {path}: {e}"))
     }
 
+    fn pids(&self, path: &str) -> Result<Vec<i32>, String> {
+        Ok(self
+            .manager(path)?
+            .get_all_pids()?
+            .into_iter()
+            .map(|p| p.as_raw())
+            .collect())
+    }
+
     fn usage(&self, path: &str) -> Result<Usage, String> {
         let s = self.manager(path)?.stats()?;
         let sum = |v: &[libcgroups::stats::BlkioDeviceStat], op: &str| -> u64 {
@@ -424,76 +436,6 @@ impl CgroupDriver for LibcgroupsDriver {
         for path in crate::cgroups::find_container(&self.root, parent, id) {
             crate::cgroups::cleanup(&self.root, &path)?;
         }
-        Ok(())
-    }
-}
-
-/// A driver that only records what it is asked, for tests that must not touch the host's
-/// cgroups (the API tier); end-to-end tests use [`LibcgroupsDriver`].
-#[derive(Default)]
-pub struct RecordingDriver {
-    pub applied: std::sync::Mutex<Vec<(String, Resources)>>,
-    pub cleared: std::sync::Mutex<Vec<(String, Vec<Limit>)>>,
-    pub moved: std::sync::Mutex<Vec<(String, i32)>>,
-    /// Cgroup paths removed (`remove`), and `parent/*/id` for `remove_container`.
-    pub removed: std::sync::Mutex<Vec<String>>,
-}
-
-impl CgroupDriver for RecordingDriver {
-    fn apply(&self, path: &str, resources: &Resources) -> Result<(), String> {
-        self.applied
-            .lock()
-            .expect("lock")
-            .push((path.to_owned(), resources.clone()));
-        Ok(())
-    }
-    fn clear(&self, path: &str, limits: &[Limit]) -> Result<(), String> {
-        self.cleared
-            .lock()
-            .expect("lock")
-            .push((path.to_owned(), limits.to_vec()));
-        Ok(())
-    }
-    fn add_process(&self, path: &str, pid: i32) -> Result<(), String> {
-        self.moved
-            .lock()
-            .expect("lock")
-            .push((path.to_owned(), pid));
-        Ok(())
-    }
-    fn usage(&self, _path: &str) -> Result<Usage, String> {
-        Ok(Usage::default())
-    }
-    fn is_v2(&self) -> bool {
-        false
-    }
-    fn device(&self) -> Option<(u64, u64)> {
-        None
-    }
-    fn mount_root(&self) -> &Path {
-        // Nothing is ever read or written below it: the recording driver has no hierarchy.
-        Path::new("/nonexistent/cgroup")
-    }
-    fn exists(&self, path: &str) -> bool {
-        self.applied
-            .lock()
-            .expect("lock")
-            .iter()
-            .any(|(p, _)| p == path)
-            && !self.removed.lock().expect("lock").iter().any(|p| p == path)
-    }
-    fn remove(&self, path: &str) -> std::io::Result<()> {
-        self.removed.lock().expect("lock").push(path.to_owned());
-        Ok(())
-    }
-    fn remove_if_empty(&self, path: &str) {
-        self.removed.lock().expect("lock").push(path.to_owned());
-    }
-    fn remove_container(&self, parent: &str, id: &str) -> std::io::Result<()> {
-        self.removed
-            .lock()
-            .expect("lock")
-            .push(format!("{}/*/{id}", parent.trim_end_matches('/')));
         Ok(())
     }
 }

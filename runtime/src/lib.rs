@@ -15,6 +15,8 @@ mod ioguard;
 mod launcher;
 pub mod logs;
 mod manager;
+pub mod procs;
+mod recording;
 pub mod resources;
 mod spec;
 mod supervisor;
@@ -25,8 +27,8 @@ pub use inarray_shim::logfile::LogLimits;
 pub use inarray_shim::volumes;
 pub use ioguard::{GuardConfig, GuardStatus};
 pub use manager::{
-    backoff, starts_at_boot, Attached, Attachment, Cause, ExecConfig, ExecInfo, ImageRemoval,
-    Manager, ManagerError, ManagerOptions, NodeBoot, PruneReport, PrunedImage, ReconcileReport,
-    Since, REBOOTED, RESTART_CONCURRENCY,
+    backoff, starts_at_boot, Attached, Attachment, Cause, ContainerUpdate, ExecConfig, ExecInfo,
+    ImageRemoval, Manager, ManagerError, ManagerOptions, NodeBoot, PruneReport, PrunedImage,
+    ReconcileReport, Since, REBOOTED, RESTART_CONCURRENCY,
 };
 pub use volumes::{Volume, VolumeError};

@@ -286,17 +286,72 @@ pub async fn inspect(c: &Client, container: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `inarray update [limits] CONTAINER`
-pub async fn update(c: &Client, container: &str, limits: &LimitFlags) -> Result<ExitCode> {
-    let body = json!({"resources": limits.to_json()});
+/// `inarray update [limits] [--restart POLICY] CONTAINER`
+pub async fn update(
+    c: &Client,
+    container: &str,
+    limits: &LimitFlags,
+    restart: Option<&str>,
+) -> Result<ExitCode> {
+    let mut body = serde_json::Map::new();
+    let resources = limits.to_json();
+    if resources.as_object().is_some_and(|m| !m.is_empty()) {
+        body.insert("resources".into(), resources);
+    }
+    if let Some(r) = restart {
+        body.insert("restart".into(), json!(r));
+    }
+    if body.is_empty() {
+        anyhow::bail!("nothing to update: give a limit (see --help) or --restart");
+    }
     let v = c
         .json(
             Method::PATCH,
             &format!("/v1/containers/{}", enc(container)),
-            Some(&body),
+            Some(&Value::Object(body)),
         )
         .await?;
-    print_json(&v["resources"]);
+    print_json(&json!({"resources": v["resources"], "restart": v["restart"]}));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `inarray rename CONTAINER NAME`
+pub async fn rename(c: &Client, container: &str, name: &str) -> Result<ExitCode> {
+    c.json(
+        Method::PATCH,
+        &format!("/v1/containers/{}", enc(container)),
+        Some(&json!({ "name": name })),
+    )
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `inarray top CONTAINER`: PID, PPID, UID, TIME and the command, one process a line.
+pub async fn top(c: &Client, container: &str, as_json: bool) -> Result<ExitCode> {
+    let path = format!("/v1/containers/{}/top", enc(container));
+    let v = c.json(Method::GET, &path, None).await?;
+    output(as_json, &v, |v| {
+        println!("{:>8} {:>8} {:>6} {:>9} CMD", "PID", "PPID", "UID", "TIME");
+        for p in v["processes"].as_array().into_iter().flatten() {
+            let secs = p["cpu_ns"].as_u64().unwrap_or(0) / 1_000_000_000;
+            let cmd: Vec<&str> = p["command"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            println!(
+                "{:>8} {:>8} {:>6} {:>3}:{:02}:{:02} {}",
+                p["pid"],
+                p["ppid"],
+                p["uid"],
+                secs / 3600,
+                secs / 60 % 60,
+                secs % 60,
+                cmd.join(" ")
+            );
+        }
+    });
     Ok(ExitCode::SUCCESS)
 }
 

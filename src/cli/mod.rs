@@ -136,14 +136,25 @@ pub enum Command {
     /// Follow file events.
     #[command(subcommand)]
     Events(events::EventsCmd),
-    /// Change a container's limits live.
+    /// Change a container's limits live, or its restart policy.
     Update {
         #[command(flatten)]
         limits: engines::LimitFlags,
+        /// A new restart policy: no, always, unless-stopped, on-failure[:N].
+        #[arg(long)]
+        restart: Option<String>,
         container: String,
     },
     /// What a running container uses.
     Stats { container: String },
+    /// Give a container another name.
+    Rename { container: String, name: String },
+    /// The processes of a running container (host pids).
+    Top {
+        container: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Percent-encodes one URL path segment (or query value): everything but RFC 3986's unreserved
@@ -209,7 +220,13 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         Command::Inspect { container } => containers::inspect(&c, &container).await,
         Command::Exec(o) => exec::exec(&c, o).await,
         Command::Attach { container } => exec::attach(&c, &container).await,
-        Command::Update { limits, container } => containers::update(&c, &container, &limits).await,
+        Command::Update {
+            limits,
+            restart,
+            container,
+        } => containers::update(&c, &container, &limits, restart.as_deref()).await,
+        Command::Rename { container, name } => containers::rename(&c, &container, &name).await,
+        Command::Top { container, json } => containers::top(&c, &container, json).await,
         Command::Stats { container } => containers::stats(&c, &container).await,
         Command::Engine(cmd) => engines::engine(&c, as_json, cmd).await,
         Command::Export(cmd) => exports::export(&c, as_json, cmd).await,

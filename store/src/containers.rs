@@ -269,6 +269,19 @@ impl Store {
         Ok(())
     }
 
+    /// Gives the container another name, with its stored request (which names it too); a name
+    /// another container has is a conflict.
+    pub async fn rename_container(&self, id: &str, name: &str, spec: &str) -> Result<()> {
+        sqlx::query("UPDATE containers SET name = ?, spec = ? WHERE id = ?")
+            .bind(name)
+            .bind(spec)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| unique_conflict(e, "container", name))?;
+        Ok(())
+    }
+
     /// Counts one restart; returns the new count.
     pub async fn bump_restart_count(&self, id: &str) -> Result<i64> {
         let (n,): (i64,) = sqlx::query_as(

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod docker;
 pub mod image_builder;
 pub mod registry;
 pub mod tmux;

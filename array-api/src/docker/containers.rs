@@ -1,5 +1,5 @@
 //! Container lifecycle over the native typed actions: create, start, stop, kill, restart,
-//! wait (`condition=not-running|next-exit|removed`), remove, resize. Attach and logs are in
+//! wait (`condition=not-running|next-exit|removed`), remove, resize, update, rename, prune. Attach and logs are in
 //! `streams.rs`, list and inspect in `views.rs`.
 
 use std::time::Duration;
@@ -29,6 +29,8 @@ pub fn routes() -> Router<DockerState> {
         .route("/containers/{id}/kill", post(kill))
         .route("/containers/{id}/wait", post(wait))
         .route("/containers/{id}/resize", post(resize))
+        .route("/containers/{id}/update", post(update))
+        .route("/containers/{id}/rename", post(rename))
         .route("/containers/{id}", delete(remove).post(prune))
         .merge(super::views::routes())
 }
@@ -191,18 +193,153 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `POST /containers/prune` (it shares its path with `DELETE /containers/{id}`).
-async fn prune(Path(id): Path<String>) -> DockerError {
-    if id == "prune" {
-        DockerError::not_implemented(
-            "POST /containers/prune is not implemented by inarray's Docker API",
-        )
-    } else {
-        DockerError::new(
+/// `POST /containers/prune` (it shares its path with `DELETE /containers/{id}`): removes every
+/// container that does not run (created, exited, dead), with Docker's `until` and `label`
+/// filters.
+async fn prune(
+    State(st): State<DockerState>,
+    Path(id): Path<String>,
+    q: DockerQuery,
+) -> Result<Response> {
+    if id != "prune" {
+        return Err(DockerError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method not allowed on this route",
-        )
+        ));
     }
+    let filters = PruneFilters::parse(&q)?;
+    let mut deleted = Vec::new();
+    for row in st.manager.list(true).await? {
+        if active(&row) || !filters.keep(&row) {
+            continue;
+        }
+        // One that started or went meanwhile is left alone: prune never forces.
+        if st.manager.delete(&row.id, false).await.is_ok() {
+            st.pending.forget(&row.id);
+            deleted.push(row.id);
+        }
+    }
+    Ok(axum::Json(json!({"ContainersDeleted": deleted, "SpaceReclaimed": 0})).into_response())
+}
+
+/// `filters` of a prune: `until` (a time or a duration before now) and `label` (`k`, `k=v`,
+/// `label!=…` to exclude).
+struct PruneFilters {
+    until: Option<chrono::DateTime<chrono::Utc>>,
+    labels: Vec<(String, Option<String>, bool)>,
+}
+
+impl PruneFilters {
+    fn parse(q: &DockerQuery) -> Result<Self> {
+        let mut f = Self {
+            until: None,
+            labels: Vec::new(),
+        };
+        let Some(raw) = q.str("filters") else {
+            return Ok(f);
+        };
+        let v: serde_json::Value = serde_json::from_str(raw)
+            .map_err(|e| DockerError::bad_request(format!("filters: {e}")))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| DockerError::bad_request("filters: expected an object"))?;
+        for (k, vals) in obj {
+            for val in super::filter_values(k, vals)? {
+                match k.as_str() {
+                    "until" => f.until = Some(until(&val)?),
+                    "label" | "label!" => {
+                        let (key, value) = match val.split_once('=') {
+                            Some((a, b)) => (a.to_owned(), Some(b.to_owned())),
+                            None => (val.clone(), None),
+                        };
+                        f.labels.push((key, value, k == "label"));
+                    }
+                    other => {
+                        return Err(DockerError::bad_request(format!(
+                            "filters: invalid filter '{other}'"
+                        )))
+                    }
+                }
+            }
+        }
+        Ok(f)
+    }
+
+    /// Whether the filters let `row` be pruned.
+    fn keep(&self, row: &ContainerRow) -> bool {
+        if self.until.is_some_and(|u| row.created_at >= u) {
+            return false;
+        }
+        if self.labels.is_empty() {
+            return true;
+        }
+        let labels = serde_json::from_str::<inarray_runtime::ContainerConfig>(&row.spec)
+            .map(|c| c.labels)
+            .unwrap_or_default();
+        self.labels.iter().all(|(k, v, want)| {
+            let has = labels
+                .get(k)
+                .is_some_and(|x| v.as_ref().is_none_or(|v| v == x));
+            has == *want
+        })
+    }
+}
+
+/// `until`: RFC 3339, seconds since the epoch, or a Go duration before now (`24h`, `90m`).
+fn until(v: &str) -> Result<chrono::DateTime<chrono::Utc>> {
+    if let Ok(t) = crate::containers::parse_time("until", v) {
+        return Ok(t);
+    }
+    let (num, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len()));
+    let n: i64 = num
+        .parse()
+        .map_err(|_| DockerError::bad_request(format!("filters: until: {v:?} is not a time")))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => {
+            return Err(DockerError::bad_request(format!(
+                "filters: until: {v:?} is not a time or a duration (s, m, h)"
+            )))
+        }
+    };
+    Ok(chrono::Utc::now() - chrono::Duration::seconds(secs))
+}
+
+/// `docker update`: the resource fields of HostConfig (zero means "unchanged", as in Docker) and
+/// `RestartPolicy` (an empty name means unchanged).
+async fn update(
+    State(st): State<DockerState>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Response> {
+    let v = super::json_body(body, &st.access.limits()).await?;
+    let update = super::update::update_from(&v)?;
+    st.manager.update(&id, &update).await?;
+    Ok(axum::Json(json!({"Warnings": []})).into_response())
+}
+
+async fn rename(
+    State(st): State<DockerState>,
+    Path(id): Path<String>,
+    q: DockerQuery,
+) -> Result<StatusCode> {
+    let name = q
+        .str("name")
+        .map(|n| n.trim_start_matches('/'))
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| DockerError::bad_request("name: a new name is required"))?;
+    st.manager
+        .update(
+            &id,
+            &inarray_runtime::ContainerUpdate {
+                name: Some(name.to_owned()),
+                ..Default::default()
+            },
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn resize(

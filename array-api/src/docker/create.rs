@@ -386,7 +386,7 @@ fn network(b: &CreateBody, warnings: &mut Vec<String>) -> Result<Network> {
     Ok(net)
 }
 
-fn restart_policy(h: &HostConfig) -> Result<RestartPolicy> {
+pub(super) fn restart_policy(h: &HostConfig) -> Result<RestartPolicy> {
     let p = &h.restart_policy;
     let n = p.maximum_retry_count;
     if n < 0 {
@@ -415,7 +415,7 @@ fn restart_policy(h: &HostConfig) -> Result<RestartPolicy> {
 }
 
 /// Docker's resource fields → the native `Resources` (a nested cgroup inside the engine).
-fn resources(h: &HostConfig) -> Result<Resources> {
+pub(super) fn resources(h: &HostConfig) -> Result<Resources> {
     let positive = |field: &str, v: i64| -> Result<Option<u64>> {
         match v {
             0 => Ok(None),

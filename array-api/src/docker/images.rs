@@ -46,7 +46,7 @@ fn repo_digests(r: &ImageRow) -> Vec<String> {
     out
 }
 
-fn summary(r: ImageRow) -> ImageSummary {
+pub(super) fn summary(r: ImageRow) -> ImageSummary {
     ImageSummary {
         parent_id: String::new(),
         repo_digests: repo_digests(&r),
@@ -128,17 +128,20 @@ async fn by_name(
             Some(name) => inspect(&st, name).await,
             None => match rest.strip_suffix("/get") {
                 Some(name) => save(&st, vec![name.to_owned()]).await,
-                None if rest.ends_with("/history") || rest == "search" => Err(DockerError::not_implemented(
-                    format!("GET /images/{rest} is not implemented by inarray's Docker API"),
-                )),
+                None if rest.ends_with("/history") || rest == "search" => {
+                    Err(DockerError::not_implemented(format!(
+                        "GET /images/{rest} is not implemented by inarray's Docker API"
+                    )))
+                }
                 None => Err(DockerError::not_found("page not found")),
             },
         },
         Method::POST => match rest.strip_suffix("/tag") {
             Some(name) => tag(&st, name, &q).await,
-            None if rest.ends_with("/push") || rest == "prune" => Err(DockerError::not_implemented(
-                format!("POST /images/{rest} is not implemented by inarray's Docker API (the native POST /v1/images/prune prunes)"),
-            )),
+            None if rest == "prune" => prune(&st, &q).await,
+            None if rest.ends_with("/push") => Err(DockerError::not_implemented(format!(
+                "POST /images/{rest} is not implemented by inarray's Docker API"
+            ))),
             None => Err(DockerError::not_found("page not found")),
         },
         Method::DELETE => remove(&st, &rest).await,
@@ -211,6 +214,49 @@ async fn remove(st: &DockerState, name: &str) -> Result<Response> {
         }
     };
     Ok(Json(out).into_response())
+}
+
+/// `POST /images/prune`: the unused images without a name (`dangling`, Docker's default), or
+/// with `filters={"dangling":["false"]}` every unused image (`docker image prune -a`).
+async fn prune(st: &DockerState, q: &DockerQuery) -> Result<Response> {
+    let mut dangling_only = true;
+    if let Some(raw) = q.str("filters") {
+        let v: Value = serde_json::from_str(raw)
+            .map_err(|e| DockerError::bad_request(format!("filters: {e}")))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| DockerError::bad_request("filters: expected an object"))?;
+        for (k, vals) in obj {
+            let vals = super::filter_values(k, vals)?;
+            match k.as_str() {
+                "dangling" => {
+                    dangling_only = !vals.iter().any(|v| matches!(v.as_str(), "false" | "0"));
+                }
+                other => {
+                    return Err(DockerError::bad_request(format!(
+                        "filters: {other}: not supported by inarray's image prune (dangling only)"
+                    )))
+                }
+            }
+        }
+    }
+    let report = if dangling_only {
+        st.manager.prune_dangling_images().await?
+    } else {
+        st.manager.prune_images().await?
+    };
+    let mut deleted = Vec::new();
+    for img in &report.images {
+        for n in &img.names {
+            deleted.push(json!({"Untagged": n}));
+        }
+        deleted.push(json!({"Deleted": img.id}));
+    }
+    Ok(Json(json!({
+        "ImagesDeleted": if deleted.is_empty() { Value::Null } else { Value::Array(deleted) },
+        "SpaceReclaimed": report.bytes_freed,
+    }))
+    .into_response())
 }
 
 /// `GET /images/get?names=A&names=B`.

@@ -7,7 +7,7 @@
 //! helpers), `errors.rs` (Docker's `{"message"}` and statuses), `fields.rs` (which request
 //! fields exist and what is done with each), `types.rs` (our serde types), `create.rs` (a
 //! Docker create body → a native `ContainerConfig`), `containers.rs` (lifecycle), `views.rs`
-//! (list, inspect), `streams.rs` (attach, with the pending attaches a start hands its stream
+//! (list, inspect), `usage.rs` (stats, top), `update.rs`, `streams.rs` (attach, with the pending attaches a start hands its stream
 //! to, and logs), `exec.rs`, `images.rs`, `system.rs` (`_ping`, `version`, `info`).
 //!
 //! Routes are served unversioned and under `/v1.NN/` for NN in 24..=51; a version outside that
@@ -22,6 +22,8 @@ mod images;
 mod streams;
 mod system;
 mod types;
+mod update;
+mod usage;
 mod views;
 
 use std::sync::Arc;
@@ -90,6 +92,7 @@ pub fn router(app: &AppState) -> Router {
         .merge(streams::routes())
         .merge(exec::routes())
         .merge(images::routes())
+        .merge(usage::routes())
         .fallback(unrouted)
         .method_not_allowed_fallback(|| async {
             DockerError::new(
@@ -283,6 +286,11 @@ impl DockerQuery {
                 "" | "0" | "no" | "false" | "none"
             )
         })
+    }
+
+    /// A boolean parameter by Docker's rule, or none when it is not given.
+    pub fn raw_bool(&self, key: &str) -> Option<bool> {
+        self.raw(key).map(|_| self.bool(key))
     }
 
     /// An integer parameter; a malformed one is a 400 naming it.

@@ -17,6 +17,7 @@ pub fn routes() -> Router<DockerState> {
         .route("/_ping", get(ping))
         .route("/version", get(version))
         .route("/info", get(info))
+        .route("/system/df", get(disk_usage))
 }
 
 /// "OK"; the version headers are added to every reply (`errors::docker_shaped`).
@@ -73,7 +74,7 @@ async fn version() -> Json<Value> {
 }
 
 /// Total memory from /proc/meminfo (bytes; 0 if unreadable).
-fn mem_total() -> u64 {
+pub(super) fn mem_total() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|s| {
@@ -157,4 +158,44 @@ async fn info(State(st): State<DockerState>) -> Result<Json<Value>> {
         a.extend(b);
     }
     Ok(Json(v))
+}
+
+/// `GET /system/df` (`docker system df`): the images with how many containers use each, the
+/// layers' size counted once each (compressed blobs, as stored), the containers. Containers'
+/// writable layers are not measured (walking 250 upper directories per call is the cost dockerd
+/// pays; `SizeRw` is left out, which clients show as 0); volumes and build cache are none.
+async fn disk_usage(State(st): State<DockerState>) -> Result<Json<Value>> {
+    let rows = st.manager.list(true).await?;
+    let mut users: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+    for r in &rows {
+        *users.entry(r.image_id.clone()).or_default() += 1;
+    }
+    let mut layers: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    let mut images = Vec::new();
+    for img in st.manager.list_images().await? {
+        for l in img
+            .layers_as::<Vec<inarray_images::Layer>>()
+            .unwrap_or_default()
+        {
+            layers.insert(l.diff_id, l.size);
+        }
+        let n = users.get(&img.id).copied().unwrap_or(0);
+        let mut s = super::images::summary(img);
+        s.containers = n;
+        images.push(s);
+    }
+    let array = st.access.info().array.clone();
+    let now = chrono::Utc::now();
+    let mut containers = Vec::new();
+    for r in rows {
+        let image = super::views::image_defaults(&st.manager, &r).await;
+        containers.push(super::views::summary(&st.manager, r, &image, &array, now)?);
+    }
+    Ok(Json(json!({
+        "LayersSize": layers.values().sum::<u64>(),
+        "Images": images,
+        "Containers": containers,
+        "Volumes": [],
+        "BuildCache": [],
+    })))
 }

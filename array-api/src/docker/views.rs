@@ -129,7 +129,7 @@ fn mounts(cfg: &ContainerConfig, array: &Path) -> Vec<MountPoint> {
 }
 
 /// The image's defaults, for what a container does not set itself.
-async fn image_defaults(m: &Manager, r: &ContainerRow) -> inarray_images::RuntimeConfig {
+pub(super) async fn image_defaults(m: &Manager, r: &ContainerRow) -> inarray_images::RuntimeConfig {
     match m.find_image(&r.image_id).await {
         Ok(img) => img.config_as().unwrap_or_default(),
         Err(_) => Default::default(),
@@ -154,7 +154,7 @@ fn argv(
     (entry, cmd)
 }
 
-fn summary(
+pub(super) fn summary(
     m: &Manager,
     r: ContainerRow,
     image: &inarray_images::RuntimeConfig,

@@ -62,6 +62,11 @@ impl Manager {
     }
 
     /// Whether containers' cgroups are on the unified (v2) hierarchy.
+    /// The array's block device (major, minor), which per-device I/O limits and counters name.
+    pub fn array_device(&self) -> Option<(u64, u64)> {
+        self.inner.cgroups.device()
+    }
+
     pub fn cgroups_v2(&self) -> bool {
         self.inner.cgroups.is_v2()
     }
@@ -294,6 +299,24 @@ impl Manager {
             .cgroups
             .usage(&self.inner.opts.cgroups.container(&row.engine, &row.id))
             .map_err(|m| internal("container stats", m))
+    }
+
+    /// The processes of a running container (host pids), read from `/proc`. 409 when it is not
+    /// running.
+    pub async fn processes(&self, key: &str) -> Result<Vec<crate::procs::Process>> {
+        let row = self.get(key).await?;
+        if row.state != ContainerState::Running {
+            return Err(ManagerError::Conflict(format!(
+                "container {} is not running",
+                row.name
+            )));
+        }
+        let pids = self
+            .inner
+            .cgroups
+            .pids(&self.inner.opts.cgroups.container(&row.engine, &row.id))
+            .map_err(|m| internal("container processes", m))?;
+        Ok(crate::procs::list(std::path::Path::new("/proc"), &pids))
     }
 
     /// Changes a container's limits (values in `patch` replace the current ones, `null`s remove

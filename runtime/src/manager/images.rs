@@ -393,6 +393,16 @@ impl Manager {
     /// passes its interval, so that an image imported or pulled for a container or job about to
     /// be made is not removed before anything names it.
     pub async fn prune_images_older_than(&self, min_age: Duration) -> Result<PruneReport> {
+        self.prune(min_age, false).await
+    }
+
+    /// [`Self::prune_images`] of the images without a name only (Docker's "dangling" ones: a
+    /// tag moved to another image, or an import without a name).
+    pub async fn prune_dangling_images(&self) -> Result<PruneReport> {
+        self.prune(Duration::ZERO, true).await
+    }
+
+    async fn prune(&self, min_age: Duration, dangling_only: bool) -> Result<PruneReport> {
         let cutoff = chrono::Duration::from_std(min_age)
             .ok()
             .and_then(|d| Utc::now().checked_sub_signed(d))
@@ -416,7 +426,10 @@ impl Manager {
         }
         let mut report = PruneReport::default();
         for img in self.inner.store.list_images().await? {
-            if in_use.contains(&img.id) || img.created_at > cutoff {
+            if in_use.contains(&img.id)
+                || img.created_at > cutoff
+                || (dangling_only && !img.names.is_empty())
+            {
                 continue;
             }
             self.inner.store.delete_image(&img.id).await?;

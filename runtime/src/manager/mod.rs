@@ -8,8 +8,8 @@
 //! One file per concern, each an `impl Manager` block: `images.rs` (imports, pulls, registries,
 //! prune), `lifecycle.rs` (create, start, stop, kill, wait, delete), `monitor.rs` (exits, restart
 //! policies, reconcile), `boot.rs` (after a reboot or a failover: which containers start again,
-//! paced), `engines.rs` (engines and live limits), `io_guard.rs` (the I/O guard's
-//! list of containers). Processes are reached only through the [`Launcher`] seam, cgroups only
+//! paced), `engines.rs` (engines, live limits, usage and processes), `update.rs` (rename,
+//! restart policy), `io_guard.rs` (the I/O guard's list of containers). Processes are reached only through the [`Launcher`] seam, cgroups only
 //! through the [`CgroupDriver`] seam, SQL only through the store's typed methods.
 
 mod boot;
@@ -25,6 +25,7 @@ mod lifecycle;
 mod monitor;
 #[cfg(test)]
 mod tests;
+mod update;
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -48,6 +49,7 @@ pub use error::{Cause, ManagerError, Result};
 pub use exec::{Attached, Attachment, ExecConfig, ExecInfo};
 pub use images::{ImageRemoval, PruneReport, PrunedImage};
 pub use monitor::{backoff, ReconcileReport};
+pub use update::ContainerUpdate;
 
 /// Fixed settings of a manager.
 #[derive(Clone, Debug)]

@@ -57,7 +57,8 @@ pub struct FileConfig {
     /// executable).
     pub shim: Option<PathBuf>,
     /// Serve the Docker Engine API too: "unix" (its socket at /run/inarray/docker.sock), a
-    /// socket path ("/PATH" or "unix:/PATH"), or "off" (the default).
+    /// socket path ("/PATH" or "unix:/PATH"), "tcp:HOST:PORT" (only with `api.tls_cert`; a
+    /// bearer token in every request), or "off" (the default).
     pub docker_listen: Option<String>,
     /// Containers' logs by default (a container's `log` overrides): bytes per file ("10m") and
     /// files kept; the log never takes more than their product.
@@ -186,23 +187,25 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/inarray";
 pub const DEFAULT_SOCKET: &str = "/run/inarray/inarray.sock";
 pub const DEFAULT_DOCKER_SOCKET: &str = "/run/inarray/docker.sock";
 
-/// `docker_listen`: the Docker API's socket path, or none.
-fn docker_listen(v: &str) -> Result<Option<PathBuf>> {
+/// `docker_listen`: where the Docker API listens, or none — a unix socket (its permissions are its
+/// access control) or `tcp:HOST:PORT`, which the daemon serves only with TLS (`api.tls_cert`) and
+/// where every request needs a bearer token, as on the native API's TCP listeners.
+fn docker_listen(v: &str) -> Result<Option<Listen>> {
     match v {
         "" | "off" | "none" => return Ok(None),
-        "unix" => return Ok(Some(DEFAULT_DOCKER_SOCKET.into())),
+        "unix" => return Ok(Some(Listen::Unix(DEFAULT_DOCKER_SOCKET.into()))),
         _ => {}
     }
-    let path = v.strip_prefix("unix:").unwrap_or(v);
-    if path.starts_with('/') {
-        return Ok(Some(path.into()));
+    if v.starts_with('/') {
+        return Ok(Some(Listen::Unix(v.into())));
     }
-    if v.starts_with("tcp:") {
-        bail!(
-            "docker_listen {v:?}: TCP is not available for the Docker API yet (only a unix socket, whose permissions are its access control); use \"unix\" or a socket path"
-        );
+    if v.starts_with("unix:") || v.starts_with("tcp:") {
+        return v
+            .parse::<Listen>()
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("docker_{e}"));
     }
-    bail!("docker_listen {v:?}: expected \"unix\", an absolute socket path (or unix:/PATH), or \"off\"")
+    bail!("docker_listen {v:?}: expected \"unix\", an absolute socket path (or unix:/PATH), tcp:HOST:PORT (with TLS), or \"off\"")
 }
 
 #[derive(Clone, Debug, clap::Args)]
@@ -228,9 +231,9 @@ pub struct ServeOpts {
     /// The shim executable (default: inarray-shim beside this executable).
     #[arg(long, value_name = "FILE")]
     pub shim: Option<PathBuf>,
-    /// Serve the Docker Engine API on a unix socket too: "unix" (/run/inarray/docker.sock), a
-    /// socket path, or "off". Default: off.
-    #[arg(long, value_name = "unix|PATH|off")]
+    /// Serve the Docker Engine API too: "unix" (/run/inarray/docker.sock), a socket path,
+    /// "tcp:HOST:PORT" (only with TLS: api.tls_cert, api.tls_key), or "off". Default: off.
+    #[arg(long, value_name = "unix|PATH|tcp:HOST:PORT|off")]
     pub docker_listen: Option<String>,
     /// For tests only: take this for the kernel's boot id (a different one than the last start's
     /// makes the daemon reconcile as after a reboot).
@@ -263,7 +266,7 @@ pub(crate) struct Settings {
     pub(crate) io_guard: inarray_runtime::GuardConfig,
     pub(crate) shim: Option<PathBuf>,
     /// The Docker API's unix socket, when it is served.
-    pub(crate) docker_listen: Option<PathBuf>,
+    pub(crate) docker_listen: Option<Listen>,
     pub(crate) container_log: inarray_runtime::LogLimits,
     pub(crate) restart_concurrency: usize,
     /// Test-only: the boot id to use instead of the kernel's.
@@ -487,7 +490,7 @@ mod tests {
     }
 
     #[test]
-    fn docker_listen_is_off_by_default_and_a_unix_socket_when_on() {
+    fn docker_listen_is_off_by_default_a_unix_socket_or_tcp_when_on() {
         assert_eq!(
             settings(opts(None, Some("/a"), &[])).unwrap().docker_listen,
             None
@@ -497,21 +500,19 @@ mod tests {
             o.docker_listen = Some(v.into());
             settings(o).map(|s| s.docker_listen)
         };
-        assert_eq!(
-            on("unix").unwrap(),
-            Some(PathBuf::from(DEFAULT_DOCKER_SOCKET))
-        );
-        assert_eq!(
-            on("/run/d.sock").unwrap(),
-            Some(PathBuf::from("/run/d.sock"))
-        );
-        assert_eq!(
-            on("unix:/run/d.sock").unwrap(),
-            Some(PathBuf::from("/run/d.sock"))
-        );
+        let unix = |p: &str| Some(Listen::Unix(PathBuf::from(p)));
+        assert_eq!(on("unix").unwrap(), unix(DEFAULT_DOCKER_SOCKET));
+        assert_eq!(on("/run/d.sock").unwrap(), unix("/run/d.sock"));
+        assert_eq!(on("unix:/run/d.sock").unwrap(), unix("/run/d.sock"));
         assert_eq!(on("off").unwrap(), None);
-        let e = on("tcp:0.0.0.0:2375").unwrap_err().to_string();
-        assert!(e.starts_with("docker_listen") && e.contains("TCP"), "{e}");
+        assert_eq!(
+            on("tcp:0.0.0.0:2376").unwrap(),
+            Some(Listen::Tcp("0.0.0.0:2376".parse().unwrap()))
+        );
+        let e = on("tcp:nowhere").unwrap_err().to_string();
+        assert!(e.starts_with("docker_listen"), "{e}");
+        let e = on("unix:relative.sock").unwrap_err().to_string();
+        assert!(e.starts_with("docker_listen"), "{e}");
         let e = on("docker.sock").unwrap_err().to_string();
         assert!(e.starts_with("docker_listen"), "{e}");
         let dir = tempfile::tempdir().unwrap();
@@ -521,7 +522,7 @@ mod tests {
             settings(opts(Some(cfg.clone()), None, &[]))
                 .unwrap()
                 .docker_listen,
-            Some(PathBuf::from(DEFAULT_DOCKER_SOCKET))
+            unix(DEFAULT_DOCKER_SOCKET)
         );
         // The flag wins over the file.
         let mut o = opts(Some(cfg), None, &[]);

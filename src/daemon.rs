@@ -57,8 +57,7 @@ fn check_dirs(s: &Settings) -> Result<(PathBuf, PathBuf)> {
             array.display()
         );
     }
-    let docker = s.docker_listen.iter().map(|p| Listen::Unix(p.clone()));
-    for l in s.listen.iter().cloned().chain(docker) {
+    for l in s.listen.iter().chain(&s.docker_listen).cloned() {
         if let Listen::Unix(p) = l {
             if let Some(dir) = p.parent() {
                 if dir
@@ -100,11 +99,10 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
         Listen::Unix(p) => p.parent().map(Path::to_path_buf),
         Listen::Tcp(_) => None,
     }));
-    protected.extend(
-        s.docker_listen
-            .iter()
-            .filter_map(|p| p.parent().map(Path::to_path_buf)),
-    );
+    protected.extend(s.docker_listen.iter().filter_map(|l| match l {
+        Listen::Unix(p) => p.parent().map(Path::to_path_buf),
+        Listen::Tcp(_) => None,
+    }));
     let cgroup_root = Path::new(inarray_runtime::cgroups::MOUNT_ROOT);
     let cgroups = inarray_runtime::engines::LibcgroupsDriver::new(cgroup_root, &array)
         .map_err(anyhow::Error::msg)?;
@@ -139,16 +137,18 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
     if tls.is_none() && s.listen.iter().any(|l| matches!(l, Listen::Tcp(_))) {
         tracing::warn!("tcp listeners without tls: tokens travel in clear text; set api.tls_cert and api.tls_key");
     }
-    let bound = bind(&s.listen, s.socket_mode, s.socket_group, tls)
+    let bound = bind(&s.listen, s.socket_mode, s.socket_group, tls.clone())
         .await
         .map_err(anyhow::Error::msg)?;
-    // The Docker API: a unix socket with the native sockets' mode and group.
-    let docker_listen: Vec<Listen> = s
-        .docker_listen
-        .iter()
-        .map(|p| Listen::Unix(p.clone()))
-        .collect();
-    let docker_bound = bind(&docker_listen, s.socket_mode, s.socket_group, None)
+    // The Docker API: a unix socket with the native sockets' mode and group, or TCP with the
+    // native TLS setup (and the same bearer tokens); never TCP in clear text.
+    let docker_listen: Vec<Listen> = s.docker_listen.iter().cloned().collect();
+    if tls.is_none() && docker_listen.iter().any(|l| matches!(l, Listen::Tcp(_))) {
+        bail!(
+            "docker_listen: tcp only with TLS: set api.tls_cert and api.tls_key (Docker clients send their token in every request)"
+        );
+    }
+    let docker_bound = bind(&docker_listen, s.socket_mode, s.socket_group, tls)
         .await
         .map_err(|e| anyhow::anyhow!("docker_listen: {e}"))?;
     manager.init_engines(&s.engines).await.context("engines")?;

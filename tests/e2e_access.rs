@@ -9,6 +9,7 @@ use std::net::TcpStream;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::{Duration, Instant};
 
+use common::certs::make_certs;
 use common::daemon::{Method, TestDaemon};
 use inarray_api::client::{Client, ClientError};
 use inarray_api::serve::Listen;
@@ -504,47 +505,6 @@ async fn json_logs_sighup_reload_and_sigterm_with_a_request_in_flight() {
     d.ok(Method::DELETE, &format!("/v1/engines/{engine}"), None)
         .await;
     let _ = std::fs::remove_file(&cfg);
-}
-
-/// Makes a CA, a server certificate for 127.0.0.1 and two client certificates (one from another
-/// CA) with the openssl CLI, in `dir`.
-fn make_certs(dir: &std::path::Path) {
-    let sh = |script: &str| {
-        let out = std::process::Command::new("sh")
-            .arg("-ec")
-            .arg(script)
-            .current_dir(dir)
-            .output()
-            .expect("openssl (Debian package openssl) is needed for the TLS tests");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
-    for ca in ["ca", "other-ca"] {
-        sh(&format!(
-            "openssl req -x509 {key} -keyout {ca}.key -out {ca}.pem -days 2 -subj /CN={ca}"
-        ));
-    }
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    for (name, ca, ext) in [
-        ("server", "ca", "server.ext"),
-        ("client", "ca", "client.ext"),
-        ("rogue", "other-ca", "client.ext"),
-    ] {
-        sh(&format!(
-            "openssl req {key} -keyout {name}.key -out {name}.csr -subj /CN={name} && \
-             openssl x509 -req -in {name}.csr -CA {ca}.pem -CAkey {ca}.key -CAcreateserial \
-               -out {name}.pem -days 2 -extfile {ext}"
-        ));
-    }
 }
 
 /// curl over HTTPS; returns (curl succeeded, HTTP status, body).

@@ -306,3 +306,111 @@ async fn the_native_patch_renames_and_sets_the_policy_or_changes_nothing() {
         .await;
     }
 }
+
+/// `--docker-listen tcp:…` serves the Docker API over the native TLS setup, and every request
+/// needs a bearer token (the docker CLI sends it from its config's `HttpHeaders`) with the scope
+/// the action needs; without TLS the daemon refuses to start.
+#[tokio::test]
+async fn docker_over_tcp_needs_tls_and_a_token_of_the_right_scope() {
+    let certs = tempfile::tempdir().unwrap();
+    let c = certs.path();
+    common::certs::make_certs(c);
+    let p = |f: &str| c.join(f).to_str().unwrap().to_owned();
+    let cfg = c.join("inarray.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[api]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            p("server.pem"),
+            p("server.key")
+        ),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let d = common::daemon::TestDaemon::start_with(vec![
+        "--config".into(),
+        cfg.to_str().unwrap().into(),
+        "--docker-listen".into(),
+        format!("tcp:127.0.0.1:{port}"),
+    ])
+    .await;
+    d.with_busybox().await;
+    let token = |scope: &str| {
+        let (ok, out, err) = d.cli(&["token", "add", &format!("dock-{scope}"), "--scope", scope]);
+        assert!(ok, "{err}");
+        out.trim().to_owned()
+    };
+    let (operate, read) = (token("operate"), token("read"));
+    let ca = p("ca.pem");
+    for bin in clients() {
+        let docker = Docker::new(&bin, &d);
+        let run = |secret: Option<&str>, args: &[&str]| {
+            match secret {
+                Some(t) => std::fs::write(
+                    docker.config.join("config.json"),
+                    json!({"HttpHeaders": {"Authorization": format!("Bearer {t}")}}).to_string(),
+                ),
+                None => std::fs::write(docker.config.join("config.json"), "{}"),
+            }
+            .unwrap();
+            let mut all = vec!["--tlsverify", "--tlscacert", &ca];
+            all.extend_from_slice(args);
+            let out = docker
+                .command(&all)
+                .env("DOCKER_HOST", format!("tcp://127.0.0.1:{port}"))
+                .output()
+                .unwrap();
+            (
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        let (code, out, err) = run(
+            Some(&operate),
+            &["run", "--rm", "busybox", "echo", "over tls"],
+        );
+        assert_eq!((code, out.as_str()), (0, "over tls\n"), "{err}");
+        let (code, _, err) = run(None, &["ps"]);
+        assert_ne!(code, 0);
+        assert!(err.to_lowercase().contains("token"), "no token: {err}");
+        let (code, out, err) = run(Some(&read), &["ps", "-a"]);
+        assert_eq!(code, 0, "a read token lists: {err}");
+        assert!(out.starts_with("CONTAINER ID"), "{out}");
+        let (code, _, err) = run(Some(&read), &["create", "busybox", "true"]);
+        assert_ne!(code, 0);
+        assert!(err.contains("operate"), "a read token cannot create: {err}");
+    }
+    assert!(
+        native_containers(&d).await.is_empty(),
+        "nothing was made by the refused calls"
+    );
+
+    // Plain TCP is refused at start, naming the key.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("array")).unwrap();
+    let out = std::process::Command::new(common::daemon::TestDaemon::bin())
+        .args(["serve", "--array"])
+        .arg(dir.path().join("array"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--listen")
+        .arg(format!("unix:{}", dir.path().join("api.sock").display()))
+        .args(["--docker-listen", &format!("tcp:127.0.0.1:{port}")])
+        .args([
+            "--cgroup-root",
+            &format!("inarray-e2e-plain{}", std::process::id()),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("docker_listen") && err.contains("TLS"),
+        "{err}"
+    );
+}

@@ -102,6 +102,10 @@ pub fn required_scope(method: &Method, route: &str) -> Scope {
     if under("/v1/containers") || under("/v1/execs") || under("/v1/images") || under("/v1/jobs") {
         return Scope::Operate;
     }
+    // The Docker API's routes (its own listener; the version prefix is off by now).
+    if under("/containers") || under("/exec") || under("/images") {
+        return Scope::Operate;
+    }
     Scope::Admin
 }
 
@@ -241,6 +245,10 @@ mod tests {
             (&p, "/v1/images/import", Operate),
             (&p, "/v1/jobs/{name}/run", Operate),
             (&p, "/v1/engines", Admin),
+            (&p, "/containers/create", Operate),
+            (&p, "/exec/{id}/start", Operate),
+            (&d, "/images/{*rest}", Operate),
+            (&p, "/build", Admin),
             (&Method::PATCH, "/v1/exports/{name}", Admin),
             (&p, "/v1/tokens", Admin),
             (&d, "/v1/tokens/{name}", Admin),

@@ -18,12 +18,15 @@
 //!    (`evidence.rs`, measured by bench/events/run).
 //! 7. Exec round trip (`exec.rs`, issue #16): `exec /bin/true` in a running container through the
 //!    REST API and `inarray exec`, side by side with `runc exec` and `podman exec`.
+//! 8. The docker CLI (`docker.rs`, issue #17): `docker run --rm` and `docker ps` with DOCKER_HOST
+//!    at inarray's Docker API and at Podman's compat service.
 
 #[path = "../../tests/common/image_builder.rs"]
 mod image_builder;
 
 mod compare;
 mod daemon;
+mod docker;
 mod evidence;
 mod exec;
 mod load;
@@ -139,6 +142,24 @@ enum Cmd {
         load_total: Option<usize>,
         #[arg(long)]
         load_concurrency: Option<usize>,
+    },
+    /// The docker CLI against inarray's Docker API and Podman's compat service (section 8, issue
+    /// #17; after `prepare` in the same WORK, the podman image loaded): `docker run --rm IMAGE
+    /// true` interleaved, then `docker ps` with --ps-containers running on each.
+    Docker {
+        #[arg(long)]
+        bin: PathBuf,
+        /// The docker CLI.
+        #[arg(long, default_value = "/usr/bin/docker")]
+        docker: PathBuf,
+        #[arg(long)]
+        work: PathBuf,
+        #[arg(long, default_value = "localhost/inarray-bench-busybox:latest")]
+        podman_image: String,
+        #[arg(long, default_value_t = 100)]
+        runs: usize,
+        #[arg(long, default_value_t = 100)]
+        ps_containers: usize,
     },
     /// Only the exec round trip (section 7, issue #16; after `prepare` in the same WORK, the
     /// podman image loaded): `exec /bin/true` in a running `sleep 3600` container through
@@ -485,6 +506,27 @@ fn main() -> Result<()> {
             let rt = current_thread()?;
             let r = rt.block_on(exec::bench(&o))?;
             println!("{}", exec::render(&r));
+            Ok(())
+        }
+        Cmd::Docker {
+            bin,
+            docker,
+            work,
+            podman_image,
+            runs,
+            ps_containers,
+        } => {
+            let o = docker::DockerOpts {
+                bin,
+                docker,
+                work,
+                podman_image,
+                runs,
+                ps_containers,
+                command: std::env::args().collect::<Vec<_>>().join(" "),
+            };
+            let rt = current_thread()?;
+            println!("{}", docker::render(&rt.block_on(docker::bench(&o))?));
             Ok(())
         }
         Cmd::Compare {

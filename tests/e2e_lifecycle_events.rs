@@ -99,7 +99,9 @@ async fn a_subscriber_sees_each_containers_lifecycle_in_order_across_a_kill_9() 
         for &i in chunk {
             let (client, body) = (d.client(), body(i));
             set.spawn(async move {
-                let c = client.json(Method::POST, "/v1/containers", Some(&body)).await;
+                let c = client
+                    .json(Method::POST, "/v1/containers", Some(&body))
+                    .await;
                 (i, c)
             });
         }
@@ -131,7 +133,12 @@ async fn a_subscriber_sees_each_containers_lifecycle_in_order_across_a_kill_9() 
         }
     }
 
-    let want = ["container.create", "container.start", "container.die", "container.destroy"];
+    let want = [
+        "container.create",
+        "container.start",
+        "container.die",
+        "container.destroy",
+    ];
     let deadline = Instant::now() + Duration::from_secs(60);
     let got = loop {
         let got = per_container(&taken);
@@ -150,7 +157,9 @@ async fn a_subscriber_sees_each_containers_lifecycle_in_order_across_a_kill_9() 
     // The dies say how each ended: the gated ones by themselves (0), the sleepers by the stop.
     let all = taken.lock().unwrap().clone();
     for e in all.iter().filter(|e| e["type"] == "container.die") {
-        let i: usize = e["name"].as_str().unwrap()["life-".len()..].parse().unwrap();
+        let i: usize = e["name"].as_str().unwrap()["life-".len()..]
+            .parse()
+            .unwrap();
         let code = &e["attributes"]["exit_code"];
         if i % 2 == 1 {
             assert_eq!(code, &json!(0), "{e}");
@@ -169,7 +178,9 @@ async fn a_subscriber_sees_each_containers_lifecycle_in_order_across_a_kill_9() 
         distinct.len()
     );
     // A subscriber of file events (the default) saw none of this.
-    let files = d.ok(Method::GET, "/v1/events?after=0&max=10000", None).await;
+    let files = d
+        .ok(Method::GET, "/v1/events?after=0&max=10000", None)
+        .await;
     assert_eq!(files, json!([]));
 }
 
@@ -229,7 +240,8 @@ async fn jobs_and_images_report_their_lifecycle_and_types_filter_the_log() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     d.ok(Method::DELETE, "/v1/jobs/nightly", None).await;
-    d.ok(Method::DELETE, "/v1/images/busybox:latest", None).await;
+    d.ok(Method::DELETE, "/v1/images/busybox:latest", None)
+        .await;
 
     let mut taken = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -270,7 +282,10 @@ async fn jobs_and_images_report_their_lifecycle_and_types_filter_the_log() {
     assert_eq!(taken[2]["name"], "extra:1");
     assert_eq!(taken[6]["id"], image_id);
     let end = &taken[5];
-    assert_eq!((&end["id"], &end["name"]), (&json!("nightly"), &json!("nightly")));
+    assert_eq!(
+        (&end["id"], &end["name"]),
+        (&json!("nightly"), &json!("nightly"))
+    );
     assert_eq!(end["attributes"]["run_id"], run_id);
     assert_eq!(end["attributes"]["state"], "failed");
     assert_eq!(end["attributes"]["exit_code"], 3);
@@ -296,9 +311,20 @@ async fn jobs_and_images_report_their_lifecycle_and_types_filter_the_log() {
         .collect();
     assert_eq!(
         kinds,
-        ["container.create", "container.start", "container.die", "container.destroy"]
+        [
+            "container.create",
+            "container.start",
+            "container.die",
+            "container.destroy"
+        ]
     );
-    for bad in ["containerz", "container.dies", "%00", "job.run_end,,image", "*.*"] {
+    for bad in [
+        "containerz",
+        "container.dies",
+        "%00",
+        "job.run_end,,image",
+        "*.*",
+    ] {
         let msg = d
             .fails(Method::GET, &format!("/v1/events?types={bad}"), None, 400)
             .await;
@@ -346,7 +372,10 @@ async fn a_health_change_is_an_event_and_the_status_survives_a_daemon_restart() 
         if !c["health"].is_null() {
             break c["health"]["status"].clone();
         }
-        assert!(Instant::now() < deadline, "no health after the restart: {c}");
+        assert!(
+            Instant::now() < deadline,
+            "no health after the restart: {c}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(first, "healthy");
@@ -371,6 +400,10 @@ async fn a_health_change_is_an_event_and_the_status_survives_a_daemon_restart() 
             && l.ends_with(" 1")),
         "{m}"
     );
-    d.ok(Method::DELETE, &format!("/v1/containers/{id}?force=true"), None)
-        .await;
+    d.ok(
+        Method::DELETE,
+        &format!("/v1/containers/{id}?force=true"),
+        None,
+    )
+    .await;
 }

@@ -3188,7 +3188,8 @@ async fn lifecycle_events_share_the_log_and_are_filtered_by_type() {
         .json();
     assert_eq!(s["types"], json!(["image", "export.create"]));
     let id = env.import_tiny().await;
-    let export = json!({"name": "proj", "path": "data", "clients": [{"match": "*", "access": "ro"}]});
+    let export =
+        json!({"name": "proj", "path": "data", "clients": [{"match": "*", "access": "ro"}]});
     env.post_json("/v1/exports", &export)
         .await
         .expect(StatusCode::CREATED);
@@ -3224,7 +3225,10 @@ async fn lifecycle_events_share_the_log_and_are_filtered_by_type() {
     .map(|(t, i)| (t.to_string(), i.to_string()))
     .collect();
     assert_eq!(got, want, "{d}");
-    assert_eq!(d["events"][0]["attributes"]["names"], json!(["test/tiny:1"]));
+    assert_eq!(
+        d["events"][0]["attributes"]["names"],
+        json!(["test/tiny:1"])
+    );
     assert_eq!(d["events"][0]["name"], "test/tiny:1");
     // A file-events subscription (the default types) sees none of them.
     let d = env
@@ -3266,9 +3270,11 @@ async fn lifecycle_events_share_the_log_and_are_filtered_by_type() {
         ("types=image%27%20OR%201%3D1", "types[0]"),
         ("types=..", "types[0]"),
     ] {
-        env.get(&format!("/v1/events?{q}"))
-            .await
-            .expect_error(StatusCode::BAD_REQUEST, "invalid_request", needle);
+        env.get(&format!("/v1/events?{q}")).await.expect_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            needle,
+        );
     }
     let long = "image,".repeat(1000);
     env.get(&format!("/v1/events?types={long}"))
@@ -3280,7 +3286,11 @@ async fn lifecycle_events_share_the_log_and_are_filtered_by_type() {
         (json!([]), StatusCode::BAD_REQUEST, "types"),
         (json!(many), StatusCode::BAD_REQUEST, "at most 64"),
         (json!("image"), StatusCode::UNPROCESSABLE_ENTITY, "types"),
-        (json!(["container.die\u{0}"]), StatusCode::BAD_REQUEST, "types[0]"),
+        (
+            json!(["container.die\u{0}"]),
+            StatusCode::BAD_REQUEST,
+            "types[0]",
+        ),
     ] {
         let r = env
             .post_json("/v1/subscriptions", &json!({"name": "bad", "types": types}))

@@ -23,7 +23,8 @@ pub mod webhook;
 pub use lifecycle::LifecycleLog;
 pub use service::{Delivery, Events, EventsOptions, SubscriptionView, WatchView};
 pub use spec::{
-    parse_types, Event, From, Kind, LifecycleView, LogEvent, SubscriptionSpec, TriggerMode, TriggerSpec, WatchSpec, WebhookSpec,
+    parse_types, Event, From, Kind, LifecycleView, LogEvent, SubscriptionSpec, TriggerMode,
+    TriggerSpec, WatchSpec, WebhookSpec,
 };
 
 use inarray_store::StoreError;

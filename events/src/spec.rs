@@ -364,7 +364,10 @@ pub const MAX_TYPES: usize = 64;
 /// type (`*`). Each entry is `file`, an object type of lifecycle events, `object.action`, or `*`.
 pub fn parse_types(field: &str, types: &[String]) -> Result<Vec<TypeMatch>, EventsError> {
     if types.is_empty() {
-        return Err(invalid(field, "at least one type is needed (\"*\": every type)"));
+        return Err(invalid(
+            field,
+            "at least one type is needed (\"*\": every type)",
+        ));
     }
     if types.len() > MAX_TYPES {
         return Err(invalid(
@@ -638,7 +641,10 @@ mod tests {
         let m = t(&["container.die", "job", "file.close_write", "job"]).unwrap();
         assert_eq!(m.len(), 3, "duplicates merged");
         assert_eq!(m[0].action.as_deref(), Some("die"));
-        assert!(t(&["container", "*"]).unwrap().is_empty(), "* is every type");
+        assert!(
+            t(&["container", "*"]).unwrap().is_empty(),
+            "* is every type"
+        );
         for (bad, field) in [
             (vec![], "types"),
             (vec!["containers"], "types[0]"),

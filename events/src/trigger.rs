@@ -115,8 +115,7 @@ pub(crate) async fn run(ev: Events, watch: String) {
             watches: std::slice::from_ref(&watch),
             types: &file_events,
         };
-        let rows = match ev.store().events_after(cursor, filter, 1000).await
-        {
+        let rows = match ev.store().events_after(cursor, filter, 1000).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(watch, error = %e, "trigger: cannot read the log");

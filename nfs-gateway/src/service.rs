@@ -96,7 +96,13 @@ impl Exports {
         let _ = self.hook.set(hook);
     }
 
-    async fn tell(&self, action: &'static str, name: &str, path: Option<&str>, origin: &'static str) {
+    async fn tell(
+        &self,
+        action: &'static str,
+        name: &str,
+        path: Option<&str>,
+        origin: &'static str,
+    ) {
         if let Some(hook) = self.hook.get() {
             hook(ExportChange {
                 action,
@@ -152,7 +158,8 @@ impl Exports {
                 other => other.into(),
             })?;
         self.notify();
-        self.tell("create", &spec.name, Some(&spec.path), "api").await;
+        self.tell("create", &spec.name, Some(&spec.path), "api")
+            .await;
         stored(&row)
     }
 
@@ -166,7 +173,8 @@ impl Exports {
             .await?
             .ok_or_else(|| ExportError::NotFound(name.to_owned()))?;
         self.notify();
-        self.tell("update", &spec.name, Some(&spec.path), "api").await;
+        self.tell("update", &spec.name, Some(&spec.path), "api")
+            .await;
         stored(&row)
     }
 
@@ -320,7 +328,10 @@ mod tests {
         };
         x.on_change(hook);
         x.create(spec("a", "data")).await.unwrap();
-        assert!(x.create(spec("a", "data")).await.is_err(), "refused: not told");
+        assert!(
+            x.create(spec("a", "data")).await.is_err(),
+            "refused: not told"
+        );
         x.update("a", ExportPatch::default()).await.unwrap();
         x.apply_config(&[spec("f", "data")]).await.unwrap();
         x.apply_config(&[]).await.unwrap();

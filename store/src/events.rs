@@ -95,7 +95,9 @@ fn event_from(r: &sqlx::sqlite::SqliteRow) -> Result<EventRow> {
             event: LoggedEvent::Lifecycle(NewLifecycleEvent {
                 object,
                 action: r.try_get("kind")?,
-                id: r.try_get::<Option<String>, _>("object_id")?.unwrap_or_default(),
+                id: r
+                    .try_get::<Option<String>, _>("object_id")?
+                    .unwrap_or_default(),
                 name: r
                     .try_get::<Option<String>, _>("object_name")?
                     .unwrap_or_default(),

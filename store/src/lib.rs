@@ -31,11 +31,11 @@ pub use events::{
     EventFilter, EventRow, LoggedEvent, NewEvent, StateEntry, SubscriptionRow, TypeMatch, WatchRow,
     FILE,
 };
-pub use lifecycle::NewLifecycleEvent;
 pub use execs::ExecRow;
 pub use exports::{ExportClientRow, ExportRow, NewExport};
 pub use images::{ImageRow, NewImage};
 pub use jobs::{HistoryLimits, JobBatch, JobRow, NewRun, RunRow, RunState, RunTrigger, RunUpdate};
+pub use lifecycle::NewLifecycleEvent;
 pub use registries::RegistryCredentialRow;
 
 #[derive(Debug, thiserror::Error)]

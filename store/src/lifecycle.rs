@@ -133,7 +133,10 @@ mod tests {
             object: o.into(),
             action: a.map(String::from),
         };
-        let only = |types: &'static [TypeMatch]| EventFilter { watches: &[], types };
+        let only = |types: &'static [TypeMatch]| EventFilter {
+            watches: &[],
+            types,
+        };
         let containers = vec![t("container", None)];
         let f = EventFilter {
             watches: &[],
@@ -153,7 +156,10 @@ mod tests {
             watches: &w,
             types: &[],
         };
-        assert_eq!(seqs(s.events_after(0, f, 10).await.unwrap()), vec![2, 3, 4, 5]);
+        assert_eq!(
+            seqs(s.events_after(0, f, 10).await.unwrap()),
+            vec![2, 3, 4, 5]
+        );
         // Hostile strings are data.
         let odd = vec![t("container' OR 1=1 --", None)];
         let f = EventFilter {

@@ -1200,6 +1200,9 @@ async fn fires_and_runs_are_lifecycle_events_in_order() {
     assert_eq!(end.attributes["state"], json!("failed"));
     assert_eq!(end.attributes["exit_code"], json!(3));
     assert_eq!(end.time, at(1.0), "the scheduler's clock");
-    let fire = events.iter().find(|e| e.attributes["run_id"] == json!(manual.id)).unwrap();
+    let fire = events
+        .iter()
+        .find(|e| e.attributes["run_id"] == json!(manual.id))
+        .unwrap();
     assert_eq!(fire.attributes["trigger"], json!("manual"));
 }

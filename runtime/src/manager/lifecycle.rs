@@ -82,8 +82,11 @@ impl Manager {
                 e => e.into(),
             })?;
         drop(gc_shared);
-        self.emit(self.container_event(EventType::ContainerCreate, &row).with("engine", engine))
-            .await;
+        self.emit(
+            self.container_event(EventType::ContainerCreate, &row)
+                .with("engine", engine),
+        )
+        .await;
         if !cfg.start {
             return Ok(row);
         }
@@ -424,8 +427,11 @@ impl Manager {
         reason: &str,
     ) -> Result<ContainerRow> {
         let row = self.stop(key, timeout).await?;
-        self.emit(self.container_event(EventType::ContainerRestart, &row).with("reason", reason))
-            .await;
+        self.emit(
+            self.container_event(EventType::ContainerRestart, &row)
+                .with("reason", reason),
+        )
+        .await;
         self.start(&row.id).await
     }
 

@@ -198,7 +198,8 @@ impl Manager {
         kind: crate::events::EventType,
         row: &ContainerRow,
     ) -> crate::events::LifecycleEvent {
-        crate::events::LifecycleEvent::new(kind, &row.id, &row.name).with("image", row.image_ref.as_str())
+        crate::events::LifecycleEvent::new(kind, &row.id, &row.name)
+            .with("image", row.image_ref.as_str())
     }
 
     /// Where a container's files live (its log, its records).

@@ -407,3 +407,112 @@ async fn a_health_change_is_an_event_and_the_status_survives_a_daemon_restart() 
     )
     .await;
 }
+
+/// The scale of the issue: 250 `always` containers, a simulated power loss (the daemon, every
+/// shim, every container SIGKILLed) and the daemon started with another boot id: all 250 run
+/// again, and the log says so for each — `die` ("the node rebooted"), `restart` (boot), `start`.
+/// (NFS throughput meanwhile is a benchmark: `inarray-bench reboot`, docs/benchmarks.md.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_fifty_always_containers_come_back_after_a_simulated_reboot() {
+    const N: usize = 250;
+    let mut d = TestDaemon::start_with(vec!["--boot-id".into(), "boot-1".into()]).await;
+    d.with_busybox().await;
+    let mut ids = vec![String::new(); N];
+    for chunk in (0..N).collect::<Vec<_>>().chunks(10) {
+        let mut set = tokio::task::JoinSet::new();
+        for &i in chunk {
+            let client = d.client();
+            let body = json!({"image": "busybox", "name": format!("always-{i}"),
+                "command": ["sleep", "100000"], "restart": "always"});
+            set.spawn(async move {
+                let c = client
+                    .json(Method::POST, "/v1/containers", Some(&body))
+                    .await;
+                (i, c)
+            });
+        }
+        while let Some(done) = set.join_next().await {
+            let (i, c) = done.unwrap();
+            let c = c.unwrap_or_else(|e| panic!("create always-{i}: {e}\n{}", d.log()));
+            ids[i] = c["id"].as_str().unwrap().to_owned();
+        }
+    }
+    let before = d
+        .ok(Method::GET, "/v1/events?after=0&types=*&max=10000", None)
+        .await;
+    let last_before = before.as_array().unwrap().last().unwrap()["seq"]
+        .as_i64()
+        .unwrap();
+    let shims: Vec<i32> = ids
+        .iter()
+        .map(|id| {
+            let rec: Value = serde_json::from_slice(
+                &std::fs::read(d.state.join("containers").join(id).join("shim-pid.json")).unwrap(),
+            )
+            .unwrap();
+            rec["shim_pid"].as_i64().unwrap() as i32
+        })
+        .collect();
+
+    // The power goes: the daemon, the shims, whatever is left in the containers' cgroups.
+    d.kill9();
+    for &pid in &shims {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    inarray_runtime::cgroups::cleanup(
+        std::path::Path::new(inarray_runtime::cgroups::MOUNT_ROOT),
+        &format!("/{}", d.cgroup_root),
+    )
+    .unwrap();
+    d.extra_args = vec!["--boot-id".into(), "boot-2".into()];
+    let t = Instant::now();
+    d.launch().await;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let all = d.ok(Method::GET, "/v1/containers?all=true", None).await;
+        let running = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["state"] == "running")
+            .count();
+        if running == N {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{running} of {N} running after the reboot\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("{N} back in {:.1} s", t.elapsed().as_secs_f64());
+    let after = d
+        .ok(
+            Method::GET,
+            &format!("/v1/events?after={last_before}&types=container&max=10000"),
+            None,
+        )
+        .await;
+    let mut by_id: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for e in after.as_array().unwrap() {
+        by_id
+            .entry(e["id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(e["type"].as_str().unwrap().to_owned());
+        if e["type"] == "container.die" {
+            assert_eq!(e["attributes"]["error"], "the node rebooted", "{e}");
+        }
+    }
+    assert_eq!(by_id.len(), N);
+    for id in &ids {
+        assert_eq!(
+            by_id[id],
+            ["container.die", "container.restart", "container.start"],
+            "{id}"
+        );
+    }
+}

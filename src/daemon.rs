@@ -171,6 +171,11 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
             }
         });
     }
+    // Lifecycle events: into the events log from reconcile on (what it records is reported).
+    let lifecycle = inarray_events::LifecycleLog::start(store.clone())
+        .await
+        .context("lifecycle events")?;
+    manager.set_event_sink(Arc::new(lifecycle.clone()));
     let node = node_boot(s.boot_id.as_deref())?;
     let report = manager.reconcile(&node).await.context("reconcile")?;
     match report.since {
@@ -199,15 +204,17 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
         Arc::new(inarray_jobs::SystemClock),
         inarray_jobs::JobsOptions::default(),
     );
+    jobs.set_event_sink(Arc::new(lifecycle.clone()));
     jobs.start().await.context("job scheduler")?;
     // File events: watches restored from SQL; triggers start containers through the manager.
     let array_root = inarray_runtime::volumes::ArrayRoot::open(&array, &protected)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let events = inarray_events::Events::start(
+    let events = inarray_events::Events::start_with(
         store.clone(),
         Arc::new(array_root),
         Some(manager.clone()),
         s.events.clone(),
+        lifecycle.clone(),
     )
     .await
     .context("file events")?;
@@ -216,6 +223,7 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
     }
     // One exports service for the API, the gateway and SIGHUP reload.
     let exports = inarray_nfs::Exports::new(store.clone());
+    exports.on_change(export_events(lifecycle.clone()));
     let nfs = inarray_nfs::start(&exports, &s.exports, s.nfs_listen, &array)
         .await
         .context("nfs gateway")?;
@@ -295,10 +303,28 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
         .context("serving the API")?;
     jobs.stop();
     events.stop().await;
+    lifecycle.flush().await;
     store.close().await;
     tracing::info!("stopped; containers keep running under their shims");
     drop(sealed);
     Ok(())
+}
+
+/// Export changes as lifecycle events (`export.create|update|delete`).
+fn export_events(log: inarray_events::LifecycleLog) -> inarray_nfs::ChangeHook {
+    use inarray_runtime::events::{EventSink, EventType, LifecycleEvent};
+    Arc::new(move |c: inarray_nfs::ExportChange| {
+        let kind = match c.action {
+            "create" => EventType::ExportCreate,
+            "update" => EventType::ExportUpdate,
+            _ => EventType::ExportDelete,
+        };
+        log.record(
+            LifecycleEvent::new(kind, &c.name, &c.name)
+                .with("path", c.path)
+                .with("origin", c.origin),
+        )
+    })
 }
 
 /// The node and kernel boot this daemon runs in (`test_boot_id`: the test-only override).

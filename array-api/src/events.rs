@@ -10,7 +10,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use inarray_events::{Events, SubscriptionSpec, WatchSpec};
+use inarray_events::{parse_types, Events, LogEvent, SubscriptionSpec, WatchSpec};
 use serde::Deserialize;
 
 use crate::error::ApiError;
@@ -139,7 +139,8 @@ struct StreamQuery {
     max: Option<u32>,
 }
 
-/// Server-sent events: each event is `id: <seq>`, `event: <kind>`, `data: <the event as JSON>`.
+/// Server-sent events: each event is `id: <seq>`, `event: <kind>` (a file event) or
+/// `event: <type>` (a lifecycle event), `data: <the event as JSON>`.
 /// Acknowledge with `POST …/ack` as with polling; unacknowledged events come again after the
 /// ack deadline.
 async fn stream_events(
@@ -161,10 +162,16 @@ async fn stream_events(
                     Ok(d) => {
                         for ev in d.events {
                             let data = serde_json::to_string(&ev).unwrap_or_default();
+                            // A file event is named by its kind (as before lifecycle events),
+                            // a lifecycle event by its type (`container.die`).
+                            let name = match &ev {
+                                LogEvent::File(f) => f.kind.as_str(),
+                                LogEvent::Lifecycle(l) => l.kind.as_str(),
+                            };
                             queue.push_back(
                                 SseEvent::default()
-                                    .id(ev.seq.to_string())
-                                    .event(ev.kind.as_str())
+                                    .id(ev.seq().to_string())
+                                    .event(name)
                                     .data(data),
                             );
                         }
@@ -211,6 +218,28 @@ struct ReadQuery {
     after: Option<i64>,
     max: Option<u32>,
     wait: Option<u64>,
+    /// Comma-separated types (`container.die,job`, `*`); default `file`.
+    types: Option<String>,
+}
+
+/// The longest `types` query accepted.
+const MAX_TYPES_QUERY: usize = 4096;
+
+/// A `types` query (comma-separated) → what the log's reads match; absent: file events.
+fn types_of(types: Option<&str>) -> Result<Vec<inarray_store::TypeMatch>, ApiError> {
+    let Some(t) = types else {
+        return Ok(vec![inarray_store::TypeMatch {
+            object: inarray_store::FILE.into(),
+            action: None,
+        }]);
+    };
+    if t.len() > MAX_TYPES_QUERY {
+        return Err(ApiError::bad_request(format!(
+            "types: longer than {MAX_TYPES_QUERY} bytes"
+        )));
+    }
+    let list: Vec<String> = t.split(',').map(str::to_owned).collect();
+    Ok(parse_types("types", &list)?)
 }
 
 /// The log itself, without a subscription (for `inarray events tail`): no cursor is kept.
@@ -219,6 +248,7 @@ async fn read_events(
     Query(q): Query<ReadQuery>,
 ) -> Result<Response, ApiError> {
     let wait = wait_of(q.wait)?;
+    let types = types_of(q.types.as_deref())?;
     let after = q.after.unwrap_or(0);
     let max = q.max.unwrap_or(1000);
     let deadline = tokio::time::Instant::now() + wait;
@@ -226,7 +256,7 @@ async fn read_events(
     let mut closing = e.closing();
     loop {
         rx.borrow_and_update();
-        let events = e.read(after, max).await?;
+        let events = e.read(after, max, &types).await?;
         if !events.is_empty()
             || tokio::time::Instant::now() >= deadline
             || *closing.borrow_and_update()

@@ -192,10 +192,24 @@ impl Env {
             Arc::new(inarray_jobs::SystemClock),
             inarray_jobs::JobsOptions::default(),
         );
+        // Lifecycle events, as the daemon wires them (its export hook is a few lines there).
+        let log = events.lifecycle().clone();
+        manager.set_event_sink(Arc::new(log.clone()));
+        jobs.set_event_sink(Arc::new(log.clone()));
+        let exports = inarray_nfs::Exports::new(store.clone());
+        exports.on_change(Arc::new(move |c: inarray_nfs::ExportChange| {
+            use inarray_runtime::events::{EventSink, EventType, LifecycleEvent};
+            let kind = match c.action {
+                "create" => EventType::ExportCreate,
+                "update" => EventType::ExportUpdate,
+                _ => EventType::ExportDelete,
+            };
+            log.record(LifecycleEvent::new(kind, &c.name, &c.name).with("origin", c.origin))
+        }));
         Self {
             app: inarray_api::router(inarray_api::AppState {
                 manager,
-                exports: inarray_nfs::Exports::new(store.clone()),
+                exports,
                 jobs,
                 events,
                 // No gateway serves in this tier.
@@ -3157,6 +3171,141 @@ async fn events_watches_subscriptions_and_hostile_inputs() {
         "not_found",
         "no such watch: in",
     );
+}
+
+#[tokio::test]
+async fn lifecycle_events_share_the_log_and_are_filtered_by_type() {
+    let env = Env::new().await;
+    env.post_json("/v1/subscriptions", &json!({"name": "files"}))
+        .await
+        .expect(StatusCode::CREATED);
+    let s = env
+        .post_json(
+            "/v1/subscriptions",
+            &json!({"name": "life", "types": ["image", "export.create"]}),
+        )
+        .await
+        .expect(StatusCode::CREATED)
+        .json();
+    assert_eq!(s["types"], json!(["image", "export.create"]));
+    let id = env.import_tiny().await;
+    let export =
+        json!({"name": "proj", "path": "data", "clients": [{"match": "*", "access": "ro"}]});
+    env.post_json("/v1/exports", &export)
+        .await
+        .expect(StatusCode::CREATED);
+    env.delete("/v1/exports/proj")
+        .await
+        .expect(StatusCode::NO_CONTENT);
+    env.delete("/v1/images/test/tiny:1")
+        .await
+        .expect(StatusCode::OK);
+    // The subscription: its types, in the order they happened, one seq space with file events.
+    let d = env
+        .get("/v1/subscriptions/life/events?wait=5&max=100")
+        .await
+        .expect(StatusCode::OK)
+        .json();
+    let got: Vec<(String, String)> = d["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().to_owned(),
+                e["id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("image.import", id.as_str()),
+        ("export.create", "proj"),
+        ("image.delete", id.as_str()),
+    ]
+    .iter()
+    .map(|(t, i)| (t.to_string(), i.to_string()))
+    .collect();
+    assert_eq!(got, want, "{d}");
+    assert_eq!(
+        d["events"][0]["attributes"]["names"],
+        json!(["test/tiny:1"])
+    );
+    assert_eq!(d["events"][0]["name"], "test/tiny:1");
+    // A file-events subscription (the default types) sees none of them.
+    let d = env
+        .get("/v1/subscriptions/files/events?max=100")
+        .await
+        .expect(StatusCode::OK)
+        .json();
+    assert_eq!(d["events"], json!([]), "{d}");
+    // The log without a subscription: file events by default, lifecycle events by type.
+    let types = |q: &str| {
+        let q = q.to_owned();
+        let env = &env;
+        async move {
+            env.get(&format!("/v1/events?after=0&max=100{q}"))
+                .await
+                .expect(StatusCode::OK)
+                .json()
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["type"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert!(types("").await.is_empty());
+    assert_eq!(
+        types("&types=image.delete,export").await,
+        ["export.create", "export.delete", "image.delete"]
+    );
+    assert_eq!(types("&types=*").await.len(), 4);
+    assert_eq!(types("&types=container,job").await.len(), 0);
+    // Hostile filters: 400 naming the entry, nothing made.
+    for (q, needle) in [
+        ("types=containers", "types[0]"),
+        ("types=", "types[0]"),
+        ("types=image,container.", "types[1]"),
+        ("types=file.resync.x", "types[0]"),
+        ("types=%00", "types[0]"),
+        ("types=image%27%20OR%201%3D1", "types[0]"),
+        ("types=..", "types[0]"),
+    ] {
+        env.get(&format!("/v1/events?{q}")).await.expect_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            needle,
+        );
+    }
+    let long = "image,".repeat(1000);
+    env.get(&format!("/v1/events?types={long}"))
+        .await
+        .expect_error(StatusCode::BAD_REQUEST, "invalid_request", "longer than");
+    let many = vec!["image"; 65];
+    for (types, status, needle) in [
+        (json!(["nope"]), StatusCode::BAD_REQUEST, "types[0]"),
+        (json!([]), StatusCode::BAD_REQUEST, "types"),
+        (json!(many), StatusCode::BAD_REQUEST, "at most 64"),
+        (json!("image"), StatusCode::UNPROCESSABLE_ENTITY, "types"),
+        (
+            json!(["container.die\u{0}"]),
+            StatusCode::BAD_REQUEST,
+            "types[0]",
+        ),
+    ] {
+        let r = env
+            .post_json("/v1/subscriptions", &json!({"name": "bad", "types": types}))
+            .await;
+        let code = if status == StatusCode::BAD_REQUEST {
+            "invalid_request"
+        } else {
+            "invalid_field"
+        };
+        r.expect_error(status, code, needle);
+    }
+    env.get("/v1/subscriptions/bad")
+        .await
+        .expect(StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]

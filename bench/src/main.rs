@@ -35,6 +35,7 @@ mod nfsc;
 mod plot;
 mod procs;
 mod qos;
+mod reboot;
 mod report;
 mod run_to_exit;
 mod scan;
@@ -197,6 +198,23 @@ enum Cmd {
         /// readers at once in each container, no spinning).
         #[arg(long, default_value = "both")]
         noise_kind: String,
+    },
+    /// Back after a reboot under NFS reads (issue 20; after `prepare` in the same WORK): N
+    /// `always` containers, a simulated power loss, the daemon started with another boot id;
+    /// nfs-cat's throughput while the N come back against idle. Prints its section.
+    Reboot {
+        #[arg(long)]
+        bin: PathBuf,
+        #[arg(long)]
+        work: PathBuf,
+        #[arg(long, default_value_t = 250)]
+        containers: usize,
+        /// The size of the file the NFS client reads again and again.
+        #[arg(long, default_value_t = 64)]
+        file_mib: u64,
+        /// Seconds of reading before the reboot (idle) and after all came back.
+        #[arg(long, default_value_t = 10)]
+        idle_secs: u64,
     },
 }
 
@@ -551,6 +569,24 @@ fn main() -> Result<()> {
             };
             let rt = current_thread()?;
             println!("{}", rt.block_on(compare::bench(&o))?);
+            Ok(())
+        }
+        Cmd::Reboot {
+            bin,
+            work,
+            containers,
+            file_mib,
+            idle_secs,
+        } => {
+            let o = reboot::Opts {
+                bin,
+                work,
+                containers,
+                file_mib,
+                idle_secs,
+            };
+            let rt = current_thread()?;
+            println!("{}", rt.block_on(reboot::bench(&o))?);
             Ok(())
         }
         Cmd::Loop { socket, n } => {

@@ -7,9 +7,12 @@
 //!   pairing, new-directory pickup with a scan, overflow and lost-watch resync.
 //! - [`service`]: [`Events`], the service the daemon starts: the batch writer, retention,
 //!   subscriptions (long-poll, ack, redelivery), triggers and webhooks.
+//! - [`lifecycle`]: [`LifecycleLog`], the sink of lifecycle events (containers, jobs, images,
+//!   exports) into the same log.
 //! - [`nats`]: optional publishing to NATS JetStream.
 
 pub mod glob;
+pub mod lifecycle;
 pub mod nats;
 pub mod service;
 pub mod spec;
@@ -17,9 +20,11 @@ pub mod trigger;
 pub mod watcher;
 pub mod webhook;
 
+pub use lifecycle::LifecycleLog;
 pub use service::{Delivery, Events, EventsOptions, SubscriptionView, WatchView};
 pub use spec::{
-    Event, From, Kind, SubscriptionSpec, TriggerMode, TriggerSpec, WatchSpec, WebhookSpec,
+    parse_types, Event, From, Kind, LifecycleView, LogEvent, SubscriptionSpec, TriggerMode,
+    TriggerSpec, WatchSpec, WebhookSpec,
 };
 
 use inarray_store::StoreError;

@@ -16,7 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use crate::service::Events;
-use crate::spec::{Event, From, SubscriptionSpec};
+use crate::spec::{From, LogEvent, SubscriptionSpec};
 use crate::EventsError;
 
 /// `[events.nats]` in the daemon's config.
@@ -25,7 +25,8 @@ use crate::EventsError;
 pub struct NatsConfig {
     /// `nats://HOST:PORT`.
     pub url: String,
-    /// Events go to `<subject>.<watch>` (default "inarray.events").
+    /// File events go to `<subject>.<watch>` (default "inarray.events"), lifecycle events to
+    /// `<subject>.<type>` (`inarray.events.container.die`).
     #[serde(default = "default_subject")]
     pub subject: String,
     /// A JetStream stream to create (subjects `<subject>.>`) when it does not exist.
@@ -37,6 +38,13 @@ pub struct NatsConfig {
     /// Watches to publish (default: all); the subscription is made with them.
     #[serde(default)]
     pub watches: Vec<String>,
+    /// Event types to publish (default: file events), as a subscription's `types`.
+    #[serde(default = "default_types")]
+    pub types: Vec<String>,
+}
+
+fn default_types() -> Vec<String> {
+    vec![inarray_store::FILE.to_owned()]
 }
 
 fn default_subject() -> String {
@@ -66,6 +74,7 @@ impl NatsConfig {
                 self.subject
             ));
         }
+        crate::spec::parse_types("types", &self.types).map_err(|e| e.to_string())?;
         if let Some(s) = &self.stream {
             if !token_ok(s) || s.contains('.') {
                 return Err(format!("stream {s:?}: use [A-Za-z0-9_-]"));
@@ -306,6 +315,7 @@ pub async fn start(
             from: From::Now,
             ack_deadline_seconds: 60,
             webhook: None,
+            types: cfg.types.clone(),
         })
         .await?;
     }
@@ -315,7 +325,7 @@ pub async fn start(
 async fn run(ev: Events, cfg: NatsConfig) {
     let mut conn: Option<Conn> = None;
     let mut backoff = Duration::from_millis(100);
-    let mut batch: Vec<Event> = Vec::new();
+    let mut batch: Vec<LogEvent> = Vec::new();
     loop {
         if batch.is_empty() {
             match ev
@@ -345,9 +355,13 @@ async fn run(ev: Events, cfg: NatsConfig) {
             let items: Vec<(String, String, Vec<u8>)> = batch
                 .iter()
                 .map(|e| {
+                    let subject = match e {
+                        LogEvent::File(f) => format!("{}.{}", cfg.subject, f.watch),
+                        LogEvent::Lifecycle(l) => format!("{}.{}", cfg.subject, l.kind),
+                    };
                     (
-                        format!("{}.{}", cfg.subject, e.watch),
-                        format!("inarray-{}", e.seq),
+                        subject,
+                        format!("inarray-{}", e.seq()),
                         serde_json::to_vec(e).unwrap_or_default(),
                     )
                 })
@@ -357,7 +371,7 @@ async fn run(ev: Events, cfg: NatsConfig) {
         .await;
         match result {
             Ok(()) => {
-                let last = batch.last().map_or(0, |e| e.seq);
+                let last = batch.last().map_or(0, LogEvent::seq);
                 if let Err(e) = ev.ack(&cfg.subscription, last).await {
                     tracing::error!(error = %e, "nats: cannot acknowledge");
                 }
@@ -386,6 +400,7 @@ mod tests {
             stream: Some("INARRAY".into()),
             subscription: "nats".into(),
             watches: vec![],
+            types: vec!["file".into()],
         };
         assert!(ok.validate().is_ok());
         for bad in [
@@ -411,6 +426,10 @@ mod tests {
             },
             NatsConfig {
                 subscription: "../x".into(),
+                ..ok.clone()
+            },
+            NatsConfig {
+                types: vec!["containers".into()],
                 ..ok.clone()
             },
         ] {

@@ -14,12 +14,13 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use inarray_runtime::volumes::ArrayRoot;
 use inarray_runtime::Manager;
-use inarray_store::{NewEvent, Store, SubscriptionRow};
+use inarray_store::{EventFilter, NewEvent, Store, SubscriptionRow, TypeMatch};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::spec::{Event, From, SubscriptionSpec, WatchSpec, WebhookSpec};
+use crate::lifecycle::LifecycleLog;
+use crate::spec::{parse_types, From, LogEvent, SubscriptionSpec, WatchSpec, WebhookSpec};
 use crate::watcher::{self, WatchConfig, WatchHandle};
 use crate::{invalid, EventsError};
 
@@ -69,6 +70,8 @@ pub struct WatchView {
 pub struct SubscriptionView {
     pub name: String,
     pub watches: Vec<String>,
+    /// The event types it delivers.
+    pub types: Vec<String>,
     pub ack_deadline_seconds: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookSpec>,
@@ -84,7 +87,7 @@ pub struct SubscriptionView {
 /// One answer to a poll.
 #[derive(Clone, Debug, Serialize)]
 pub struct Delivery {
-    pub events: Vec<Event>,
+    pub events: Vec<LogEvent>,
     /// True when these events were delivered before and not acknowledged in time.
     pub redelivery: bool,
 }
@@ -98,6 +101,8 @@ struct WatchEntry {
 
 struct SubState {
     row: SubscriptionRow,
+    /// `row.types` parsed (empty: every type).
+    types: Vec<TypeMatch>,
     delivered: i64,
     /// When the oldest unacknowledged delivery was made.
     delivered_at: Option<Instant>,
@@ -111,7 +116,9 @@ pub(crate) struct Inner {
     pub(crate) manager: Option<Manager>,
     pub(crate) opts: EventsOptions,
     sink: watcher::Sink,
-    pub(crate) last_seq: watch::Sender<i64>,
+    /// The newest seq in the log; shared with the lifecycle log, which appends too.
+    pub(crate) last_seq: Arc<watch::Sender<i64>>,
+    lifecycle: LifecycleLog,
     watches: Mutex<BTreeMap<String, WatchEntry>>,
     subs: Mutex<HashMap<String, SubState>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -146,10 +153,24 @@ impl Events {
         manager: Option<Manager>,
         opts: EventsOptions,
     ) -> Result<Self, EventsError> {
+        let log = LifecycleLog::start(store.clone()).await?;
+        Self::start_with(store, array, manager, opts, log).await
+    }
+
+    /// [`Events::start`] with the lifecycle log the daemon started before the services that
+    /// record lifecycle events (so that what they record before this start is kept).
+    pub async fn start_with(
+        store: Store,
+        array: Arc<ArrayRoot>,
+        manager: Option<Manager>,
+        opts: EventsOptions,
+        lifecycle: LifecycleLog,
+    ) -> Result<Self, EventsError> {
         let (sink, rx) = mpsc::channel(1024);
         let (snaps, snap_rx) = mpsc::channel(16);
+        let last_seq = lifecycle.announcer();
         let last = store.last_event_seq().await?;
-        let (last_seq, _) = watch::channel(last);
+        last_seq.send_modify(|v| *v = (*v).max(last));
         let ev = Events {
             inner: Arc::new(Inner {
                 store,
@@ -158,6 +179,7 @@ impl Events {
                 opts,
                 sink,
                 last_seq,
+                lifecycle,
                 watches: Mutex::default(),
                 subs: Mutex::default(),
                 tasks: Mutex::default(),
@@ -242,6 +264,11 @@ impl Events {
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// The lifecycle log (the sink of the services' lifecycle events).
+    pub fn lifecycle(&self) -> &LifecycleLog {
+        &self.inner.lifecycle
     }
 
     pub fn last_seq(&self) -> i64 {
@@ -408,11 +435,16 @@ impl Events {
                 .ok()
         });
         let name = row.name.clone();
+        let types = parse_types("types", &row.types).unwrap_or_else(|e| {
+            tracing::error!(subscription = %row.name, error = %e, "corrupt types; delivering every type");
+            Vec::new()
+        });
         // In the table first: the webhook task ends when it finds no subscription.
         let mut subs = self.inner.subs.lock().expect("subs");
         subs.insert(
             name.clone(),
             SubState {
+                types,
                 delivered: row.acked,
                 row,
                 delivered_at: None,
@@ -468,6 +500,7 @@ impl Events {
                 .webhook
                 .as_ref()
                 .map(|w| serde_json::to_string(w).unwrap_or_default()),
+            types: spec.types.clone(),
             created_at: Utc::now(),
         };
         self.inner
@@ -513,6 +546,7 @@ impl Events {
         SubscriptionView {
             name: s.row.name.clone(),
             watches: s.row.watches.clone(),
+            types: s.row.types.clone(),
             ack_deadline_seconds: (s.row.ack_deadline_ms / 1000) as u64,
             webhook: s
                 .row
@@ -566,7 +600,7 @@ impl Events {
                     .clone()
             };
             let guard = lock.lock().await;
-            let (start, watches, redelivery, ack_deadline) = {
+            let (start, watches, types, redelivery, ack_deadline) = {
                 let mut subs = self.inner.subs.lock().expect("subs");
                 let s = subs.get_mut(name).ok_or_else(|| not_found_sub(name))?;
                 let ack_deadline = Duration::from_millis(s.row.ack_deadline_ms as u64);
@@ -582,12 +616,17 @@ impl Events {
                 (
                     s.delivered.max(s.row.acked),
                     s.row.watches.clone(),
+                    s.types.clone(),
                     redelivery,
                     ack_deadline,
                 )
             };
             seq_rx.borrow_and_update();
-            let rows = self.inner.store.events_after(start, &watches, max).await?;
+            let filter = EventFilter {
+                watches: &watches,
+                types: &types,
+            };
+            let rows = self.inner.store.events_after(start, filter, max).await?;
             if let Some(last) = rows.last().map(|r| r.seq) {
                 let mut subs = self.inner.subs.lock().expect("subs");
                 if let Some(s) = subs.get_mut(name) {
@@ -598,7 +637,7 @@ impl Events {
                 }
                 drop(guard);
                 return Ok(Delivery {
-                    events: rows.into_iter().map(Event::from_row).collect(),
+                    events: rows.into_iter().map(LogEvent::from_row).collect(),
                     // A redelivery starts at or below what was delivered before.
                     redelivery,
                 });
@@ -686,8 +725,14 @@ impl Events {
         }
     }
 
-    /// Events with seq > `after` (for `inarray events tail` without a subscription).
-    pub async fn read(&self, after: i64, max: u32) -> Result<Vec<Event>, EventsError> {
+    /// Events with seq > `after` of `types` (parsed by [`parse_types`]; empty: every type), for
+    /// `inarray events tail` without a subscription.
+    pub async fn read(
+        &self,
+        after: i64,
+        max: u32,
+        types: &[TypeMatch],
+    ) -> Result<Vec<LogEvent>, EventsError> {
         if !(1..=MAX_EVENTS_PER_POLL).contains(&max) {
             return Err(invalid(
                 "max",
@@ -697,10 +742,17 @@ impl Events {
         Ok(self
             .inner
             .store
-            .events_after(after, &[], max)
+            .events_after(
+                after,
+                EventFilter {
+                    watches: &[],
+                    types,
+                },
+                max,
+            )
             .await?
             .into_iter()
-            .map(Event::from_row)
+            .map(LogEvent::from_row)
             .collect())
     }
 }
@@ -740,7 +792,7 @@ async fn writer(ev: Events, mut rx: mpsc::Receiver<Vec<NewEvent>>) {
         loop {
             match ev.inner.store.append_events(&batch).await {
                 Ok(last) => {
-                    ev.inner.last_seq.send_replace(last);
+                    ev.inner.last_seq.send_modify(|v| *v = (*v).max(last));
                     break;
                 }
                 Err(e) => {
@@ -802,6 +854,7 @@ async fn retention(ev: Events) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::Event;
     use std::collections::BTreeSet;
 
     async fn setup() -> (tempfile::TempDir, Events) {
@@ -824,11 +877,11 @@ mod tests {
         let mut all = Vec::new();
         loop {
             let d = ev.next(sub, quiet, 1000).await.unwrap();
-            let Some(last) = d.events.last().map(|e| e.seq) else {
+            let Some(last) = d.events.last().map(|e| e.seq()) else {
                 return all;
             };
             ev.ack(sub, last).await.unwrap();
-            all.extend(d.events);
+            all.extend(d.events.iter().filter_map(|e| e.file().cloned()));
         }
     }
 
@@ -957,7 +1010,7 @@ mod tests {
         let again = ev.next("s", Duration::from_secs(5), 10).await.unwrap();
         assert!(again.redelivery);
         assert_eq!(again.events, first.events);
-        let last = again.events.last().unwrap().seq;
+        let last = again.events.last().unwrap().seq();
         ev.ack("s", last).await.unwrap();
         assert!(ev.ack("s", last + 1000).await.is_err());
         let after = ev.next("s", Duration::from_millis(1500), 10).await.unwrap();
@@ -1110,11 +1163,15 @@ mod tests {
         ev.create_watch(spec("up", "w/up")).await.unwrap();
         std::fs::write(dir.path().join("outside"), b"").unwrap();
         std::fs::write(dir.path().join("array/inside"), b"").unwrap();
-        let all = ev.read(0, 100).await.unwrap();
+        let all = ev.read(0, 100, &[]).await.unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let all2 = ev.read(0, 100).await.unwrap();
+        let all2 = ev.read(0, 100, &[]).await.unwrap();
         assert!(all2.len() >= all.len());
-        assert!(all2.iter().all(|e| !e.path.contains("outside")), "{all2:?}");
+        assert!(
+            all2.iter()
+                .all(|e| !e.file().unwrap().path.contains("outside")),
+            "{all2:?}"
+        );
         ev.stop().await;
     }
 }

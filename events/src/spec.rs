@@ -1,8 +1,9 @@
 //! The typed requests and the event as the API shows it. Every validation error names its field.
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use inarray_runtime::events::{EventType, LifecycleEvent};
 use inarray_runtime::ContainerConfig;
-use inarray_store::{names, EventRow, NewEvent};
+use inarray_store::{names, EventRow, LoggedEvent, NewEvent, NewLifecycleEvent, TypeMatch};
 use serde::{Deserialize, Serialize};
 
 use crate::glob::Glob;
@@ -182,14 +183,23 @@ fn default_ack_deadline() -> u64 {
     30
 }
 
+fn default_types() -> Vec<String> {
+    vec![inarray_store::FILE.to_owned()]
+}
+
 /// `POST /v1/subscriptions`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionSpec {
     pub name: String,
-    /// Watch names; empty = every watch.
+    /// Watch names; empty = every watch (file events only: lifecycle events have no watch).
     #[serde(default)]
     pub watches: Vec<String>,
+    /// The event types delivered: `file`, an object type (`container`, `job`, `image`,
+    /// `export`), one type (`container.die`, `file.close_write`) or `*` for every type.
+    /// Default: `["file"]` (file events, as before lifecycle events existed).
+    #[serde(default = "default_types")]
+    pub types: Vec<String>,
     #[serde(default = "default_from")]
     pub from: From,
     /// Delivered but unacknowledged events are delivered again after this (1-3600 s).
@@ -327,6 +337,7 @@ impl SubscriptionSpec {
         for (i, w) in self.watches.iter().enumerate() {
             validate_name(&names::WATCH, &format!("watches[{i}]"), w)?;
         }
+        parse_types("types", &self.types)?;
         if !(1..=3600).contains(&self.ack_deadline_seconds) {
             return Err(invalid(
                 "ack_deadline_seconds",
@@ -346,10 +357,177 @@ impl SubscriptionSpec {
     }
 }
 
-/// An event as the API shows it.
+/// At most this many entries in a `types` filter.
+pub const MAX_TYPES: usize = 64;
+
+/// A `types` filter (`field` names it in errors) → what the log's reads match; empty = every
+/// type (`*`). Each entry is `file`, an object type of lifecycle events, `object.action`, or `*`.
+pub fn parse_types(field: &str, types: &[String]) -> Result<Vec<TypeMatch>, EventsError> {
+    if types.is_empty() {
+        return Err(invalid(
+            field,
+            "at least one type is needed (\"*\": every type)",
+        ));
+    }
+    if types.len() > MAX_TYPES {
+        return Err(invalid(
+            field,
+            format!("has {} entries, at most {MAX_TYPES} allowed", types.len()),
+        ));
+    }
+    let mut out = Vec::new();
+    for (i, t) in types.iter().enumerate() {
+        let bad = |reason: String| invalid(format!("{field}[{i}]"), reason);
+        if t == "*" {
+            return Ok(Vec::new());
+        }
+        let (object, action) = match t.split_once('.') {
+            Some((o, a)) => (o, Some(a)),
+            None => (t.as_str(), None),
+        };
+        let known_object = object == inarray_store::FILE || EventType::is_object(object);
+        if !known_object {
+            return Err(bad(format!(
+                "unknown type {:?}: expected *, file, {}, or one of their types (container.die, file.close_write, …)",
+                t.chars().take(64).collect::<String>(),
+                objects().join(", ")
+            )));
+        }
+        if let Some(a) = action {
+            let known = if object == inarray_store::FILE {
+                Kind::parse(a).is_some()
+            } else {
+                EventType::parse(object, a).is_some()
+            };
+            if !known {
+                return Err(bad(format!(
+                    "unknown type {:?}: {object} has {}",
+                    t.chars().take(64).collect::<String>(),
+                    actions(object).join(", ")
+                )));
+            }
+        }
+        let m = TypeMatch {
+            object: object.to_owned(),
+            action: action.map(str::to_owned),
+        };
+        if !out.contains(&m) {
+            out.push(m);
+        }
+    }
+    Ok(out)
+}
+
+/// The object types of lifecycle events.
+fn objects() -> Vec<&'static str> {
+    let mut v: Vec<&str> = EventType::ALL.iter().map(|t| t.object()).collect();
+    v.dedup();
+    v
+}
+
+fn actions(object: &str) -> Vec<&'static str> {
+    if object == inarray_store::FILE {
+        return Kind::ALL
+            .iter()
+            .chain([Kind::Resync].iter())
+            .map(|k| k.as_str())
+            .collect();
+    }
+    EventType::ALL
+        .iter()
+        .filter(|t| t.object() == object)
+        .map(|t| t.action())
+        .collect()
+}
+
+/// A lifecycle event as the API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LifecycleView {
+    pub seq: i64,
+    /// `container.die`, `job.run_end`, …
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The object's id (a container's id, an image's id, a job's or an export's name).
+    pub id: String,
+    pub name: String,
+    /// What the type says (exit code, status, run id, …).
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+    /// RFC 3339, microseconds.
+    pub time: String,
+}
+
+/// An event of the log: a file event or a lifecycle event (told apart by `type`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LogEvent {
+    File(Event),
+    Lifecycle(LifecycleView),
+}
+
+impl LogEvent {
+    pub fn seq(&self) -> i64 {
+        match self {
+            LogEvent::File(e) => e.seq,
+            LogEvent::Lifecycle(e) => e.seq,
+        }
+    }
+
+    /// `file.close_write`, `container.die`, …
+    pub fn type_name(&self) -> &str {
+        match self {
+            LogEvent::File(e) => &e.r#type,
+            LogEvent::Lifecycle(e) => &e.kind,
+        }
+    }
+
+    pub fn from_row(r: EventRow) -> Self {
+        match r.event {
+            LoggedEvent::File(e) => LogEvent::File(Event::from_file(r.seq, e)),
+            LoggedEvent::Lifecycle(e) => LogEvent::Lifecycle(LifecycleView {
+                seq: r.seq,
+                kind: format!("{}.{}", e.object, e.action),
+                id: e.id,
+                name: e.name,
+                attributes: serde_json::from_str(&e.attributes).unwrap_or_default(),
+                time: time_of(e.time),
+            }),
+        }
+    }
+
+    /// The file event, if it is one.
+    pub fn file(&self) -> Option<&Event> {
+        match self {
+            LogEvent::File(e) => Some(e),
+            LogEvent::Lifecycle(_) => None,
+        }
+    }
+}
+
+/// A lifecycle event of the runtime as the log stores it.
+pub fn lifecycle_row(e: &LifecycleEvent) -> NewLifecycleEvent {
+    NewLifecycleEvent {
+        object: e.kind.object().to_owned(),
+        action: e.kind.action().to_owned(),
+        id: e.id.clone(),
+        name: e.name.clone(),
+        attributes: serde_json::to_string(&e.attributes).unwrap_or_else(|_| "{}".into()),
+        time: e.time.timestamp_micros(),
+    }
+}
+
+fn time_of(us: i64) -> String {
+    DateTime::from_timestamp_micros(us)
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// A file event as the API shows it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub seq: i64,
+    /// `file.<kind>` (every event of the log has a type).
+    #[serde(rename = "type", default)]
+    pub r#type: String,
     pub watch: String,
     pub kind: Kind,
     /// Relative to the array root.
@@ -372,11 +550,12 @@ pub fn now_us() -> i64 {
 }
 
 impl Event {
-    pub fn from_row(r: EventRow) -> Self {
-        let e: NewEvent = r.event;
+    pub fn from_file(seq: i64, e: NewEvent) -> Self {
+        let kind = Kind::parse(&e.kind).unwrap_or(Kind::Resync);
         Self {
-            seq: r.seq,
-            kind: Kind::parse(&e.kind).unwrap_or(Kind::Resync),
+            seq,
+            r#type: format!("{}.{}", inarray_store::FILE, kind.as_str()),
+            kind,
             watch: e.watch,
             path: e.path,
             old_path: e.old_path,
@@ -390,9 +569,7 @@ impl Event {
                 .unwrap_or_default()
                 .to_rfc3339_opts(SecondsFormat::Nanos, true)
             }),
-            time: DateTime::from_timestamp_micros(e.time)
-                .unwrap_or_default()
-                .to_rfc3339_opts(SecondsFormat::Micros, true),
+            time: time_of(e.time),
         }
     }
 }
@@ -451,6 +628,39 @@ mod tests {
         for bad in [json!(0), json!(-1), json!("later"), json!(1.5), json!(null)] {
             assert!(f(bad.clone()).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn types_are_checked_entry_by_entry() {
+        let t = |v: &[&str]| {
+            parse_types(
+                "types",
+                &v.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            )
+        };
+        let m = t(&["container.die", "job", "file.close_write", "job"]).unwrap();
+        assert_eq!(m.len(), 3, "duplicates merged");
+        assert_eq!(m[0].action.as_deref(), Some("die"));
+        assert!(
+            t(&["container", "*"]).unwrap().is_empty(),
+            "* is every type"
+        );
+        for (bad, field) in [
+            (vec![], "types"),
+            (vec!["containers"], "types[0]"),
+            (vec!["file", "container.dies"], "types[1]"),
+            (vec!["file.resync.x"], "types[0]"),
+            (vec![""], "types[0]"),
+            (vec!["."], "types[0]"),
+            (vec!["container."], "types[0]"),
+            (vec!["container\u{0}"], "types[0]"),
+            (vec!["' OR 1=1 --"], "types[0]"),
+        ] {
+            let e = t(&bad).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("{field}: ")), "{bad:?}: {e}");
+        }
+        let many: Vec<&str> = vec!["file"; 65];
+        assert!(t(&many).unwrap_err().to_string().contains("at most 64"));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use inarray_runtime::ContainerConfig;
-use inarray_store::EventRow;
+use inarray_store::{EventFilter, LoggedEvent, NewEvent, TypeMatch};
 
 use crate::service::Events;
 use crate::spec::{now_us, Event, Kind, TriggerMode, TriggerSpec};
@@ -107,11 +107,15 @@ pub(crate) async fn run(ev: Events, watch: String) {
             continue;
         };
         seq_rx.borrow_and_update();
-        let rows = match ev
-            .store()
-            .events_after(cursor, std::slice::from_ref(&watch), 1000)
-            .await
-        {
+        let file_events = [TypeMatch {
+            object: inarray_store::FILE.into(),
+            action: None,
+        }];
+        let filter = EventFilter {
+            watches: std::slice::from_ref(&watch),
+            types: &file_events,
+        };
+        let rows = match ev.store().events_after(cursor, filter, 1000).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(watch, error = %e, "trigger: cannot read the log");
@@ -130,10 +134,14 @@ pub(crate) async fn run(ev: Events, watch: String) {
             .expect("windows")
             .retain(|w| w.end.is_none_or(|e| e + settle_us >= now - 60_000_000));
         let last = rows.last().map_or(cursor, |r| r.seq);
-        let eligible: Vec<EventRow> = rows
+        let eligible: Vec<(i64, NewEvent)> = rows
             .into_iter()
-            .filter(|r| {
-                let kind_ok = Kind::parse(&r.event.kind).is_some_and(|k| spec.events.contains(&k));
+            .filter_map(|r| match r.event {
+                LoggedEvent::File(e) => Some((r.seq, e)),
+                LoggedEvent::Lifecycle(_) => None,
+            })
+            .filter(|(seq, e)| {
+                let kind_ok = Kind::parse(&e.kind).is_some_and(|k| spec.events.contains(&k));
                 if !kind_ok {
                     return false;
                 }
@@ -141,18 +149,18 @@ pub(crate) async fn run(ev: Events, watch: String) {
                     .lock()
                     .expect("windows")
                     .iter()
-                    .any(|w| w.covers(&r.event.path, r.event.time, settle_us));
+                    .any(|w| w.covers(&e.path, e.time, settle_us));
                 if attributed {
-                    tracing::info!(watch, seq = r.seq, path = %r.event.path, "trigger: event caused by its own container; not fired");
+                    tracing::info!(watch, seq, path = %e.path, "trigger: event caused by its own container; not fired");
                 }
                 !attributed
             })
             .collect();
-        let groups: Vec<Vec<EventRow>> = match spec.mode {
+        let groups: Vec<Vec<(i64, NewEvent)>> = match spec.mode {
             TriggerMode::Event => eligible.into_iter().map(|r| vec![r]).collect(),
             TriggerMode::Batch => eligible
                 .chunks(spec.max_batch as usize)
-                .map(<[EventRow]>::to_vec)
+                .map(<[(i64, NewEvent)]>::to_vec)
                 .collect(),
         };
         for group in groups {
@@ -169,10 +177,10 @@ async fn fire(
     manager: &inarray_runtime::Manager,
     watch: &str,
     spec: &TriggerSpec,
-    group: Vec<EventRow>,
+    group: Vec<(i64, NewEvent)>,
     windows: &Arc<Mutex<Vec<Window>>>,
 ) {
-    let Some(first) = group.first().map(|r| r.seq) else {
+    let Some(first) = group.first().map(|r| r.0) else {
         return;
     };
     let name = container_name(watch, first);
@@ -181,7 +189,10 @@ async fn fire(
         Ok(_) => {}
         Err(e) => tracing::error!(watch, error = %e, "trigger: cannot look the container up"),
     }
-    let events: Vec<Event> = group.into_iter().map(Event::from_row).collect();
+    let events: Vec<Event> = group
+        .into_iter()
+        .map(|(seq, e)| Event::from_file(seq, e))
+        .collect();
     let mut cfg = spec.container.clone();
     cfg.name = Some(name.clone());
     match spec.mode {
@@ -255,6 +266,7 @@ mod tests {
         assert_eq!(container_name(&"x".repeat(128), 1).len(), 100 + 5);
         let e = Event {
             seq: 3,
+            r#type: "file.close_write".into(),
             watch: "w".into(),
             kind: Kind::CloseWrite,
             path: "in/$(reboot); `x`".into(),

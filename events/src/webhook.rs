@@ -98,8 +98,8 @@ pub(crate) async fn run(ev: Events, name: String, spec: WebhookSpec) {
         let (Some(first), Some(last)) = (d.events.first(), d.events.last()) else {
             continue;
         };
-        let range = format!("{}-{}", first.seq, last.seq);
-        let last = last.seq;
+        let range = format!("{}-{}", first.seq(), last.seq());
+        let last = last.seq();
         let body = Bytes::from(serde_json::to_vec(&d.events).unwrap_or_default());
         let mut backoff = BACKOFF_START;
         loop {

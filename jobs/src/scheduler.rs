@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use inarray_runtime::events::{EventType, LifecycleEvent};
 use inarray_runtime::RestartPolicy;
 use inarray_store::{
     ContainerState, HistoryLimits, JobBatch, JobRow, NewRun, RunRow, RunState, RunTrigger,
@@ -126,6 +127,8 @@ struct Inner {
     starts: Semaphore,
     started: AtomicBool,
     stopping: AtomicBool,
+    /// Where the jobs' lifecycle events go (`set_event_sink`; none: not recorded).
+    events: std::sync::OnceLock<inarray_runtime::events::Sink>,
 }
 
 /// A job's definition as the scheduler keeps it. The parsed schedule is not kept: croner's parsed
@@ -348,7 +351,43 @@ impl Jobs {
                 wake: Notify::new(),
                 started: AtomicBool::new(false),
                 stopping: AtomicBool::new(false),
+                events: std::sync::OnceLock::new(),
             }),
+        }
+    }
+
+    /// Sends the jobs' lifecycle events (`job.fire`, `job.run_start`, `job.run_end`) to `sink`
+    /// from now on; set once, before [`Jobs::start`].
+    pub fn set_event_sink(&self, sink: inarray_runtime::events::Sink) {
+        let _ = self.inner.events.set(sink);
+    }
+
+    /// Records a job's event (at once, in order); the future completes once it is durable.
+    fn emit(
+        &self,
+        kind: EventType,
+        run: &RunRow,
+        f: impl FnOnce(LifecycleEvent) -> LifecycleEvent,
+    ) -> inarray_runtime::events::Recorded {
+        match self.inner.events.get() {
+            Some(sink) => sink.record(f(LifecycleEvent::new(kind, &run.job, &run.job)
+                .at(self.now())
+                .with("run_id", run.id)
+                .with("attempt", run.attempt))),
+            None => Box::pin(async {}),
+        }
+    }
+
+    /// `job.fire` for each run a fire recorded (pending, or skipped or missed: history only).
+    /// Not waited for: the runs' later events come after them in the log all the same.
+    pub(crate) fn fired(&self, runs: &[RunRow]) {
+        for run in runs {
+            drop(self.emit(EventType::JobFire, run, |e| {
+                e.with("scheduled_at", run.scheduled_at.to_rfc3339())
+                    .with("trigger", run.trigger.as_str())
+                    .with("state", run.state.as_str())
+                    .with("error", run.error.clone())
+            }));
         }
     }
 
@@ -576,6 +615,7 @@ impl Jobs {
                     "job {name} already has runs for {at} and just before"
                 )));
             };
+            self.fired(std::slice::from_ref(&run));
             let fired_at = self.now();
             let (tx, rx) = oneshot::channel();
             let mut st = self.state();
@@ -742,6 +782,7 @@ impl Jobs {
             }
         };
         let fired_at = self.now();
+        self.fired(&inserted);
         if let Some(first) = batch.runs.iter().map(|r| r.scheduled_at).min() {
             tracing::debug!(
                 fires = batch.runs.len(),
@@ -960,6 +1001,10 @@ impl Jobs {
                                 fired_at: ctl.fired_at.take(),
                             })
                             .await?;
+                        self.emit(EventType::JobRunStart, run, |e| {
+                            e.with("container_id", id.as_str())
+                        })
+                        .await;
                         ctl.tell_started();
                         (id, at)
                     }
@@ -1049,6 +1094,7 @@ impl Jobs {
         error: Option<String>,
         ctl: &mut Ctl,
     ) -> Result<()> {
+        let (cid, err) = (container_id.clone(), error.clone());
         self.inner
             .store
             .update_run(&RunUpdate::Finished {
@@ -1061,6 +1107,13 @@ impl Jobs {
                 fired_at: ctl.fired_at.take(),
             })
             .await?;
+        self.emit(EventType::JobRunEnd, run, |e| {
+            e.with("state", state.as_str())
+                .with("container_id", cid)
+                .with("exit_code", exit_code)
+                .with("error", err)
+        })
+        .await;
         Ok(())
     }
 

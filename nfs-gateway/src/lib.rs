@@ -48,7 +48,7 @@ use tokio::net::TcpListener;
 
 pub use exports::{Access, ClientRule, ExportPatch, ExportSpec, Invalid, Squash};
 pub use metrics::{ExportMetrics, Metrics, ProcedureMetrics, LATENCY_BOUNDS_US, PROCEDURES};
-pub use service::{Export, ExportError, Exports};
+pub use service::{ChangeHook, Export, ExportChange, ExportError, Exports};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NfsError {

@@ -49,7 +49,27 @@ pub enum ExportError {
 pub struct Exports {
     store: Store,
     changed: Arc<Notify>,
+    /// Told of every change once it is in SQL (the daemon records a lifecycle event).
+    hook: Arc<std::sync::OnceLock<ChangeHook>>,
 }
+
+/// A change of an export: `action` is `create`, `update` or `delete`; `origin` is `api` or
+/// `config` (the config file, at start or on SIGHUP).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExportChange {
+    pub action: &'static str,
+    pub name: String,
+    /// Relative to the array root (None for a delete).
+    pub path: Option<String>,
+    pub origin: &'static str,
+}
+
+/// Called with each change; the future completes once it is recorded.
+pub type ChangeHook = Arc<
+    dyn Fn(ExportChange) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
 
 fn stored(row: &ExportRow) -> Result<Export, ExportError> {
     Ok(Export {
@@ -67,6 +87,30 @@ impl Exports {
         Self {
             store,
             changed: Arc::new(Notify::new()),
+            hook: Arc::default(),
+        }
+    }
+
+    /// Tells `hook` of every change from now on (set once).
+    pub fn on_change(&self, hook: ChangeHook) {
+        let _ = self.hook.set(hook);
+    }
+
+    async fn tell(
+        &self,
+        action: &'static str,
+        name: &str,
+        path: Option<&str>,
+        origin: &'static str,
+    ) {
+        if let Some(hook) = self.hook.get() {
+            hook(ExportChange {
+                action,
+                name: name.to_owned(),
+                path: path.map(str::to_owned),
+                origin,
+            })
+            .await;
         }
     }
 
@@ -114,6 +158,8 @@ impl Exports {
                 other => other.into(),
             })?;
         self.notify();
+        self.tell("create", &spec.name, Some(&spec.path), "api")
+            .await;
         stored(&row)
     }
 
@@ -127,6 +173,8 @@ impl Exports {
             .await?
             .ok_or_else(|| ExportError::NotFound(name.to_owned()))?;
         self.notify();
+        self.tell("update", &spec.name, Some(&spec.path), "api")
+            .await;
         stored(&row)
     }
 
@@ -136,6 +184,7 @@ impl Exports {
             return Err(ExportError::NotFound(name.to_owned()));
         }
         self.notify();
+        self.tell("delete", name, None, "api").await;
         Ok(())
     }
 
@@ -167,10 +216,14 @@ impl Exports {
                 None => {
                     store.insert_export(spec.as_new(&rows)).await?;
                     tracing::info!(export = %spec.name, "nfs export added from the config file");
+                    self.tell("create", &spec.name, Some(&spec.path), "config")
+                        .await;
                 }
                 Some(row) if ExportSpec::try_from(&row).ok().as_ref() != Some(spec) => {
                     store.update_export(spec.as_new(&rows)).await?;
                     tracing::info!(export = %spec.name, "nfs export updated from the config file");
+                    self.tell("update", &spec.name, Some(&spec.path), "config")
+                        .await;
                 }
                 Some(_) => {}
             }
@@ -180,6 +233,7 @@ impl Exports {
             if row.from_config && !valid.iter().any(|s| s.name == row.name) {
                 store.delete_export(&row.name).await?;
                 tracing::info!(export = %row.name, "nfs export removed from the config file: deleted");
+                self.tell("delete", &row.name, None, "config").await;
             }
         }
         self.notify();
@@ -259,6 +313,45 @@ mod tests {
             Err(ExportError::NotFound(_))
         ));
         assert!(x.list().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn every_change_is_told_once_it_is_stored() {
+        let (_dir, x) = service().await;
+        let seen: Arc<std::sync::Mutex<Vec<ExportChange>>> = Arc::default();
+        let hook: ChangeHook = {
+            let seen = seen.clone();
+            Arc::new(move |c| {
+                seen.lock().unwrap().push(c);
+                Box::pin(async {})
+            })
+        };
+        x.on_change(hook);
+        x.create(spec("a", "data")).await.unwrap();
+        assert!(
+            x.create(spec("a", "data")).await.is_err(),
+            "refused: not told"
+        );
+        x.update("a", ExportPatch::default()).await.unwrap();
+        x.apply_config(&[spec("f", "data")]).await.unwrap();
+        x.apply_config(&[]).await.unwrap();
+        x.delete("a").await.unwrap();
+        let got: Vec<(&str, String, &str)> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| (c.action, c.name.clone(), c.origin))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("create", "a".into(), "api"),
+                ("update", "a".into(), "api"),
+                ("create", "f".into(), "config"),
+                ("delete", "f".into(), "config"),
+                ("delete", "a".into(), "api"),
+            ]
+        );
     }
 
     #[tokio::test]

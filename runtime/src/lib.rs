@@ -10,6 +10,7 @@
 pub mod cgroups;
 pub mod config;
 pub mod engines;
+pub mod events;
 pub mod health;
 mod ioguard;
 mod launcher;

@@ -1,4 +1,5 @@
-//! CLI: file events (`inarray watch add|ls|rm`, `inarray events tail`).
+//! CLI: file events (`inarray watch add|ls|rm`) and the log of file and lifecycle events
+//! (`inarray events tail [--type …]`).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -45,6 +46,11 @@ pub enum EventsCmd {
         /// Start at the log's beginning (without --subscription).
         #[arg(long)]
         all: bool,
+        /// Event types (repeatable; without --subscription, whose own types apply): file,
+        /// container, job, image, export, one type (container.die, job.run_end) or `*`.
+        /// Default: file.
+        #[arg(long = "type", value_name = "TYPE")]
+        types: Vec<String>,
     },
 }
 
@@ -113,7 +119,19 @@ pub async fn watch(c: &Client, as_json: bool, cmd: WatchCmd) -> Result<ExitCode>
 }
 
 pub async fn events(c: &Client, cmd: EventsCmd) -> Result<ExitCode> {
-    let EventsCmd::Tail { subscription, all } = cmd;
+    let EventsCmd::Tail {
+        subscription,
+        all,
+        types,
+    } = cmd;
+    if subscription.is_some() && !types.is_empty() {
+        anyhow::bail!("--type: a subscription delivers its own types (set when it is made)");
+    }
+    let types = if types.is_empty() {
+        String::new()
+    } else {
+        format!("&types={}", enc(&types.join(",")))
+    };
     match subscription {
         Some(name) => loop {
             let path = format!("/v1/subscriptions/{}/events?wait=30&max=1000", enc(&name));
@@ -150,7 +168,7 @@ pub async fn events(c: &Client, cmd: EventsCmd) -> Result<ExitCode> {
                             let v = c
                                 .json(
                                     Method::GET,
-                                    &format!("/v1/events?after={after}&max=10000"),
+                                    &format!("/v1/events?after={after}&max=10000{types}"),
                                     None,
                                 )
                                 .await?;
@@ -170,7 +188,7 @@ pub async fn events(c: &Client, cmd: EventsCmd) -> Result<ExitCode> {
                 let v = c
                     .json(
                         Method::GET,
-                        &format!("/v1/events?after={after}&max=1000&wait=30"),
+                        &format!("/v1/events?after={after}&max=1000&wait=30{types}"),
                         None,
                     )
                     .await?;

@@ -6,6 +6,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::QueryBuilder;
 
+use crate::lifecycle::NewLifecycleEvent;
 use crate::{unique_conflict, Result, Store};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,8 +36,34 @@ pub struct NewEvent {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EventRow {
     pub seq: i64,
-    pub event: NewEvent,
+    pub event: LoggedEvent,
 }
+
+/// What a row of the log holds: a file event, or a lifecycle event (`lifecycle.rs`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LoggedEvent {
+    File(NewEvent),
+    Lifecycle(NewLifecycleEvent),
+}
+
+/// Which events a read returns: those of `types` (empty: every type), and among file events
+/// only those of `watches` (empty: every watch).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EventFilter<'a> {
+    pub watches: &'a [String],
+    pub types: &'a [TypeMatch],
+}
+
+/// `object` alone (`container`: every action), or one action of it (`container` + `die`).
+/// File events are the object type [`FILE`], their kinds its actions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TypeMatch {
+    pub object: String,
+    pub action: Option<String>,
+}
+
+/// The object type of file events.
+pub const FILE: &str = "file";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SubscriptionRow {
@@ -47,6 +74,8 @@ pub struct SubscriptionRow {
     pub ack_deadline_ms: i64,
     /// JSON of the webhook settings, if any.
     pub webhook: Option<String>,
+    /// The types it delivers (`file`, `container`, `job.run_end`, `*`, …).
+    pub types: Vec<String>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -59,9 +88,29 @@ const ROWS_PER_STATEMENT: usize = 1000;
 
 fn event_from(r: &sqlx::sqlite::SqliteRow) -> Result<EventRow> {
     use sqlx::Row;
+    let object: String = r.try_get("type")?;
+    if object != FILE {
+        return Ok(EventRow {
+            seq: r.try_get("seq")?,
+            event: LoggedEvent::Lifecycle(NewLifecycleEvent {
+                object,
+                action: r.try_get("kind")?,
+                id: r
+                    .try_get::<Option<String>, _>("object_id")?
+                    .unwrap_or_default(),
+                name: r
+                    .try_get::<Option<String>, _>("object_name")?
+                    .unwrap_or_default(),
+                attributes: r
+                    .try_get::<Option<String>, _>("attributes")?
+                    .unwrap_or_else(|| "{}".into()),
+                time: r.try_get("time")?,
+            }),
+        });
+    }
     Ok(EventRow {
         seq: r.try_get("seq")?,
-        event: NewEvent {
+        event: LoggedEvent::File(NewEvent {
             watch: r.try_get("watch")?,
             kind: r.try_get("kind")?,
             path: r.try_get("path")?,
@@ -70,19 +119,21 @@ fn event_from(r: &sqlx::sqlite::SqliteRow) -> Result<EventRow> {
             size: r.try_get("size")?,
             mtime: r.try_get("mtime")?,
             time: r.try_get("time")?,
-        },
+        }),
     })
 }
 
 fn subscription_from(r: &sqlx::sqlite::SqliteRow) -> Result<SubscriptionRow> {
     use sqlx::Row;
     let watches: String = r.try_get("watches")?;
+    let types: String = r.try_get("types")?;
     Ok(SubscriptionRow {
         name: r.try_get("name")?,
         watches: crate::parse_json("subscription watches", &watches)?,
         acked: r.try_get("acked")?,
         ack_deadline_ms: r.try_get("ack_deadline_ms")?,
         webhook: r.try_get("webhook")?,
+        types: crate::parse_json("subscription types", &types)?,
         created_at: r.try_get("created_at")?,
     })
 }
@@ -238,31 +289,37 @@ impl Store {
         Ok(seq)
     }
 
-    /// Up to `limit` events with seq > `after`, in order; only those of `watches` unless empty.
+    /// Up to `limit` events with seq > `after` that pass `filter`, in order.
     pub async fn events_after(
         &self,
         after: i64,
-        watches: &[String],
+        filter: EventFilter<'_>,
         limit: u32,
     ) -> Result<Vec<EventRow>> {
-        let rows = if watches.is_empty() {
-            sqlx::query("SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT ?")
-                .bind(after)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?
-        } else {
-            let names = serde_json::to_string(watches).unwrap_or_else(|_| "[]".into());
-            sqlx::query(
-                "SELECT * FROM events WHERE seq > ? AND watch IN (SELECT value FROM json_each(?))
-                 ORDER BY seq LIMIT ?",
-            )
-            .bind(after)
-            .bind(names)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?
-        };
+        let mut qb = QueryBuilder::new("SELECT * FROM events WHERE seq > ");
+        qb.push_bind(after);
+        if !filter.types.is_empty() {
+            qb.push(" AND (");
+            for (i, t) in filter.types.iter().enumerate() {
+                if i > 0 {
+                    qb.push(" OR ");
+                }
+                qb.push("(type = ").push_bind(t.object.as_str());
+                if let Some(a) = &t.action {
+                    qb.push(" AND kind = ").push_bind(a.as_str());
+                }
+                qb.push(")");
+            }
+            qb.push(")");
+        }
+        if !filter.watches.is_empty() {
+            let names = serde_json::to_string(filter.watches).unwrap_or_else(|_| "[]".into());
+            qb.push(" AND (type <> 'file' OR watch IN (SELECT value FROM json_each(")
+                .push_bind(names)
+                .push(")))");
+        }
+        qb.push(" ORDER BY seq LIMIT ").push_bind(limit);
+        let rows = qb.build().fetch_all(&self.pool).await?;
         rows.iter().map(event_from).collect()
     }
 
@@ -303,14 +360,15 @@ impl Store {
 
     pub async fn insert_subscription(&self, s: &SubscriptionRow) -> Result<()> {
         sqlx::query(
-            "INSERT INTO subscriptions (name, watches, acked, ack_deadline_ms, webhook, created_at)
-             VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO subscriptions (name, watches, acked, ack_deadline_ms, webhook, types,
+               created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&s.name)
         .bind(serde_json::to_string(&s.watches).unwrap_or_else(|_| "[]".into()))
         .bind(s.acked)
         .bind(s.ack_deadline_ms)
         .bind(&s.webhook)
+        .bind(serde_json::to_string(&s.types).unwrap_or_else(|_| "[]".into()))
         .bind(s.created_at)
         .execute(&self.pool)
         .await
@@ -367,12 +425,13 @@ mod tests {
         assert_eq!(s.last_event_seq().await.unwrap(), 0);
         let batch: Vec<_> = (0..2500).map(|i| ev("w", &format!("f{i}"), i)).collect();
         assert_eq!(s.append_events(&batch).await.unwrap(), 2500);
-        let got = s.events_after(0, &[], 5000).await.unwrap();
+        let got = s
+            .events_after(0, EventFilter::default(), 5000)
+            .await
+            .unwrap();
         assert_eq!(got.len(), 2500);
-        assert!(got
-            .iter()
-            .enumerate()
-            .all(|(i, e)| e.seq == i as i64 + 1 && e.event.path == format!("f{i}")));
+        assert!(got.iter().enumerate().all(|(i, e)| e.seq == i as i64 + 1
+            && matches!(&e.event, LoggedEvent::File(f) if f.path == format!("f{i}"))));
         // Retention empties the log; seqs go on.
         assert_eq!(s.prune_events(Some(10_000), None).await.unwrap(), 2500);
         assert_eq!(s.append_events(&[ev("v", "x", 1)]).await.unwrap(), 2501);
@@ -381,7 +440,12 @@ mod tests {
         s.append_events(&[ev("w", "y", 1), ev("v", "z", 1)])
             .await
             .unwrap();
-        let v = s.events_after(0, &["v".into()], 10).await.unwrap();
+        let watches = ["v".to_string()];
+        let only_v = EventFilter {
+            watches: &watches,
+            types: &[],
+        };
+        let v = s.events_after(0, only_v, 10).await.unwrap();
         assert_eq!(
             v.iter().map(|e| e.seq).collect::<Vec<_>>(),
             vec![2501, 2503]
@@ -404,6 +468,7 @@ mod tests {
             acked: 5,
             ack_deadline_ms: 1000,
             webhook: None,
+            types: vec!["file".into()],
             created_at: Utc::now(),
         };
         s.insert_subscription(&sub).await.unwrap();

@@ -12,6 +12,7 @@ mod execs;
 mod exports;
 mod images;
 mod jobs;
+mod lifecycle;
 pub mod names;
 mod registries;
 
@@ -26,11 +27,15 @@ pub use access::{AuditRow, NewAudit, TokenRow};
 pub use boots::{BootChange, BootRow};
 pub use containers::{ContainerRow, ContainerState, ExitUpdate, NewContainer};
 pub use engines::EngineRow;
-pub use events::{EventRow, NewEvent, StateEntry, SubscriptionRow, WatchRow};
+pub use events::{
+    EventFilter, EventRow, LoggedEvent, NewEvent, StateEntry, SubscriptionRow, TypeMatch, WatchRow,
+    FILE,
+};
 pub use execs::ExecRow;
 pub use exports::{ExportClientRow, ExportRow, NewExport};
 pub use images::{ImageRow, NewImage};
 pub use jobs::{HistoryLimits, JobBatch, JobRow, NewRun, RunRow, RunState, RunTrigger, RunUpdate};
+pub use lifecycle::NewLifecycleEvent;
 pub use registries::RegistryCredentialRow;
 
 #[derive(Debug, thiserror::Error)]

@@ -223,6 +223,7 @@ impl Jobs {
 
         // 3. One transaction for all of it, then the tasks and the queue.
         let inserted = store.commit_job_batch(&batch, self.now()).await?;
+        self.fired(&inserted);
         drive.extend(
             inserted
                 .into_iter()

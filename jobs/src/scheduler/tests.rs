@@ -1152,3 +1152,57 @@ fn a_stored_definition_that_no_longer_parses_is_reported_and_never_fires() {
     assert_eq!(fixed.unwrap().next_fire, Some(at(86400.0)));
     d.kill9();
 }
+
+/// Keeps the lifecycle events recorded, in order.
+#[derive(Default)]
+struct Recording(Mutex<Vec<inarray_runtime::events::LifecycleEvent>>);
+
+impl inarray_runtime::events::EventSink for Recording {
+    fn record(
+        &self,
+        event: inarray_runtime::events::LifecycleEvent,
+    ) -> inarray_runtime::events::Recorded {
+        self.0.lock().unwrap().push(event);
+        Box::pin(async {})
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fires_and_runs_are_lifecycle_events_in_order() {
+    let env = Env::new().await;
+    let sink = Arc::new(Recording::default());
+    env.jobs.set_event_sink(sink.clone());
+    env.jobs
+        .create(spec("ev", "* * * * * *", &["fail", "3"], json!({})))
+        .await
+        .unwrap();
+    env.to(1.0);
+    until_run(&env.jobs, "ev", at(1.0), 0, RunState::Failed).await;
+    let manual = env.jobs.run_now("ev").await.unwrap();
+    until_run(&env.jobs, "ev", manual.scheduled_at, 0, RunState::Failed).await;
+    let events = sink.0.lock().unwrap().clone();
+    let of_run = |id: i64| {
+        events
+            .iter()
+            .filter(|e| e.attributes["run_id"] == json!(id))
+            .map(|e| e.kind.as_string())
+            .collect::<Vec<_>>()
+    };
+    let first = runs(&env.jobs, "ev").await[0].id;
+    for id in [first, manual.id] {
+        assert_eq!(of_run(id), ["job.fire", "job.run_start", "job.run_end"]);
+    }
+    let end = events
+        .iter()
+        .find(|e| e.kind == inarray_runtime::events::EventType::JobRunEnd)
+        .unwrap();
+    assert_eq!((end.id.as_str(), end.name.as_str()), ("ev", "ev"));
+    assert_eq!(end.attributes["state"], json!("failed"));
+    assert_eq!(end.attributes["exit_code"], json!(3));
+    assert_eq!(end.time, at(1.0), "the scheduler's clock");
+    let fire = events
+        .iter()
+        .find(|e| e.attributes["run_id"] == json!(manual.id))
+        .unwrap();
+    assert_eq!(fire.attributes["trigger"], json!("manual"));
+}

@@ -22,6 +22,7 @@ use inarray_store::{BootChange, BootRow, ContainerRow, ContainerState, ExitUpdat
 use super::{internal, Manager, ReconcileReport, Result};
 use crate::config::{ContainerConfig, RestartPolicy};
 use crate::engines;
+use crate::events::EventType;
 use crate::supervisor;
 
 /// The reason recorded for a run the node's reboot (or a failover) ended.
@@ -129,6 +130,8 @@ impl Manager {
         let mut starts: Vec<&ContainerRow> = Vec::new();
         // `auto_remove` containers the reboot ended: removed once that is recorded.
         let mut removals: Vec<String> = Vec::new();
+        // The events of what the reboot did, recorded once the boot is.
+        let mut events = Vec::new();
         for row in &rows {
             let cfg: ContainerConfig =
                 serde_json::from_str(&row.spec).map_err(|e| internal("stored spec", e))?;
@@ -167,6 +170,20 @@ impl Manager {
             };
             let again = starts_at_boot(cfg.restart, row.state, exit.exit_code, row.stop_requested);
             if interrupted {
+                events.push(
+                    self.container_event(EventType::ContainerDie, row)
+                        .with("exit_code", exit.exit_code)
+                        .with("oom_killed", exit.oom_killed)
+                        .with("error", REBOOTED),
+                );
+            }
+            if again {
+                events.push(
+                    self.container_event(EventType::ContainerRestart, row)
+                        .with("reason", "boot"),
+                );
+            }
+            if interrupted {
                 report.exited += 1;
                 // Nothing is left on a rebooted node; a failover's partner never had any.
                 let _ = self.cleanup_cgroups(&row.id);
@@ -193,6 +210,10 @@ impl Manager {
             });
         }
         self.inner.store.record_boot(boot, &changes).await?;
+        let recorded: Vec<_> = events.into_iter().map(|e| self.emit(e)).collect();
+        for r in recorded {
+            r.await;
+        }
         for c in &changes {
             self.changed(&c.id);
         }

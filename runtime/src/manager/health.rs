@@ -13,6 +13,7 @@ use tokio::io::AsyncReadExt;
 
 use super::{new_id, Manager};
 use crate::config::ContainerConfig;
+use crate::events::EventType;
 use crate::health::{self, Health, HealthStatus, Probe, ProbeResult, MAX_OUTPUT};
 use crate::spec::ImageDefaults;
 
@@ -37,11 +38,16 @@ impl Manager {
                     .map_err(|e| e.to_string()),
                 _ => return,
             };
+            // The status this run had before a daemon restart, if it was recorded.
+            let mut health = Health::new();
+            if let Some(status) = this.saved_health(&id, run_started).await {
+                health.status = status;
+            }
             this.inner
                 .health
                 .lock()
                 .expect("health")
-                .insert(id.clone(), Health::new());
+                .insert(id.clone(), health);
             let started = Instant::now();
             loop {
                 tokio::time::sleep(probe.interval).await;
@@ -61,10 +67,21 @@ impl Manager {
                 };
                 if let Some(status) = changed {
                     tracing::info!(container = %row.name, status = status.as_str(), "health");
+                    this.save_health(&id, run_started, status).await;
+                    let streak = this.health(&id).map_or(0, |h| h.failing_streak);
+                    this.emit(
+                        this.container_event(EventType::ContainerHealthStatus, &row)
+                            .with("status", status.as_str())
+                            .with("failing_streak", streak),
+                    )
+                    .await;
                     this.changed(&id);
                     if status == HealthStatus::Unhealthy && probe.restart_on_unhealthy {
                         tracing::warn!(container = %row.name, "unhealthy: restarting it");
-                        if let Err(e) = this.restart(&id, Duration::from_secs(10)).await {
+                        let restarted = this
+                            .restart_because(&id, Duration::from_secs(10), "unhealthy")
+                            .await;
+                        if let Err(e) = restarted {
                             tracing::error!(container = %row.name, error = %e, "restart failed");
                         }
                         return;
@@ -73,6 +90,31 @@ impl Manager {
             }
             this.inner.health.lock().expect("health").remove(&id);
         });
+    }
+
+    /// The health status recorded for the run that started at `run` (None: another run's, or
+    /// none recorded).
+    async fn saved_health(
+        &self,
+        id: &str,
+        run: Option<chrono::DateTime<Utc>>,
+    ) -> Option<HealthStatus> {
+        let json = self.inner.store.container_health(id).await.ok()??;
+        let saved: SavedHealth = serde_json::from_str(&json).ok()?;
+        (saved.run == run).then_some(saved.status)
+    }
+
+    /// Records a run's health status, so that a daemon restart keeps it.
+    async fn save_health(
+        &self,
+        id: &str,
+        run: Option<chrono::DateTime<Utc>>,
+        status: HealthStatus,
+    ) {
+        let json = serde_json::to_string(&SavedHealth { status, run }).unwrap_or_default();
+        if let Err(e) = self.inner.store.set_container_health(id, Some(&json)).await {
+            tracing::warn!(container = %id, error = %e, "cannot record the health status");
+        }
     }
 
     /// The probe of a container (None without one) and the start time of its current run.
@@ -165,4 +207,12 @@ impl Manager {
             output: String::from_utf8_lossy(&output).into_owned(),
         }
     }
+}
+
+/// A run's health status as recorded in its container's row.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedHealth {
+    status: HealthStatus,
+    /// When the run started (the row's `started_at`).
+    run: Option<chrono::DateTime<Utc>>,
 }

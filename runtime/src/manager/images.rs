@@ -17,6 +17,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use super::{internal, Manager, ManagerError, Result};
 use crate::config::{InvalidField, PullPolicy};
+use crate::events::{EventType, LifecycleEvent};
 
 /// Removes a pull from the in-flight map when dropped.
 struct Unregister {
@@ -97,7 +98,9 @@ impl Manager {
         .map_err(|e| internal("import task", e))??;
         let mut out = Vec::new();
         for img in imported {
-            out.push(self.record_image(&img).await?);
+            let row = self.record_image(&img).await?;
+            self.emit(image_event(EventType::ImageImport, &row)).await;
+            out.push(row);
         }
         Ok(out)
     }
@@ -331,6 +334,11 @@ impl Manager {
             message: format!("cannot record the pulled image: {e}"),
         })?;
         tracing::info!(reference = %r, id = %img.id, ms = started.elapsed().as_millis() as u64, "pulled image");
+        self.emit(
+            LifecycleEvent::new(EventType::ImagePull, &row.id, r.to_string())
+                .with("names", row.names.clone()),
+        )
+        .await;
         Ok(row)
     }
 
@@ -433,6 +441,8 @@ impl Manager {
                 continue;
             }
             self.inner.store.delete_image(&img.id).await?;
+            self.emit(image_event(EventType::ImageDelete, &img).with("reason", "prune"))
+                .await;
             report.images.push(PrunedImage {
                 id: img.id,
                 names: img.names,
@@ -548,6 +558,8 @@ impl Manager {
         };
         if let Some(name) = name.filter(|_| img.names.len() > 1) {
             self.inner.store.untag_image(&name).await?;
+            self.emit(LifecycleEvent::new(EventType::ImageUntag, &img.id, &name))
+                .await;
             return Ok(ImageRemoval::Untagged(name));
         }
         let users = self.inner.store.image_users(&img.id).await?;
@@ -559,6 +571,7 @@ impl Manager {
         }
         let _exclusive = self.gc_exclusive().await?;
         self.inner.store.delete_image(&img.id).await?;
+        self.emit(image_event(EventType::ImageDelete, &img)).await;
         self.gc_locked().await?;
         Ok(ImageRemoval::Deleted(img.id))
     }
@@ -589,4 +602,10 @@ pub enum ImageRemoval {
     Untagged(String),
     /// The image (this id) and everything only it used went.
     Deleted(String),
+}
+
+/// An image's event: named by its first name (none: its id), with all its names.
+fn image_event(kind: EventType, img: &ImageRow) -> LifecycleEvent {
+    let name = img.names.first().cloned().unwrap_or_else(|| img.id.clone());
+    LifecycleEvent::new(kind, &img.id, name).with("names", img.names.clone())
 }

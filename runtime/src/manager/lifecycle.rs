@@ -17,6 +17,7 @@ use super::{
 };
 use crate::config::{ContainerConfig, InvalidField};
 use crate::engines;
+use crate::events::EventType;
 use crate::resources::Resources;
 use crate::spec::{self, ImageDefaults, SpecContext};
 use inarray_shim::protocol::{ShimConfig, StdioConfig};
@@ -81,6 +82,11 @@ impl Manager {
                 e => e.into(),
             })?;
         drop(gc_shared);
+        self.emit(
+            self.container_event(EventType::ContainerCreate, &row)
+                .with("engine", engine),
+        )
+        .await;
         if !cfg.start {
             return Ok(row);
         }
@@ -309,8 +315,14 @@ impl Manager {
                         rec.shim_start as i64,
                     )
                     .await?;
+                // Before the monitor exists: its `die` comes after this `start`.
+                let durable = self.emit(
+                    self.container_event(EventType::ContainerStart, row)
+                        .with("pid", rec.pid),
+                );
                 self.changed(id);
                 self.monitor(id.to_owned(), rec, Some(l.exited), Instant::now());
+                durable.await;
                 self.get(id).await
             }
             Err((message, source)) => {
@@ -328,7 +340,12 @@ impl Manager {
                         },
                     )
                     .await?;
+                let durable = self.emit(
+                    self.container_event(EventType::ContainerDie, row)
+                        .with("error", format!("cannot start: {message}")),
+                );
                 self.changed(id);
+                durable.await;
                 Err(ManagerError::Start { message, source })
             }
         }
@@ -399,7 +416,22 @@ impl Manager {
 
     /// Stops (if running) and starts again.
     pub async fn restart(&self, key: &str, timeout: Duration) -> Result<ContainerRow> {
+        self.restart_because(key, timeout, "api").await
+    }
+
+    /// [`Manager::restart`], its `container.restart` event saying why (`api`, `unhealthy`).
+    pub(super) async fn restart_because(
+        &self,
+        key: &str,
+        timeout: Duration,
+        reason: &str,
+    ) -> Result<ContainerRow> {
         let row = self.stop(key, timeout).await?;
+        self.emit(
+            self.container_event(EventType::ContainerRestart, &row)
+                .with("reason", reason),
+        )
+        .await;
         self.start(&row.id).await
     }
 
@@ -465,6 +497,8 @@ impl Manager {
         self.remove_files(&row.id)?;
         let t1 = Instant::now();
         self.inner.store.delete_container(&row.id).await?;
+        self.emit(self.container_event(EventType::ContainerDestroy, &row))
+            .await;
         tracing::debug!(
             container = %row.id,
             files_ms = (t1 - t0).as_secs_f64() * 1e3,

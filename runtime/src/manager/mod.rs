@@ -17,6 +17,8 @@ mod boot;
 mod boot_tests;
 mod engines;
 mod error;
+#[cfg(test)]
+mod events_tests;
 mod exec;
 mod health;
 mod images;
@@ -111,6 +113,8 @@ struct Inner {
     /// The last rows of containers auto-removed after their exit, newest last (at most
     /// [`REMEMBER_REMOVED`]): a waiter that wakes after the delete still learns the exit.
     removed: Mutex<std::collections::VecDeque<ContainerRow>>,
+    /// Where lifecycle events go (`set_event_sink`; none: not recorded).
+    events: std::sync::OnceLock<crate::events::Sink>,
 }
 
 /// How many auto-removed containers' last rows are remembered.
@@ -170,8 +174,34 @@ impl Manager {
                 config_credentials: Mutex::default(),
                 io_guard: Arc::default(),
                 removed: Mutex::default(),
+                events: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Sends lifecycle events (containers, images) to `sink` from now on; set once, before
+    /// [`Manager::reconcile`] so that what it records is reported too.
+    pub fn set_event_sink(&self, sink: crate::events::Sink) {
+        let _ = self.inner.events.set(sink);
+    }
+
+    /// Records a lifecycle event at once (in order with the others); the future completes once
+    /// it is durable.
+    fn emit(&self, event: crate::events::LifecycleEvent) -> crate::events::Recorded {
+        match self.inner.events.get() {
+            Some(sink) => sink.record(event),
+            None => Box::pin(async {}),
+        }
+    }
+
+    /// A container's event with its image.
+    fn container_event(
+        &self,
+        kind: crate::events::EventType,
+        row: &ContainerRow,
+    ) -> crate::events::LifecycleEvent {
+        crate::events::LifecycleEvent::new(kind, &row.id, &row.name)
+            .with("image", row.image_ref.as_str())
     }
 
     /// Where a container's files live (its log, its records).

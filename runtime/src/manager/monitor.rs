@@ -11,6 +11,7 @@ use inarray_store::{BootRow, ContainerState, ExitUpdate};
 
 use super::{internal, shim_record, Manager, NodeBoot, Result, Since};
 use crate::config::ContainerConfig;
+use crate::events::EventType;
 use crate::launcher::Pending;
 use crate::supervisor;
 use inarray_shim::protocol::ShimRecord;
@@ -97,6 +98,14 @@ impl Manager {
         };
         let cfg: ContainerConfig =
             serde_json::from_str(&row.spec).map_err(|e| internal("stored spec", e))?;
+        // Before the row says so: a waiter woken by the exit may delete the container at once,
+        // and its `destroy` must come after this `die`.
+        let died = self.emit(
+            self.container_event(EventType::ContainerDie, &row)
+                .with("exit_code", update.exit_code)
+                .with("oom_killed", update.oom_killed)
+                .with("error", update.error.clone()),
+        );
         let restart = update.state == ContainerState::Exited
             && cfg.restart.should_restart(
                 update.exit_code.unwrap_or(-1),
@@ -109,6 +118,7 @@ impl Manager {
             self.inner.streaks.lock().expect("streaks").remove(id);
             self.changed(id);
         }
+        died.await;
         if let Some(rec) = rec {
             let _ = tokio::time::timeout(SHIM_TEARDOWN, self.inner.launcher.wait_gone(rec)).await;
         }
@@ -143,6 +153,13 @@ impl Manager {
             )
             .await?;
         self.changed(id);
+        self.emit(
+            self.container_event(EventType::ContainerRestart, &row)
+                .with("reason", "policy")
+                .with("restart_count", row.restart_count + 1)
+                .with("delay_ms", delay.as_millis() as u64),
+        )
+        .await;
         drop(g);
         tracing::info!(container = %id, delay_ms = delay.as_millis() as u64, "restarting per policy");
         tokio::time::sleep(delay).await;

@@ -116,6 +116,11 @@ impl FakeLauncher {
         }
     }
 
+    /// The next spawn fails with `msg`.
+    pub(super) fn fail_next(&self, msg: &str) {
+        self.state.lock().unwrap().fail_next = Some(msg.into());
+    }
+
     /// Each spawn from now on takes `d` to report.
     pub(super) fn set_spawn_delay(&self, d: Duration) {
         self.state.lock().unwrap().spawn_delay = d;

@@ -14,6 +14,7 @@ mod images;
 mod jobs;
 pub mod names;
 mod registries;
+mod volumes;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -32,6 +33,7 @@ pub use exports::{ExportClientRow, ExportRow, NewExport};
 pub use images::{ImageRow, NewImage};
 pub use jobs::{HistoryLimits, JobBatch, JobRow, NewRun, RunRow, RunState, RunTrigger, RunUpdate};
 pub use registries::RegistryCredentialRow;
+pub use volumes::{NewVolume, SnapshotRow, VolumeRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

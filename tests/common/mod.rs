@@ -4,5 +4,6 @@
 
 pub mod daemon;
 pub mod image_builder;
+pub mod loopfs;
 pub mod registry;
 pub mod tmux;

@@ -23,6 +23,8 @@ mod images;
 mod io_guard;
 mod lifecycle;
 mod monitor;
+mod snapshots;
+mod volumes;
 #[cfg(test)]
 mod tests;
 
@@ -48,6 +50,7 @@ pub use error::{Cause, ManagerError, Result};
 pub use exec::{Attached, Attachment, ExecConfig, ExecInfo};
 pub use images::{ImageRemoval, PruneReport, PrunedImage};
 pub use monitor::{backoff, ReconcileReport};
+pub use volumes::{SnapshotInfo, UsedBy, VolumeInfo, VolumePatch, VolumeSpec};
 
 /// Fixed settings of a manager.
 #[derive(Clone, Debug)]
@@ -109,6 +112,10 @@ struct Inner {
     /// The last rows of containers auto-removed after their exit, newest last (at most
     /// [`REMEMBER_REMOVED`]): a waiter that wakes after the delete still learns the exit.
     removed: Mutex<std::collections::VecDeque<ContainerRow>>,
+    /// Array volumes on disk, by the array's filesystem (`volume_backend`).
+    volume_backend: Arc<dyn crate::volume_backend::VolumeBackend>,
+    /// Held by every change of volumes and snapshots (`volumes.rs`).
+    volume_lock: tokio::sync::Mutex<()>,
 }
 
 /// How many auto-removed containers' last rows are remembered.
@@ -135,6 +142,10 @@ impl Manager {
         opts: ManagerOptions,
     ) -> Result<Self> {
         let array = ArrayRoot::open(&opts.array_dir, &opts.protected)?;
+        let volume_backend = Arc::from(
+            crate::volume_backend::detect(&opts.array_dir)
+                .map_err(|e| internal("volume backend", e))?,
+        );
         let containers_root = opts.state_dir.join("containers");
         let runtime_root = opts.state_dir.join("rt");
         let trash = opts.state_dir.join("trash");
@@ -168,6 +179,8 @@ impl Manager {
                 config_credentials: Mutex::default(),
                 io_guard: Arc::default(),
                 removed: Mutex::default(),
+                volume_backend,
+                volume_lock: tokio::sync::Mutex::new(()),
             }),
         })
     }

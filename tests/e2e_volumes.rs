@@ -40,7 +40,10 @@ fn tree(dir: &Path) -> BTreeMap<String, String> {
                 stack.push(p);
                 "dir".into()
             } else {
-                format!("file {}", hex::encode(Sha256::digest(std::fs::read(&p).unwrap())))
+                format!(
+                    "file {}",
+                    hex::encode(Sha256::digest(std::fs::read(&p).unwrap()))
+                )
             };
             out.insert(rel, v);
         }
@@ -171,7 +174,10 @@ async fn volumes_api_cli_and_hostile_input_on_btrfs() {
     let (ok, out, err) = d.cli(&["volume", "create", "web", "--size", "32m", "--label", "t=1"]);
     assert!(ok, "{out}{err}");
     let (ok, out, err) = d.cli(&["volume", "ls"]);
-    assert!(ok && out.contains("web") && out.contains("db"), "{out}{err}");
+    assert!(
+        ok && out.contains("web") && out.contains("db"),
+        "{out}{err}"
+    );
     let (ok, out, _) = d.cli(&["volume", "inspect", "web"]);
     assert!(ok && out.contains("\"size\": 33554432"), "{out}");
     let (ok, _, err) = d.cli(&["volume", "create", "bad/name"]);
@@ -255,7 +261,10 @@ async fn containers_mount_volumes_quota_is_enforced_and_raised_live() {
     let written = std::fs::metadata(vol_dir(&d.array, "q").join("big"))
         .unwrap()
         .len();
-    assert!(written <= 17 << 20, "wrote {written} bytes past a 16 MiB quota");
+    assert!(
+        written <= 17 << 20,
+        "wrote {written} bytes past a 16 MiB quota"
+    );
 
     // In use: delete refused naming the container; used_by shows it.
     let m = d.fails(Method::DELETE, "/v1/volumes/q", None, 409).await;
@@ -313,15 +322,36 @@ async fn containers_mount_volumes_quota_is_enforced_and_raised_live() {
     std::os::unix::fs::symlink("../../..", vol_dir(&d.array, "q").join("up")).unwrap();
     std::os::unix::fs::symlink("/etc", vol_dir(&d.array, "q").join("abs")).unwrap();
     for (vol, field) in [
-        (json!({"volume": "q", "target": "/d", "subpath": "../../.."}), "subpath"),
-        (json!({"volume": "q", "target": "/d", "subpath": "sub/../.."}), "subpath"),
-        (json!({"volume": "q", "target": "/d", "subpath": "/etc"}), "subpath"),
-        (json!({"volume": "q", "target": "/d", "subpath": "up"}), "subpath"),
-        (json!({"volume": "q", "target": "/d", "subpath": "abs"}), "subpath"),
-        (json!({"volume": "q", "target": "/d", "subpath": "up/x", "create": true}), "subpath"),
+        (
+            json!({"volume": "q", "target": "/d", "subpath": "../../.."}),
+            "subpath",
+        ),
+        (
+            json!({"volume": "q", "target": "/d", "subpath": "sub/../.."}),
+            "subpath",
+        ),
+        (
+            json!({"volume": "q", "target": "/d", "subpath": "/etc"}),
+            "subpath",
+        ),
+        (
+            json!({"volume": "q", "target": "/d", "subpath": "up"}),
+            "subpath",
+        ),
+        (
+            json!({"volume": "q", "target": "/d", "subpath": "abs"}),
+            "subpath",
+        ),
+        (
+            json!({"volume": "q", "target": "/d", "subpath": "up/x", "create": true}),
+            "subpath",
+        ),
         (json!({"volume": "nope", "target": "/d"}), "volume"),
         (json!({"volume": "../x", "target": "/d"}), "volume"),
-        (json!({"volume": "q", "source": "x", "target": "/d"}), "volumes[0]"),
+        (
+            json!({"volume": "q", "source": "x", "target": "/d"}),
+            "volumes[0]",
+        ),
     ] {
         let m = d
             .fails(
@@ -503,11 +533,7 @@ async fn kill9_mid_change_leaves_each_volume_whole_or_gone() {
                     )
                     .await;
                 let _ = c
-                    .json(
-                        Method::POST,
-                        "/v1/volumes/base/snapshots/s0/restore",
-                        None,
-                    )
+                    .json(Method::POST, "/v1/volumes/base/snapshots/s0/restore", None)
                     .await;
                 if i % 2 == 0 {
                     let _ = c
@@ -537,7 +563,10 @@ async fn kill9_mid_change_leaves_each_volume_whole_or_gone() {
             .filter_map(|p| p.strip_prefix(".inarray-volumes/volumes/"))
             .map(str::to_owned)
             .collect();
-        assert_eq!(names, on_disk, "round {round}: registry vs subvolumes {subvols:?}");
+        assert_eq!(
+            names, on_disk,
+            "round {round}: registry vs subvolumes {subvols:?}"
+        );
         for n in &names {
             let snaps = d
                 .ok(Method::GET, &format!("/v1/volumes/{n}/snapshots"), None)
@@ -547,7 +576,10 @@ async fn kill9_mid_change_leaves_each_volume_whole_or_gone() {
                     ".inarray-volumes/snapshots/{n}/{}",
                     s["name"].as_str().unwrap()
                 );
-                assert!(subvols.contains(&p), "round {round}: {p} missing: {subvols:?}");
+                assert!(
+                    subvols.contains(&p),
+                    "round {round}: {p} missing: {subvols:?}"
+                );
             }
         }
         let snap_dirs: Vec<&String> = subvols
@@ -576,7 +608,8 @@ async fn kill9_mid_change_leaves_each_volume_whole_or_gone() {
             d.log().matches("a crash interrupted").count()
         );
         for n in names.iter().filter(|n| n.starts_with('r')) {
-            d.ok(Method::DELETE, &format!("/v1/volumes/{n}"), None).await;
+            d.ok(Method::DELETE, &format!("/v1/volumes/{n}"), None)
+                .await;
         }
     }
 }

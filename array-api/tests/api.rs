@@ -3443,9 +3443,11 @@ async fn volumes_on_plain_directories() {
         .expect(StatusCode::CREATED)
         .json();
     assert_eq!((&v["backend"], &v["size"]), (&json!("plain"), &json!(null)));
-    env.post_json("/v1/volumes", &body)
-        .await
-        .expect_error(StatusCode::CONFLICT, "conflict", "data");
+    env.post_json("/v1/volumes", &body).await.expect_error(
+        StatusCode::CONFLICT,
+        "conflict",
+        "data",
+    );
     for (bad, needle) in [
         (json!({"name": "a/b"}), "name"),
         (json!({"name": "x".repeat(300)}), "name"),
@@ -3489,7 +3491,9 @@ async fn volumes_on_plain_directories() {
     env.delete("/v1/volumes/data")
         .await
         .expect(StatusCode::NO_CONTENT);
-    env.get("/v1/volumes/data")
-        .await
-        .expect_error(StatusCode::NOT_FOUND, "not_found", "no such volume: data");
+    env.get("/v1/volumes/data").await.expect_error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such volume: data",
+    );
 }

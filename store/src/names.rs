@@ -212,7 +212,17 @@ mod tests {
         accepts(
             &VOLUME,
             &["db", "app.data-1", "9_x", &"v".repeat(64)],
-            &["", "..", ".", ".hidden", "a/b", "../x", "a@b", "-x", &"v".repeat(300)],
+            &[
+                "",
+                "..",
+                ".",
+                ".hidden",
+                "a/b",
+                "../x",
+                "a@b",
+                "-x",
+                &"v".repeat(300),
+            ],
         );
     }
 

@@ -218,7 +218,10 @@ mod tests {
         ));
         assert_eq!(store.volume("a").await.unwrap().unwrap().state, "creating");
         assert!(store.set_volume_state("a", "ready").await.unwrap());
-        assert!(store.update_volume("a", Some(2 << 20), r#"{"k":"v"}"#).await.unwrap());
+        assert!(store
+            .update_volume("a", Some(2 << 20), r#"{"k":"v"}"#)
+            .await
+            .unwrap());
         let a = store.volume("a").await.unwrap().unwrap();
         assert_eq!((a.size, a.state.as_str()), (Some(2 << 20), "ready"));
         // Project ids: never shared while a row holds one.

@@ -80,7 +80,11 @@ impl Drop for LoopFs {
                 .status()
                 .map(|s| s.success())
                 .unwrap_or(false);
-            if ok || !super::daemon::mounts_mentioning(&m).iter().any(|l| l.contains(&m)) {
+            if ok
+                || !super::daemon::mounts_mentioning(&m)
+                    .iter()
+                    .any(|l| l.contains(&m))
+            {
                 break;
             }
             if Instant::now() > deadline {

@@ -451,12 +451,19 @@ mod tests {
         let root = ArrayRoot::open(&array, &[]).unwrap();
         let canon = array.canonicalize().unwrap();
         for bad in ["a/out", "abs", "a/out/x"] {
-            let e = root.resolve_sub("volumes[0]", "vol", Some(bad), true).unwrap_err();
+            let e = root
+                .resolve_sub("volumes[0]", "vol", Some(bad), true)
+                .unwrap_err();
             assert!(matches!(e, VolumeError::Escapes { .. }), "{bad}: {e}");
         }
         for bad in ["..", "a/../..", "/etc"] {
-            let e = root.resolve_sub("volumes[0]", "vol", Some(bad), false).unwrap_err();
-            assert!(e.to_string().starts_with("volumes[0].subpath: "), "{bad}: {e}");
+            let e = root
+                .resolve_sub("volumes[0]", "vol", Some(bad), false)
+                .unwrap_err();
+            assert!(
+                e.to_string().starts_with("volumes[0].subpath: "),
+                "{bad}: {e}"
+            );
         }
         assert_eq!(
             fd_path(&root.resolve_sub("v", "vol", Some("a/in"), false).unwrap()),

@@ -24,9 +24,9 @@ mod io_guard;
 mod lifecycle;
 mod monitor;
 mod snapshots;
-mod volumes;
 #[cfg(test)]
 mod tests;
+mod volumes;
 
 use std::collections::HashMap;
 use std::io::Read;

@@ -133,8 +133,7 @@ fn check_labels(labels: &BTreeMap<String, String>) -> Result<()> {
         return Err(bad("labels", format!("at most {MAX_LABELS} labels")));
     }
     for (k, v) in labels {
-        if k.is_empty() || k.len() > 128 || k.contains('\0') || v.len() > 4096 || v.contains('\0')
-        {
+        if k.is_empty() || k.len() > 128 || k.contains('\0') || v.len() > 4096 || v.contains('\0') {
             return Err(bad(
                 &format!("labels[{:?}]", k.chars().take(40).collect::<String>()),
                 "a key is 1 to 128 bytes, a value at most 4096, neither with NUL",
@@ -205,7 +204,11 @@ impl Manager {
         let mut used = UsedBy::default();
         for c in self.inner.store.list_containers(true).await? {
             if let Ok(cfg) = serde_json::from_str::<ContainerConfig>(&c.spec) {
-                if cfg.volumes.iter().any(|v| v.volume.as_deref() == Some(name)) {
+                if cfg
+                    .volumes
+                    .iter()
+                    .any(|v| v.volume.as_deref() == Some(name))
+                {
                     used.containers.push(c.name);
                 }
             }
@@ -229,7 +232,11 @@ impl Manager {
         let mut out = Vec::new();
         for c in self.inner.store.list_containers(false).await? {
             if let Ok(cfg) = serde_json::from_str::<ContainerConfig>(&c.spec) {
-                if cfg.volumes.iter().any(|v| v.volume.as_deref() == Some(name)) {
+                if cfg
+                    .volumes
+                    .iter()
+                    .any(|v| v.volume.as_deref() == Some(name))
+                {
                     out.push(c.name);
                 }
             }

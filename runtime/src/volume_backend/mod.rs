@@ -142,7 +142,12 @@ impl Dirs {
     /// `.inarray-volumes/<sub>`, created (0700) when missing, opened for ioctls.
     pub(crate) fn dir(&self, sub: &str) -> Result<OwnedFd> {
         let rel = PathBuf::from(VOLUMES_DIR).join(sub);
-        match open_beneath(&self.array, &rel, OFlag::O_RDONLY | OFlag::O_DIRECTORY, NO_LINKS) {
+        match open_beneath(
+            &self.array,
+            &rel,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+            NO_LINKS,
+        ) {
             Ok(fd) => return Ok(fd),
             Err(Errno::ENOENT) => {}
             Err(e) => return Err(io(format!("cannot open {}", rel.display()), e)),
@@ -160,8 +165,13 @@ impl Dirs {
             std::os::fd::AsRawFd::as_raw_fd(&top),
             nix::sys::stat::Mode::from_bits_truncate(0o700),
         );
-        open_beneath(&self.array, &rel, OFlag::O_RDONLY | OFlag::O_DIRECTORY, NO_LINKS)
-            .map_err(|e| io(format!("cannot open {}", rel.display()), e))
+        open_beneath(
+            &self.array,
+            &rel,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+            NO_LINKS,
+        )
+        .map_err(|e| io(format!("cannot open {}", rel.display()), e))
     }
 
     pub(crate) fn volumes(&self) -> Result<OwnedFd> {

@@ -96,7 +96,13 @@ nix::ioctl_write_ptr!(fs_setxattr, b'X', 32, FsXattr);
 /// A single, non-empty name component that fits `len - 1` bytes (the buffers are NUL-ended).
 fn component<const N: usize>(name: &str) -> Result<[u8; N], Errno> {
     let b = name.as_bytes();
-    if b.is_empty() || b.len() >= N || b.contains(&b'/') || b.contains(&0) || name == "." || name == ".." {
+    if b.is_empty()
+        || b.len() >= N
+        || b.contains(&b'/')
+        || b.contains(&0)
+        || name == "."
+        || name == ".."
+    {
         return Err(Errno::EINVAL);
     }
     let mut out = [0u8; N];

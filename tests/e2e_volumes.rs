@@ -613,3 +613,211 @@ async fn kill9_mid_change_leaves_each_volume_whole_or_gone() {
         }
     }
 }
+
+/// A minimal NFSv3 client (AUTH_SYS uid 0) for what libnfs' tools cannot show: the status of
+/// a WRITE, and FSSTAT.
+struct Rpc {
+    s: std::net::TcpStream,
+    xid: u32,
+}
+
+fn opaque(b: &[u8]) -> Vec<u8> {
+    let mut v = (b.len() as u32).to_be_bytes().to_vec();
+    v.extend_from_slice(b);
+    v.resize(4 + b.len().div_ceil(4) * 4, 0);
+    v
+}
+
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes(b[at..at + 4].try_into().unwrap())
+}
+
+impl Rpc {
+    fn connect(port: u16) -> Self {
+        Self {
+            s: std::net::TcpStream::connect(("127.0.0.1", port)).unwrap(),
+            xid: 1,
+        }
+    }
+
+    /// The reply's body after an accepted, successful RPC header.
+    fn call(&mut self, prog: u32, proc_: u32, args: &[u8]) -> Vec<u8> {
+        use std::io::{Read, Write};
+        self.xid += 1;
+        let mut m = Vec::new();
+        for v in [self.xid, 0, 2, prog, 3, proc_] {
+            m.extend_from_slice(&v.to_be_bytes());
+        }
+        // AUTH_SYS: stamp, machine "t", uid 0, gid 0, no groups; verifier AUTH_NONE.
+        let body: Vec<u8> = [0u32, 1, u32::from_be_bytes(*b"t\0\0\0"), 0, 0, 0]
+            .iter()
+            .flat_map(|v| v.to_be_bytes())
+            .collect();
+        m.extend_from_slice(&1u32.to_be_bytes());
+        m.extend_from_slice(&opaque(&body));
+        m.extend_from_slice(&[0; 8]);
+        m.extend_from_slice(args);
+        let mut rec = (0x8000_0000u32 | m.len() as u32).to_be_bytes().to_vec();
+        rec.extend_from_slice(&m);
+        self.s.write_all(&rec).unwrap();
+        let mut out = Vec::new();
+        loop {
+            let mut h = [0u8; 4];
+            self.s.read_exact(&mut h).unwrap();
+            let h = u32::from_be_bytes(h);
+            let mut frag = vec![0u8; (h & 0x7fff_ffff) as usize];
+            self.s.read_exact(&mut frag).unwrap();
+            out.extend_from_slice(&frag);
+            if h & 0x8000_0000 != 0 {
+                break;
+            }
+        }
+        // xid, REPLY, MSG_ACCEPTED, verifier (flavor, body), SUCCESS.
+        let at = 20 + (be32(&out, 16) as usize).div_ceil(4) * 4;
+        assert_eq!(be32(&out, at), 0, "rpc not accepted");
+        out[at + 4..].to_vec()
+    }
+
+    fn mnt(&mut self, export: &str) -> Vec<u8> {
+        let r = self.call(100_005, 1, &opaque(format!("/{export}").as_bytes()));
+        assert_eq!(be32(&r, 0), 0, "MNT /{export} refused");
+        let n = be32(&r, 4) as usize;
+        r[8..8 + n].to_vec()
+    }
+
+    /// (total, free, available) bytes.
+    fn fsstat(&mut self, fh: &[u8]) -> (u64, u64, u64) {
+        let r = self.call(100_003, 18, &opaque(fh));
+        assert_eq!(be32(&r, 0), 0, "FSSTAT failed");
+        let at = if be32(&r, 4) == 1 { 8 + 84 } else { 8 };
+        let u = |i: usize| u64::from_be_bytes(r[at + 8 * i..at + 8 * i + 8].try_into().unwrap());
+        (u(0), u(1), u(2))
+    }
+
+    /// CREATE (UNCHECKED, no attributes set): the new file's handle.
+    fn create(&mut self, dir: &[u8], name: &str) -> Vec<u8> {
+        let mut a = opaque(dir);
+        a.extend_from_slice(&opaque(name.as_bytes()));
+        a.extend_from_slice(&[0; 4]); // UNCHECKED
+        a.extend_from_slice(&[0; 24]); // sattr3: nothing set
+        let r = self.call(100_003, 8, &a);
+        assert_eq!(be32(&r, 0), 0, "CREATE {name} failed");
+        assert_eq!(be32(&r, 4), 1, "CREATE returned no handle");
+        let n = be32(&r, 8) as usize;
+        r[12..12 + n].to_vec()
+    }
+
+    /// WRITE with FILE_SYNC: the NFS status.
+    fn write(&mut self, fh: &[u8], offset: u64, data: &[u8]) -> u32 {
+        let mut a = opaque(fh);
+        a.extend_from_slice(&offset.to_be_bytes());
+        a.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        a.extend_from_slice(&2u32.to_be_bytes());
+        a.extend_from_slice(&opaque(data));
+        be32(&self.call(100_003, 7, &a), 0)
+    }
+}
+
+fn fsstat(port: u16, export: &str) -> (u64, u64, u64) {
+    let mut c = Rpc::connect(port);
+    let fh = c.mnt(export);
+    c.fsstat(&fh)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nfs_export_of_a_volume_shows_its_size_and_refuses_writes_past_it() {
+    let fs = LoopFs::btrfs(512);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let d = TestDaemon::start_on_array(
+        Some(fs.path().to_owned()),
+        vec!["--nfs-listen".into(), format!("127.0.0.1:{port}")],
+    )
+    .await;
+    let v = d
+        .ok(
+            Method::POST,
+            "/v1/volumes",
+            Some(json!({"name": "nv", "size": 16 << 20})),
+        )
+        .await;
+    d.ok(
+        Method::POST,
+        "/v1/exports",
+        Some(json!({"name": "nv", "path": v["path"], "squash": "none",
+                    "clients": [{"match": "127.0.0.1", "access": "rw"}]})),
+    )
+    .await;
+    // FSSTAT: the volume's size, not the filesystem's.
+    let (total, free, avail) = fsstat(port, "nv");
+    assert_eq!(total, 16 << 20);
+    assert!(free <= 16 << 20 && avail <= 16 << 20, "{free} {avail}");
+
+    // WRITE past the quota: NFS3ERR_DQUOT (69).
+    let mut c = Rpc::connect(port);
+    let root = c.mnt("nv");
+    let fh = c.create(&root, "w");
+    let chunk = vec![0xa5u8; 64 << 10];
+    let mut status = 0;
+    let mut offset = 0u64;
+    while offset < 64 << 20 {
+        status = c.write(&fh, offset, &chunk);
+        if status != 0 {
+            break;
+        }
+        offset += chunk.len() as u64;
+    }
+    assert_eq!(status, 69, "after {offset} bytes");
+    assert!(
+        (8 << 20..=17 << 20).contains(&offset),
+        "stopped at {offset}"
+    );
+    nix::unistd::sync();
+    let (_, free_after, _) = c.fsstat(&root);
+    assert!(free_after < free, "{free_after} !< {free}");
+
+    // nfs-cp past the quota fails too (libnfs' tool prints no status code).
+    let src = d.tmp.path().join("big");
+    std::fs::write(&src, vec![0x5au8; 32 << 20]).unwrap();
+    let nfs_cp = |name: &str| {
+        std::process::Command::new("timeout")
+            .args(["120", "nfs-cp"])
+            .arg(&src)
+            .arg(format!(
+                "nfs://127.0.0.1/nv//{name}?nfsport={port}&mountport={port}"
+            ))
+            .output()
+            .expect("nfs-cp (libnfs-utils; ./dev installs it)")
+    };
+    let out = nfs_cp("big");
+    assert!(!out.status.success(), "nfs-cp past the quota succeeded");
+    // Raised live: the same copy goes through, and FSSTAT follows.
+    d.ok(
+        Method::PATCH,
+        "/v1/volumes/nv",
+        Some(json!({"size": 128 << 20})),
+    )
+    .await;
+    let out = nfs_cp("big2");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(c.fsstat(&root).0, 128 << 20);
+    assert_eq!(
+        std::fs::metadata(vol_dir(&d.array, "nv").join("big2"))
+            .unwrap()
+            .len(),
+        32 << 20
+    );
+
+    // In use by the export: delete refused, naming it.
+    let m = d.fails(Method::DELETE, "/v1/volumes/nv", None, 409).await;
+    assert!(m.contains("NFS exports nv"), "{m}");
+    d.ok(Method::DELETE, "/v1/exports/nv", None).await;
+    d.ok(Method::DELETE, "/v1/volumes/nv", None).await;
+}

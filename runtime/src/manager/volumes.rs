@@ -60,11 +60,13 @@ pub struct UsedBy {
     pub containers: Vec<String>,
     /// Jobs whose container mounts it.
     pub jobs: Vec<String>,
+    /// NFS exports of the volume or of a directory in it.
+    pub exports: Vec<String>,
 }
 
 impl UsedBy {
     fn is_empty(&self) -> bool {
-        self.containers.is_empty() && self.jobs.is_empty()
+        self.containers.is_empty() && self.jobs.is_empty() && self.exports.is_empty()
     }
 
     fn describe(&self) -> String {
@@ -74,6 +76,9 @@ impl UsedBy {
         }
         if !self.jobs.is_empty() {
             parts.push(format!("jobs {}", self.jobs.join(", ")));
+        }
+        if !self.exports.is_empty() {
+            parts.push(format!("NFS exports {}", self.exports.join(", ")));
         }
         parts.join("; ")
     }
@@ -222,6 +227,12 @@ impl Manager {
                 .any(|v| v["volume"].as_str() == Some(name))
             {
                 used.jobs.push(j.name);
+            }
+        }
+        let dir = volume_path(name);
+        for e in self.inner.store.list_exports().await? {
+            if e.path == dir || e.path.starts_with(&format!("{dir}/")) {
+                used.exports.push(e.name);
             }
         }
         Ok(used)

@@ -50,16 +50,6 @@ impl Btrfs {
             Err(e) => Err(io(format!("cannot delete subvolume {name}"), e)),
         }
     }
-
-    fn qgroup_file(&self, fd: &OwnedFd, file: &str) -> Option<u64> {
-        let id = quota::btrfs_subvolume_id(fd.as_fd()).ok()?;
-        let fsid = quota::btrfs_fsid(fd.as_fd()).ok()?;
-        std::fs::read_to_string(format!("/sys/fs/btrfs/{fsid}/qgroups/0_{id}/{file}"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    }
 }
 
 impl VolumeBackend for Btrfs {
@@ -100,7 +90,7 @@ impl VolumeBackend for Btrfs {
         let fd = self.volume(name)?;
         let (files, _) = walk(&fd);
         Ok(Usage {
-            bytes: self.qgroup_file(&fd, "referenced"),
+            bytes: quota::btrfs_qgroup(fd.as_fd()).map(|(referenced, _)| referenced),
             files,
         })
     }

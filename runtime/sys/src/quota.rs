@@ -5,7 +5,7 @@
 //! component, never a path: nothing here resolves a path. The structs are the kernel's UAPI
 //! layouts (`linux/btrfs.h`, `linux/fs.h`), sized and checked by the tests below.
 
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use nix::errno::Errno;
 
@@ -210,6 +210,41 @@ pub fn btrfs_fsid(fd: BorrowedFd<'_>) -> Result<String, Errno> {
         &h[16..20],
         &h[20..32]
     ))
+}
+
+/// The qgroup counters of the btrfs subvolume `fd` is in, from the kernel's sysfs view
+/// (`/sys/fs/btrfs/<fsid>/qgroups/0_<id>/`): referenced bytes, and the referenced-bytes limit
+/// when one is set. `None` when `fd` is not on btrfs or quotas are off.
+/// An `O_PATH` descriptor of a directory is reopened (`openat(fd, ".")`) for the ioctls.
+pub fn btrfs_qgroup(fd: BorrowedFd<'_>) -> Option<(u64, Option<u64>)> {
+    let reopened;
+    let fd = match btrfs_subvolume_id(fd) {
+        Err(Errno::EBADF) => {
+            reopened = crate::openat(
+                &fd,
+                ".",
+                nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
+                nix::sys::stat::Mode::empty(),
+            )
+            .ok()?;
+            reopened.as_fd()
+        }
+        _ => fd,
+    };
+    let id = btrfs_subvolume_id(fd).ok()?;
+    let fsid = btrfs_fsid(fd).ok()?;
+    let dir = format!("/sys/fs/btrfs/{fsid}/qgroups/0_{id}");
+    let read = |f: &str| -> Option<u64> {
+        std::fs::read_to_string(format!("{dir}/{f}"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let referenced = read("referenced")?;
+    let limited = read("limit_flags").unwrap_or(0) & BTRFS_QGROUP_LIMIT_MAX_RFER != 0;
+    let limit = read("max_referenced").filter(|&m| limited && m > 0);
+    Some((referenced, limit))
 }
 
 /// The extended attributes (project id, flags) of the inode open at `fd`.

@@ -821,3 +821,50 @@ async fn nfs_export_of_a_volume_shows_its_size_and_refuses_writes_past_it() {
     d.ok(Method::DELETE, "/v1/exports/nv", None).await;
     d.ok(Method::DELETE, "/v1/volumes/nv", None).await;
 }
+
+/// XFS without project quotas (this kernel has no CONFIG_XFS_QUOTA, so a `prjquota` mount
+/// fails): the daemon refuses a size with the reason, still offers plain volumes, and the
+/// project-id ioctls (`FS_IOC_FSSETXATTR` + inherit) work on the real filesystem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xfs_without_project_quotas_is_refused_clearly_and_project_ids_are_inherited() {
+    let fs = LoopFs::make(320, &["mkfs.xfs", "-q", "-f"]);
+    // What the kernel allows: project id + inherit flag set through the wrapper, taken by
+    // new files and directories below.
+    let dir = fs.path().join("p");
+    std::fs::create_dir(&dir).unwrap();
+    let fd = std::fs::File::open(&dir).unwrap();
+    use std::os::fd::AsFd;
+    inarray_sys::quota::fs_set_project(fd.as_fd(), 4242).unwrap();
+    let x = inarray_sys::quota::fs_get_xattr(fd.as_fd()).unwrap();
+    assert_eq!(x.projid, 4242);
+    assert_ne!(x.xflags & inarray_sys::quota::FS_XFLAG_PROJINHERIT, 0);
+    std::fs::create_dir(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("sub/f"), "x").unwrap();
+    for p in ["sub", "sub/f"] {
+        let f = std::fs::File::open(dir.join(p)).unwrap();
+        let x = inarray_sys::quota::fs_get_xattr(f.as_fd()).unwrap();
+        assert_eq!(x.projid, 4242, "{p} did not inherit the project id");
+    }
+    drop(fd);
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let d = daemon_on(&fs).await;
+    let m = d
+        .fails(
+            Method::POST,
+            "/v1/volumes",
+            Some(json!({"name": "x", "size": 64 << 20})),
+            400,
+        )
+        .await;
+    assert!(
+        m.starts_with("size: ") && m.contains("xfs mounted without project quotas"),
+        "{m}"
+    );
+    assert!(d.ok(Method::GET, "/v1/volumes", None).await == json!([]));
+    let v = d
+        .ok(Method::POST, "/v1/volumes", Some(json!({"name": "x"})))
+        .await;
+    assert_eq!(v["backend"], "plain");
+    d.ok(Method::DELETE, "/v1/volumes/x", None).await;
+}

@@ -300,12 +300,6 @@ impl Manager {
         check_size(spec.size)?;
         check_labels(&spec.labels)?;
         let kind = self.backend().kind();
-        if spec.size.is_some() && !self.backend().capabilities().quota {
-            return Err(bad(
-                "size",
-                format!("the array's volume backend ({}) has no quota: a size cannot be enforced; leave it out, or put the array on btrfs", kind.as_str()),
-            ));
-        }
         let _g = self.inner.volume_lock.lock().await;
         let labels = serde_json::to_string(&spec.labels).map_err(|e| internal("labels", e))?;
         self.insert_creating(&spec.name, kind, spec.size, &labels)
@@ -376,12 +370,6 @@ impl Manager {
             None => row.size.map(|s| s as u64),
         };
         if patch.size.is_some() {
-            if size.is_some() && !self.backend().capabilities().quota {
-                return Err(bad(
-                    "size",
-                    "the array's volume backend (plain) has no quota: a size cannot be enforced",
-                ));
-            }
             let n = name.to_owned();
             self.on_backend(move |b| b.set_size(&n, size))
                 .await

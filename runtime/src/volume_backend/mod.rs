@@ -267,11 +267,49 @@ pub(crate) fn remove_tree(dir: &OwnedFd, name: &str) -> Result<()> {
 }
 
 /// The backend for the array at `array`, by its filesystem: btrfs → [`Btrfs`], anything else
-/// → [`Plain`] (ext4/XFS project quotas are not implemented yet; see docs/design/volumes.md).
+/// → [`Plain`], which says why there is no quota (ext4/XFS project quotas: the mount option is
+/// checked, the backend itself is not implemented yet; see docs/design/volumes.md).
 pub fn detect(array: &Path) -> Result<Box<dyn VolumeBackend>> {
     let dirs = Dirs::open(array)?;
-    Ok(match dirs.magic()? {
-        inarray_sys::quota::BTRFS_MAGIC => Box::new(Btrfs::new(dirs)),
-        _ => Box::new(Plain::new(dirs)),
-    })
+    let magic = dirs.magic()?;
+    if magic == inarray_sys::quota::BTRFS_MAGIC {
+        return Ok(Box::new(Btrfs::new(dirs)));
+    }
+    let fs = match magic {
+        inarray_sys::quota::EXT4_MAGIC => Some("ext4"),
+        inarray_sys::quota::XFS_MAGIC => Some("xfs"),
+        _ => None,
+    };
+    let why = match fs {
+        Some(fs) if mount_options(array).iter().any(|o| o == "prjquota" || o == "pquota") => {
+            format!("the array is {fs} mounted with project quotas, but inarray's project-quota backend is not implemented yet")
+        }
+        Some(fs) => format!(
+            "the array is {fs} mounted without project quotas (mount it with -o prjquota; a kernel without CONFIG_QUOTA/CONFIG_XFS_QUOTA cannot)"
+        ),
+        None => format!("the array's filesystem (statfs magic {magic:#x}) has no quota inarray can set"),
+    };
+    Ok(Box::new(Plain::new(dirs, why)))
+}
+
+/// The options of the mount `path` is on (the last mount whose point is a prefix of it).
+fn mount_options(path: &Path) -> Vec<String> {
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_owned());
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut best: Option<(usize, Vec<String>)> = None;
+    for line in info.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = f.iter().position(|x| *x == "-") else {
+            continue;
+        };
+        let (Some(point), Some(super_opts)) = (f.get(4), f.get(sep + 3)) else {
+            continue;
+        };
+        if path.starts_with(point) && best.as_ref().is_none_or(|(l, _)| point.len() >= *l) {
+            let mut opts: Vec<String> = f[5].split(',').map(str::to_owned).collect();
+            opts.extend(super_opts.split(',').map(str::to_owned));
+            best = Some((point.len(), opts));
+        }
+    }
+    best.map(|(_, o)| o).unwrap_or_default()
 }

@@ -12,18 +12,21 @@ use super::{
 
 pub struct Plain {
     dirs: Dirs,
+    /// Why there is no quota on this array, in the operator's terms.
+    why: String,
 }
 
 impl Plain {
-    pub(crate) fn new(dirs: Dirs) -> Self {
-        Self { dirs }
+    pub(crate) fn new(dirs: Dirs, why: String) -> Self {
+        Self { dirs, why }
     }
-}
 
-fn no_quota() -> BackendError {
-    BackendError::Unsupported(
-        "the array's filesystem has no volume quota backend (plain directories): a size cannot be enforced; create the volume without one, or put the array on btrfs".into(),
-    )
+    fn no_quota(&self) -> BackendError {
+        BackendError::Unsupported(format!(
+            "the array's volume backend (plain directories) has no quota: {}; a size cannot be enforced: create the volume without one, or put the array on btrfs with quotas enabled",
+            self.why
+        ))
+    }
 }
 
 fn no_snapshots() -> BackendError {
@@ -46,7 +49,7 @@ impl VolumeBackend for Plain {
 
     fn create(&self, name: &str, size: Option<u64>) -> Result<()> {
         if size.is_some() {
-            return Err(no_quota());
+            return Err(self.no_quota());
         }
         let dir = self.dirs.volumes()?;
         match nix::sys::stat::mkdirat(
@@ -61,7 +64,7 @@ impl VolumeBackend for Plain {
 
     fn set_size(&self, _name: &str, size: Option<u64>) -> Result<()> {
         match size {
-            Some(_) => Err(no_quota()),
+            Some(_) => Err(self.no_quota()),
             None => Ok(()),
         }
     }

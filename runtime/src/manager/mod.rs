@@ -9,7 +9,8 @@
 //! prune), `lifecycle.rs` (create, start, stop, kill, wait, delete), `monitor.rs` (exits, restart
 //! policies, reconcile), `boot.rs` (after a reboot or a failover: which containers start again,
 //! paced), `engines.rs` (engines and live limits), `io_guard.rs` (the I/O guard's
-//! list of containers). Processes are reached only through the [`Launcher`] seam, cgroups only
+//! list of containers), `volumes.rs` and `snapshots.rs` (array volumes: the registry kept true
+//! against the volume backend). Processes are reached only through the [`Launcher`] seam, cgroups only
 //! through the [`CgroupDriver`] seam, SQL only through the store's typed methods.
 
 mod boot;

@@ -22,6 +22,7 @@ pub mod serve;
 pub mod state;
 mod stats;
 pub mod tokens;
+mod volumes;
 
 pub use error::ApiError;
 pub use routes::router;

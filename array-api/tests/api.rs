@@ -75,6 +75,12 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/subscriptions/{name}/ws", &["get"]),
     ("/v1/subscriptions/{name}/ack", &["post"]),
     ("/v1/events", &["get"]),
+    ("/v1/volumes", &["get", "post"]),
+    ("/v1/volumes/{name}", &["get", "patch", "delete"]),
+    ("/v1/volumes/{name}/snapshots", &["get", "post"]),
+    ("/v1/volumes/{name}/snapshots/{snapshot}", &["delete"]),
+    ("/v1/volumes/{name}/snapshots/{snapshot}/restore", &["post"]),
+    ("/v1/volumes/{name}/clone", &["post"]),
 ];
 
 const SPEC_FILE: &str = include_str!("../../docs/openapi.json");
@@ -91,6 +97,7 @@ const ROUTES_RS: &[&str] = &[
     include_str!("../src/jobs.rs"),
     include_str!("../src/tokens.rs"),
     include_str!("../src/events.rs"),
+    include_str!("../src/volumes.rs"),
 ];
 const JSON: Option<&str> = Some("application/json");
 
@@ -1081,6 +1088,10 @@ async fn spec_and_router_agree() {
             // Bodies that are valid, so the handler gets to look the object up.
             ("PATCH", "/v1/exports/{name}") => env.call(&method, &uri, JSON, b"{}".to_vec()).await,
             ("PATCH", "/v1/jobs/{name}") => env.call(&method, &uri, JSON, b"{}".to_vec()).await,
+            ("PATCH", "/v1/volumes/{name}") => env.call(&method, &uri, JSON, b"{}".to_vec()).await,
+            ("POST", "/v1/volumes/{name}/snapshots") | ("POST", "/v1/volumes/{name}/clone") => {
+                env.post_json(&uri, &json!({"name": "x"})).await
+            }
             ("POST", "/v1/containers/{id}/exec") => {
                 env.post_json(&uri, &json!({"command": ["true"]})).await
             }
@@ -3599,4 +3610,70 @@ async fn failed_authentications_block_the_peer_for_a_while() {
     tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
     env.over_tcp(Some(&format!("Bearer {good}")));
     env.get("/v1/containers").await.expect(StatusCode::OK);
+}
+
+#[tokio::test]
+async fn volumes_on_plain_directories() {
+    // The test array is a plain directory: no quota, no snapshots, each refusal says so.
+    let env = Env::new().await;
+    let body = json!({"name": "data", "labels": {"app": "x"}});
+    let v = env
+        .post_json("/v1/volumes", &body)
+        .await
+        .expect(StatusCode::CREATED)
+        .json();
+    assert_eq!((&v["backend"], &v["size"]), (&json!("plain"), &json!(null)));
+    env.post_json("/v1/volumes", &body).await.expect_error(
+        StatusCode::CONFLICT,
+        "conflict",
+        "data",
+    );
+    for (bad, needle) in [
+        (json!({"name": "a/b"}), "name"),
+        (json!({"name": "x".repeat(300)}), "name"),
+        (json!({"name": ".."}), "name"),
+        (json!({"name": "s", "size": 0}), "size"),
+        (json!({"name": "s", "size": 1u64 << 30}), "no quota"),
+    ] {
+        env.post_json("/v1/volumes", &bad).await.expect_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            needle,
+        );
+    }
+    for raw in [
+        r#"{"name":"s","size":-1}"#,
+        r#"{"name":"s","size":18446744073709551616}"#,
+    ] {
+        let r = env
+            .call("POST", "/v1/volumes", JSON, raw.as_bytes().to_vec())
+            .await;
+        assert!(r.status.is_client_error(), "{raw}: {}", r.status);
+    }
+    let list = env.get("/v1/volumes").await.expect(StatusCode::OK).json();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let patch = serde_json::to_vec(&json!({"labels": {"app": "y"}})).unwrap();
+    let v = env
+        .call("PATCH", "/v1/volumes/data", JSON, patch)
+        .await
+        .expect(StatusCode::OK)
+        .json();
+    assert_eq!(v["labels"]["app"], "y");
+    env.post_json("/v1/volumes/data/snapshots", &json!({"name": "s"}))
+        .await
+        .expect_error(StatusCode::CONFLICT, "conflict", "no snapshots");
+    env.post_json("/v1/volumes/data/clone", &json!({"name": "c"}))
+        .await
+        .expect_error(StatusCode::CONFLICT, "conflict", "no clones");
+    env.get("/v1/volumes/data/snapshots")
+        .await
+        .expect(StatusCode::OK);
+    env.delete("/v1/volumes/data")
+        .await
+        .expect(StatusCode::NO_CONTENT);
+    env.get("/v1/volumes/data").await.expect_error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such volume: data",
+    );
 }

@@ -40,6 +40,7 @@ mod report;
 mod run_to_exit;
 mod scan;
 mod stats;
+mod volumes;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -130,6 +131,21 @@ enum Cmd {
         scan_dirs: Option<usize>,
         #[arg(long)]
         job_dirs: Option<usize>,
+    },
+    /// Array volumes (issue #19) on a loop btrfs it makes in WORK: a quota'd volume vs a
+    /// plain directory (sequential write, small files), snapshot and restore time, the quota's
+    /// overshoot under 8 writers; prints its section.
+    Volumes {
+        #[arg(long)]
+        bin: PathBuf,
+        #[arg(long)]
+        work: PathBuf,
+        #[arg(long, default_value_t = 100_000)]
+        files: usize,
+        #[arg(long, default_value_t = 1024)]
+        mib: usize,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// Only the seed's load (after `prepare` in the same WORK); prints its section.
     Load {
@@ -587,6 +603,25 @@ fn main() -> Result<()> {
             };
             let rt = current_thread()?;
             println!("{}", rt.block_on(reboot::bench(&o))?);
+            Ok(())
+        }
+        Cmd::Volumes {
+            bin,
+            work,
+            files,
+            mib,
+            rounds,
+        } => {
+            let o = volumes::Opts {
+                bin,
+                work,
+                files,
+                mib,
+                rounds,
+                command: std::env::args().collect::<Vec<_>>().join(" "),
+            };
+            let rt = current_thread()?;
+            println!("{}", rt.block_on(volumes::bench(&o))?);
             Ok(())
         }
         Cmd::Loop { socket, n } => {

@@ -960,11 +960,26 @@ impl Op<'_> {
         let t = self.resolve(d)?;
         let v = sys::fstatvfs(&*t.fd)?;
         let frsize = v.f_frsize as u64;
+        let (mut total, mut free, mut avail) = (
+            v.f_blocks as u64 * frsize,
+            v.f_bfree as u64 * frsize,
+            v.f_bavail as u64 * frsize,
+        );
+        // Inside a btrfs subvolume with a qgroup limit (an array volume): its size and what is
+        // left of it, never more than the filesystem has.
+        if let Some((used, Some(limit))) =
+            inarray_sys::quota::btrfs_qgroup(std::os::fd::AsFd::as_fd(&*t.fd))
+        {
+            let left = limit.saturating_sub(used);
+            total = total.min(limit);
+            free = free.min(left);
+            avail = avail.min(left);
+        }
         ok(self.e);
         post_op(self.e, Some(&t.st), t.fsid());
-        self.e.u64(v.f_blocks as u64 * frsize);
-        self.e.u64(v.f_bfree as u64 * frsize);
-        self.e.u64(v.f_bavail as u64 * frsize);
+        self.e.u64(total);
+        self.e.u64(free);
+        self.e.u64(avail);
         self.e.u64(v.f_files as u64);
         self.e.u64(v.f_ffree as u64);
         self.e.u64(v.f_favail as u64);

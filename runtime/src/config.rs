@@ -257,7 +257,15 @@ impl ContainerConfig {
         volumes::validate_all(&self.volumes).map_err(|e| match e {
             volumes::VolumeError::Invalid { field, reason } => InvalidField { field, reason },
             other => bad("volumes", other.to_string()),
-        })
+        })?;
+        for (i, v) in self.volumes.iter().enumerate() {
+            if let Some(name) = &v.volume {
+                inarray_store::names::VOLUME
+                    .check(name)
+                    .map_err(|m| bad(format!("volumes[{i}].volume"), m))?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -22,6 +22,7 @@ pub mod resources;
 mod spec;
 mod supervisor;
 mod user;
+pub mod volume_backend;
 
 pub use config::{ContainerConfig, InvalidField, Network, PullPolicy, RestartPolicy};
 pub use inarray_shim::logfile::LogLimits;
@@ -32,4 +33,5 @@ pub use manager::{
     ImageRemoval, Manager, ManagerError, ManagerOptions, NodeBoot, PruneReport, PrunedImage,
     ReconcileReport, Since, REBOOTED, RESTART_CONCURRENCY,
 };
+pub use manager::{SnapshotInfo, UsedBy, VolumeInfo, VolumePatch, VolumeSpec};
 pub use volumes::{Volume, VolumeError};

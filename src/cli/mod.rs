@@ -17,6 +17,7 @@ mod pull;
 mod registries;
 mod session;
 mod terminal;
+mod volumes;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -155,6 +156,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Manage array volumes (quotas, snapshots, clones).
+    #[command(subcommand)]
+    Volume(volumes::VolumeCmd),
 }
 
 /// Percent-encodes one URL path segment (or query value): everything but RFC 3986's unreserved
@@ -239,6 +243,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         Command::Job(cmd) => jobs::job(&c, as_json, cmd).await,
         Command::Watch(cmd) => events::watch(&c, as_json, cmd).await,
         Command::Events(cmd) => events::events(&c, cmd).await,
+        Command::Volume(cmd) => volumes::volume(&c, as_json, cmd).await,
     }
 }
 

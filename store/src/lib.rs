@@ -15,6 +15,7 @@ mod jobs;
 mod lifecycle;
 pub mod names;
 mod registries;
+mod volumes;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -37,6 +38,7 @@ pub use images::{ImageRow, NewImage};
 pub use jobs::{HistoryLimits, JobBatch, JobRow, NewRun, RunRow, RunState, RunTrigger, RunUpdate};
 pub use lifecycle::NewLifecycleEvent;
 pub use registries::RegistryCredentialRow;
+pub use volumes::{NewVolume, SnapshotRow, VolumeRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -117,6 +117,19 @@ pub const EXPORT: NameRule = PLAIN;
 /// API tokens: the plain rule.
 pub const TOKEN: NameRule = PLAIN;
 
+/// Array volumes and their snapshots: 1–64 of `[a-zA-Z0-9_.-]`, starting with a letter or
+/// digit (each is a directory name in the array's hidden volume directory, and a volume's
+/// snapshot is addressed as `<volume>@<snapshot>`).
+pub const VOLUME: NameRule = NameRule {
+    max: 64,
+    first: alnum,
+    rest: alnum_dot_underscore_dash,
+    rule: "is not a valid volume name: use 1-64 of [a-zA-Z0-9_.-], starting with a letter or digit",
+};
+
+/// Snapshots of a volume: the volumes' rule.
+pub const SNAPSHOT: NameRule = VOLUME;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,6 +204,25 @@ mod tests {
             &PLAIN,
             &["a", "proj-1", "x.y_z", "_x", &"n".repeat(64)],
             &["", ".hidden", "-x", "a/b", "a b", "é", &"n".repeat(65)],
+        );
+    }
+
+    #[test]
+    fn volumes_and_snapshots() {
+        accepts(
+            &VOLUME,
+            &["db", "app.data-1", "9_x", &"v".repeat(64)],
+            &[
+                "",
+                "..",
+                ".",
+                ".hidden",
+                "a/b",
+                "../x",
+                "a@b",
+                "-x",
+                &"v".repeat(300),
+            ],
         );
     }
 

@@ -49,12 +49,18 @@ impl TestDaemon {
 
     /// A fresh daemon started with more arguments; `{tmp}` in them is the test's temp dir.
     pub async fn start_with(extra_args: Vec<String>) -> Self {
+        Self::start_on_array(None, extra_args).await
+    }
+
+    /// A fresh daemon whose array is `array` (e.g. a loop-mounted filesystem the test made;
+    /// `None`: an empty directory in the test's temp dir).
+    pub async fn start_on_array(array: Option<PathBuf>, extra_args: Vec<String>) -> Self {
         require_root();
         let tmp = tempfile::Builder::new()
             .prefix("inarray-e2e-")
             .tempdir()
             .expect("tempdir");
-        let array = tmp.path().join("array");
+        let array = array.unwrap_or_else(|| tmp.path().join("array"));
         std::fs::create_dir_all(&array).unwrap();
         let mut d = TestDaemon {
             array,

@@ -6,5 +6,6 @@ pub mod certs;
 pub mod daemon;
 pub mod docker;
 pub mod image_builder;
+pub mod loopfs;
 pub mod registry;
 pub mod tmux;

@@ -506,6 +506,8 @@ fn volumes(h: &HostConfig, array: &Path) -> Result<(Vec<Volume>, Vec<String>)> {
             read_only,
             // Docker creates a missing bind source directory.
             create: true,
+            volume: None,
+            subpath: None,
         });
         origins.push(field);
     }
@@ -538,6 +540,8 @@ fn volumes(h: &HostConfig, array: &Path) -> Result<(Vec<Volume>, Vec<String>)> {
             target: m.target.clone(),
             read_only: m.read_only,
             create: m.bind_options.create_mountpoint,
+            volume: None,
+            subpath: None,
         });
         origins.push(field);
     }

@@ -401,7 +401,7 @@ fn mount_volumes(cfg: &ShimConfig, rootfs: &OwnedFd) -> Result<(), String> {
     for (i, v) in cfg.volumes.iter().enumerate() {
         let field = format!("volumes[{i}]");
         let src = array
-            .resolve(&format!("{field}.source"), &v.source, v.create)
+            .resolve_sub(&field, &v.source, v.subpath.as_deref(), v.create)
             .map_err(|e| e.to_string())?;
         let target =
             validate_target(&format!("{field}.target"), &v.target).map_err(|e| e.to_string())?;

@@ -16,12 +16,21 @@ use serde::{Deserialize, Serialize};
 
 use inarray_sys::{identity, is_dir, open_beneath, open_or_create_dirs};
 
-/// One bind mount of an array directory (or file) into a container.
+/// One bind mount of an array directory (or file), or of a named array volume, into a container.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Volume {
-    /// Path relative to the array root.
+    /// Path relative to the array root (empty when `volume` is set).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub source: String,
+    /// A named array volume (`/v1/volumes`) instead of a `source` path. The daemon turns it into
+    /// the volume's directory beneath the array root when it plans a start; the shim never sees it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
+    /// A directory inside `source` (or the volume) to mount instead of its top: resolved beneath
+    /// it (`RESOLVE_BENEATH`), so neither `..` nor a symlink can leave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subpath: Option<String>,
     /// Absolute path inside the container.
     pub target: String,
     #[serde(default)]
@@ -37,6 +46,8 @@ pub enum VolumeError {
     Invalid { field: String, reason: String },
     #[error("{field}: source {source_path:?} does not exist in the array (set create: true to create it)")]
     Missing { field: String, source_path: String },
+    #[error("{field}: {subpath:?} leaves its volume (through \"..\" or a symlink); refused")]
+    Escapes { field: String, subpath: String },
     #[error("{field}: source {source_path:?} is a protected daemon path")]
     Protected { field: String, source_path: String },
     #[error("{field}: cannot open source {source_path:?}: {errno}")]
@@ -140,10 +151,25 @@ pub fn validate_target(field: &str, target: &str) -> Result<PathBuf, VolumeError
 }
 
 /// Validates a whole volume list (shape only; existence is checked by [`ArrayRoot::resolve`]).
+/// Each entry names either a `source` path or a `volume` (whose name the runtime checks).
 pub fn validate_all(volumes: &[Volume]) -> Result<(), VolumeError> {
     let mut targets = std::collections::HashSet::new();
     for (i, v) in volumes.iter().enumerate() {
-        validate_source(&format!("volumes[{i}].source"), &v.source)?;
+        match (&v.volume, v.source.is_empty()) {
+            (Some(_), false) => {
+                return Err(invalid(
+                    &format!("volumes[{i}]"),
+                    "give either source (an array path) or volume (a named volume), not both",
+                ))
+            }
+            (Some(_), true) => {}
+            (None, _) => {
+                validate_source(&format!("volumes[{i}].source"), &v.source)?;
+            }
+        }
+        if let Some(sub) = &v.subpath {
+            validate_source(&format!("volumes[{i}].subpath"), sub)?;
+        }
         let t = validate_target(&format!("volumes[{i}].target"), &v.target)?;
         if !targets.insert(t) {
             return Err(invalid(
@@ -220,6 +246,47 @@ impl ArrayRoot {
                 },
             })?;
         self.check_not_protected(field, source, &fd)?;
+        Ok(fd)
+    }
+
+    /// [`resolve`](Self::resolve), then `subpath` (if any) beneath the source with
+    /// `RESOLVE_BENEATH`: a `..` or a symlink that would leave the source is refused
+    /// ([`VolumeError::Escapes`]), a missing directory created when `create`.
+    pub fn resolve_sub(
+        &self,
+        field: &str,
+        source: &str,
+        subpath: Option<&str>,
+        create: bool,
+    ) -> Result<OwnedFd, VolumeError> {
+        let Some(sub) = subpath.filter(|s| !s.is_empty()) else {
+            return self.resolve(&format!("{field}.source"), source, create);
+        };
+        let top = self.resolve(&format!("{field}.source"), source, false)?;
+        let sfield = format!("{field}.subpath");
+        let rel = validate_source(&sfield, sub)?;
+        let fd = open_or_create_dirs(
+            &top,
+            &rel,
+            ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+            create,
+        )
+        .map_err(|errno| match errno {
+            Errno::EXDEV | Errno::ELOOP => VolumeError::Escapes {
+                field: sfield.clone(),
+                subpath: sub.to_owned(),
+            },
+            Errno::ENOENT => VolumeError::Missing {
+                field: sfield.clone(),
+                source_path: sub.to_owned(),
+            },
+            errno => VolumeError::Open {
+                field: sfield.clone(),
+                source_path: sub.to_owned(),
+                errno,
+            },
+        })?;
+        self.check_not_protected(&sfield, sub, &fd)?;
         Ok(fd)
     }
 
@@ -321,12 +388,16 @@ mod tests {
                 target: "/d".into(),
                 read_only: false,
                 create: false,
+                volume: None,
+                subpath: None,
             },
             Volume {
                 source: "b".into(),
                 target: "/d/".into(),
                 read_only: true,
                 create: false,
+                volume: None,
+                subpath: None,
             },
         ];
         assert!(validate_all(&dup)
@@ -366,6 +437,43 @@ mod tests {
         let made = root.resolve("s", "data/abs/new/deeper", true).unwrap();
         assert_eq!(fd_path(&made), canon.join("etc/new/deeper"));
         assert!(!Path::new("/etc/new").exists());
+    }
+
+    #[test]
+    fn subpaths_stay_beneath_their_source() {
+        let tmp = tempfile::tempdir().unwrap();
+        let array = tmp.path().join("array");
+        std::fs::create_dir_all(array.join("vol/a/b")).unwrap();
+        std::fs::create_dir_all(array.join("other")).unwrap();
+        symlink("../../other", array.join("vol/a/out")).unwrap();
+        symlink("/other", array.join("vol/abs")).unwrap();
+        symlink("b", array.join("vol/a/in")).unwrap();
+        let root = ArrayRoot::open(&array, &[]).unwrap();
+        let canon = array.canonicalize().unwrap();
+        for bad in ["a/out", "abs", "a/out/x"] {
+            let e = root
+                .resolve_sub("volumes[0]", "vol", Some(bad), true)
+                .unwrap_err();
+            assert!(matches!(e, VolumeError::Escapes { .. }), "{bad}: {e}");
+        }
+        for bad in ["..", "a/../..", "/etc"] {
+            let e = root
+                .resolve_sub("volumes[0]", "vol", Some(bad), false)
+                .unwrap_err();
+            assert!(
+                e.to_string().starts_with("volumes[0].subpath: "),
+                "{bad}: {e}"
+            );
+        }
+        assert_eq!(
+            fd_path(&root.resolve_sub("v", "vol", Some("a/in"), false).unwrap()),
+            canon.join("vol/a/b")
+        );
+        assert_eq!(
+            fd_path(&root.resolve_sub("v", "vol", Some("new/d"), true).unwrap()),
+            canon.join("vol/new/d")
+        );
+        assert!(!canon.join("other/x").exists());
     }
 
     #[test]

@@ -40,9 +40,19 @@ impl Manager {
         let image = self.find_image(&cfg.image).await?;
         for (i, v) in cfg.volumes.iter().enumerate() {
             // Resolved here for a clear 400; resolved again (fd-based) by the shim at each start.
-            self.inner
-                .array
-                .resolve(&format!("volumes[{i}].source"), &v.source, v.create)?;
+            let source = match &v.volume {
+                Some(name) => {
+                    self.volume_source(&format!("volumes[{i}].volume"), name)
+                        .await?
+                }
+                None => v.source.clone(),
+            };
+            self.inner.array.resolve_sub(
+                &format!("volumes[{i}]"),
+                &source,
+                v.subpath.as_deref(),
+                v.create,
+            )?;
         }
         let engine = cfg
             .engine
@@ -166,7 +176,19 @@ impl Manager {
             id: id.to_owned(),
             array_root: self.inner.opts.array_dir.clone(),
             protected: self.inner.opts.protected.clone(),
-            volumes: cfg.volumes.clone(),
+            volumes: cfg
+                .volumes
+                .iter()
+                .map(|v| match &v.volume {
+                    // A named volume is its directory beneath the array root.
+                    Some(name) => crate::volumes::Volume {
+                        source: super::volumes::volume_path(name),
+                        volume: None,
+                        ..v.clone()
+                    },
+                    None => v.clone(),
+                })
+                .collect(),
             lowers,
             runtime_root: self.inner.runtime_root.clone(),
             cgroup: self.inner.opts.cgroups.container(engine, id),

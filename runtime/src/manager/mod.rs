@@ -9,7 +9,9 @@
 //! prune), `lifecycle.rs` (create, start, stop, kill, wait, delete), `monitor.rs` (exits, restart
 //! policies, reconcile), `boot.rs` (after a reboot or a failover: which containers start again,
 //! paced), `engines.rs` (engines, live limits, usage and processes), `update.rs` (rename,
-//! restart policy), `io_guard.rs` (the I/O guard's list of containers). Processes are reached only through the [`Launcher`] seam, cgroups only
+//! restart policy), `io_guard.rs` (the I/O guard's list of containers), `volumes.rs` and
+//! `snapshots.rs` (array volumes: the registry kept true against the volume backend).
+//! Processes are reached only through the [`Launcher`] seam, cgroups only
 //! through the [`CgroupDriver`] seam, SQL only through the store's typed methods.
 
 mod boot;
@@ -25,9 +27,11 @@ mod images;
 mod io_guard;
 mod lifecycle;
 mod monitor;
+mod snapshots;
 #[cfg(test)]
 mod tests;
 mod update;
+mod volumes;
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -52,6 +56,7 @@ pub use exec::{Attached, Attachment, ExecConfig, ExecInfo};
 pub use images::{ImageRemoval, PruneReport, PrunedImage};
 pub use monitor::{backoff, ReconcileReport};
 pub use update::ContainerUpdate;
+pub use volumes::{SnapshotInfo, UsedBy, VolumeInfo, VolumePatch, VolumeSpec};
 
 /// Fixed settings of a manager.
 #[derive(Clone, Debug)]
@@ -115,6 +120,10 @@ struct Inner {
     removed: Mutex<std::collections::VecDeque<ContainerRow>>,
     /// Where lifecycle events go (`set_event_sink`; none: not recorded).
     events: std::sync::OnceLock<crate::events::Sink>,
+    /// Array volumes on disk, by the array's filesystem (`volume_backend`).
+    volume_backend: Arc<dyn crate::volume_backend::VolumeBackend>,
+    /// Held by every change of volumes and snapshots (`volumes.rs`).
+    volume_lock: tokio::sync::Mutex<()>,
 }
 
 /// How many auto-removed containers' last rows are remembered.
@@ -141,6 +150,10 @@ impl Manager {
         opts: ManagerOptions,
     ) -> Result<Self> {
         let array = ArrayRoot::open(&opts.array_dir, &opts.protected)?;
+        let volume_backend = Arc::from(
+            crate::volume_backend::detect(&opts.array_dir)
+                .map_err(|e| internal("volume backend", e))?,
+        );
         let containers_root = opts.state_dir.join("containers");
         let runtime_root = opts.state_dir.join("rt");
         let trash = opts.state_dir.join("trash");
@@ -175,6 +188,8 @@ impl Manager {
                 io_guard: Arc::default(),
                 removed: Mutex::default(),
                 events: std::sync::OnceLock::new(),
+                volume_backend,
+                volume_lock: tokio::sync::Mutex::new(()),
             }),
         })
     }

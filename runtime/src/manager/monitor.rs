@@ -180,6 +180,8 @@ impl Manager {
     /// boot id recorded): nothing of that boot runs; see `boot.rs`. Either way, removes
     /// directories and cgroups that belong to no container, and records this boot.
     pub async fn reconcile(&self, node: &NodeBoot) -> Result<ReconcileReport> {
+        // Volumes first: a container started below finds its volumes whole.
+        self.reconcile_volumes().await?;
         let last = self.inner.store.last_boot().await?;
         let since = Since::of(last.as_ref(), node);
         let boot = BootRow {

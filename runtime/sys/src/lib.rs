@@ -2,12 +2,14 @@
 //! directory fd with `openat2` (and its EAGAIN retry), descriptors owned from the moment a
 //! syscall returns them, full-length `pread`/`pwrite` loops, and atomic file replacement.
 //!
-//! A leaf crate: it depends on `libc` and `nix` only. Every `unsafe` block is in `fd.rs`.
+//! A leaf crate: it depends on `libc` and `nix` only. Every `unsafe` block is in `fd.rs`, and in
+//! `quota.rs` (the filesystem ioctls behind array volumes).
 
 mod atomic;
 mod beneath;
 mod fd;
 mod io;
+pub mod quota;
 
 pub use atomic::{write_atomic, write_replace};
 pub use beneath::{identity, is_dir, open_beneath, open_or_create_dirs, proc_fd_path};

@@ -155,6 +155,7 @@ impl Env {
                 cgroups: Default::default(),
                 container_log: Default::default(),
                 restart_concurrency: inarray_runtime::RESTART_CONCURRENCY,
+                networks: Default::default(),
             },
         )
         .unwrap();

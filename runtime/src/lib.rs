@@ -15,6 +15,7 @@ mod ioguard;
 mod launcher;
 pub mod logs;
 mod manager;
+pub mod network;
 pub mod resources;
 mod spec;
 mod supervisor;

@@ -111,6 +111,9 @@ pub struct SpecContext<'a> {
     pub identity: Identity,
     /// The OCI `linux.resources` limits (see `Resources::to_oci`).
     pub resources: Value,
+    /// The network namespace a container on a bridge network joins (made and set up by the
+    /// daemon before the start).
+    pub netns: Option<String>,
 }
 
 /// The process's argv: Entrypoint + Cmd, with the request's overrides.
@@ -199,8 +202,12 @@ pub fn build(
         json!({"type": "uts"}),
         json!({"type": "mount"}),
     ];
-    if cfg.network == Network::None {
-        namespaces.push(json!({"type": "network"}));
+    match (&cfg.network, &ctx.netns) {
+        (Network::Host, _) => {}
+        (Network::Bridge(_), Some(path)) => {
+            namespaces.push(json!({"type": "network", "path": path}));
+        }
+        _ => namespaces.push(json!({"type": "network"})),
     }
     linux["namespaces"] = Value::Array(namespaces);
     linux["seccomp"] = json!({
@@ -274,6 +281,7 @@ mod tests {
                 gid: 100,
             },
             resources: json!({"pids": {"limit": 7}, "memory": {"limit": 67108864}}),
+            netns: None,
         };
         let spec = build(
             &cfg(r#"{"image":"x","command":["true"]}"#),

@@ -13,6 +13,7 @@ mod exports;
 mod images;
 mod jobs;
 pub mod names;
+mod networks;
 mod registries;
 
 use std::path::{Path, PathBuf};
@@ -31,6 +32,7 @@ pub use execs::ExecRow;
 pub use exports::{ExportClientRow, ExportRow, NewExport};
 pub use images::{ImageRow, NewImage};
 pub use jobs::{HistoryLimits, JobBatch, JobRow, NewRun, RunRow, RunState, RunTrigger, RunUpdate};
+pub use networks::{EndpointRow, NetworkRow};
 pub use registries::RegistryCredentialRow;
 
 #[derive(Debug, thiserror::Error)]

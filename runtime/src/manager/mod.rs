@@ -23,6 +23,7 @@ mod images;
 mod io_guard;
 mod lifecycle;
 mod monitor;
+mod networks;
 #[cfg(test)]
 mod tests;
 
@@ -66,6 +67,8 @@ pub struct ManagerOptions {
     pub container_log: inarray_shim::logfile::LogLimits,
     /// Starts the daemon makes on its own (restart policies, after a reboot) at once, at most.
     pub restart_concurrency: usize,
+    /// netavark, aardvark-dns and the subnets of bridge networks.
+    pub networks: crate::network::NetworkOptions,
 }
 
 /// The default of [`ManagerOptions::restart_concurrency`].
@@ -109,6 +112,10 @@ struct Inner {
     /// The last rows of containers auto-removed after their exit, newest last (at most
     /// [`REMEMBER_REMOVED`]): a waiter that wakes after the delete still learns the exit.
     removed: Mutex<std::collections::VecDeque<ContainerRow>>,
+    /// Published ports of the containers whose network is set up, by container id.
+    published: Mutex<HashMap<String, Vec<crate::network::PortMapping>>>,
+    /// Serializes network changes (allocations, netavark runs, port checks).
+    net_lock: tokio::sync::Mutex<()>,
 }
 
 /// How many auto-removed containers' last rows are remembered.
@@ -168,6 +175,8 @@ impl Manager {
                 config_credentials: Mutex::default(),
                 io_guard: Arc::default(),
                 removed: Mutex::default(),
+                published: Mutex::default(),
+                net_lock: tokio::sync::Mutex::new(()),
             }),
         })
     }

@@ -387,6 +387,9 @@ impl Manager {
         if recorded.is_some() {
             self.net_down_locked(id).await;
         }
+        let dir = self.paths(id).dir;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| internal(&format!("cannot create {}", dir.display()), e))?;
         let record_json = serde_json::to_vec_pretty(&record).map_err(|e| internal("record", e))?;
         inarray_sys::write_atomic(&self.record_path(id), &record_json)
             .map_err(|e| internal("cannot write the network record", e))?;

@@ -384,3 +384,43 @@ pub fn ephemeral_port(p: &PortMapping, taken: &HashSet<(Protocol, i64)>) -> Opti
 pub fn on_bridge(cfg: &ContainerConfig) -> bool {
     matches!(cfg.network, Network::Bridge(_))
 }
+
+/// Tears down every container network recorded under a daemon's state directory and unmounts
+/// its namespace directory: for a node taken out of service, and for tests whose daemon and
+/// containers were killed (the daemon does this itself at start, see reconcile).
+pub fn cleanup_state(state_dir: &std::path::Path, opts: &NetworkOptions) {
+    let nv = netavark::Netavark {
+        binary: opts.netavark.clone(),
+        aardvark: opts.aardvark.clone(),
+        config_dir: state_dir.join("netavark"),
+    };
+    let netns_dir = state_dir.join("netns");
+    if let Ok(entries) = std::fs::read_dir(state_dir.join("containers")) {
+        for e in entries.flatten() {
+            let rec = e.path().join("network.json");
+            let Some(r) = std::fs::read(&rec)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<netavark::NetworkRecord>(&b).ok())
+            else {
+                continue;
+            };
+            let ns = netns_dir.join(e.file_name());
+            if !inarray_sys::is_netns(&ns) {
+                let _ = inarray_sys::create_netns(&ns);
+            }
+            let _ = nv.teardown(&ns, &r);
+            let _ = inarray_sys::remove_netns(&ns);
+            let _ = std::fs::remove_file(&rec);
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(&netns_dir) {
+        for e in entries.flatten() {
+            let _ = inarray_sys::remove_netns(&e.path());
+        }
+    }
+    while inarray_sys::is_mount_point(&netns_dir).unwrap_or(false) {
+        if nix::mount::umount2(&netns_dir, nix::mount::MntFlags::MNT_DETACH).is_err() {
+            break;
+        }
+    }
+}

@@ -12,6 +12,10 @@ use serde_json::{json, Value};
 
 /// A daemon whose built-in `bridge` network and subnet pool are this test's own.
 async fn daemon(n: u8) -> TestDaemon {
+    daemon_with(n, Vec::new()).await
+}
+
+async fn daemon_with(n: u8, mut args: Vec<String>) -> TestDaemon {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("inarray.toml");
     std::fs::write(
@@ -19,7 +23,8 @@ async fn daemon(n: u8) -> TestDaemon {
         format!("[networks]\nbridge_subnet = \"10.123.{n}.0/24\"\npool = \"10.125.{n}.0/24\"\n"),
     )
     .unwrap();
-    let d = TestDaemon::start_with(vec!["--config".into(), cfg.to_str().unwrap().into()]).await;
+    args.extend(["--config".into(), cfg.to_str().unwrap().into()]);
+    let d = TestDaemon::start_with(args).await;
     // The config file must outlive its temp dir (read again at a relaunch).
     std::mem::forget(dir);
     d.with_busybox().await;
@@ -166,6 +171,24 @@ async fn published_port_answers_and_names_resolve_on_a_network() {
     let ip = web["networks"][0]["ip"].as_str().unwrap().to_owned();
     assert!(ip.starts_with("10.123.2."), "{web}");
     curl_until(None, &format!("http://127.0.0.1:{port}/"), "hello-from-web");
+    // Its traffic is counted (stats and /metrics).
+    let st = d
+        .ok(
+            Method::GET,
+            &format!("/v1/containers/{}/stats", id(&web)),
+            None,
+        )
+        .await;
+    assert!(st["network"]["tx_bytes"].as_u64().unwrap() > 0, "{st}");
+    assert!(st["network"]["rx_packets"].as_u64().unwrap() > 0, "{st}");
+    let m = d.metrics_text().await;
+    assert!(
+        m.lines().any(
+            |l| l.starts_with("inarray_container_network_tx_bytes_total{")
+                && l.contains("container=\"web\"")
+        ),
+        "{m}"
+    );
 
     // Another container on the network reaches it by name and alias; /etc files are written.
     let (code, logs) = d
@@ -375,7 +398,6 @@ async fn kill9_of_the_daemon_and_of_a_shim_leaves_nothing_of_the_dead_container(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_network_and_port_requests_are_refused_and_nothing_is_made() {
     let d = daemon(9).await;
-    let links_before = sh("ip -o link | wc -l").1;
     let long = "n".repeat(300);
     for (body, status, want) in [
         (json!({"name": "a/b"}), 400, "name"),
@@ -415,12 +437,13 @@ async fn hostile_network_and_port_requests_are_refused_and_nothing_is_made() {
             .await;
         assert!(e.contains(want), "{body}: {e}");
     }
-    d.ok(
-        Method::POST,
-        "/v1/networks",
-        Some(json!({"name": "h", "subnet": "10.123.10.0/24"})),
-    )
-    .await;
+    let h = d
+        .ok(
+            Method::POST,
+            "/v1/networks",
+            Some(json!({"name": "h", "subnet": "10.123.10.0/24"})),
+        )
+        .await;
     d.fails(
         Method::POST,
         "/v1/networks",
@@ -545,8 +568,45 @@ async fn hostile_network_and_port_requests_are_refused_and_nothing_is_made() {
         d.ok(Method::GET, "/v1/containers?all=true", None).await,
         json!([])
     );
-    assert_eq!(sh("ip -o link | wc -l").1, links_before);
+    let bridge = h["interface"].as_str().unwrap();
+    assert!(!std::path::Path::new(&format!("/sys/class/net/{bridge}")).exists());
+    assert!(!firewall().contains("10.123.10."), "{}", firewall());
     assert!(std::fs::read_dir(d.state.join("netns"))
         .map(|r| r.count() == 0)
         .unwrap_or(true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_admin_publishes_ports_below_1024() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let d = daemon_with(12, vec!["--listen".into(), format!("tcp:127.0.0.1:{port}")]).await;
+    let (ok, secret, err) = d.cli(&["token", "add", "ops", "--scope", "operate"]);
+    assert!(ok, "{err}");
+    let client = inarray_api::client::Client::new(inarray_api::serve::Listen::Tcp(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+    ))
+    .with_token(Some(secret.trim().to_owned()));
+    let body = |p: i64| {
+        json!({"image": "busybox", "network": "bridge", "command": ["true"], "start": false,
+               "ports": [{"host_ip": "127.0.0.1", "host_port": p, "container_port": 80}]})
+    };
+    let e = client
+        .json(Method::POST, "/v1/containers", Some(&body(80)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, inarray_api::client::ClientError::Api { status, message, .. }
+            if status.as_u16() == 403 && message.contains("ports[0].host_port")),
+        "{e:?}"
+    );
+    // An unprivileged port is the operator's to publish; the admin (unix socket) may take 80.
+    let c = client
+        .json(Method::POST, "/v1/containers", Some(&body(0)))
+        .await
+        .unwrap();
+    assert!(c["ports"][0]["host_port"].as_i64().unwrap() >= 1024, "{c}");
+    d.ok(Method::POST, "/v1/containers", Some(body(80))).await;
 }

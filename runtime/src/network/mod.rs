@@ -424,3 +424,143 @@ pub fn cleanup_state(state_dir: &std::path::Path, opts: &NetworkOptions) {
         }
     }
 }
+
+/// Traffic of a container's network interfaces (loopback left out), as its namespace counts it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct NetUsage {
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+}
+
+/// [`NetUsage`] from `/proc/<pid>/net/dev` (the network namespace of process `pid`).
+pub fn net_usage(pid: i64) -> Option<NetUsage> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/net/dev")).ok()?;
+    Some(parse_net_dev(&text))
+}
+
+fn parse_net_dev(text: &str) -> NetUsage {
+    let mut u = NetUsage::default();
+    for l in text.lines().skip(2) {
+        let Some((name, rest)) = l.split_once(':') else {
+            continue;
+        };
+        if name.trim() == "lo" {
+            continue;
+        }
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
+        if f.len() >= 10 {
+            u.rx_bytes += f[0];
+            u.rx_packets += f[1];
+            u.tx_bytes += f[8];
+            u.tx_packets += f[9];
+        }
+    }
+    u
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(json: &str) -> Result<ContainerConfig, String> {
+        let c: ContainerConfig = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        c.validate().map_err(|e| e.to_string())?;
+        Ok(c)
+    }
+
+    #[test]
+    fn container_network_fields_are_checked_naming_the_field() {
+        let c = cfg(
+            r#"{"image":"b","network":"web","ports":[{"container_port":80}],"aliases":["db"],
+            "hostname":"h1","dns":["10.0.0.1"],"extra_hosts":["a.b:10.1.1.1"]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.network, Network::Bridge("web".into()));
+        assert_eq!(c.ports[0].protocol, Protocol::Tcp);
+        assert_eq!(
+            serde_json::to_value(&c.network).unwrap(),
+            serde_json::json!("web")
+        );
+        for (json, want) in [
+            (
+                r#"{"image":"b","ports":[{"container_port":80}]}"#,
+                "ports: need a bridge network",
+            ),
+            (
+                r#"{"image":"b","network":"n","ports":[{"container_port":0}]}"#,
+                "ports[0].container_port",
+            ),
+            (
+                r#"{"image":"b","network":"n","ports":[{"container_port":1,"host_port":70000}]}"#,
+                "ports[0].host_port",
+            ),
+            (
+                r#"{"image":"b","network":"n","ports":[{"container_port":1,"host_ip":"x"}]}"#,
+                "ports[0].host_ip",
+            ),
+            (
+                r#"{"image":"b","network":"n","ports":[{"container_port":1,"host_port":5},{"container_port":2,"host_port":5}]}"#,
+                "ports[1].host_port",
+            ),
+            (r#"{"image":"b","network":"a/b"}"#, "network"),
+            (r#"{"image":"b","aliases":["x"]}"#, "aliases"),
+            (
+                r#"{"image":"b","network":"n","aliases":["-x"]}"#,
+                "aliases[0]",
+            ),
+            (r#"{"image":"b","hostname":""}"#, "hostname"),
+            (r#"{"image":"b","dns":["1.2.3"]}"#, "dns[0]"),
+            (r#"{"image":"b","extra_hosts":["a:b"]}"#, "extra_hosts[0]"),
+        ] {
+            let e = cfg(json).unwrap_err();
+            assert!(e.starts_with(want), "{json}: {e}");
+        }
+        // Different addresses may share a port; the any-address clashes with every one.
+        let ok = r#"{"image":"b","network":"n","ports":[{"container_port":1,"host_port":5,"host_ip":"127.0.0.1"},
+            {"container_port":2,"host_port":5,"host_ip":"127.0.0.2"},{"container_port":2,"host_port":5,"protocol":"udp"}]}"#;
+        cfg(ok).unwrap();
+        let clash = r#"{"image":"b","network":"n","ports":[{"container_port":1,"host_port":5,"host_ip":"127.0.0.1"},
+            {"container_port":2,"host_port":5}]}"#;
+        assert!(cfg(clash).unwrap_err().contains("published twice"));
+    }
+
+    #[test]
+    fn network_specs_are_checked() {
+        let spec = |j: &str| serde_json::from_str::<NetworkSpec>(j).unwrap().validate();
+        assert!(spec(r#"{"name":"n","subnet":"10.1.2.0/24","gateway":"10.1.2.9"}"#).is_ok());
+        for (j, want) in [
+            (r#"{"name":"n/x"}"#, "name"),
+            (r#"{"name":"none"}"#, "name"),
+            (r#"{"name":"n","subnet":"10.1.2.0/31"}"#, "subnet"),
+            (r#"{"name":"n","subnet":"fd00::/64"}"#, "subnet"),
+            (r#"{"name":"n","gateway":"10.1.2.1"}"#, "gateway"),
+            (
+                r#"{"name":"n","subnet":"10.1.2.0/24","gateway":"10.1.2.255"}"#,
+                "gateway",
+            ),
+            (r#"{"name":"n","subnet6":"fd00::/64"}"#, "subnet6"),
+            (r#"{"name":"n","options":{"mtu":"9"}}"#, "options.mtu"),
+        ] {
+            assert_eq!(spec(j).unwrap_err().field, want, "{j}");
+        }
+    }
+
+    #[test]
+    fn reads_proc_net_dev() {
+        let text = "Inter-|   Receive |  Transmit\n face |bytes packets errs drop fifo frame compressed multicast|bytes packets\n    lo:     100       1    0    0    0     0          0         0      100       1    0    0    0     0       0          0\n  eth0:     254       3    0    0    0     0          0         0       90       1    0    0    0     0       0          0\n";
+        assert_eq!(
+            parse_net_dev(text),
+            NetUsage {
+                rx_bytes: 254,
+                rx_packets: 3,
+                tx_bytes: 90,
+                tx_packets: 1
+            }
+        );
+    }
+}

@@ -610,3 +610,161 @@ async fn only_an_admin_publishes_ports_below_1024() {
     assert!(c["ports"][0]["host_port"].as_i64().unwrap() >= 1024, "{c}");
     d.ok(Method::POST, "/v1/containers", Some(body(80))).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_reboot_ended_containers_leave_nothing_and_restarted_ones_answer_again() {
+    let mut d = daemon_with(13, vec!["--boot-id".into(), "boot-1".into()]).await;
+    let net = d
+        .ok(
+            Method::POST,
+            "/v1/networks",
+            Some(json!({"name": "rb", "subnet": "10.123.14.0/24"})),
+        )
+        .await;
+    let bridge = net["interface"].as_str().unwrap().to_owned();
+    let ports = json!([{"host_ip": "127.0.0.1", "host_port": 0, "container_port": 8080}]);
+    let mut back = httpd("rb", "back", ports.clone());
+    back["restart"] = json!("always");
+    let back = d.run(back).await;
+    let gone = d.run(httpd("rb", "gone", ports)).await;
+    let (pback, pgone) = (
+        back["ports"][0]["host_port"].as_i64().unwrap(),
+        gone["ports"][0]["host_port"].as_i64().unwrap(),
+    );
+    curl_until(
+        None,
+        &format!("http://127.0.0.1:{pback}/"),
+        "hello-from-back",
+    );
+    curl_until(
+        None,
+        &format!("http://127.0.0.1:{pgone}/"),
+        "hello-from-gone",
+    );
+    let ip_of = |c: &Value| c["networks"][0]["ip"].as_str().unwrap().to_owned();
+    let back_ip = ip_of(&d.container(&id(&back)).await);
+    let gone_ip = ip_of(&d.container(&id(&gone)).await);
+
+    // The power goes: the daemon, the shims, the containers, aardvark-dns, and every namespace
+    // (their bind mounts are kernel state); the firewall rules and the state directory stay.
+    d.kill9();
+    for c in [&back, &gone] {
+        let rec: Value = serde_json::from_slice(
+            &std::fs::read(d.state.join("containers").join(id(c)).join("shim-pid.json")).unwrap(),
+        )
+        .unwrap();
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(rec["shim_pid"].as_i64().unwrap() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let _ = inarray_runtime::cgroups::cleanup(
+        std::path::Path::new(inarray_runtime::cgroups::MOUNT_ROOT),
+        &format!("/{}", d.cgroup_root),
+    );
+    if let Ok(pid) = std::fs::read_to_string(d.state.join("netavark/aardvark-dns/aardvark.pid")) {
+        let _ = sh(&format!("kill -9 {}", pid.trim()));
+    }
+    let netns = d.state.join("netns");
+    let (ok, out) = sh(&format!(
+        "for f in {0}/*; do umount -l $f; done; umount -l {0}",
+        netns.display()
+    ));
+    assert!(ok, "{out}");
+    assert!(
+        firewall().contains(&gone_ip),
+        "the rules outlive the namespaces"
+    );
+
+    let i = d.extra_args.iter().position(|a| a == "--boot-id").unwrap();
+    d.extra_args[i + 1] = "boot-2".into();
+    d.launch().await;
+    d.wait_for(&id(&gone), 30, |c| c["state"] == "exited").await;
+    let now = d
+        .wait_for(&id(&back), 60, |c| c["state"] == "running")
+        .await;
+    assert_eq!(ip_of(&now), back_ip, "{now}");
+    curl_until(
+        None,
+        &format!("http://127.0.0.1:{pback}/"),
+        "hello-from-back",
+    );
+    let fw = firewall();
+    assert!(
+        !fw.contains(&gone_ip) && !fw.contains(&format!("dport {pgone} ")),
+        "{fw}"
+    );
+    let aardvark =
+        std::fs::read_to_string(d.state.join("netavark/aardvark-dns/rb")).unwrap_or_default();
+    assert!(
+        aardvark.contains(&id(&back)) && !aardvark.contains(&id(&gone)),
+        "{aardvark}"
+    );
+    assert_eq!(
+        std::fs::read_dir(format!("/sys/class/net/{bridge}/brif"))
+            .unwrap()
+            .count(),
+        1
+    );
+    assert!(!netns.join(id(&gone)).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_keep_the_address_and_the_port_and_a_stop_releases_them() {
+    let d = daemon(15).await;
+    d.ok(
+        Method::POST,
+        "/v1/networks",
+        Some(json!({"name": "rs", "subnet": "10.123.16.0/24"})),
+    )
+    .await;
+    let mut body = httpd(
+        "rs",
+        "again",
+        json!([{"host_ip": "127.0.0.1", "host_port": 0, "container_port": 8080}]),
+    );
+    body["restart"] = json!("always");
+    let c = d.run(body).await;
+    let cid = id(&c);
+    let port = c["ports"][0]["host_port"].as_i64().unwrap();
+    let ip = d.container(&cid).await["networks"][0]["ip"].clone();
+    curl_until(
+        None,
+        &format!("http://127.0.0.1:{port}/"),
+        "hello-from-again",
+    );
+    // Killed: the policy starts it again in the same namespace.
+    d.ok(
+        Method::POST,
+        &format!("/v1/containers/{cid}/kill?signal=KILL"),
+        None,
+    )
+    .await;
+    d.wait_for(&cid, 60, |c| {
+        c["state"] == "running" && c["restart_count"].as_i64() >= Some(1)
+    })
+    .await;
+    curl_until(
+        None,
+        &format!("http://127.0.0.1:{port}/"),
+        "hello-from-again",
+    );
+    // Stopped: its rules go; started: back on the same address and port.
+    d.ok(
+        Method::POST,
+        &format!("/v1/containers/{cid}/stop?timeout=1"),
+        None,
+    )
+    .await;
+    let fw = firewall();
+    assert!(!fw.contains(&format!("dport {port} ")), "{fw}");
+    assert!(!d.state.join("netns").join(&cid).exists());
+    d.ok(Method::POST, &format!("/v1/containers/{cid}/start"), None)
+        .await;
+    assert_eq!(d.container(&cid).await["networks"][0]["ip"], ip);
+    curl_until(
+        None,
+        &format!("http://127.0.0.1:{port}/"),
+        "hello-from-again",
+    );
+}

@@ -39,7 +39,7 @@ impl Cidr {
         to_bits(self.addr)
     }
 
-    fn from_bits(&self, bits: u128) -> IpAddr {
+    fn addr_of(&self, bits: u128) -> IpAddr {
         if self.is_v4() {
             IpAddr::V4(Ipv4Addr::from(bits as u32))
         } else {
@@ -64,7 +64,7 @@ impl Cidr {
 
     /// The `n`th address of the subnet (0 is the network address).
     pub fn nth(&self, n: u128) -> IpAddr {
-        self.from_bits(self.base() + n)
+        self.addr_of(self.base() + n)
     }
 
     /// The last address (broadcast for IPv4).
@@ -88,7 +88,7 @@ impl Cidr {
         }
         let step = 1u128.checked_shl(self.width() - u32::from(prefix))?;
         Some(Cidr {
-            addr: self.from_bits(self.base() + n * step),
+            addr: self.addr_of(self.base() + n * step),
             prefix,
         })
     }
@@ -121,7 +121,7 @@ impl FromStr for Cidr {
         if host < 128 && to_bits(addr) & ((1u128 << host) - 1) != 0 {
             return Err(format!(
                 "{shown} has host bits set (the network address is {})",
-                c.from_bits(to_bits(addr) >> host << host)
+                c.addr_of(to_bits(addr) >> host << host)
             ));
         }
         Ok(c)

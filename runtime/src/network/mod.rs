@@ -108,6 +108,10 @@ impl PortMapping {
     }
 }
 
+/// What [`NetworkSpec::validate`] parsed: the subnet, the gateway, the IPv6 subnet (each when
+/// given).
+pub type Checked = (Option<Cidr>, Option<IpAddr>, Option<Cidr>);
+
 /// A request to create a network (`POST /v1/networks`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -142,7 +146,7 @@ fn yes() -> bool {
 impl NetworkSpec {
     /// What can be checked alone: the name, the subnets' shapes, the gateway in its subnet, the
     /// options. Overlaps are the manager's (they need the store and the node's routes).
-    pub fn validate(&self) -> Result<(Option<Cidr>, Option<IpAddr>, Option<Cidr>), InvalidField> {
+    pub fn validate(&self) -> Result<Checked, InvalidField> {
         inarray_store::names::NETWORK
             .check(&self.name)
             .map_err(|r| bad("name", r))?;

@@ -91,8 +91,8 @@ pub fn create_netns(path: &Path) -> std::io::Result<()> {
 
 /// Whether `path` is a bound network namespace (an nsfs mount), not just the file it is bound to.
 pub fn is_netns(path: &Path) -> bool {
-    // NSFS_MAGIC
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == 0x6e73_6673)
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
 }
 
 /// Unbinds and removes a namespace file made by [`create_netns`]; the namespace itself goes away

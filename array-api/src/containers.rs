@@ -132,6 +132,31 @@ impl TryFrom<ContainerRow> for ContainerView {
     }
 }
 
+/// Ports below 1024 are the node's privileged ones: only the admin scope may publish them (here,
+/// and for a job's container). `prefix`: where the request puts the container (`container.`).
+pub(crate) fn privileged_ports(
+    who: &crate::access::Identity,
+    cfg: &ContainerConfig,
+    prefix: &str,
+) -> Result<(), ApiError> {
+    if who.scope >= Scope::Admin {
+        return Ok(());
+    }
+    match cfg
+        .ports
+        .iter()
+        .enumerate()
+        .find(|(_, p)| (1..1024).contains(&p.host_port))
+    {
+        Some((i, p)) => Err(ApiError::forbidden(format!(
+            "{prefix}ports[{i}].host_port: publishing port {} (below 1024) needs the admin scope; the token's is {}",
+            p.host_port,
+            who.scope.as_str()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Adds the container's addresses (SQL) to its view.
 async fn with_networks(m: &Manager, mut v: ContainerView) -> Result<ContainerView, ApiError> {
     v.networks = m
@@ -170,21 +195,7 @@ async fn create_container(
     Caller(who): Caller,
     Json(cfg): Json<ContainerConfig>,
 ) -> Result<Response, ApiError> {
-    // Ports below 1024 are the node's privileged ones: only an admin may publish them.
-    if who.scope < Scope::Admin {
-        if let Some((i, p)) = cfg
-            .ports
-            .iter()
-            .enumerate()
-            .find(|(_, p)| (1..1024).contains(&p.host_port))
-        {
-            return Err(ApiError::forbidden(format!(
-                "ports[{i}].host_port: publishing port {} (below 1024) needs the admin scope; the token's is {}",
-                p.host_port,
-                who.scope.as_str()
-            )));
-        }
-    }
+    privileged_ports(&who, &cfg, "")?;
     let row = m.create(cfg).await?;
     Ok((StatusCode::CREATED, full_view(&m, row).await?).into_response())
 }

@@ -2,7 +2,8 @@
 //!
 //! Defaults follow Docker's: its default capability set, `no_new_privileges`, masked and read-only
 //! /proc paths, a seccomp profile that refuses the syscalls Docker's default profile refuses, not
-//! privileged, a private network namespace with loopback only (or the host's when asked).
+//! privileged, a private network namespace with loopback only (or the host's when asked, or the
+//! one the daemon set up for a bridge network, joined by its path).
 
 use oci_spec::runtime::Spec;
 use serde_json::{json, Value};

@@ -117,7 +117,7 @@ def free_port():
 def wait_port(ip, port, ns=None, secs=30):
     deadline = time.time() + secs
     while time.time() < deadline:
-        cmd = f"busybox nc -z -w 1 {ip} {port}"
+        cmd = f"timeout 2 bash -c 'exec 3<>/dev/tcp/{ip}/{port}'"
         if ns:
             cmd = f"ip netns exec {ns} {cmd}"
         if sh(cmd, check=False).returncode == 0:
@@ -277,6 +277,16 @@ def main():
                                    "sleep", "3600"])
                 start[f"podman {net}"].append((time.perf_counter() - t) * 1e3)
                 sh(pod + ["rm", "-f", "-t", "0", name])
+    except Exception:
+        # What the containers said, for the failure's report.
+        try:
+            for c in Api(sock).call("GET", "/v1/containers?all=true"):
+                cn = Unix(sock)
+                cn.request("GET", f"/v1/containers/{c['id']}/logs")
+                print(c["name"], c["state"], c.get("error"), cn.getresponse().read()[-500:])
+        except (OSError, RuntimeError) as e:
+            print("no container logs:", e)
+        raise
     finally:
         if daemon is not None and daemon.poll() is None:
             try:

@@ -299,9 +299,18 @@ impl Manager {
     /// the reason (a plan that failed is recorded the same way). The caller holds the lock.
     async fn launch(&self, row: &ContainerRow, plan: Result<Plan>) -> Result<ContainerRow> {
         let id = row.id.as_str();
+        // A port taken meanwhile (a race with another start) stays a 409.
+        let mut conflict = None;
         let plan = match plan {
             Ok(p) => match serde_json::from_str::<ContainerConfig>(&row.spec) {
-                Ok(cfg) => self.net_up(row, &cfg).await.map(|()| p),
+                Ok(cfg) => match self.net_up(row, &cfg).await {
+                    Ok(()) => Ok(p),
+                    Err(ManagerError::Conflict(m)) => {
+                        conflict = Some(m.clone());
+                        Err(ManagerError::Conflict(m))
+                    }
+                    Err(e) => Err(e),
+                },
                 Err(e) => Err(internal("stored spec", e)),
             },
             Err(e) => Err(e),
@@ -349,7 +358,10 @@ impl Manager {
                     )
                     .await?;
                 self.changed(id);
-                Err(ManagerError::Start { message, source })
+                match conflict {
+                    Some(m) => Err(ManagerError::Conflict(m)),
+                    None => Err(ManagerError::Start { message, source }),
+                }
             }
         }
     }

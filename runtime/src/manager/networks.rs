@@ -355,6 +355,8 @@ impl Manager {
         };
         let id = row.id.as_str();
         let _g = self.inner.net_lock.lock().await;
+        // Checked again under the lock: two starts racing for one port, one wins.
+        self.check_ports_free(id, cfg)?;
         let net = self.network(name).await?;
         let ep = self.endpoint(id, &net).await?;
         let record = NetworkRecord {

@@ -627,6 +627,17 @@ async fn after_a_reboot_ended_containers_leave_nothing_and_restarted_ones_answer
     back["restart"] = json!("always");
     let back = d.run(back).await;
     let gone = d.run(httpd("rb", "gone", ports)).await;
+    // Alone on its network: after the reboot its network's own rules and bridge go too.
+    let alone_net = d
+        .ok(
+            Method::POST,
+            "/v1/networks",
+            Some(json!({"name": "rb2", "subnet": "10.123.17.0/24"})),
+        )
+        .await;
+    let alone = d
+        .run(json!({"image": "busybox", "network": "rb2", "command": ["sleep", "100000"]}))
+        .await;
     let (pback, pgone) = (
         back["ports"][0]["host_port"].as_i64().unwrap(),
         gone["ports"][0]["host_port"].as_i64().unwrap(),
@@ -648,7 +659,7 @@ async fn after_a_reboot_ended_containers_leave_nothing_and_restarted_ones_answer
     // The power goes: the daemon, the shims, the containers, aardvark-dns, and every namespace
     // (their bind mounts are kernel state); the firewall rules and the state directory stay.
     d.kill9();
-    for c in [&back, &gone] {
+    for c in [&back, &gone, &alone] {
         let rec: Value = serde_json::from_slice(
             &std::fs::read(d.state.join("containers").join(id(c)).join("shim-pid.json")).unwrap(),
         )
@@ -707,6 +718,11 @@ async fn after_a_reboot_ended_containers_leave_nothing_and_restarted_ones_answer
         1
     );
     assert!(!netns.join(id(&gone)).exists());
+    d.wait_for(&id(&alone), 30, |c| c["state"] == "exited")
+        .await;
+    let alone_bridge = alone_net["interface"].as_str().unwrap();
+    assert!(!std::path::Path::new(&format!("/sys/class/net/{alone_bridge}")).exists());
+    assert!(!firewall().contains("10.123.17."), "{}", firewall());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -487,10 +487,12 @@ impl Manager {
         let id2 = id.to_owned();
         let done = tokio::task::spawn_blocking(move || {
             if let Some(r) = &record {
-                if !inarray_sys::is_netns(&netns) {
-                    let _ = inarray_sys::create_netns(&netns);
-                }
-                if let Err(e) = nv.teardown(&netns, r) {
+                let torn = if inarray_sys::is_netns(&netns) {
+                    nv.teardown(&netns, r)
+                } else {
+                    nv.teardown_in_fresh(&netns, r)
+                };
+                if let Err(e) = torn {
                     tracing::warn!(container = %id2, error = %e, "network teardown");
                 }
             }

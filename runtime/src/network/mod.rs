@@ -409,10 +409,11 @@ pub fn cleanup_state(state_dir: &std::path::Path, opts: &NetworkOptions) {
                 continue;
             };
             let ns = netns_dir.join(e.file_name());
-            if !inarray_sys::is_netns(&ns) {
-                let _ = inarray_sys::create_netns(&ns);
-            }
-            let _ = nv.teardown(&ns, &r);
+            let _ = if inarray_sys::is_netns(&ns) {
+                nv.teardown(&ns, &r)
+            } else {
+                nv.teardown_in_fresh(&ns, &r)
+            };
             let _ = inarray_sys::remove_netns(&ns);
             let _ = std::fs::remove_file(&rec);
         }

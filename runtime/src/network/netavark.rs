@@ -181,4 +181,45 @@ impl Netavark {
     pub fn teardown(&self, netns: &Path, record: &NetworkRecord) -> Result<(), NetavarkError> {
         self.run("teardown", netns, &record.options()).map(|_| ())
     }
+
+    /// [`teardown`](Self::teardown) when the container's namespace is gone (a reboot, an
+    /// unmount): in a fresh namespace at `netns` holding a placeholder veth for each of its
+    /// interfaces (`eth0`, …). netavark deletes the container's interface first and stops at
+    /// the first error, so without them the network's own rules and its bridge would stay
+    /// when it was the last container; the per-container rules and aardvark's entry go either
+    /// way.
+    pub fn teardown_in_fresh(
+        &self,
+        netns: &Path,
+        record: &NetworkRecord,
+    ) -> Result<(), NetavarkError> {
+        let count = record.networks.len();
+        let made = inarray_sys::create_netns_with(netns, move || {
+            for i in 0..count {
+                let st = Command::new("ip")
+                    .args([
+                        "link",
+                        "add",
+                        &format!("eth{i}"),
+                        "type",
+                        "veth",
+                        "peer",
+                        "name",
+                    ])
+                    .arg(format!("eth{i}p"))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()?;
+                if !st.success() {
+                    return Err(std::io::Error::other(format!("ip link add eth{i}: {st}")));
+                }
+            }
+            Ok(())
+        });
+        if let Err(e) = made {
+            tracing::warn!(netns = %netns.display(), error = %e, "placeholder interfaces for a teardown");
+            let _ = inarray_sys::create_netns(netns);
+        }
+        self.teardown(netns, record)
+    }
 }

@@ -64,6 +64,15 @@ fn unescape_mountinfo(p: &str) -> String {
 /// regular file, created). Done on a thread of its own that exits afterwards: the caller's
 /// threads never change namespace.
 pub fn create_netns(path: &Path) -> std::io::Result<()> {
+    create_netns_with(path, || Ok(()))
+}
+
+/// [`create_netns`], running `inside` on the thread that is in the new namespace before it is
+/// bound (processes it spawns start in that namespace).
+pub fn create_netns_with<F>(path: &Path, inside: F) -> std::io::Result<()>
+where
+    F: FnOnce() -> std::io::Result<()> + Send + 'static,
+{
     std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -72,6 +81,7 @@ pub fn create_netns(path: &Path) -> std::io::Result<()> {
     let target = path.to_owned();
     let made = std::thread::spawn(move || -> std::io::Result<()> {
         unshare(CloneFlags::CLONE_NEWNET).map_err(io)?;
+        inside()?;
         mount(
             Some("/proc/thread-self/ns/net"),
             &target,

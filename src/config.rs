@@ -67,6 +67,9 @@ pub struct FileConfig {
     /// Containers the daemon starts on its own at once, at most: restarts by policy and the
     /// starts after a reboot or a failover (default 8, 1 to 256).
     pub restart_concurrency: Option<usize>,
+    /// Bridge networks: netavark and aardvark-dns, the built-in network's subnet, the pool of
+    /// subnets for networks created without one.
+    pub networks: Option<NetworksConfig>,
 }
 
 /// `[io_guard]` in the config file (docs/operator-guide.md, "Engines"; the defaults in
@@ -269,6 +272,7 @@ pub(crate) struct Settings {
     pub(crate) docker_listen: Option<Listen>,
     pub(crate) container_log: inarray_runtime::LogLimits,
     pub(crate) restart_concurrency: usize,
+    pub(crate) networks: inarray_runtime::network::NetworkOptions,
     /// Test-only: the boot id to use instead of the kernel's.
     pub(crate) boot_id: Option<String>,
 }
@@ -468,7 +472,51 @@ pub(crate) fn settings(opts: ServeOpts) -> Result<Settings> {
             Some(n) => bail!("restart_concurrency: {n} is not between 1 and 256"),
         },
         boot_id: opts.boot_id,
+        networks: file.networks.unwrap_or_default().options()?,
     })
+}
+
+/// The `[networks]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworksConfig {
+    /// Default /usr/lib/podman/netavark.
+    pub netavark: Option<PathBuf>,
+    /// Default /usr/lib/podman/aardvark-dns.
+    pub aardvark_dns: Option<PathBuf>,
+    /// The built-in `bridge` network's IPv4 subnet (default 10.91.0.0/24).
+    pub bridge_subnet: Option<String>,
+    /// /24s for networks created without a subnet (default 10.91.0.0/16).
+    pub pool: Option<String>,
+}
+
+impl NetworksConfig {
+    fn options(self) -> anyhow::Result<inarray_runtime::network::NetworkOptions> {
+        use inarray_runtime::network::Cidr;
+        let mut o = inarray_runtime::network::NetworkOptions::default();
+        let v4 = |key: &str, s: &str, max: u8| -> anyhow::Result<Cidr> {
+            let c: Cidr = s
+                .parse()
+                .map_err(|e| anyhow::anyhow!("networks.{key}: {e}"))?;
+            if !c.is_v4() || !(8..=max).contains(&c.prefix) {
+                bail!("networks.{key}: {s} must be an IPv4 subnet /8 to /{max}");
+            }
+            Ok(c)
+        };
+        if let Some(p) = self.netavark {
+            o.netavark = p;
+        }
+        if let Some(p) = self.aardvark_dns {
+            o.aardvark = p;
+        }
+        if let Some(s) = self.bridge_subnet {
+            o.bridge_subnet = v4("bridge_subnet", &s, 30)?;
+        }
+        if let Some(s) = self.pool {
+            o.pool = v4("pool", &s, 24)?;
+        }
+        Ok(o)
+    }
 }
 
 #[cfg(test)]

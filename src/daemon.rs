@@ -129,6 +129,7 @@ pub async fn run(opts: ServeOpts) -> Result<()> {
             cgroups: s.cgroups.clone(),
             container_log: s.container_log,
             restart_concurrency: s.restart_concurrency,
+            networks: s.networks.clone(),
         },
     )
     .context("container manager")?;

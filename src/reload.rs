@@ -157,6 +157,7 @@ impl Reloader {
             container_log: c.container_log,
             restart_concurrency: c.restart_concurrency,
             boot_id: c.boot_id.clone(),
+            networks: c.networks.clone(),
             registries: new.registries,
             registry_credentials: new.registry_credentials,
             log: new.log,

@@ -16,6 +16,8 @@ use inarray_store::{ContainerRow, ContainerState};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::access::Caller;
+use crate::access::Scope;
 use crate::error::ApiError;
 use crate::extract::{Json, Path, Query};
 use crate::state::AppState;
@@ -76,6 +78,20 @@ pub struct ContainerView {
     pub labels: std::collections::BTreeMap<String, String>,
     /// While running with a health check: status, failing streak, the last results.
     pub health: Option<inarray_runtime::health::Health>,
+    /// Published ports (ephemeral ones as chosen at create).
+    pub ports: Vec<inarray_runtime::network::PortMapping>,
+    /// Its addresses on bridge networks (once it has started on one).
+    pub networks: Vec<EndpointView>,
+    pub hostname: Option<String>,
+    pub aliases: Vec<String>,
+}
+
+/// A container's address on a network.
+#[derive(Serialize)]
+pub struct EndpointView {
+    pub network: String,
+    pub ip: String,
+    pub ip6: Option<String>,
 }
 
 impl TryFrom<ContainerRow> for ContainerView {
@@ -96,10 +112,7 @@ impl TryFrom<ContainerRow> for ContainerView {
             finished_at: r.finished_at,
             restart_count: r.restart_count,
             restart: cfg.restart.to_string(),
-            network: serde_json::to_value(cfg.network)
-                .ok()
-                .and_then(|v| v.as_str().map(String::from))
-                .unwrap_or_default(),
+            network: cfg.network.to_string(),
             volumes: serde_json::to_value(&cfg.volumes).unwrap_or(Value::Null),
             command: cfg.command,
             env: cfg.env,
@@ -111,12 +124,63 @@ impl TryFrom<ContainerRow> for ContainerView {
             auto_remove: cfg.auto_remove,
             labels: cfg.labels,
             health: None,
+            ports: cfg.ports,
+            networks: Vec::new(),
+            hostname: cfg.hostname,
+            aliases: cfg.aliases,
         })
     }
 }
 
+/// Ports below 1024 are the node's privileged ones: only the admin scope may publish them (here,
+/// and for a job's container). `prefix`: where the request puts the container (`container.`).
+pub(crate) fn privileged_ports(
+    who: &crate::access::Identity,
+    cfg: &ContainerConfig,
+    prefix: &str,
+) -> Result<(), ApiError> {
+    if who.scope >= Scope::Admin {
+        return Ok(());
+    }
+    match cfg
+        .ports
+        .iter()
+        .enumerate()
+        .find(|(_, p)| (1..1024).contains(&p.host_port))
+    {
+        Some((i, p)) => Err(ApiError::forbidden(format!(
+            "{prefix}ports[{i}].host_port: publishing port {} (below 1024) needs the admin scope; the token's is {}",
+            p.host_port,
+            who.scope.as_str()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Adds the container's addresses (SQL) to its view.
+async fn with_networks(m: &Manager, mut v: ContainerView) -> Result<ContainerView, ApiError> {
+    v.networks = m
+        .endpoints(&v.id)
+        .await?
+        .into_iter()
+        .map(|e| EndpointView {
+            network: e.network,
+            ip: e.ip,
+            ip6: e.ip6,
+        })
+        .collect();
+    Ok(v)
+}
+
 fn view(m: &Manager, r: ContainerRow) -> Result<axum::Json<ContainerView>, ApiError> {
     Ok(axum::Json(with_health(m, r.try_into()?)))
+}
+
+/// [`view`] with the container's addresses.
+async fn full_view(m: &Manager, r: ContainerRow) -> Result<axum::Json<ContainerView>, ApiError> {
+    Ok(axum::Json(
+        with_networks(m, with_health(m, r.try_into()?)).await?,
+    ))
 }
 
 fn with_health(m: &Manager, mut v: ContainerView) -> ContainerView {
@@ -128,10 +192,12 @@ fn with_health(m: &Manager, mut v: ContainerView) -> ContainerView {
 
 async fn create_container(
     State(m): State<Manager>,
+    Caller(who): Caller,
     Json(cfg): Json<ContainerConfig>,
 ) -> Result<Response, ApiError> {
+    privileged_ports(&who, &cfg, "")?;
     let row = m.create(cfg).await?;
-    Ok((StatusCode::CREATED, view(&m, row)?).into_response())
+    Ok((StatusCode::CREATED, full_view(&m, row).await?).into_response())
 }
 
 #[derive(Deserialize)]
@@ -157,14 +223,14 @@ async fn inspect_container(
     State(m): State<Manager>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<ContainerView>, ApiError> {
-    view(&m, m.get(&id).await?)
+    full_view(&m, m.get(&id).await?).await
 }
 
 async fn start_container(
     State(m): State<Manager>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<ContainerView>, ApiError> {
-    view(&m, m.start(&id).await?)
+    full_view(&m, m.start(&id).await?).await
 }
 
 #[derive(Deserialize)]

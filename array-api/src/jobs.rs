@@ -12,6 +12,7 @@ use inarray_runtime::ContainerConfig;
 use inarray_store::{RunRow, RunState, RunTrigger};
 use serde::{Deserialize, Serialize};
 
+use crate::access::Caller;
 use crate::error::ApiError;
 use crate::extract::{Json, Path, Query};
 use crate::state::AppState;
@@ -140,8 +141,10 @@ async fn list_jobs(State(j): State<Jobs>) -> Result<axum::Json<Vec<JobView>>, Ap
 
 async fn create_job(
     State(j): State<Jobs>,
+    Caller(who): Caller,
     Json(spec): Json<JobSpec>,
 ) -> Result<Response, ApiError> {
+    crate::containers::privileged_ports(&who, &spec.container, "container.")?;
     let job = j.create(spec).await?;
     Ok((StatusCode::CREATED, axum::Json(JobView::from(job))).into_response())
 }
@@ -156,8 +159,12 @@ async fn get_job(
 async fn update_job(
     State(j): State<Jobs>,
     Path(name): Path<String>,
+    Caller(who): Caller,
     Json(patch): Json<JobPatch>,
 ) -> Result<axum::Json<JobView>, ApiError> {
+    if let Some(c) = &patch.container {
+        crate::containers::privileged_ports(&who, c, "container.")?;
+    }
     Ok(axum::Json(j.update(&name, patch).await?.into()))
 }
 

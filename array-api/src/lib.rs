@@ -16,6 +16,7 @@ pub mod images;
 pub mod info;
 pub mod jobs;
 pub mod metrics;
+pub mod networks;
 pub mod registries;
 pub mod routes;
 pub mod serve;

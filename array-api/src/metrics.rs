@@ -270,6 +270,32 @@ impl Exposition {
     /// The usage figures of an engine or container as `inarray_<scope>_…` families.
     pub fn usage(&mut self, scope: &str, labels: &[(&str, &str)], u: &Usage) {
         let n = |s: &str| format!("inarray_{scope}_{s}");
+        if let Some(net) = &u.network {
+            for (name, help, v) in [
+                (
+                    "network_rx_bytes_total",
+                    "bytes received on its network interfaces",
+                    net.rx_bytes,
+                ),
+                (
+                    "network_rx_packets_total",
+                    "packets received on its network interfaces",
+                    net.rx_packets,
+                ),
+                (
+                    "network_tx_bytes_total",
+                    "bytes sent on its network interfaces",
+                    net.tx_bytes,
+                ),
+                (
+                    "network_tx_packets_total",
+                    "packets sent on its network interfaces",
+                    net.tx_packets,
+                ),
+            ] {
+                self.counter(&n(name), help, labels, v as f64);
+            }
+        }
         self.counter(
             &n("cpu_seconds_total"),
             "cpu time used",

@@ -81,6 +81,8 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/volumes/{name}/snapshots/{snapshot}", &["delete"]),
     ("/v1/volumes/{name}/snapshots/{snapshot}/restore", &["post"]),
     ("/v1/volumes/{name}/clone", &["post"]),
+    ("/v1/networks", &["get", "post"]),
+    ("/v1/networks/{name}", &["get", "delete"]),
 ];
 
 const SPEC_FILE: &str = include_str!("../../docs/openapi.json");
@@ -98,6 +100,7 @@ const ROUTES_RS: &[&str] = &[
     include_str!("../src/tokens.rs"),
     include_str!("../src/events.rs"),
     include_str!("../src/volumes.rs"),
+    include_str!("../src/networks.rs"),
 ];
 const JSON: Option<&str> = Some("application/json");
 
@@ -163,6 +166,7 @@ impl Env {
                 cgroups: Default::default(),
                 container_log: Default::default(),
                 restart_concurrency: inarray_runtime::RESTART_CONCURRENCY,
+                networks: Default::default(),
             },
         )
         .unwrap();
@@ -1320,8 +1324,14 @@ async fn malformed_bodies_are_refused_in_the_error_shape() {
                 .needle("restart"),
             create("restart null", json!({"image": "x", "restart": null}), S::UNPROCESSABLE_ENTITY, "invalid_field")
                 .needle("restart"),
-            create("network bridge", json!({"image": "x", "network": "bridge"}), S::UNPROCESSABLE_ENTITY, "invalid_field")
+            create("network number", json!({"image": "x", "network": 5}), S::UNPROCESSABLE_ENTITY, "invalid_field")
                 .needle("network"),
+            create("network bad name", json!({"image": "x", "network": "a/b"}), S::BAD_REQUEST, "invalid_request")
+                .needle("network"),
+            create("network unknown", json!({"image": "x", "network": "nosuch"}), S::BAD_REQUEST, "invalid_request")
+                .needle("no network named nosuch"),
+            create("port 0", json!({"image": "x", "network": "bridge", "ports": [{"container_port": 0}]}), S::BAD_REQUEST, "invalid_request")
+                .needle("ports[0].container_port"),
             // Field checks (400) come before the image is looked up: "x" need not exist.
             create("10k env", json!({"image": "x", "env": many(10_000, |i| json!(format!("K{i}=v")))}), S::BAD_REQUEST, "invalid_request")
                 .needle("env: has 10000 entries"),
@@ -3676,4 +3686,52 @@ async fn volumes_on_plain_directories() {
         "not_found",
         "no such volume: data",
     );
+}
+
+#[tokio::test]
+async fn networks_create_inspect_list_delete_and_refuse_bad_ones() {
+    let env = Env::new().await;
+    let r = env
+        .post_json(
+            "/v1/networks",
+            &json!({"name": "apinet", "subnet": "10.126.0.0/24", "internal": true}),
+        )
+        .await;
+    r.expect(StatusCode::CREATED);
+    let n = r.json();
+    assert_eq!(n["gateway"], "10.126.0.1", "{n}");
+    assert_eq!(n["internal"], true, "{n}");
+    let r = env.get("/v1/networks").await;
+    r.expect(StatusCode::OK);
+    assert!(r
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n["name"] == "apinet"));
+    env.get("/v1/networks/apinet").await.expect(StatusCode::OK);
+    for (body, status) in [
+        (json!({"name": "a/b"}), StatusCode::BAD_REQUEST),
+        (json!({"name": "n".repeat(300)}), StatusCode::BAD_REQUEST),
+        (
+            json!({"name": "x", "subnet": "10.126.0.0/16"}),
+            StatusCode::CONFLICT,
+        ),
+        (
+            json!({"name": "apinet", "subnet": "10.126.1.0/24"}),
+            StatusCode::CONFLICT,
+        ),
+        (
+            json!({"name": "x", "subnet": "127.0.0.0/16"}),
+            StatusCode::CONFLICT,
+        ),
+    ] {
+        env.post_json("/v1/networks", &body).await.expect(status);
+    }
+    env.delete("/v1/networks/apinet")
+        .await
+        .expect(StatusCode::NO_CONTENT);
+    env.get("/v1/networks/apinet")
+        .await
+        .expect(StatusCode::NOT_FOUND);
 }

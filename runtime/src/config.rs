@@ -35,6 +35,21 @@ pub struct ContainerConfig {
     pub restart: RestartPolicy,
     #[serde(default)]
     pub network: Network,
+    /// Ports of the container published on the node (bridge networks only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<crate::network::PortMapping>,
+    /// More names other containers on its network resolve to it (bridge networks only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+    /// The container's host name (default: the first 12 digits of its id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Name servers for its /etc/resolv.conf (default: the network's, or the node's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<String>,
+    /// More lines of its /etc/hosts, each `name:address`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<String>,
     /// The engine to run in (default "default").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engine: Option<String>,
@@ -237,6 +252,7 @@ impl ContainerConfig {
             ));
         }
         check_labels(&self.labels)?;
+        crate::network::validate_container(self)?;
         if self.volumes.len() > MAX_VOLUMES {
             return Err(bad("volumes", format!("at most {MAX_VOLUMES} volumes")));
         }
@@ -346,14 +362,53 @@ impl<'de> Deserialize<'de> for RestartPolicy {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// Which network a container is on: `none`, `host`, or the name of a bridge network (`bridge`
+/// is the built-in one). Written as that one string.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Network {
     /// A private network namespace with only loopback.
     #[default]
     None,
     /// The node's network namespace.
     Host,
+    /// A namespace of its own attached to a bridge network (by name) through netavark.
+    Bridge(String),
+}
+
+impl Network {
+    /// The bridge network's name, if it is on one.
+    pub fn bridge(&self) -> Option<&str> {
+        match self {
+            Self::Bridge(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Network {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::None => f.write_str("none"),
+            Self::Host => f.write_str("host"),
+            Self::Bridge(n) => f.write_str(n),
+        }
+    }
+}
+
+impl Serialize for Network {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Network {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match String::deserialize(d)?.as_str() {
+            "none" => Self::None,
+            "host" => Self::Host,
+            other => Self::Bridge(other.to_owned()),
+        })
+    }
 }
 
 #[cfg(test)]

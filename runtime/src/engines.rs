@@ -144,6 +144,9 @@ pub struct Usage {
     pub memory: MemoryUsage,
     pub io: IoUsage,
     pub pids: PidsUsage,
+    /// A container on a bridge network: its interfaces' traffic (not for engines).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::network::NetUsage>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -405,6 +408,7 @@ impl CgroupDriver for LibcgroupsDriver {
                 current: s.pids.current,
                 limit: unlimited(s.pids.limit),
             },
+            network: None,
         })
     }
 

@@ -18,6 +18,7 @@ pub mod logs;
 mod manager;
 pub mod procs;
 mod recording;
+pub mod network;
 pub mod resources;
 mod spec;
 mod supervisor;

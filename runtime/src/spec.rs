@@ -2,7 +2,8 @@
 //!
 //! Defaults follow Docker's: its default capability set, `no_new_privileges`, masked and read-only
 //! /proc paths, a seccomp profile that refuses the syscalls Docker's default profile refuses, not
-//! privileged, a private network namespace with loopback only (or the host's when asked).
+//! privileged, a private network namespace with loopback only (or the host's when asked, or the
+//! one the daemon set up for a bridge network, joined by its path).
 
 use oci_spec::runtime::Spec;
 use serde_json::{json, Value};
@@ -111,6 +112,9 @@ pub struct SpecContext<'a> {
     pub identity: Identity,
     /// The OCI `linux.resources` limits (see `Resources::to_oci`).
     pub resources: Value,
+    /// The network namespace a container on a bridge network joins (made and set up by the
+    /// daemon before the start).
+    pub netns: Option<String>,
 }
 
 /// The process's argv: Entrypoint + Cmd, with the request's overrides.
@@ -199,8 +203,12 @@ pub fn build(
         json!({"type": "uts"}),
         json!({"type": "mount"}),
     ];
-    if cfg.network == Network::None {
-        namespaces.push(json!({"type": "network"}));
+    match (&cfg.network, &ctx.netns) {
+        (Network::Host, _) => {}
+        (Network::Bridge(_), Some(path)) => {
+            namespaces.push(json!({"type": "network", "path": path}));
+        }
+        _ => namespaces.push(json!({"type": "network"})),
     }
     linux["namespaces"] = Value::Array(namespaces);
     linux["seccomp"] = json!({
@@ -274,6 +282,7 @@ mod tests {
                 gid: 100,
             },
             resources: json!({"pids": {"limit": 7}, "memory": {"limit": 67108864}}),
+            netns: None,
         };
         let spec = build(
             &cfg(r#"{"image":"x","command":["true"]}"#),

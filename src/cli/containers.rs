@@ -25,9 +25,16 @@ pub struct RunOpts {
     /// no | always | on-failure[:N] | unless-stopped
     #[arg(long, default_value = "no")]
     restart: String,
-    /// none | host
+    /// none | host | bridge | a network's name
     #[arg(long, default_value = "none")]
     network: String,
+    /// Publish a port: [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp] (HOST_PORT 0: any free one).
+    #[arg(
+        short = 'p',
+        long = "publish",
+        value_name = "[IP:]HOST:CONTAINER[/PROTO]"
+    )]
+    publish: Vec<String>,
     /// The engine to run in (default: default).
     #[arg(long)]
     engine: Option<String>,
@@ -108,6 +115,22 @@ pub async fn run_container(c: &Client, o: RunOpts) -> Result<ExitCode> {
     finish_run(c, &id, o.rm).await
 }
 
+/// `[HOST_IP:]HOST_PORT:CONTAINER_PORT[/PROTO]` → a `ports` entry (the daemon checks the values).
+fn parse_publish(p: &str) -> Result<Value> {
+    let (spec, proto) = p.rsplit_once('/').unwrap_or((p, "tcp"));
+    let bad = || anyhow::anyhow!("-p {p:?}: use [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]");
+    let (rest, container) = spec.rsplit_once(':').ok_or_else(bad)?;
+    let (ip, host) = match rest.rsplit_once(':') {
+        Some((ip, host)) => (ip.trim_start_matches('[').trim_end_matches(']'), host),
+        None => ("", rest),
+    };
+    let num = |s: &str| s.parse::<i64>().map_err(|_| bad());
+    Ok(
+        json!({"host_ip": ip, "host_port": num(host)?, "container_port": num(container)?,
+              "protocol": proto}),
+    )
+}
+
 /// The `POST /v1/containers` body of `inarray run`; created stopped when `attach` will start it.
 fn create_body(o: &RunOpts, attach: bool) -> Result<Value> {
     let volumes: Vec<Value> = o
@@ -120,6 +143,14 @@ fn create_body(o: &RunOpts, attach: bool) -> Result<Value> {
     });
     if let Some(n) = &o.name {
         body["name"] = json!(n);
+    }
+    if !o.publish.is_empty() {
+        body["ports"] = o
+            .publish
+            .iter()
+            .map(|p| parse_publish(p))
+            .collect::<Result<Vec<Value>>>()?
+            .into();
     }
     if let Some(e) = &o.engine {
         body["engine"] = json!(e);
@@ -404,6 +435,23 @@ mod tests {
         let b = create_body(&run_opts(&["-d", "-it", "busybox"]), false).unwrap();
         assert_eq!((&b["tty"], &b["open_stdin"]), (&json!(true), &json!(true)));
         assert_eq!(b.get("start"), None);
+    }
+
+    #[test]
+    fn publish_flags() {
+        assert_eq!(
+            parse_publish("127.0.0.1:8080:80").unwrap(),
+            json!({"host_ip": "127.0.0.1", "host_port": 8080, "container_port": 80, "protocol": "tcp"})
+        );
+        assert_eq!(parse_publish("0:53/udp").unwrap()["protocol"], "udp");
+        assert!(parse_publish("80").is_err() && parse_publish("a:b").is_err());
+        let b = create_body(
+            &run_opts(&["--network", "web", "-p", "9000:90", "busybox"]),
+            false,
+        )
+        .unwrap();
+        assert_eq!(b["network"], "web");
+        assert_eq!(b["ports"][0]["host_port"], 9000);
     }
 
     #[test]

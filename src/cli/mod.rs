@@ -13,6 +13,7 @@ mod exec;
 mod exports;
 mod images;
 mod jobs;
+mod networks;
 mod pull;
 mod registries;
 mod session;
@@ -114,6 +115,9 @@ pub enum Command {
     /// Manage NFS exports.
     #[command(subcommand)]
     Export(exports::ExportCmd),
+    /// Manage bridge networks.
+    #[command(subcommand)]
+    Network(networks::NetworkCmd),
     /// Manage scheduled jobs.
     #[command(subcommand)]
     Job(jobs::JobCmd),
@@ -233,6 +237,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         Command::Top { container, json } => containers::top(&c, &container, json).await,
         Command::Stats { container } => containers::stats(&c, &container).await,
         Command::Engine(cmd) => engines::engine(&c, as_json, cmd).await,
+        Command::Network(cmd) => networks::network(&c, as_json, cmd).await,
         Command::Export(cmd) => exports::export(&c, as_json, cmd).await,
         Command::Token(cmd) => access::token(&c, as_json, cmd).await,
         Command::Info => {

@@ -14,6 +14,7 @@ mod images;
 mod jobs;
 mod lifecycle;
 pub mod names;
+mod networks;
 mod registries;
 mod volumes;
 
@@ -37,6 +38,7 @@ pub use exports::{ExportClientRow, ExportRow, NewExport};
 pub use images::{ImageRow, NewImage};
 pub use jobs::{HistoryLimits, JobBatch, JobRow, NewRun, RunRow, RunState, RunTrigger, RunUpdate};
 pub use lifecycle::NewLifecycleEvent;
+pub use networks::{EndpointRow, NetworkRow};
 pub use registries::RegistryCredentialRow;
 pub use volumes::{NewVolume, SnapshotRow, VolumeRow};
 

@@ -129,6 +129,28 @@ pub const VOLUME: NameRule = NameRule {
 
 /// Snapshots of a volume: the volumes' rule.
 pub const SNAPSHOT: NameRule = VOLUME;
+/// Networks: 1–63 of `[a-zA-Z0-9_.-]`, starting with a letter or digit (a key of a row, a file
+/// of aardvark-dns's configuration).
+pub const NETWORK: NameRule = NameRule {
+    max: 63,
+    first: alnum,
+    rest: alnum_dot_underscore_dash,
+    rule:
+        "is not a valid network name: use 1-63 of [a-zA-Z0-9_.-], starting with a letter or digit",
+};
+
+fn alnum_dash(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-'
+}
+
+/// A container's hostname and its aliases on a network (names other containers resolve, and
+/// lines of /etc/hosts): one DNS label, 1–63 of `[a-zA-Z0-9-]`, starting with a letter or digit.
+pub const HOSTNAME: NameRule = NameRule {
+    max: 63,
+    first: alnum,
+    rest: alnum_dash,
+    rule: "is not a valid host name: use 1-63 of [a-zA-Z0-9-], starting with a letter or digit",
+};
 
 #[cfg(test)]
 mod tests {

@@ -143,6 +143,11 @@ impl TestDaemon {
         }
     }
 
+    /// The network settings this daemon runs with (its config file's `[networks]`, if any).
+    pub fn network_options(&self) -> inarray_runtime::network::NetworkOptions {
+        inarray_runtime::network::NetworkOptions::default()
+    }
+
     /// SIGKILL the daemon (containers must survive).
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -342,6 +347,8 @@ impl Drop for TestDaemon {
             std::path::Path::new(inarray_runtime::cgroups::MOUNT_ROOT),
             &format!("/{}-storage", self.cgroup_root),
         );
+        // Bridge networks: netavark's veths, rules and aardvark entries, the namespace files.
+        inarray_runtime::network::cleanup_state(&self.state, &self.network_options());
     }
 }
 

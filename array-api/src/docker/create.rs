@@ -90,6 +90,13 @@ pub fn translate(
         volumes,
         restart,
         network,
+        // Published ports, aliases, hostname, DNS and extra hosts of the Docker API are not
+        // mapped yet (issue #18 left the Docker mapping to the Docker API's issue).
+        ports: Vec::new(),
+        aliases: Vec::new(),
+        hostname: None,
+        dns: Vec::new(),
+        extra_hosts: Vec::new(),
         engine,
         resources: resources(h)?,
         // Started by `POST /containers/{id}/start`, as Docker does.

@@ -107,11 +107,8 @@ fn stored(r: &ContainerRow) -> Result<ContainerConfig> {
     serde_json::from_str(&r.spec).map_err(DockerError::internal)
 }
 
-fn network_mode(n: Network) -> &'static str {
-    match n {
-        Network::None => "none",
-        Network::Host => "host",
-    }
+fn network_mode(n: &Network) -> String {
+    n.to_string()
 }
 
 fn mounts(cfg: &ContainerConfig, array: &Path) -> Vec<MountPoint> {
@@ -173,7 +170,7 @@ pub(super) fn summary(
         state: status(r.state),
         status: status_text(m, &r, now),
         host_config: SummaryHostConfig {
-            network_mode: network_mode(cfg.network).into(),
+            network_mode: network_mode(&cfg.network),
         },
         network_settings: json!({"Networks": {}}),
         mounts: mounts(&cfg, array),
@@ -359,7 +356,7 @@ pub async fn inspect_row(st: &DockerState, r: ContainerRow) -> Result<ContainerI
         exec_ids: None,
         host_config: InspectHostConfig {
             binds,
-            network_mode: network_mode(cfg.network).into(),
+            network_mode: network_mode(&cfg.network),
             restart_policy: RestartPolicy {
                 name: name.into(),
                 maximum_retry_count: max.into(),

@@ -101,6 +101,7 @@ pub(crate) fn start(paths: &ContainerPaths) -> Result<Started, StartError> {
     .map_err(|e| format!("cannot open the rootfs: {e}"))?;
     check_rootfs(&rootfs)?;
     mount_volumes(&cfg, &rootfs)?;
+    mount_files(&cfg, &rootfs)?;
     drop(rootfs);
     redirect_stdio()?;
     // Opened before the container exists: a full disk or a bad limit is a start error.
@@ -460,6 +461,57 @@ fn mount_volumes(cfg: &ShimConfig, rootfs: &OwnedFd) -> Result<(), String> {
             None::<&str>,
         )
         .map_err(|e| format!("{field}: cannot remount {} with its options: {e}", v.target))?;
+    }
+    Ok(())
+}
+
+/// Binds the daemon's files (hosts, resolv.conf, hostname) over the container's: the target's
+/// directories are opened without following symlinks, and a symlink at the target itself is
+/// replaced by a file (in the container's upper layer), never followed.
+fn mount_files(cfg: &ShimConfig, rootfs: &OwnedFd) -> Result<(), String> {
+    let no_links = ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_SYMLINKS;
+    for f in &cfg.files {
+        let rel = Path::new(f.target.trim_start_matches('/'));
+        let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+            return Err(format!("bad file target {}", f.target));
+        };
+        let dir = open_or_create_dirs(rootfs, parent, no_links, true)
+            .map_err(|e| format!("cannot prepare {}: {e}", f.target))?;
+        let open = || {
+            inarray_sys::openat(
+                &dir,
+                name,
+                OFlag::O_RDONLY | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o644),
+            )
+        };
+        let tgt = match open() {
+            Err(Errno::ELOOP) => {
+                nix::unistd::unlinkat(
+                    Some(dir.as_raw_fd()),
+                    name,
+                    nix::unistd::UnlinkatFlags::NoRemoveDir,
+                )
+                .map_err(|e| format!("cannot replace the symlink {}: {e}", f.target))?;
+                open()
+            }
+            other => other,
+        }
+        .map_err(|e| format!("cannot prepare {}: {e}", f.target))?;
+        let src = inarray_sys::open(
+            &f.source,
+            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| format!("cannot open {}: {e}", f.source.display()))?;
+        mount(
+            Some(proc_fd_path(&src).as_str()),
+            proc_fd_path(&tgt).as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| format!("cannot bind {} over {}: {e}", f.source.display(), f.target))?;
     }
     Ok(())
 }

@@ -38,6 +38,19 @@ pub struct ShimConfig {
     /// How big the container log may grow (rotated by size).
     #[serde(default)]
     pub log: crate::logfile::LogLimits,
+    /// Files of the daemon's (in the container's directory) bound over files of the container
+    /// (/etc/hosts, /etc/resolv.conf, /etc/hostname of a container on a bridge network).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileBind>,
+}
+
+/// A daemon file bound over a file of the container (a symlink there is replaced, not followed).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileBind {
+    /// An absolute path on the node, written by the daemon.
+    pub source: PathBuf,
+    /// An absolute path in the container.
+    pub target: String,
 }
 
 /// The init's stdio. The shim always holds the other ends — a terminal's master, or pipes —

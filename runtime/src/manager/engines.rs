@@ -295,10 +295,17 @@ impl Manager {
                 row.name
             )));
         }
-        self.inner
+        let mut usage = self
+            .inner
             .cgroups
             .usage(&self.inner.opts.cgroups.container(&row.engine, &row.id))
-            .map_err(|m| internal("container stats", m))
+            .map_err(|m| internal("container stats", m))?;
+        let on_bridge = serde_json::from_str::<crate::config::ContainerConfig>(&row.spec)
+            .is_ok_and(|c| crate::network::on_bridge(&c));
+        if let (true, Some(pid)) = (on_bridge, row.pid) {
+            usage.network = crate::network::net_usage(pid);
+        }
+        Ok(usage)
     }
 
     /// The processes of a running container (host pids), read from `/proc`. 409 when it is not

@@ -32,8 +32,10 @@ pub(super) struct Plan {
 
 impl Manager {
     /// Validates and records a container, and starts it unless `start: false`.
-    pub async fn create(&self, cfg: ContainerConfig) -> Result<ContainerRow> {
+    pub async fn create(&self, mut cfg: ContainerConfig) -> Result<ContainerRow> {
         cfg.validate()?;
+        // The network exists, the ports are free; ephemeral ports are chosen (and stored).
+        self.check_network(&mut cfg).await?;
         self.pull_for(&cfg.image, cfg.pull).await?;
         // Held until the row exists: a prune cannot remove the image in between.
         let gc_shared = self.inner.gc_lock.read().await;
@@ -157,12 +159,14 @@ impl Manager {
             cfg,
             &defaults,
             &SpecContext {
-                hostname: &id[..12],
+                hostname: cfg.hostname.as_deref().unwrap_or(&id[..12]),
                 cgroups_path: &self.inner.opts.cgroups.container(engine, id),
                 identity,
                 resources: self
                     .container_limits(&cfg.resources, engine_limits)
                     .to_oci(self.inner.cgroups.device(), self.inner.cgroups.is_v2()),
+                netns: crate::network::on_bridge(cfg)
+                    .then(|| self.netns_path(id).to_string_lossy().into_owned()),
             },
         )
         .map_err(|e| match e {
@@ -199,6 +203,11 @@ impl Manager {
             },
             max_execs: 0,
             log: cfg.log.unwrap_or(self.inner.opts.container_log),
+            files: if crate::network::on_bridge(cfg) {
+                self.etc_files(id)
+            } else {
+                Vec::new()
+            },
         };
         Ok(Plan { spec, shim })
     }
@@ -286,6 +295,9 @@ impl Manager {
                 row.name, row.state
             )));
         }
+        if let Ok(cfg) = serde_json::from_str::<ContainerConfig>(&row.spec) {
+            self.check_ports_free(&row.id, &cfg)?;
+        }
         if row.stop_requested {
             self.inner.store.set_stop_requested(&row.id, false).await?;
         }
@@ -315,6 +327,22 @@ impl Manager {
     /// the reason (a plan that failed is recorded the same way). The caller holds the lock.
     async fn launch(&self, row: &ContainerRow, plan: Result<Plan>) -> Result<ContainerRow> {
         let id = row.id.as_str();
+        // A port taken meanwhile (a race with another start) stays a 409.
+        let mut conflict = None;
+        let plan = match plan {
+            Ok(p) => match serde_json::from_str::<ContainerConfig>(&row.spec) {
+                Ok(cfg) => match self.net_up(row, &cfg).await {
+                    Ok(()) => Ok(p),
+                    Err(ManagerError::Conflict(m)) => {
+                        conflict = Some(m.clone());
+                        Err(ManagerError::Conflict(m))
+                    }
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(internal("stored spec", e)),
+            },
+            Err(e) => Err(e),
+        };
         let paths = plan.and_then(|p| self.write_plan(id, &p));
         let launched = match paths {
             Ok(paths) => self
@@ -349,6 +377,7 @@ impl Manager {
             }
             Err((message, source)) => {
                 let _ = self.cleanup_cgroups(id);
+                self.net_down(id).await;
                 self.inner
                     .store
                     .mark_exited(
@@ -368,7 +397,10 @@ impl Manager {
                 );
                 self.changed(id);
                 durable.await;
-                Err(ManagerError::Start { message, source })
+                match conflict {
+                    Some(m) => Err(ManagerError::Conflict(m)),
+                    None => Err(ManagerError::Start { message, source }),
+                }
             }
         }
     }
@@ -516,6 +548,7 @@ impl Manager {
         let lock = self.lock_for(&row.id);
         let _g = lock.lock().await;
         let t0 = Instant::now();
+        self.net_down(&row.id).await;
         self.remove_files(&row.id)?;
         let t1 = Instant::now();
         self.inner.store.delete_container(&row.id).await?;

@@ -28,6 +28,7 @@ mod io_guard;
 mod lifecycle;
 mod monitor;
 mod snapshots;
+mod networks;
 #[cfg(test)]
 mod tests;
 mod update;
@@ -75,6 +76,8 @@ pub struct ManagerOptions {
     pub container_log: inarray_shim::logfile::LogLimits,
     /// Starts the daemon makes on its own (restart policies, after a reboot) at once, at most.
     pub restart_concurrency: usize,
+    /// netavark, aardvark-dns and the subnets of bridge networks.
+    pub networks: crate::network::NetworkOptions,
 }
 
 /// The default of [`ManagerOptions::restart_concurrency`].
@@ -124,6 +127,10 @@ struct Inner {
     volume_backend: Arc<dyn crate::volume_backend::VolumeBackend>,
     /// Held by every change of volumes and snapshots (`volumes.rs`).
     volume_lock: tokio::sync::Mutex<()>,
+    /// Published ports of the containers whose network is set up, by container id.
+    published: Mutex<HashMap<String, Vec<crate::network::PortMapping>>>,
+    /// Serializes network changes (allocations, netavark runs, port checks).
+    net_lock: tokio::sync::Mutex<()>,
 }
 
 /// How many auto-removed containers' last rows are remembered.
@@ -190,6 +197,8 @@ impl Manager {
                 events: std::sync::OnceLock::new(),
                 volume_backend,
                 volume_lock: tokio::sync::Mutex::new(()),
+                published: Mutex::default(),
+                net_lock: tokio::sync::Mutex::new(()),
             }),
         })
     }

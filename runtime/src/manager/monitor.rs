@@ -125,6 +125,8 @@ impl Manager {
         // Whatever the shim left behind (it was killed, say) goes now.
         let _ = self.cleanup_cgroups(id);
         if !restart {
+            // Ended for good: its network goes (a restart keeps it: same address, same ports).
+            self.net_down(id).await;
             drop(g);
             if cfg.auto_remove {
                 self.auto_remove(id).await;
@@ -199,12 +201,17 @@ impl Manager {
             self.reconcile_live(&mut report).await?;
             self.inner.store.record_boot(&boot, &[]).await?;
         }
+        // Networks of containers that ended or vanished meanwhile go; live ones' ports are known.
+        if let Err(e) = self.reconcile_networks().await {
+            tracing::warn!(error = %e, "reconciling networks");
+        }
         let rows = self.inner.store.list_containers(true).await?;
         let known: HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
         if let Ok(entries) = std::fs::read_dir(&self.inner.containers_root) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if !known.contains(name.as_str()) {
+                    self.net_down(&name).await;
                     let _ = self.remove_files(&name);
                     report.removed_orphans += 1;
                 }

@@ -317,6 +317,7 @@ impl Env {
             cgroups: Default::default(),
             container_log: Default::default(),
             restart_concurrency: super::RESTART_CONCURRENCY,
+            networks: Default::default(),
         };
         let cgroups = Arc::new(RecordingDriver::default());
         let launcher = Arc::new(FakeLauncher::default());

@@ -10,10 +10,14 @@ mod beneath;
 mod fd;
 mod io;
 pub mod quota;
+mod netns;
 
 pub use atomic::{write_atomic, write_replace};
 pub use beneath::{identity, is_dir, open_beneath, open_or_create_dirs, proc_fd_path};
 pub use fd::{dup, open, openat, pidfd_open, pty_peer, set_controlling_tty, set_window_size};
 pub use io::{pread_append, pwrite_all};
+pub use netns::{
+    create_netns, create_netns_with, is_mount_point, is_netns, make_shared_dir, remove_netns,
+};
 /// The flag types of [`open_beneath`], for crates that do not use nix themselves.
 pub use nix::fcntl::{OFlag, ResolveFlag};

@@ -26,6 +26,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::jobs::routes())
         .merge(crate::tokens::routes())
         .merge(crate::events::routes())
+        .merge(crate::console::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT));

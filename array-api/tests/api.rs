@@ -47,7 +47,7 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/containers/{id}/attach", &["post"]),
     ("/v1/containers/{id}/resize", &["post"]),
     ("/v1/execs/{id}", &["get"]),
-    ("/v1/execs/{id}/start", &["post"]),
+    ("/v1/execs/{id}/start", &["post", "get"]),
     ("/v1/execs/{id}/resize", &["post"]),
     ("/v1/engines", &["get", "post"]),
     ("/v1/engines/{name}", &["get", "patch", "delete"]),
@@ -74,6 +74,9 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/subscriptions/{name}/ws", &["get"]),
     ("/v1/subscriptions/{name}/ack", &["post"]),
     ("/v1/events", &["get"]),
+    ("/ui/", &["get"]),
+    ("/ui/{file}", &["get"]),
+    ("/ui/session", &["post", "delete"]),
 ];
 
 const SPEC_FILE: &str = include_str!("../../docs/openapi.json");
@@ -90,6 +93,7 @@ const ROUTES_RS: &[&str] = &[
     include_str!("../src/jobs.rs"),
     include_str!("../src/tokens.rs"),
     include_str!("../src/events.rs"),
+    include_str!("../src/console.rs"),
 ];
 const JSON: Option<&str> = Some("application/json");
 

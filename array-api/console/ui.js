@@ -88,6 +88,7 @@ export class Chart {
     const start = (this.head - this.n + this.points) % this.points;
     this.series.forEach((x, si) => {
       let d = '';
+      if (this.n < 2) { this.paths[si].setAttribute('d', d); return; }
       for (let i = 0; i < this.n; i++) {
         const v = x.data[(start + i) % this.points];
         const px = (300 * (this.points - this.n + i)) / (this.points - 1);

@@ -238,10 +238,13 @@ fn authenticate(access: &Access, peer: Option<&Peer>, req: &Request) -> Result<I
 fn session(access: &Access, req: &Request) -> Result<Identity, Option<Failure>> {
     let headers = req.headers();
     let secret = cookie_secret(headers).ok_or(None)?;
+    // A stale cookie (a restart's, a sign-out's, a revoked token's) is no attack: it is not
+    // counted against the peer (a page reload sends it with each of its files; a session secret
+    // has 256 bits, so guessing one is not a threat the limiter needs to slow down).
     let failed = |reason| {
         Some(Failure {
             reason,
-            presented: true,
+            presented: false,
             forbidden: false,
         })
     };

@@ -15,6 +15,8 @@ mod browser;
 #[path = "../../../tests/common/image_builder.rs"]
 mod image_builder;
 
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,9 +26,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use browser::Browser;
 use clap::Parser;
-use hyper::Method;
-use inarray_api::client::Client;
-use inarray_api::serve::Listen;
 use serde_json::{json, Value};
 
 #[derive(Parser)]
@@ -76,22 +75,54 @@ impl Drop for Daemon {
 }
 
 impl Daemon {
-    fn client(&self) -> Client {
-        Client::new(Listen::Unix(self.socket.clone()))
+    /// One request over the unix socket (admin); the reply's body (chunks joined) on 2xx.
+    fn raw(&self, method: &str, path: &str, ct: &str, body: &[u8]) -> Result<Vec<u8>> {
+        let mut s = UnixStream::connect(&self.socket)?;
+        s.set_read_timeout(Some(Duration::from_secs(120)))?;
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: inarray\r\nConnection: close\r\n\
+             Content-Type: {ct}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )?;
+        s.write_all(body)?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out)?;
+        let split = out
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .context("no reply head")?;
+        let head = String::from_utf8_lossy(&out[..split]).to_ascii_lowercase();
+        let mut body = out[split + 4..].to_vec();
+        if head.contains("transfer-encoding: chunked") {
+            let mut plain = Vec::new();
+            let mut rest = &body[..];
+            loop {
+                let eol = rest.windows(2).position(|w| w == b"\r\n").context("chunk")?;
+                let n = usize::from_str_radix(std::str::from_utf8(&rest[..eol])?.trim(), 16)?;
+                if n == 0 {
+                    break;
+                }
+                plain.extend_from_slice(&rest[eol + 2..eol + 2 + n]);
+                rest = &rest[eol + 2 + n + 2..];
+            }
+            body = plain;
+        }
+        let status = head.split(' ').nth(1).unwrap_or("0");
+        if !status.starts_with('2') {
+            bail!("{method} {path}: {status} {}", String::from_utf8_lossy(&body));
+        }
+        Ok(body)
     }
 
-    async fn call(&self, m: Method, path: &str, body: Option<Value>) -> Result<Value> {
-        tokio::time::timeout(
-            Duration::from_secs(120),
-            self.client().json(m.clone(), path, body.as_ref()),
-        )
-        .await
-        .with_context(|| format!("{m} {path}: no answer in 120 s"))?
-        .with_context(|| format!("{m} {path}"))
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
+        let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+        let out = self.raw(method, path, "application/json", &bytes)?;
+        Ok(if out.is_empty() { Value::Null } else { serde_json::from_slice(&out)? })
     }
 }
 
-async fn start(o: &Opts, port: u16, nfs_port: u16) -> Result<Daemon> {
+fn start(o: &Opts, port: u16, nfs_port: u16) -> Result<Daemon> {
     let dir = &o.work;
     std::fs::create_dir_all(dir.join("array/data"))?;
     std::fs::create_dir_all(dir.join("state"))?;
@@ -124,7 +155,7 @@ async fn start(o: &Opts, port: u16, nfs_port: u16) -> Result<Daemon> {
     let d = Daemon { child, socket };
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        if let Ok(v) = d.client().json(Method::GET, "/v1/health", None).await {
+        if let Ok(v) = d.call("GET", "/v1/health", None) {
             if v["status"] == "ok" {
                 return Ok(d);
             }
@@ -132,77 +163,84 @@ async fn start(o: &Opts, port: u16, nfs_port: u16) -> Result<Daemon> {
         if Instant::now() > deadline {
             bail!("the daemon did not come up; see {}/daemon.log", dir.display());
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 /// The seed's load: engines with caps, containers (every 25th busy), jobs, an export.
-async fn seed(o: &Opts, d: &Daemon) -> Result<()> {
+fn seed(o: &Opts, d: &Daemon) -> Result<()> {
     let archive = o.work.join("busybox-oci.tar");
     image_builder::write_oci_archive(&archive, "busybox:latest");
-    d.client()
-        .upload("/v1/images/import?name=busybox:latest", &archive)
-        .await?;
+    d.raw(
+        "POST",
+        "/v1/images/import?name=busybox:latest",
+        "application/octet-stream",
+        &std::fs::read(&archive)?,
+    )?;
     d.call(
-        Method::POST,
+        "POST",
         "/v1/engines",
         Some(json!({"name": "analytics", "resources": {"cpu_weight": 200, "io_weight": 200, "memory": "4G"}})),
-    )
-    .await?;
+    )?;
     d.call(
-        Method::POST,
+        "POST",
         "/v1/engines",
         Some(json!({"name": "backup", "resources": {"cpus": 1.0, "write_bps": "50M", "io_weight": 50}})),
-    )
-    .await?;
+    )?;
     let engines = ["default", "analytics", "backup"];
     let t = Instant::now();
-    let mut pending = Vec::new();
-    for i in 0..o.containers {
-        let busy = i % 25 == 0;
-        let command = if busy {
-            json!(["sh", "-c", "while true; do dd if=/dev/zero of=/tmp/x bs=1M count=32 2>/dev/null; rm -f /tmp/x; echo pass; sleep 2; done"])
-        } else {
-            json!(["sleep", "86400"])
-        };
-        let body = json!({
-            "name": format!("app-{i:03}"),
-            "image": "busybox",
-            "engine": engines[i % engines.len()],
-            "command": command,
-        });
-        let c = d.client();
-        pending.push(tokio::spawn(async move {
-            c.json(Method::POST, "/v1/containers", Some(&body)).await
-        }));
-        if pending.len() == 8 {
-            for p in pending.drain(..) {
-                p.await??;
-            }
+    // Eight creators at once.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| -> Result<()> {
+        let workers: Vec<_> = (0..8)
+            .map(|_| {
+                scope.spawn(|| -> Result<()> {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= o.containers {
+                            return Ok(());
+                        }
+                        let command = if i % 25 == 0 {
+                            json!(["sh", "-c", "while true; do dd if=/dev/zero of=/tmp/x bs=1M count=32 2>/dev/null; rm -f /tmp/x; echo pass; sleep 2; done"])
+                        } else {
+                            json!(["sleep", "86400"])
+                        };
+                        d.call(
+                            "POST",
+                            "/v1/containers",
+                            Some(json!({
+                                "name": format!("app-{i:03}"),
+                                "image": "busybox",
+                                "engine": engines[i % engines.len()],
+                                "command": command,
+                            })),
+                        )?;
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().expect("creator")?;
         }
-    }
-    for p in pending.drain(..) {
-        p.await??;
-    }
+        Ok(())
+    })?;
     eprintln!("{} containers running in {:.1} s", o.containers, t.elapsed().as_secs_f64());
     for i in 0..o.jobs {
         d.call(
-            Method::POST,
+            "POST",
             "/v1/jobs",
             Some(json!({
                 "name": format!("job-{i:04}"),
                 "schedule": format!("{} {} * * *", i % 60, (i / 60) % 24),
                 "container": {"image": "busybox", "command": ["true"]},
             })),
-        )
-        .await?;
+        )?;
     }
     d.call(
-        Method::POST,
+        "POST",
         "/v1/exports",
         Some(json!({"name": "data", "path": "data", "clients": [{"match": "127.0.0.1/32", "access": "rw"}]})),
-    )
-    .await?;
+    )?;
     std::fs::write(o.work.join("array/data/big.bin"), vec![7u8; 32 << 20])?;
     Ok(())
 }
@@ -264,16 +302,14 @@ struct Sample {
     nodes: u64,
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
     let o = Opts::parse();
     let port = free_port()?;
     let nfs_port = free_port()?;
-    let d = start(&o, port, nfs_port).await?;
-    seed(&o, &d).await?;
-    let token = d
-        .call(Method::POST, "/v1/tokens", Some(json!({"name": "bench", "scope": "operate"})))
-        .await?["token"]
+    let d = start(&o, port, nfs_port)?;
+    seed(&o, &d)?;
+    let token = d.call("POST", "/v1/tokens", Some(json!({"name": "bench", "scope": "operate"})))?
+        ["token"]
         .as_str()
         .context("token")?
         .to_owned();
@@ -301,8 +337,7 @@ async fn main() -> Result<()> {
     let mut sizes = Vec::new();
     for path in ["/v1/containers?all=true", "/v1/jobs", "/metrics"] {
         let t = Instant::now();
-        let mut len = 0;
-        d.client().stream(path, |chunk| len += chunk.len()).await?;
+        let len = d.raw("GET", path, "application/json", b"")?.len();
         sizes.push((path, len, t.elapsed().as_secs_f64() * 1000.0));
     }
 
@@ -348,14 +383,14 @@ async fn main() -> Result<()> {
     // Screenshots once the charts have a minute of data.
     std::fs::create_dir_all(&o.shots)?;
     b.navigate(&format!("{base}#/"));
-    tokio::time::sleep(Duration::from_secs(60)).await;
+    std::thread::sleep(Duration::from_secs(60));
     b.screenshot(&o.shots.join("home.png"));
     b.navigate(&format!("{base}#/jobs"));
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    std::thread::sleep(Duration::from_secs(3));
     b.screenshot(&o.shots.join("jobs.png"));
-    let busy = d.call(Method::GET, "/v1/containers/app-000", None).await?;
+    let busy = d.call("GET", "/v1/containers/app-000", None)?;
     b.navigate(&format!("{base}#/containers/{}", busy["id"].as_str().unwrap_or("")));
-    tokio::time::sleep(Duration::from_secs(30)).await;
+    std::thread::sleep(Duration::from_secs(30));
     b.screenshot(&o.shots.join("container.png"));
 
     // Memory while the home page's live charts run.
@@ -384,7 +419,7 @@ async fn main() -> Result<()> {
         if at >= o.minutes * 60 {
             break;
         }
-        tokio::time::sleep(Duration::from_secs(30)).await;
+        std::thread::sleep(Duration::from_secs(30));
     }
     drop(b);
     stop.store(true, Ordering::Relaxed);
@@ -394,12 +429,10 @@ async fn main() -> Result<()> {
     println!("{section}");
     write_section(&o.out, &section)?;
     // Leave nothing running: every container removed (the run script's trap is the fallback).
-    if let Ok(list) = d.call(Method::GET, "/v1/containers?all=true", None).await {
+    if let Ok(list) = d.call("GET", "/v1/containers?all=true", None) {
         for c in list.as_array().into_iter().flatten() {
             let id = c["id"].as_str().unwrap_or_default();
-            let _ = d
-                .call(Method::DELETE, &format!("/v1/containers/{id}?force=true"), None)
-                .await;
+            let _ = d.call("DELETE", &format!("/v1/containers/{id}?force=true"), None);
         }
     }
     Ok(())

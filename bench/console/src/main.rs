@@ -59,7 +59,9 @@ struct Opts {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 struct Daemon {
@@ -98,7 +100,10 @@ impl Daemon {
             let mut plain = Vec::new();
             let mut rest = &body[..];
             loop {
-                let eol = rest.windows(2).position(|w| w == b"\r\n").context("chunk")?;
+                let eol = rest
+                    .windows(2)
+                    .position(|w| w == b"\r\n")
+                    .context("chunk")?;
                 let n = usize::from_str_radix(std::str::from_utf8(&rest[..eol])?.trim(), 16)?;
                 if n == 0 {
                     break;
@@ -110,7 +115,10 @@ impl Daemon {
         }
         let status = head.split(' ').nth(1).unwrap_or("0");
         if !status.starts_with('2') {
-            bail!("{method} {path}: {status} {}", String::from_utf8_lossy(&body));
+            bail!(
+                "{method} {path}: {status} {}",
+                String::from_utf8_lossy(&body)
+            );
         }
         Ok(body)
     }
@@ -118,7 +126,11 @@ impl Daemon {
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
         let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
         let out = self.raw(method, path, "application/json", &bytes)?;
-        Ok(if out.is_empty() { Value::Null } else { serde_json::from_slice(&out)? })
+        Ok(if out.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&out)?
+        })
     }
 }
 
@@ -161,7 +173,10 @@ fn start(o: &Opts, port: u16, nfs_port: u16) -> Result<Daemon> {
             }
         }
         if Instant::now() > deadline {
-            bail!("the daemon did not come up; see {}/daemon.log", dir.display());
+            bail!(
+                "the daemon did not come up; see {}/daemon.log",
+                dir.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -224,7 +239,11 @@ fn seed(o: &Opts, d: &Daemon) -> Result<()> {
         }
         Ok(())
     })?;
-    eprintln!("{} containers running in {:.1} s", o.containers, t.elapsed().as_secs_f64());
+    eprintln!(
+        "{} containers running in {:.1} s",
+        o.containers,
+        t.elapsed().as_secs_f64()
+    );
     for i in 0..o.jobs {
         d.call(
             "POST",
@@ -269,7 +288,14 @@ struct Load {
     nodes: u64,
 }
 
-fn measure(b: &mut Browser, base: &str, rounds: usize, page: &'static str, hash: &str, cond: &str) -> Load {
+fn measure(
+    b: &mut Browser,
+    base: &str,
+    rounds: usize,
+    page: &'static str,
+    hash: &str,
+    cond: &str,
+) -> Load {
     let mut cold = Vec::new();
     let mut warm = Vec::new();
     for round in 0..rounds * 2 {
@@ -292,7 +318,12 @@ fn measure(b: &mut Browser, base: &str, rounds: usize, page: &'static str, hash:
         .eval("document.getElementsByTagName('*').length")
         .as_u64()
         .unwrap_or(0);
-    Load { page, cold, warm, nodes }
+    Load {
+        page,
+        cold,
+        warm,
+        nodes,
+    }
 }
 
 struct Sample {
@@ -308,8 +339,11 @@ fn main() -> Result<()> {
     let nfs_port = free_port()?;
     let d = start(&o, port, nfs_port)?;
     seed(&o, &d)?;
-    let token = d.call("POST", "/v1/tokens", Some(json!({"name": "bench", "scope": "operate"})))?
-        ["token"]
+    let token = d.call(
+        "POST",
+        "/v1/tokens",
+        Some(json!({"name": "bench", "scope": "operate"})),
+    )?["token"]
         .as_str()
         .context("token")?
         .to_owned();
@@ -344,7 +378,11 @@ fn main() -> Result<()> {
     let base = format!("http://127.0.0.1:{port}/ui/");
     let mut b = Browser::launch();
     b.navigate(&base);
-    b.wait_for("the sign-in form", "!document.getElementById('signin').hidden", 60);
+    b.wait_for(
+        "the sign-in form",
+        "!document.getElementById('signin').hidden",
+        60,
+    );
     b.eval("document.getElementById('token').focus()");
     b.type_text(&token);
     b.eval("document.getElementById('signin').requestSubmit()");
@@ -357,7 +395,14 @@ fn main() -> Result<()> {
          document.querySelector('.counts').textContent.startsWith('{n} running')"
     );
     let loads = vec![
-        measure(&mut b, &base, o.rounds, "home (engines, NFS, 250 containers)", "#/", &home_ready),
+        measure(
+            &mut b,
+            &base,
+            o.rounds,
+            "home (engines, NFS, 250 containers)",
+            "#/",
+            &home_ready,
+        ),
         measure(
             &mut b,
             &base,
@@ -389,7 +434,10 @@ fn main() -> Result<()> {
     std::thread::sleep(Duration::from_secs(3));
     b.screenshot(&o.shots.join("jobs.png"));
     let busy = d.call("GET", "/v1/containers/app-000", None)?;
-    b.navigate(&format!("{base}#/containers/{}", busy["id"].as_str().unwrap_or("")));
+    b.navigate(&format!(
+        "{base}#/containers/{}",
+        busy["id"].as_str().unwrap_or("")
+    ));
     std::thread::sleep(Duration::from_secs(30));
     b.screenshot(&o.shots.join("container.png"));
 
@@ -407,7 +455,12 @@ fn main() -> Result<()> {
             .eval("document.getElementsByTagName('*').length")
             .as_u64()
             .unwrap_or(0);
-        let s = Sample { at_s: at, pss_kib: b.memory_kib(), heap_bytes: heap, nodes };
+        let s = Sample {
+            at_s: at,
+            pss_kib: b.memory_kib(),
+            heap_bytes: heap,
+            nodes,
+        };
         eprintln!(
             "t={:>4}s browser PSS {:.1} MiB, JS heap {:.2} MiB, {} elements",
             s.at_s,
@@ -481,7 +534,10 @@ fn report(o: &Opts, loads: &[Load], samples: &[Sample], sizes: &[(&str, usize, f
             x.nodes
         );
     }
-    if let (Some(first), Some(last)) = (samples.get(samples.len().min(2).saturating_sub(1)), samples.last()) {
+    if let (Some(first), Some(last)) = (
+        samples.get(samples.len().min(2).saturating_sub(1)),
+        samples.last(),
+    ) {
         s += &format!(
             "\nJS heap from t={} s to t={} s: {:+.2} MiB; browser PSS: {:+.1} MiB.\n",
             first.at_s,

@@ -23,7 +23,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/containers/{id}/attach", post(attach_container))
         .route("/v1/containers/{id}/resize", post(resize_container))
         .route("/v1/execs/{id}", get(inspect_exec))
-        .route("/v1/execs/{id}/start", post(start_exec))
+        .route("/v1/execs/{id}/start", post(start_exec).get(start_exec_ws))
         .route("/v1/execs/{id}/resize", post(resize_exec))
 }
 
@@ -70,6 +70,25 @@ async fn start_exec(
         }
         _ => Ok(axum::Json(info).into_response()),
     }
+}
+
+/// A browser's form of the start: its WebSocket API can only send a GET, so a GET starts the
+/// exec only with a WebSocket upgrade (never as a side effect of a plain GET).
+async fn start_exec_ws(
+    State(m): State<Manager>,
+    Path(id): Path<String>,
+    req: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    m.exec_info(&id).await?;
+    let h = req.headers();
+    if !(crate::events_ws::header_has(h, axum::http::header::CONNECTION, "upgrade")
+        && crate::events_ws::header_has(h, axum::http::header::UPGRADE, "websocket"))
+    {
+        return Err(ApiError::bad_request(
+            "GET starts an exec only with a WebSocket upgrade (or POST it)",
+        ));
+    }
+    start_exec(State(m), Path(id), req).await
 }
 
 #[derive(Deserialize)]

@@ -3,6 +3,7 @@
 pub mod access;
 mod attach;
 pub mod client;
+pub mod console;
 pub mod containers;
 pub mod docker;
 pub mod engines;

@@ -348,8 +348,8 @@ async fn serve_connection(
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
     match io {
-        Io::Unix(s) => drive(TokioIo::new(s), peer, router, limits, stop).await,
-        Io::Tcp(s, None) => drive(TokioIo::new(s), peer, router, limits, stop).await,
+        Io::Unix(s) => drive(TokioIo::new(s), peer, false, router, limits, stop).await,
+        Io::Tcp(s, None) => drive(TokioIo::new(s), peer, false, router, limits, stop).await,
         Io::Tcp(s, Some(acceptor)) => {
             // The handshake gets the header timeout too (a silent client is cut off).
             let tls = match tokio::time::timeout(limits.header_timeout, acceptor.accept(s)).await {
@@ -375,7 +375,7 @@ async fn serve_connection(
                 },
                 p => p,
             };
-            drive(TokioIo::new(tls), peer, router, limits, stop).await
+            drive(TokioIo::new(tls), peer, true, router, limits, stop).await
         }
     }
 }
@@ -394,6 +394,7 @@ fn fingerprint(der: &[u8]) -> String {
 async fn drive<I>(
     io: I,
     peer: Peer,
+    tls: bool,
     router: Router,
     limits: Limits,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -402,6 +403,9 @@ async fn drive<I>(
 {
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(peer.clone());
+        if tls {
+            req.extensions_mut().insert(crate::access::TlsConnection);
+        }
         tower::ServiceExt::oneshot(router.clone(), req)
     });
     let conn = hyper::server::conn::http1::Builder::new()

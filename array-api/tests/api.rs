@@ -48,7 +48,7 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/containers/{id}/attach", &["post"]),
     ("/v1/containers/{id}/resize", &["post"]),
     ("/v1/execs/{id}", &["get"]),
-    ("/v1/execs/{id}/start", &["post"]),
+    ("/v1/execs/{id}/start", &["post", "get"]),
     ("/v1/execs/{id}/resize", &["post"]),
     ("/v1/engines", &["get", "post"]),
     ("/v1/engines/{name}", &["get", "patch", "delete"]),
@@ -83,6 +83,9 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/volumes/{name}/clone", &["post"]),
     ("/v1/networks", &["get", "post"]),
     ("/v1/networks/{name}", &["get", "delete"]),
+    ("/ui/", &["get"]),
+    ("/ui/{file}", &["get"]),
+    ("/ui/session", &["post", "delete"]),
 ];
 
 const SPEC_FILE: &str = include_str!("../../docs/openapi.json");
@@ -101,6 +104,7 @@ const ROUTES_RS: &[&str] = &[
     include_str!("../src/events.rs"),
     include_str!("../src/volumes.rs"),
     include_str!("../src/networks.rs"),
+    include_str!("../src/console.rs"),
 ];
 const JSON: Option<&str> = Some("application/json");
 

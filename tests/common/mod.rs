@@ -2,6 +2,7 @@
 //! images built from Debian's busybox-static.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod certs;
 pub mod daemon;
 pub mod docker;

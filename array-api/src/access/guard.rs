@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, Method};
+use axum::http::{header, Method};
 use axum::middleware::{from_fn, from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -30,7 +30,8 @@ use inarray_store::NewAudit;
 use tracing::Instrument;
 
 use super::limiter::PeerKey;
-use super::{required_scope, Access, Identity, Peer, Scope};
+use super::sessions::{cookie_secret, csrf_refusal};
+use super::{is_public, required_scope, Access, Identity, Peer, Scope, TlsConnection};
 use crate::error::ApiError;
 
 /// Adds the guard's steps to `router` (see the module's documentation for their order).
@@ -62,6 +63,8 @@ enum Refusal {
     Unauthorized(&'static str),
     /// 429: the peer failed too often; refused for this much longer.
     Blocked(Duration),
+    /// 403 whatever the route: a browser where none is served, a cross-site request.
+    Forbidden(&'static str),
 }
 
 /// Why a request is not authenticated, and whether it presented a credential (only those that
@@ -69,6 +72,8 @@ enum Refusal {
 struct Failure {
     reason: &'static str,
     presented: bool,
+    /// Refused as a browser's request that may not be served (403, not counted).
+    forbidden: bool,
 }
 
 fn is_mutating(method: &Method) -> bool {
@@ -141,7 +146,10 @@ async fn identify(State(access): State<Access>, mut req: Request, next: Next) ->
     let limiter = &access.inner.auth_failures;
     let authenticated = match key.and_then(|k| limiter.blocked(k, now)) {
         Some(left) => Err(Refusal::Blocked(left)),
-        None => authenticate(&access, peer, req.headers()).map_err(|f| {
+        None => authenticate(&access, peer, &req).map_err(|f| {
+            if f.forbidden {
+                return Refusal::Forbidden(f.reason);
+            }
             if let (true, Some(k)) = (f.presented, key) {
                 if limiter.failed(k, now) {
                     let l = access.inner.limits;
@@ -168,25 +176,42 @@ async fn identify(State(access): State<Access>, mut req: Request, next: Next) ->
     next.run(req).await
 }
 
-fn authenticate(
-    access: &Access,
-    peer: Option<&Peer>,
-    headers: &HeaderMap,
-) -> Result<Identity, Failure> {
-    if let Some(Peer::Unix { uid, .. }) = peer {
-        return Ok(Identity {
-            who: format!("unix:{uid}"),
-            scope: Scope::Admin,
-        });
-    }
+fn authenticate(access: &Access, peer: Option<&Peer>, req: &Request) -> Result<Identity, Failure> {
+    let headers = req.headers();
     let failed = |reason| Failure {
         reason,
         presented: true,
+        forbidden: false,
     };
-    let value = headers.get(header::AUTHORIZATION).ok_or(Failure {
-        reason: "a bearer token is required",
+    let forbidden = |reason| Failure {
+        reason,
         presented: false,
-    })?;
+        forbidden: true,
+    };
+    if let Some(Peer::Unix { uid, .. }) = peer {
+        // The socket's permissions make its peers admin; a browser reaching it (a forwarded
+        // socket) would lend that to every page it visits, so browsers are served on TCP only.
+        if headers.contains_key(header::ORIGIN) || headers.contains_key("sec-fetch-site") {
+            return Err(forbidden(
+                "browsers are served on a TCP listener with a token, not on the unix socket \
+                 (see the operator guide's console section)",
+            ));
+        }
+        return Ok(Identity {
+            who: format!("unix:{uid}"),
+            scope: Scope::Admin,
+            token_hash: None,
+        });
+    }
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return session(access, req).map_err(|f| {
+            f.unwrap_or(Failure {
+                reason: "a bearer token is required",
+                presented: false,
+                forbidden: false,
+            })
+        });
+    };
     let secret = value
         .to_str()
         .ok()
@@ -195,7 +220,7 @@ fn authenticate(
             kind.eq_ignore_ascii_case("bearer").then(|| rest.trim())
         })
         .ok_or_else(|| failed("the authorization header must be `Bearer <token>`"))?;
-    let t = access
+    let (hash, t) = access
         .lookup(secret)
         .ok_or_else(|| failed("unknown or revoked token"))?;
     if t.expires_at.is_some_and(|at| at <= chrono::Utc::now()) {
@@ -204,6 +229,48 @@ fn authenticate(
     Ok(Identity {
         who: format!("token:{}:{}", t.id, t.name),
         scope: t.scope,
+        token_hash: Some(hash),
+    })
+}
+
+/// A console session's cookie (`sessions.rs`): its token, and the CSRF rules of a browser's
+/// request. `Err(None)`: no cookie at all.
+fn session(access: &Access, req: &Request) -> Result<Identity, Option<Failure>> {
+    let headers = req.headers();
+    let secret = cookie_secret(headers).ok_or(None)?;
+    // A stale cookie (a restart's, a sign-out's, a revoked token's) is no attack: it is not
+    // counted against the peer (a page reload sends it with each of its files; a session secret
+    // has 256 bits, so guessing one is not a threat the limiter needs to slow down).
+    let failed = |reason| {
+        Some(Failure {
+            reason,
+            presented: false,
+            forbidden: false,
+        })
+    };
+    let hash = access
+        .inner
+        .sessions
+        .token_of(secret)
+        .ok_or_else(|| failed("the console session has ended: sign in again"))?;
+    let t = access
+        .lookup_hash(&hash)
+        .ok_or_else(|| failed("the console session's token was revoked"))?;
+    if t.expires_at.is_some_and(|at| at <= chrono::Utc::now()) {
+        return Err(failed("the console session's token expired"));
+    }
+    let tls = req.extensions().get::<TlsConnection>().is_some();
+    if let Some(reason) = csrf_refusal(req.method(), headers, tls) {
+        return Err(Some(Failure {
+            reason,
+            presented: false,
+            forbidden: true,
+        }));
+    }
+    Ok(Identity {
+        who: format!("token:{}:{}", t.id, t.name),
+        scope: t.scope,
+        token_hash: Some(hash),
     })
 }
 
@@ -253,14 +320,18 @@ async fn authorize(mut req: Request, next: Next) -> Response {
     let Some(principal) = req.extensions_mut().remove::<Principal>() else {
         return ApiError::internal("the access guard's identify step did not run").into_response();
     };
+    let route = route_of(&req);
+    let public = is_public(req.method(), &route);
     let id = match principal.authenticated {
         Ok(id) => id,
+        Err(Refusal::Forbidden(reason)) => return ApiError::forbidden(reason).into_response(),
+        // The console's page and assets: served to anyone (the page signs in).
+        Err(_) if public => return next.run(req).await,
         Err(Refusal::Unauthorized(reason)) => {
             return ApiError::unauthorized(reason).into_response()
         }
         Err(Refusal::Blocked(left)) => return ApiError::auth_blocked(left).into_response(),
     };
-    let route = route_of(&req);
     let need = required_scope(req.method(), &route);
     if id.scope < need {
         return ApiError::forbidden(format!(

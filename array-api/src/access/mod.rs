@@ -26,6 +26,7 @@
 mod config;
 pub(crate) mod guard;
 mod limiter;
+pub mod sessions;
 mod tokens;
 
 use std::collections::HashMap;
@@ -89,9 +90,26 @@ impl Scope {
     }
 }
 
+/// A connection that came through TLS (a request extension the listener adds).
+#[derive(Clone, Copy, Debug)]
+pub struct TlsConnection;
+
+/// Routes anyone may GET: the console's page and assets (no data; sign-in happens in the page).
+pub fn is_public(method: &Method, route: &str) -> bool {
+    (method == Method::GET || method == Method::HEAD) && (route == "/ui/" || route == "/ui/{file}")
+}
+
 /// The scope a request needs, from its method and matched route template.
 pub fn required_scope(method: &Method, route: &str) -> Scope {
     let under = |p: &str| route == p || route.starts_with(&format!("{p}/"));
+    // Any valid token may open (and end) a console session; the session keeps its scope.
+    if route == "/ui/session" {
+        return Scope::Read;
+    }
+    // Starting an exec is an action, also when a browser asks for it with a WebSocket's GET.
+    if route == "/v1/execs/{id}/start" {
+        return Scope::Operate;
+    }
     // Registry credentials (usernames; passwords are never returned) are the admin's business.
     if under("/v1/tokens") || under("/v1/audit") || under("/v1/registries") {
         return Scope::Admin;
@@ -115,6 +133,8 @@ pub struct Identity {
     /// `unix:<uid>` or `token:<id>:<name>`.
     pub who: String,
     pub scope: Scope,
+    /// The SHA-256 of the token that authenticated it (none over the unix socket).
+    pub token_hash: Option<[u8; 32]>,
 }
 
 /// Facts about the daemon for `GET /v1/info`.
@@ -145,6 +165,7 @@ struct Inner {
     in_flight: Arc<tokio::sync::Semaphore>,
     latency: Mutex<crate::metrics::Histograms>,
     auth_failures: limiter::AuthLimiter,
+    sessions: sessions::Sessions,
 }
 
 impl Access {
@@ -163,6 +184,7 @@ impl Access {
                     limits.auth_failure_window,
                     limits.auth_block,
                 ),
+                sessions: sessions::Sessions::default(),
             }),
         };
         a.reload_tokens().await?;
@@ -171,6 +193,22 @@ impl Access {
 
     pub fn limits(&self) -> Limits {
         self.inner.limits
+    }
+
+    /// Opens a console session for the caller's token; returns the cookie's secret.
+    pub fn open_session(&self, id: &Identity) -> Result<String, ApiError> {
+        let hash = id.token_hash.ok_or_else(|| {
+            ApiError::bad_request("a console session is opened with a token (over TCP)")
+        })?;
+        self.inner
+            .sessions
+            .open(hash)
+            .map_err(|e| ApiError::internal(format!("/dev/urandom: {e}")))
+    }
+
+    /// Ends a console session.
+    pub fn close_session(&self, secret: &str) {
+        self.inner.sessions.close(secret);
     }
 
     /// The daemon's facts, for `/v1/info`.
@@ -254,9 +292,15 @@ mod tests {
             (&d, "/v1/tokens/{name}", Admin),
             (&p, "unmatched", Admin),
             (&p, "/v1/containersx", Admin),
+            (&p, "/ui/session", Read),
+            (&d, "/ui/session", Read),
+            (&g, "/v1/execs/{id}/start", Operate),
+            (&p, "/v1/execs/{id}/start", Operate),
         ] {
             assert_eq!(required_scope(m, r), s, "{m} {r}");
         }
         assert!(Admin > Operate && Operate > Read);
+        assert!(is_public(&g, "/ui/") && is_public(&g, "/ui/{file}"));
+        assert!(!is_public(&p, "/ui/session") && !is_public(&g, "/v1/info"));
     }
 }

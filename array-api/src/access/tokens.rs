@@ -125,10 +125,16 @@ impl Access {
         Ok((added, removed))
     }
 
-    /// The token whose secret this is, if any.
-    pub(super) fn lookup(&self, secret: &str) -> Option<CachedToken> {
+    /// The token whose secret this is, if any, with its hash.
+    pub(super) fn lookup(&self, secret: &str) -> Option<([u8; 32], CachedToken)> {
+        let hash = hash_secret(secret);
+        self.lookup_hash(&hash).map(|t| (hash, t))
+    }
+
+    /// The token of this hash, if it is still in the table (a console session's).
+    pub(super) fn lookup_hash(&self, hash: &[u8; 32]) -> Option<CachedToken> {
         let tokens = self.inner.tokens.read().unwrap_or_else(|p| p.into_inner());
-        tokens.get(&hash_secret(secret)).cloned()
+        tokens.get(hash).cloned()
     }
 
     /// Every token (never their secrets).

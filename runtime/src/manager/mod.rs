@@ -27,8 +27,8 @@ mod images;
 mod io_guard;
 mod lifecycle;
 mod monitor;
-mod snapshots;
 mod networks;
+mod snapshots;
 #[cfg(test)]
 mod tests;
 mod update;

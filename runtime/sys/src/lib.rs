@@ -9,8 +9,8 @@ mod atomic;
 mod beneath;
 mod fd;
 mod io;
-pub mod quota;
 mod netns;
+pub mod quota;
 
 pub use atomic::{write_atomic, write_replace};
 pub use beneath::{identity, is_dir, open_beneath, open_or_create_dirs, proc_fd_path};

@@ -492,6 +492,39 @@ async fn snapshots_restore_the_exact_tree_and_clones_are_independent() {
     d.ok(Method::DELETE, "/v1/volumes/live", None).await;
     let left = btrfs_subvolumes(fs.path());
     assert!(left.is_empty(), "subvolumes left behind: {left:?}");
+
+    // Each change is a lifecycle event in the log, in the order it happened.
+    let log = d
+        .ok(Method::GET, "/v1/events?after=0&types=volume", None)
+        .await;
+    let seen: Vec<(String, String)> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().to_owned(),
+                e["name"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let at = |t: &str, n: &str| {
+        seen.iter()
+            .position(|(a, b)| a == t && b == n)
+            .unwrap_or_else(|| panic!("no {t} of {n} in {seen:?}"))
+    };
+    assert!(at("volume.create", "app") < at("volume.snapshot", "app"));
+    assert!(at("volume.snapshot", "app") < at("volume.restore", "app"));
+    assert!(at("volume.restore", "app") < at("volume.delete", "app"));
+    assert!(at("volume.create", "copy") < at("volume.delete", "copy"));
+    at("volume.snapshot_delete", "app");
+    let clone = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "volume.create" && e["name"] == "copy")
+        .unwrap();
+    assert_eq!(clone["attributes"]["cloned_from"], "app", "{clone}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

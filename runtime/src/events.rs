@@ -58,6 +58,12 @@ event_types! {
     ExportCreate = ("export", "create"),
     ExportUpdate = ("export", "update"),
     ExportDelete = ("export", "delete"),
+    VolumeCreate = ("volume", "create"),
+    VolumeUpdate = ("volume", "update"),
+    VolumeDelete = ("volume", "delete"),
+    VolumeSnapshot = ("volume", "snapshot"),
+    VolumeSnapshotDelete = ("volume", "snapshot_delete"),
+    VolumeRestore = ("volume", "restore"),
 }
 
 impl EventType {

@@ -10,8 +10,9 @@
 use chrono::Utc;
 use inarray_store::StoreError;
 
-use super::volumes::{backend_error, check_name, snapshot_unsupported, volume_path};
+use super::volumes::{backend_error, check_name, snapshot_unsupported, volume_event, volume_path};
 use super::{Manager, ManagerError, Result, SnapshotInfo, VolumeInfo};
+use crate::events::EventType;
 
 impl Manager {
     pub async fn snapshots(&self, volume: &str) -> Result<Vec<SnapshotInfo>> {
@@ -89,6 +90,8 @@ impl Manager {
             .store
             .set_snapshot_state(volume, name, "ready")
             .await?;
+        self.emit(volume_event(EventType::VolumeSnapshot, volume).with("snapshot", name))
+            .await;
         Ok(SnapshotInfo {
             volume: volume.to_owned(),
             name: name.to_owned(),
@@ -108,6 +111,8 @@ impl Manager {
             .await
             .map_err(backend_error)?;
         self.inner.store.delete_snapshot(volume, name).await?;
+        self.emit(volume_event(EventType::VolumeSnapshotDelete, volume).with("snapshot", name))
+            .await;
         Ok(())
     }
 
@@ -129,6 +134,8 @@ impl Manager {
         self.on_backend(move |b| b.restore(&v, &n, size))
             .await
             .map_err(snapshot_unsupported)?;
+        self.emit(volume_event(EventType::VolumeRestore, volume).with("snapshot", name))
+            .await;
         drop(_g);
         self.volume(volume).await
     }
@@ -183,6 +190,13 @@ impl Manager {
             return Err(snapshot_unsupported(e));
         }
         self.inner.store.set_volume_state(target, "ready").await?;
+        self.emit(
+            volume_event(EventType::VolumeCreate, target)
+                .with("size", size)
+                .with("cloned_from", volume)
+                .with("snapshot", snapshot),
+        )
+        .await;
         tracing::debug!(volume, target, path = %volume_path(target), "volume cloned");
         drop(_g);
         self.volume(target).await

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{internal, Manager, ManagerError, Result};
 use crate::config::{ContainerConfig, InvalidField};
+use crate::events::EventType;
 use crate::volume_backend::{
     BackendError, BackendKind, Capabilities, Usage, VolumeBackend, VOLUMES_DIR,
 };
@@ -313,6 +314,8 @@ impl Manager {
             .store
             .set_volume_state(&spec.name, "ready")
             .await?;
+        self.emit(volume_event(EventType::VolumeCreate, &spec.name).with("size", spec.size))
+            .await;
         drop(_g);
         self.volume(&spec.name).await
     }
@@ -383,6 +386,8 @@ impl Manager {
             .store
             .update_volume(name, size.map(|s| s as i64), &labels)
             .await?;
+        self.emit(volume_event(EventType::VolumeUpdate, name).with("size", size))
+            .await;
         drop(_g);
         self.volume(name).await
     }
@@ -399,7 +404,9 @@ impl Manager {
             )));
         }
         self.inner.store.set_volume_state(name, "deleting").await?;
-        self.finish_delete(name).await
+        self.finish_delete(name).await?;
+        self.emit(volume_event(EventType::VolumeDelete, name)).await;
+        Ok(())
     }
 
     /// Removes the snapshots, the volume and the row of a volume marked `deleting`.
@@ -488,4 +495,9 @@ impl Manager {
             _ => Err(bad(field, format!("no such volume: {name}"))),
         }
     }
+}
+
+/// A volume's lifecycle event: volumes are known by their name (id and name alike).
+pub(super) fn volume_event(kind: EventType, name: &str) -> crate::events::LifecycleEvent {
+    crate::events::LifecycleEvent::new(kind, name, name)
 }

@@ -3738,4 +3738,22 @@ async fn networks_create_inspect_list_delete_and_refuse_bad_ones() {
     env.get("/v1/networks/apinet")
         .await
         .expect(StatusCode::NOT_FOUND);
+    // Its making and removal are lifecycle events.
+    let log = env
+        .get("/v1/events?after=0&types=network")
+        .await
+        .expect(StatusCode::OK)
+        .json();
+    let seen: Vec<(&str, &str)> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["type"].as_str().unwrap(), e["name"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        seen,
+        [("network.create", "apinet"), ("network.delete", "apinet")],
+        "{log}"
+    );
+    assert_eq!(log[0]["attributes"]["subnet"], "10.126.0.0/24");
 }

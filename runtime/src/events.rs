@@ -64,6 +64,8 @@ event_types! {
     VolumeSnapshot = ("volume", "snapshot"),
     VolumeSnapshotDelete = ("volume", "snapshot_delete"),
     VolumeRestore = ("volume", "restore"),
+    NetworkCreate = ("network", "create"),
+    NetworkDelete = ("network", "delete"),
 }
 
 impl EventType {

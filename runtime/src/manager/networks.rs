@@ -148,6 +148,16 @@ impl Manager {
                 }
                 e => e.into(),
             })?;
+        self.emit(
+            crate::events::LifecycleEvent::new(
+                crate::events::EventType::NetworkCreate,
+                &row.id,
+                &row.name,
+            )
+            .with("subnet", row.subnet.as_str())
+            .with("internal", row.internal),
+        )
+        .await;
         Ok(row)
     }
 
@@ -176,7 +186,15 @@ impl Manager {
         }
         let _g = self.inner.net_lock.lock().await;
         match self.inner.store.delete_network(name).await {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                self.emit(crate::events::LifecycleEvent::new(
+                    crate::events::EventType::NetworkDelete,
+                    &row.id,
+                    &row.name,
+                ))
+                .await;
+                Ok(())
+            }
             Err(StoreError::Conflict { .. }) => Err(ManagerError::Conflict(format!(
                 "network {name} has containers on it: delete them first"
             ))),

@@ -235,16 +235,8 @@ impl PruneFilters {
             until: None,
             labels: Vec::new(),
         };
-        let Some(raw) = q.str("filters") else {
-            return Ok(f);
-        };
-        let v: serde_json::Value = serde_json::from_str(raw)
-            .map_err(|e| DockerError::bad_request(format!("filters: {e}")))?;
-        let obj = v
-            .as_object()
-            .ok_or_else(|| DockerError::bad_request("filters: expected an object"))?;
-        for (k, vals) in obj {
-            for val in super::filter_values(k, vals)? {
+        for (k, vals) in super::filters(q.str("filters"))? {
+            for val in vals {
                 match k.as_str() {
                     "until" => f.until = Some(until(&val)?),
                     "label" | "label!" => {

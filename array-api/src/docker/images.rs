@@ -220,23 +220,15 @@ async fn remove(st: &DockerState, name: &str) -> Result<Response> {
 /// with `filters={"dangling":["false"]}` every unused image (`docker image prune -a`).
 async fn prune(st: &DockerState, q: &DockerQuery) -> Result<Response> {
     let mut dangling_only = true;
-    if let Some(raw) = q.str("filters") {
-        let v: Value = serde_json::from_str(raw)
-            .map_err(|e| DockerError::bad_request(format!("filters: {e}")))?;
-        let obj = v
-            .as_object()
-            .ok_or_else(|| DockerError::bad_request("filters: expected an object"))?;
-        for (k, vals) in obj {
-            let vals = super::filter_values(k, vals)?;
-            match k.as_str() {
-                "dangling" => {
-                    dangling_only = !vals.iter().any(|v| matches!(v.as_str(), "false" | "0"));
-                }
-                other => {
-                    return Err(DockerError::bad_request(format!(
-                        "filters: {other}: not supported by inarray's image prune (dangling only)"
-                    )))
-                }
+    for (k, vals) in super::filters(q.str("filters"))? {
+        match k.as_str() {
+            "dangling" => {
+                dangling_only = !vals.iter().any(|v| matches!(v.as_str(), "false" | "0"));
+            }
+            other => {
+                return Err(DockerError::bad_request(format!(
+                    "filters: {other}: not supported by inarray's image prune (dangling only)"
+                )))
             }
         }
     }

@@ -337,6 +337,22 @@ pub fn filter_values(k: &str, vals: &Value) -> Result<Vec<String>> {
     }
 }
 
+/// A `filters` query parameter decoded: each filter's values (none given: no filter). The
+/// caller says which filters it serves.
+pub fn filters(raw: Option<&str>) -> Result<std::collections::BTreeMap<String, Vec<String>>> {
+    let Some(raw) = raw else {
+        return Ok(Default::default());
+    };
+    let v: Value = serde_json::from_str(raw)
+        .map_err(|e| DockerError::bad_request(format!("filters: not JSON: {e}")))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| DockerError::bad_request("filters: expected a JSON object"))?;
+    obj.iter()
+        .map(|(k, vals)| Ok((k.clone(), filter_values(k, vals)?)))
+        .collect()
+}
+
 pub fn typed<T: serde::de::DeserializeOwned>(v: Value) -> Result<T> {
     serde_path_to_error::deserialize(v).map_err(|e| {
         let path = e.path().to_string();

@@ -185,16 +185,8 @@ struct Filters(BTreeMap<String, Vec<String>>);
 
 impl Filters {
     fn parse(raw: Option<&str>) -> Result<Self> {
-        let Some(raw) = raw else {
-            return Ok(Self(BTreeMap::new()));
-        };
-        let v: Value = serde_json::from_str(raw)
-            .map_err(|e| DockerError::bad_request(format!("filters: not JSON: {e}")))?;
-        let obj = v
-            .as_object()
-            .ok_or_else(|| DockerError::bad_request("filters: expected a JSON object"))?;
-        let mut out = BTreeMap::new();
-        for (k, vals) in obj {
+        let out = super::filters(raw)?;
+        for (k, list) in &out {
             if !matches!(
                 k.as_str(),
                 "status" | "name" | "id" | "label" | "ancestor" | "exited"
@@ -203,7 +195,6 @@ impl Filters {
                     "invalid filter '{k}' (inarray serves status, name, id, label, ancestor, exited)"
                 )));
             }
-            let list = super::filter_values(k, vals)?;
             if k == "status" {
                 if let Some(bad) = list.iter().find(|s| {
                     !matches!(
@@ -222,7 +213,6 @@ impl Filters {
                     )));
                 }
             }
-            out.insert(k.clone(), list);
         }
         Ok(Self(out))
     }
